@@ -1,0 +1,1 @@
+"""Drivers: the BareMetalDriver and its pluggable interfaces (power, deploy, vif)."""

@@ -1,0 +1,1 @@
+"""Power interfaces: talk to a node's BMC (IPMI, Redfish, fake)."""
