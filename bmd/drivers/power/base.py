@@ -56,7 +56,7 @@ class PowerInterface(abc.ABC):
     def validate(self, access: BMCAccess) -> None:
         """Cheap, no I/O: raise InvalidInput naming the field when the node cannot be driven."""
         if not access.address:
-            raise InvalidInput("pm_address is required for power driver %r" % self.name, field="pm_address")
+            raise InvalidInput(f"pm_address is required for power driver {self.name!r}", field="pm_address")
 
     @abc.abstractmethod
     async def get_power_state(self, access: BMCAccess) -> PowerState: ...
@@ -75,3 +75,4 @@ class PowerInterface(abc.ABC):
 
     async def close(self) -> None:
         """Release sockets, sessions and threads. Called once at service stop."""
+        return None

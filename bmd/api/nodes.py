@@ -1,0 +1,260 @@
+"""``/v1/nodes``: enroll, list, show, change and delete nodes and their interfaces."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from bmd.api.app import ctx_of, json_response, parse_body, validate_model
+from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
+from bmd.context import AppContext
+from bmd.db import nodes as q
+from bmd.db.models import BareMetalNode, Interface, utcnow
+from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
+from bmd.plugins import POWER_GROUP, known_names
+
+
+def check_power_driver(name: str) -> None:
+    known = known_names(POWER_GROUP)
+    if name not in known:
+        raise InvalidInput(f"pm_driver: unknown power driver {name!r}; known: {', '.join(known)}", "pm_driver")
+
+
+def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidInput(f"query parameter {name} must be an integer in [{lo}, {hi}]", field=name)
+    return int(raw)
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"query parameter {name} must be true or false", field=name)
+    return raw.lower() in ("true", "1")
+
+
+def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
+    settings = ctx.settings
+    pm_driver = body.pm_driver or settings.driver.default_power_driver
+    check_power_driver(pm_driver)
+    return BareMetalNode(
+        uuid=body.uuid or str(uuidlib.uuid4()),
+        name=body.name,
+        service_host=body.service_host or settings.service.host,
+        cpus=body.cpus,
+        memory_mb=body.memory_mb,
+        local_gb=body.local_gb,
+        pm_driver=pm_driver,
+        pm_address=body.pm_address,
+        pm_user=body.pm_user,
+        pm_password=ctx.secret_box.encrypt(body.pm_password) if body.pm_password else None,
+        prov_mac_address=body.prov_mac_address,
+        prov_vlan_id=body.prov_vlan_id,
+        terminal_port=body.terminal_port,
+        extra_specs=dict(body.extra_specs or {}),
+        maintenance=body.maintenance,
+        maintenance_reason=body.maintenance_reason if body.maintenance else None,
+        maintenance_set_by="operator" if body.maintenance else None,
+        provision_state="available",
+        provision_updated_at=utcnow(),
+        power_failures=0,
+    )
+
+
+async def create_node(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, NodeCreate)
+    node = build_node(ctx, body)
+    macs = [i.address for i in body.interfaces]
+    async with ctx.sessionmaker.begin() as session:
+        await q.check_unique(session, uuid=node.uuid, name=node.name, macs=macs, prov_mac=node.prov_mac_address)
+        session.add(node)
+        try:
+            await session.flush()
+            ifaces = [Interface(bm_node_id=node.id, **i.model_dump()) for i in body.interfaces]
+            session.add_all(ifaces)
+            await session.flush()
+        except IntegrityError as err:
+            raise q.conflict_from(err) from err
+    return json_response(q.node_to_dict(node, ifaces), status=201)
+
+
+async def import_nodes(request: web.Request) -> web.Response:
+    """Enroll a whole inventory in one transaction: every entry is valid and new, or nothing is written."""
+    ctx = ctx_of(request)
+    body = await parse_body(request, NodeImport)
+    nodes = []
+    for index, entry in enumerate(body.nodes):
+        try:
+            nodes.append(build_node(ctx, entry))
+        except InvalidInput as err:
+            raise InvalidInput(f"nodes.{index}.{err}", field=f"nodes.{index}.{err.field}") from err
+    macs = [i.address for e in body.nodes for i in e.interfaces]
+    async with ctx.sessionmaker.begin() as session:
+        await q.check_unique_many(session, nodes, macs)
+        session.add_all(nodes)
+        try:
+            await session.flush()
+            session.add_all(
+                Interface(bm_node_id=n.id, **i.model_dump())
+                for n, e in zip(nodes, body.nodes, strict=True)
+                for i in e.interfaces
+            )
+            await session.flush()
+        except IntegrityError as err:
+            raise q.conflict_from(err) from err
+    return json_response(
+        {"created": len(nodes), "nodes": [{"id": n.id, "uuid": n.uuid, "name": n.name} for n in nodes]},
+        status=201,
+    )
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    limit = _int_param(request, "limit", 1000, 1, 100_000)
+    assert limit is not None
+    async with ctx.sessionmaker() as session:
+        nodes = await q.list_nodes(
+            session,
+            service_host=request.query.get("service_host"),
+            provision_state=request.query.get("provision_state"),
+            maintenance=_bool_param(request, "maintenance"),
+            associated=_bool_param(request, "associated"),
+            limit=limit,
+            marker=_int_param(request, "marker", None, 0, 2**62),
+        )
+    return json_response({"nodes": [q.node_to_dict(n) for n in nodes]})
+
+
+async def show_node(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    async with ctx.sessionmaker() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
+    return json_response(q.node_to_dict(node, ifaces))
+
+
+def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None:
+    changes: dict[str, Any] = {f: getattr(body, f) for f in body.model_fields_set}
+    for required in ("cpus", "memory_mb", "local_gb", "service_host", "pm_driver", "extra_specs"):
+        if required in changes and changes[required] is None:
+            raise InvalidInput(f"{required}: cannot be null", field=required)
+    if "pm_driver" in changes:
+        check_power_driver(changes["pm_driver"])
+    if "pm_password" in changes:
+        pw = changes.pop("pm_password")
+        node.pm_password = ctx.secret_box.encrypt(pw) if pw else None
+    if "maintenance" in changes:
+        on = changes.pop("maintenance")
+        if on is None:
+            raise InvalidInput("maintenance: cannot be null", field="maintenance")
+        node.maintenance = on
+        node.maintenance_set_by = "operator" if on else None
+        if not on:
+            node.maintenance_reason = None
+    if "maintenance_reason" in changes:
+        node.maintenance_reason = changes.pop("maintenance_reason")
+    if node.instance_uuid and any(k in changes for k in ("cpus", "memory_mb", "local_gb", "service_host")):
+        raise InvalidState(
+            f"node {node.id} holds instance {node.instance_uuid}; its resources and service cannot change"
+        )
+    for key, value in changes.items():
+        setattr(node, key, value)
+
+
+async def update_node(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, NodeUpdate)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"], for_update=True)
+        apply_update(ctx, node, body)
+        await q.check_unique(session, node_id=node.id, name=node.name, prov_mac=node.prov_mac_address)
+        try:
+            await session.flush()
+        except IntegrityError as err:
+            raise q.conflict_from(err) from err
+        ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
+    return json_response(q.node_to_dict(node, ifaces))
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"], for_update=True)
+        if node.instance_uuid is not None:
+            raise InvalidState(f"node {node.id} holds instance {node.instance_uuid}; delete the instance first")
+        if node.provision_state not in ("available", "error", "enroll", "manageable"):
+            raise InvalidState(f"node {node.id} is {node.provision_state}; it cannot be deleted now")
+        await session.execute(delete(Interface).where(Interface.bm_node_id == node.id))
+        await session.delete(node)
+    return web.Response(status=204)
+
+
+async def list_interfaces(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    async with ctx.sessionmaker() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
+    return json_response({"interfaces": [q.interface_to_dict(i) for i in ifaces]})
+
+
+async def add_interface(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, InterfaceCreate)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        await q.check_unique(session, macs=[body.address])
+        iface = Interface(bm_node_id=node.id, **body.model_dump())
+        session.add(iface)
+        try:
+            await session.flush()
+        except IntegrityError as err:
+            raise q.conflict_from(err) from err
+    return json_response(q.interface_to_dict(iface), status=201)
+
+
+async def delete_interface(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        iface = await session.scalar(
+            select(Interface).where(Interface.bm_node_id == node.id, _iface_lookup(request.match_info["iface"]))
+        )
+        if iface is None:
+            raise NotFound(f"interface {request.match_info['iface']} not found on node {node.id}")
+        if iface.vif_uuid is not None:
+            raise Conflict(f"interface {iface.address} is bound to vif {iface.vif_uuid}")
+        await session.delete(iface)
+    return web.Response(status=204)
+
+
+def _iface_lookup(ident: str) -> Any:
+    if ident.isdigit():
+        return Interface.id == int(ident)
+    try:
+        mac = validate_model(InterfaceCreate, {"address": ident}).address
+    except InvalidInput as err:
+        raise NotFound(f"interface {ident} not found") from err
+    return Interface.address == mac
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/nodes", create_node)
+    r.add_post("/v1/nodes/import", import_nodes)
+    r.add_get("/v1/nodes", list_nodes)
+    r.add_get("/v1/nodes/{node}", show_node)
+    r.add_patch("/v1/nodes/{node}", update_node)
+    r.add_delete("/v1/nodes/{node}", delete_node)
+    r.add_get("/v1/nodes/{node}/interfaces", list_interfaces)
+    r.add_post("/v1/nodes/{node}/interfaces", add_interface)
+    r.add_delete("/v1/nodes/{node}/interfaces/{iface}", delete_interface)

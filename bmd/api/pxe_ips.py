@@ -1,0 +1,58 @@
+"""``/v1/pxe_ips``: the pool of provisioning addresses the deploy hands out (the seed's bm_pxe_ips)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.schemas import PxeIpCreate
+from bmd.db import nodes as q
+from bmd.db.models import PxeIp
+from bmd.errors import Conflict, InvalidInput, NotFound
+
+
+async def list_pxe_ips(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker() as session:
+        ips = (await session.execute(select(PxeIp).order_by(PxeIp.id))).scalars().all()
+    return json_response({"pxe_ips": [q.pxe_ip_to_dict(ip) for ip in ips]})
+
+
+async def create_pxe_ip(request: web.Request) -> web.Response:
+    body = await parse_body(request, PxeIpCreate)
+    async with ctx_of(request).sessionmaker.begin() as session:
+        for field in ("address", "server_address"):
+            value = getattr(body, field)
+            taken = await session.scalar(
+                select(PxeIp.id).where((PxeIp.address == value) | (PxeIp.server_address == value))
+            )
+            if taken is not None:
+                raise Conflict(f"{field} {value} is already in the pool (pxe_ip {taken})")
+        ip = PxeIp(address=body.address, server_address=body.server_address)
+        session.add(ip)
+        try:
+            await session.flush()
+        except IntegrityError as err:
+            raise q.conflict_from(err) from err
+    return json_response(q.pxe_ip_to_dict(ip), status=201)
+
+
+async def delete_pxe_ip(request: web.Request) -> web.Response:
+    ident = request.match_info["id"]
+    if not ident.isdigit():
+        raise InvalidInput("pxe_ip id must be an integer", field="id")
+    async with ctx_of(request).sessionmaker.begin() as session:
+        ip = await session.get(PxeIp, int(ident), with_for_update=True)
+        if ip is None:
+            raise NotFound(f"pxe_ip {ident} not found")
+        if ip.bm_node_id is not None:
+            raise Conflict(f"pxe_ip {ident} is allocated to node {ip.bm_node_id}")
+        await session.delete(ip)
+    return web.Response(status=204)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/pxe_ips", list_pxe_ips)
+    app.router.add_post("/v1/pxe_ips", create_pxe_ip)
+    app.router.add_delete("/v1/pxe_ips/{id}", delete_pxe_ip)

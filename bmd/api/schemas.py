@@ -1,0 +1,140 @@
+"""Request bodies, validated with pydantic: unknown fields and wrong types are refused, naming the field."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$")
+_SPEC_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+
+
+def normalize_mac(value: str) -> str:
+    mac = value.strip().lower()
+    if not _MAC.match(mac):
+        raise ValueError(f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    return mac.replace("-", ":")
+
+
+def check_uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not a UUID") from err
+
+
+def check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-255 characters of letters, digits, '.', '_', '-' or '~'")
+    if value.isdigit():
+        raise ValueError("must not be all digits (it would read as a node id)")
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return value
+    raise ValueError("must not look like a UUID")
+
+
+def check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not an IP address") from err
+
+
+def check_spec_key(value: str) -> str:
+    if not _SPEC_KEY.match(value):
+        raise ValueError(f"{value!r} is not a capability key (letters, digits, '_', '.', '-'; no ':')")
+    return value
+
+
+RESERVED_SPEC_KEYS = frozenset(
+    {
+        "vcpus", "vcpus_used", "cpu_info", "disk_total", "disk_used", "disk_available", "host_memory_total",
+        "host_memory_free", "hypervisor_type", "hypervisor_version", "hypervisor_hostname",
+        "supported_instances", "host", "node", "host_ip", "maintenance", "baremetal_driver",
+    }
+)  # fmt: skip
+
+
+def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:
+    for key, item in value.items():
+        check_spec_key(key)
+        if top and key in RESERVED_SPEC_KEYS:
+            raise ValueError(f"capability {key!r} is reserved (bmd computes it)")
+        if isinstance(item, dict):
+            check_specs(item, top=False)
+        elif not isinstance(item, str | int | float | bool | list):
+            raise ValueError(f"capability {key!r} must be a string, number, boolean, list or object")
+    return value
+
+
+Mac = Annotated[StrictStr, AfterValidator(normalize_mac)]
+UUIDStr = Annotated[StrictStr, AfterValidator(check_uuid)]
+NodeName = Annotated[StrictStr, AfterValidator(check_name)]
+IPAddr = Annotated[StrictStr, AfterValidator(check_ip)]
+Text255 = Annotated[StrictStr, Field(min_length=1, max_length=255)]
+Specs = Annotated[dict[str, Any], AfterValidator(check_specs)]
+Count = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+Size = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InterfaceCreate(Body):
+    address: Mac
+    datapath_id: Annotated[StrictStr, Field(max_length=255)] | None = None
+    port_no: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
+
+
+class NodeFields(Body):
+    """Fields an operator may set at creation and change later."""
+
+    name: NodeName | None = None
+    service_host: Text255 | None = None
+    cpus: Count | None = None
+    memory_mb: Count | None = None
+    local_gb: Size | None = None
+    pm_driver: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
+    pm_address: Text255 | None = None
+    pm_user: Annotated[StrictStr, Field(max_length=255)] | None = None
+    pm_password: Annotated[StrictStr, Field(max_length=1024)] | None = None
+    prov_mac_address: Mac | None = None
+    prov_vlan_id: Annotated[StrictInt, Field(ge=1, le=4094)] | None = None
+    terminal_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    extra_specs: Specs | None = None
+
+
+class NodeCreate(NodeFields):
+    uuid: UUIDStr | None = None
+    cpus: Count
+    memory_mb: Count
+    local_gb: Size
+    maintenance: StrictBool = False
+    maintenance_reason: Annotated[StrictStr, Field(max_length=1024)] | None = None
+    interfaces: list[InterfaceCreate] = Field(default_factory=list, max_length=64)
+
+
+class NodeUpdate(NodeFields):
+    maintenance: StrictBool | None = None
+    maintenance_reason: Annotated[StrictStr, Field(max_length=1024)] | None = None
+
+
+class NodeImport(Body):
+    nodes: list[NodeCreate] = Field(max_length=100_000)
+
+
+class CapabilityValue(Body):
+    value: StrictStr | StrictInt | float | StrictBool | list[Any] | Specs
+
+
+class PxeIpCreate(Body):
+    address: IPAddr
+    server_address: IPAddr

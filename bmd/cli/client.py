@@ -1,0 +1,79 @@
+"""A small synchronous client of bmd's HTTP API for the CLI (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bmd.config import Settings
+from bmd.errors import BmdError
+
+
+class ApiError(BmdError):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        message = body.get("message") or body.get("reason") or body.get("error") or f"HTTP {status}"
+        super().__init__(str(message))
+        self.status = status
+        self.body = body
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None, token: str | None) -> Client:
+        if url is None:
+            host = settings.api.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+            url = f"http://{host}:{settings.api.port}"
+        if token is None:
+            path = Path(settings.api.token_file)
+            try:
+                token = path.read_text().strip() or None
+            except OSError:
+                token = None
+        return cls(url, token)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = {"message": raw.decode(errors="replace")[:500] or err.reason}
+            raise ApiError(err.code, parsed if isinstance(parsed, dict) else {"message": str(parsed)}) from err
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise BmdError(f"cannot reach bmd at {self.url}: {reason}") from err
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, body)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)

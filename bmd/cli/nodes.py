@@ -1,0 +1,191 @@
+"""``bmd node ...`` and ``bmd pxe-ip ...``: inventory verbs over the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from bmd.errors import InvalidInput
+
+
+def parse_value(raw: str) -> Any:
+    """A capability value: JSON when it parses as JSON (numbers, lists, objects), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.pm_password_file:
+        return Path(args.pm_password_file).read_text().strip()
+    if args.pm_password == "-":
+        return getpass.getpass("BMC password: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    return args.pm_password or os.environ.get("BMD_PM_PASSWORD") or None
+
+
+def _capabilities(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--capability {pair!r}: expected KEY=VALUE", field="--capability")
+        out[key] = parse_value(value)
+    return out
+
+
+def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for field in ("name", "service_host", "cpus", "memory_mb", "local_gb", "pm_driver", "pm_address",
+                  "pm_user", "prov_mac_address", "prov_vlan_id", "terminal_port"):  # fmt: skip
+        value = getattr(args, field, None)
+        if value is not None:
+            body[field] = value
+    password = _password(args)
+    if password:
+        body["pm_password"] = password
+    if args.capability:
+        body["extra_specs"] = _capabilities(args.capability)
+    if create:
+        body["interfaces"] = [{"address": mac} for mac in args.mac or []]
+    return body
+
+
+def _q(node: str) -> str:
+    return quote(node, safe="")
+
+
+def create(app: Any) -> None:
+    app.print(app.client.post("/v1/nodes", node_body(app.args, create=True)))
+
+
+def update(app: Any) -> None:
+    body = node_body(app.args, create=False)
+    if not body:
+        raise InvalidInput("node update: give at least one field to change", field="arguments")
+    app.print(app.client.patch(f"/v1/nodes/{_q(app.args.node)}", body))
+
+
+def list_(app: Any) -> None:
+    nodes = app.client.get("/v1/nodes")["nodes"]
+    if app.args.json:
+        app.print(nodes)
+        return
+    cols = ("id", "name", "power_state", "provision_state", "maintenance", "instance_uuid", "pm_address")
+    rows = [[str(n.get(c) if n.get(c) is not None else "-") for c in cols] for n in nodes]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def show(app: Any) -> None:
+    app.print(app.client.get(f"/v1/nodes/{_q(app.args.node)}"))
+
+
+def delete(app: Any) -> None:
+    app.client.delete(f"/v1/nodes/{_q(app.args.node)}")
+    print(f"node {app.args.node} deleted")
+
+
+def import_(app: Any) -> None:
+    path = Path(app.args.file)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InvalidInput(f"inventory {path}: {err}", field="file") from err
+    if isinstance(data, list):
+        data = {"nodes": data}
+    result = app.client.post("/v1/nodes/import", data)
+    print(f"imported {result['created']} nodes from {path}")
+
+
+def set_capability(app: Any) -> None:
+    a = app.args
+    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/capabilities/{_q(a.key)}", {"value": parse_value(a.value)}))
+
+
+def unset_capability(app: Any) -> None:
+    a = app.args
+    app.print(app.client.delete(f"/v1/nodes/{_q(a.node)}/capabilities/{_q(a.key)}"))
+
+
+def pxe_add(app: Any) -> None:
+    app.print(app.client.post("/v1/pxe_ips", {"address": app.args.address, "server_address": app.args.server}))
+
+
+def pxe_list(app: Any) -> None:
+    app.print(app.client.get("/v1/pxe_ips")["pxe_ips"])
+
+
+def pxe_delete(app: Any) -> None:
+    app.client.delete(f"/v1/pxe_ips/{_q(app.args.id)}")
+    print(f"pxe_ip {app.args.id} deleted")
+
+
+def _node_fields(p: argparse.ArgumentParser, create: bool) -> None:
+    p.add_argument("--name")
+    p.add_argument("--service-host", dest="service_host")
+    p.add_argument("--cpus", type=int, required=create)
+    p.add_argument("--memory-mb", dest="memory_mb", type=int, required=create)
+    p.add_argument("--local-gb", dest="local_gb", type=int, required=create)
+    p.add_argument("--pm-driver", dest="pm_driver")
+    p.add_argument("--pm-address", dest="pm_address")
+    p.add_argument("--pm-user", dest="pm_user")
+    p.add_argument("--pm-password", dest="pm_password", help="'-' reads it from stdin ($BMD_PM_PASSWORD)")
+    p.add_argument("--pm-password-file", dest="pm_password_file")
+    p.add_argument("--prov-mac", dest="prov_mac_address")
+    p.add_argument("--prov-vlan-id", dest="prov_vlan_id", type=int)
+    p.add_argument("--terminal-port", dest="terminal_port", type=int)
+    p.add_argument("--capability", action="append", metavar="KEY=VALUE", help="per-node capability")
+    if create:
+        p.add_argument("--mac", action="append", help="an interface MAC (repeat for several)")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    node = sub.add_parser("node", help="manage nodes")
+    ns = node.add_subparsers(dest="node_command", required=True)
+    p = ns.add_parser("create", help="enroll a node")
+    _node_fields(p, create=True)
+    p.set_defaults(func=create)
+    p = ns.add_parser("update", help="change a node's fields")
+    p.add_argument("node")
+    _node_fields(p, create=False)
+    p.set_defaults(func=update)
+    p = ns.add_parser("list", help="list nodes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=list_)
+    for verb, func, text in (("show", show, "show one node"), ("delete", delete, "delete a node")):
+        p = ns.add_parser(verb, help=text)
+        p.add_argument("node", help="id, uuid or name")
+        p.set_defaults(func=func)
+    p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
+    p.add_argument("file")
+    p.set_defaults(func=import_)
+    p = ns.add_parser("set-capability", help="set a per-node capability")
+    p.add_argument("node")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.set_defaults(func=set_capability)
+    p = ns.add_parser("unset-capability", help="remove a per-node capability")
+    p.add_argument("node")
+    p.add_argument("key")
+    p.set_defaults(func=unset_capability)
+
+    pxe = sub.add_parser("pxe-ip", help="manage the PXE address pool")
+    ps = pxe.add_subparsers(dest="pxe_command", required=True)
+    p = ps.add_parser("add")
+    p.add_argument("address")
+    p.add_argument("--server", required=True, help="the PXE server address paired with it")
+    p.set_defaults(func=pxe_add)
+    p = ps.add_parser("list")
+    p.set_defaults(func=pxe_list)
+    p = ps.add_parser("delete")
+    p.add_argument("id")
+    p.set_defaults(func=pxe_delete)

@@ -1,0 +1,31 @@
+"""The service's parts, built once at start-up and handed to the API and the periodic loops."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bmd.bus import Bus
+from bmd.config import Settings
+from bmd.secrets import SecretBox
+from bmd.tasks.runner import Runner
+
+if TYPE_CHECKING:
+    from bmd.drivers.baremetal import BareMetalDriver
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bus: Bus
+    runner: Runner
+    secret_box: SecretBox
+    api_token: str
+    driver: BareMetalDriver
+    started_at: float = field(default_factory=time.time)
+    extras: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Database: typed models, the async engine and session factory, query functions, migrations."""

@@ -1,0 +1,61 @@
+"""The async engine and session factory, built once at start-up.
+
+SQLite is always a file, opened with WAL, foreign keys on and a busy timeout (set on every connection).
+PostgreSQL goes through asyncpg. Query functions take a session; they never make one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from bmd.config import DatabaseSettings
+
+
+def _sqlite_pragmas(busy_timeout_s: float) -> Any:
+    def on_connect(dbapi_conn: Any, _: ConnectionPoolEntry) -> None:
+        # aiosqlite's adapter: disable pysqlite's implicit BEGIN handling so SQLAlchemy's is the only one.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.close()
+
+    return on_connect
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # pysqlite's implicit transaction handling is off (isolation_level=None), so SQLAlchemy's BEGIN is the
+    # only one and SAVEPOINT and transactional DDL work as documented.
+    conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(settings: DatabaseSettings) -> AsyncEngine:
+    url = make_url(settings.url)
+    kwargs: dict[str, Any] = {"echo": settings.echo}
+    if url.drivername.startswith("sqlite"):
+        assert url.database
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout}
+    else:
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if url.drivername.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout))
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"

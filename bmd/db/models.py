@@ -1,0 +1,237 @@
+"""SQLAlchemy 2.0 typed models. Table and column names follow Nova's 2013 bare-metal driver.
+
+The seed's columns are all here (``bm_nodes``, ``bm_pxe_ips``, ``bm_interfaces``, ``bm_deployments``,
+``instance_types``, ``instance_type_extra_specs``, ``instances``, ``compute_nodes``, ``services``); the
+extra ones (uuid, name, power and provision state, maintenance, per-node extra specs, timestamps) are
+bmd's. Changing anything here needs an Alembic revision in ``bmd/db/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on the way in and out, whatever the backend stores (SQLite keeps naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+intpk = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+str36 = Annotated[str, mapped_column(String(36))]
+str255 = Annotated[str, mapped_column(String(255))]
+timestamp = Annotated[dt.datetime, mapped_column(UTCDateTime, default=utcnow)]
+JSONDict = Annotated[dict[str, Any], mapped_column(JSON, default=dict)]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Timestamps:
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class BareMetalNode(Timestamps, Base):
+    __tablename__ = "bm_nodes"
+
+    id: Mapped[intpk]
+    uuid: Mapped[str36] = mapped_column(unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True)
+    service_host: Mapped[str255] = mapped_column(index=True)
+    instance_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
+    cpus: Mapped[int]
+    memory_mb: Mapped[int]
+    local_gb: Mapped[int]
+    pm_driver: Mapped[str] = mapped_column(String(32), default="ipmi")
+    pm_address: Mapped[str | None] = mapped_column(String(255))
+    pm_user: Mapped[str | None] = mapped_column(String(255))
+    pm_password: Mapped[str | None] = mapped_column(Text)  # Fernet token, never the clear text
+    prov_mac_address: Mapped[str | None] = mapped_column(String(17), unique=True)
+    registration_status: Mapped[str] = mapped_column(String(16), default="done")
+    task_state: Mapped[str | None] = mapped_column(String(255))
+    prov_vlan_id: Mapped[int | None]
+    terminal_port: Mapped[int | None]
+    # bmd's additions
+    power_state: Mapped[str | None] = mapped_column(String(16))
+    last_power_check: Mapped[dt.datetime | None]
+    power_failures: Mapped[int] = mapped_column(default=0)
+    last_power_error: Mapped[str | None] = mapped_column(Text)
+    provision_state: Mapped[str] = mapped_column(String(16), default="available", index=True)
+    provision_updated_at: Mapped[dt.datetime | None]
+    deploy_deadline: Mapped[dt.datetime | None]
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
+    maintenance_reason: Mapped[str | None] = mapped_column(Text)
+    maintenance_set_by: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    extra_specs: Mapped[JSONDict]
+
+    interfaces: Mapped[list[Interface]] = relationship(
+        back_populates="node", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Interface(Timestamps, Base):
+    __tablename__ = "bm_interfaces"
+
+    id: Mapped[intpk]
+    bm_node_id: Mapped[int] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(17), unique=True)
+    datapath_id: Mapped[str | None] = mapped_column(String(255))
+    port_no: Mapped[int | None]
+    vif_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
+
+    node: Mapped[BareMetalNode] = relationship(back_populates="interfaces", lazy="raise")
+
+
+class PxeIp(Timestamps, Base):
+    __tablename__ = "bm_pxe_ips"
+
+    id: Mapped[intpk]
+    address: Mapped[str] = mapped_column(String(255), unique=True)
+    server_address: Mapped[str] = mapped_column(String(255), unique=True)
+    bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="SET NULL"), unique=True)
+
+
+class Deployment(Timestamps, Base):
+    __tablename__ = "bm_deployments"
+
+    id: Mapped[intpk]
+    key: Mapped[str] = mapped_column(String(255))
+    image_path: Mapped[str | None] = mapped_column(String(255))
+    pxe_config_path: Mapped[str | None] = mapped_column(String(255))
+    root_mb: Mapped[int] = mapped_column(default=0)
+    swap_mb: Mapped[int] = mapped_column(default=0)
+    bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), unique=True)
+    instance_uuid: Mapped[str | None] = mapped_column(String(36))
+    image_ref: Mapped[str | None] = mapped_column(Text)
+
+
+class InstanceType(Timestamps, Base):
+    __tablename__ = "instance_types"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    flavorid: Mapped[str] = mapped_column(String(255), unique=True)
+    memory_mb: Mapped[int]
+    vcpus: Mapped[int]
+    root_gb: Mapped[int] = mapped_column(default=0)
+    ephemeral_gb: Mapped[int] = mapped_column(default=0)
+    swap: Mapped[int] = mapped_column(default=0)
+    rxtx_factor: Mapped[float] = mapped_column(default=1.0)
+    is_public: Mapped[bool] = mapped_column(default=True)
+    disabled: Mapped[bool] = mapped_column(default=False)
+
+    extra_specs: Mapped[list[InstanceTypeExtraSpec]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class InstanceTypeExtraSpec(Timestamps, Base):
+    __tablename__ = "instance_type_extra_specs"
+    __table_args__ = (UniqueConstraint("instance_type_id", "key"),)
+
+    id: Mapped[intpk]
+    instance_type_id: Mapped[int] = mapped_column(ForeignKey("instance_types.id", ondelete="CASCADE"))
+    key: Mapped[str255]
+    value: Mapped[str | None] = mapped_column(String(255))
+
+
+class Instance(Timestamps, Base):
+    __tablename__ = "instances"
+
+    id: Mapped[intpk]
+    uuid: Mapped[str36] = mapped_column(unique=True)
+    instance_type_id: Mapped[int | None] = mapped_column(ForeignKey("instance_types.id", ondelete="SET NULL"))
+    flavor_name: Mapped[str | None] = mapped_column(String(255))
+    reservation_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    node: Mapped[str | None] = mapped_column(String(255))
+    bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="SET NULL"), index=True)
+    vm_state: Mapped[str] = mapped_column(String(32), default="building")
+    task_state: Mapped[str | None] = mapped_column(String(32))
+    image_ref: Mapped[str | None] = mapped_column(Text)
+    image_properties: Mapped[JSONDict]
+    hints: Mapped[JSONDict]
+    network_info: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[dt.datetime | None]
+
+
+class ComputeNode(Base):
+    __tablename__ = "compute_nodes"
+
+    id: Mapped[intpk]
+    bm_node_id: Mapped[int] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), unique=True)
+    service_host: Mapped[str255] = mapped_column(index=True)
+    hypervisor_hostname: Mapped[str255]
+    vcpus: Mapped[int]
+    memory_mb: Mapped[int]
+    local_gb: Mapped[int]
+    vcpus_used: Mapped[int]
+    memory_mb_used: Mapped[int]
+    local_gb_used: Mapped[int]
+    free_ram_mb: Mapped[int]
+    free_disk_gb: Mapped[int]
+    hypervisor_type: Mapped[str] = mapped_column(String(255))
+    hypervisor_version: Mapped[int] = mapped_column(BigInteger)
+    cpu_info: Mapped[str] = mapped_column(Text)
+    running_vms: Mapped[int]
+    updated_at: Mapped[timestamp]
+
+
+class Service(Base):
+    __tablename__ = "services"
+
+    id: Mapped[intpk]
+    host: Mapped[str] = mapped_column(String(255), unique=True)
+    binary: Mapped[str] = mapped_column(String(64), default="bmd")
+    version: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[timestamp]
+    last_heartbeat: Mapped[timestamp]
+    disabled: Mapped[bool] = mapped_column(default=False)

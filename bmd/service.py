@@ -1,0 +1,150 @@
+"""Lifecycle: database, bus, driver, periodic loops and API started in one place and stopped in one place.
+
+``serve(settings, stop)`` runs until ``stop`` is set (signals set it in production, tests set it
+directly), then stops everything within ``service.graceful_timeout`` seconds: the API stops accepting,
+loops are cancelled and awaited, drivers closed, the database disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from bmd.api.app import create_app
+from bmd.bus import Bus
+from bmd.config import Settings
+from bmd.context import AppContext
+from bmd.db.engine import make_engine, make_sessionmaker
+from bmd.db.migrate import check_schema
+from bmd.drivers.baremetal import BareMetalDriver
+from bmd.errors import DatabaseError
+from bmd.secrets import load_api_token, load_secret_box
+from bmd.systemd import Notifier
+from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
+from bmd.tasks.report_driver_status import ReportDriverStatus
+from bmd.tasks.runner import Runner
+from bmd.tasks.update_available_resource import UpdateAvailableResource
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def build_runner(ctx: AppContext) -> None:
+    s = ctx.settings
+    ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
+    ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval))
+    ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval))
+
+
+@contextlib.asynccontextmanager
+async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
+    """Build the service's parts (checking the schema first); dispose the database on exit."""
+    engine = make_engine(settings.database)
+    try:
+        try:
+            await check_schema(engine)
+        except DatabaseError:
+            raise
+        except Exception as err:
+            raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
+        sessionmaker = make_sessionmaker(engine)
+        ctx = AppContext(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            bus=Bus(),
+            runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
+            secret_box=load_secret_box(settings.secrets.key_file),
+            api_token=load_api_token(settings.api.token_file),
+            driver=BareMetalDriver(settings, sessionmaker),
+        )
+        async with sessionmaker.begin() as session:
+            await register_service(session, settings.service.host)
+        build_runner(ctx)
+        yield ctx
+    finally:
+        await engine.dispose()
+
+
+async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    while not stop.is_set():
+        notifier.watchdog()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
+
+
+async def _run_until(ctx: AppContext, stop: asyncio.Event, notifier: Notifier) -> None:
+    """Run the loops and the watchdog until ``stop``; then cancel and await them."""
+    loops_stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        loops = group.create_task(ctx.runner.run(loops_stop), name="periodic-runner")
+        group.create_task(_watchdog(notifier, loops_stop), name="watchdog")
+        await stop.wait()
+        log.info("service_stopping")
+        notifier.stopping()
+        loops_stop.set()
+        loops.cancel()
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[AppContext, Endpoint], None] | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    notifier = notifier or Notifier()
+    async with open_context(settings) as ctx:
+        web_runner = web.AppRunner(
+            create_app(ctx), access_log=None, shutdown_timeout=settings.service.graceful_timeout / 2
+        )
+        await web_runner.setup()
+        try:
+            site = web.TCPSite(web_runner, settings.api.host, settings.api.port, reuse_address=True)
+            await site.start()
+            port = web_runner.addresses[0][1] if web_runner.addresses else settings.api.port
+            endpoint = Endpoint(settings.api.host, port)
+            log.info("service_started", host=settings.service.host, api=endpoint.url)
+            notifier.ready()
+            if on_ready is not None:
+                on_ready(ctx, endpoint)
+            await _run_until(ctx, stop, notifier)
+        finally:
+            try:
+                async with asyncio.timeout(settings.service.graceful_timeout):
+                    await web_runner.cleanup()
+            except TimeoutError:
+                log.warning("api_stop_timed_out", timeout=settings.service.graceful_timeout)
+            ctx.bus.close()
+    log.info("service_stopped")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await serve(settings, stop)

@@ -1,0 +1,1 @@
+"""Periodic loops (one module each) and the runner that schedules them."""

@@ -1,0 +1,129 @@
+"""Shared fixtures: real SQLite files under tmp_path (migrated once, copied per test), the real aiohttp
+app on 127.0.0.1 port 0, and a PostgreSQL database per run when BMD_TEST_POSTGRES_URL is set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bmd.api.app import create_app
+from bmd.config import Settings, load_settings
+from bmd.context import AppContext
+from bmd.db.engine import make_engine
+from bmd.db.migrate import upgrade
+from bmd.service import open_context
+
+PG_ENV = "BMD_TEST_POSTGRES_URL"
+
+
+def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, Any]) -> Settings:
+    """Settings for a test: everything under ``tmp``; ``sections`` override keys ({"tasks": {...}})."""
+    data: dict[str, Any] = {
+        "service": {"host": "test-host", "state_dir": str(tmp / "state")},
+        "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"},
+        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token")},
+        "secrets": {"key_file": str(tmp / "secret.key")},
+        "logging": {"format": "json", "level": "info"},
+        "driver": {"default_power_driver": "fake"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Settings.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per test session; tests get a copy (migrating each time is slow)."""
+    path = tmp_path_factory.mktemp("template") / "bmd.sqlite"
+
+    async def build() -> None:
+        engine = make_engine(load_settings(environ={"BMD_DATABASE_URL": f'"sqlite+aiosqlite:///{path}"'}).database)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(build())
+    return path
+
+
+@pytest.fixture
+def db_file(tmp_path: Path, migrated_template: Path) -> Path:
+    target = tmp_path / "bmd.sqlite"
+    shutil.copyfile(migrated_template, target)
+    return target
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_file: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def ctx(settings: Settings) -> AsyncIterator[AppContext]:
+    async with open_context(settings) as context:
+        yield context
+
+
+@pytest.fixture
+async def client(ctx: AppContext) -> AsyncIterator[TestClient[Any, Any]]:
+    server = TestServer(create_app(ctx), host="127.0.0.1", port=0)
+    async with TestClient(server) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth(ctx: AppContext) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ctx.api_token}"}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base)
+    name = f"bmd_test_{uuid.uuid4().hex[:12]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+NODE = {
+    "cpus": 8,
+    "memory_mb": 16384,
+    "local_gb": 200,
+    "pm_driver": "fake",
+    "pm_address": "127.0.0.1:623",
+    "pm_user": "admin",
+    "pm_password": "s3cr3t-bmc-pass",
+}
+
+
+def node_body(i: int = 1, **extra: Any) -> dict[str, Any]:
+    mac = f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"
+    body = {**NODE, "name": f"node-{i}", "interfaces": [{"address": mac}], **extra}
+    return body

@@ -1,0 +1,92 @@
+"""/healthz: database probe, task freshness and failures, status codes, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from bmd.api.app import create_app
+from bmd.config import DatabaseSettings
+from bmd.context import AppContext
+from bmd.db.engine import make_engine
+
+
+class Flaky:
+    name = "flaky"
+    interval = 60.0
+
+    def __init__(self) -> None:
+        self.fail = True
+        self.succeeded = asyncio.Event()
+
+    async def run_once(self) -> None:
+        if self.fail:
+            raise ConnectionError("bmc went away")
+        self.succeeded.set()
+
+
+async def test_ok_after_every_task_succeeded(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    for name in ctx.runner.records:
+        assert await ctx.runner.run_pass(name)
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] == "ok", body
+    assert body["checks"]["database"]["status"] == "ok"
+    assert set(body["tasks"]) == {"service_heartbeat", "report_driver_status", "update_available_resource"}
+    text = await resp.text()
+    assert ctx.api_token not in text
+
+
+async def test_failing_task_degrades_and_loop_recovers(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    flaky = Flaky()
+    ctx.runner.add(flaky)
+    for name in ctx.runner.records:
+        await ctx.runner.run_pass(name)
+    body = await (await client.get("/healthz")).json()
+    assert body["status"] == "degraded"
+    assert body["tasks"]["flaky"]["status"] == "failing"
+    assert body["tasks"]["flaky"]["last_error"] == "ConnectionError: bmc went away"
+    # the real loop keeps running passes after the failure, and health comes back
+    flaky.fail = False
+    stop = asyncio.Event()
+    ctx.runner.records["flaky"].interval = flaky.interval = 0.001
+    loop = asyncio.create_task(ctx.runner.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await flaky.succeeded.wait()
+    finally:
+        stop.set()
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    body = await (await client.get("/healthz")).json()
+    assert body["tasks"]["flaky"]["status"] == "ok"
+
+
+async def test_never_run_task_becomes_late(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    ctx.started_at -= 10_000
+    body = await (await client.get("/healthz")).json()
+    assert body["status"] == "degraded"
+    assert {t["status"] for t in body["tasks"].values()} == {"late"}
+
+
+async def test_database_down_is_503(ctx: AppContext, tmp_path: Any) -> None:
+    where = tmp_path / "x" / "db.sqlite"
+    broken = make_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{where}"))
+    where.mkdir()  # a directory where the database file should be: it cannot be opened
+    bad_ctx = dataclasses.replace(ctx, engine=broken)
+    try:
+        async with TestClient(TestServer(create_app(bad_ctx), host="127.0.0.1", port=0)) as c:
+            resp = await c.get("/healthz")
+            body = await resp.json()
+    finally:
+        await broken.dispose()
+    assert resp.status == 503 and body["status"] == "failing"
+    assert body["checks"]["database"]["status"] == "failing"
+
+
+async def test_concurrent_pollers_share_one_probe(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    statuses = await asyncio.gather(*(client.get("/healthz") for _ in range(50)))
+    assert {r.status for r in statuses} <= {200}

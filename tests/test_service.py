@@ -1,0 +1,169 @@
+"""The real daemon in a subprocess: bad config exits 2, SIGTERM stops cleanly in time, systemd notify."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_settings
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "bmd.toml"
+    path.write_text(
+        f"""
+[service]
+host = "svc-test"
+graceful_timeout = 5.0
+state_dir = "{tmp_path / "state"}"
+[database]
+url = "sqlite+aiosqlite:///{tmp_path / "bmd.sqlite"}"
+[api]
+port = 0
+token_file = "{tmp_path / "token"}"
+[secrets]
+key_file = "{tmp_path / "secret.key"}"
+[logging]
+format = "json"
+[tasks]
+host_state_interval = 0.2
+update_resources_interval = 0.2
+{extra}
+"""
+    )
+    return path
+
+
+def bmd(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bmd", *args], capture_output=True, text=True, timeout=60, env=env, **kw
+    )
+
+
+class Daemon:
+    """``bmd serve`` as a child process; reads its JSON log lines to learn its port."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bmd", "--config", str(config), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[dict[str, Any]] = []
+
+    def wait_for(self, event: str, deadline: float = 30.0) -> dict[str, Any]:
+        end = time.monotonic() + deadline
+        assert self.proc.stdout is not None
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            self.lines.append(entry)
+            if entry.get("event") == event:
+                return entry
+        raise AssertionError(f"no {event!r} log line; got {self.lines[-5:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def daemon_factory():  # type: ignore[no-untyped-def]
+    started: list[Daemon] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(config, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("port = 0", "port = 0\nprot = 1"))
+    result = bmd("--config", str(config), "serve")
+    assert result.returncode == 2
+    assert "api.prot: unknown key" in result.stderr
+    assert not (tmp_path / "bmd.sqlite").exists()  # nothing started
+
+    config = write_config(tmp_path)
+    result = bmd("--config", str(config), "serve", env={**os.environ, "BMD_TASKS_HOST_STATE_INTERVAL": "0"})
+    assert result.returncode == 2 and "tasks.host_state_interval" in result.stderr
+
+
+def test_unmigrated_database_refused(tmp_path: Path) -> None:
+    result = bmd("--config", str(write_config(tmp_path)), "serve")
+    assert result.returncode == 1
+    assert "not migrated" in result.stderr and "bmd db upgrade" in result.stderr
+
+
+def test_serve_then_sigterm_stops_cleanly(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    assert bmd("--config", str(config), "db", "upgrade").returncode == 0
+    d = daemon_factory(config)
+    started = d.wait_for("service_started")
+    url = started["api"]
+    # the loops run and health turns ok
+    end = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+            health = json.loads(resp.read())
+        if health["status"] == "ok" and all(t["last_success"] for t in health["tasks"].values()):
+            break
+        assert time.monotonic() < end, health
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5.0  # within service.graceful_timeout
+    d.wait_for("service_stopped")
+
+
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    assert bmd("--config", str(config), "db", "upgrade").returncode == 0
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(15)
+        d = daemon_factory(config, {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"})
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.append(sock.recv(4096).decode())
+        while messages.count("WATCHDOG=1") < 2:
+            messages.append(sock.recv(4096).decode())
+        d.proc.send_signal(signal.SIGINT)
+        while "STOPPING=1" not in messages:
+            messages.append(sock.recv(4096).decode())
+        assert d.proc.wait(timeout=10) == 0
+    assert f"MAINPID={d.proc.pid}" in next(m for m in messages if m.startswith("READY=1"))
+
+
+def test_config_command_prints_no_secret(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = bmd("--config", str(config), "config")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["api"]["port"] == 0 and data["service"]["host"] == "svc-test"
+    assert data["api"]["token_file"] == "******"
+    assert make_settings(tmp_path).api.port == 0
