@@ -7,7 +7,10 @@ the service-root address form and the no-credentials path.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +22,10 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 USER = "admin"
 PASSWORD = "s3cret-redfish"
@@ -55,15 +62,45 @@ def _free_port() -> int:
 
 
 def _ready(url: str) -> bool:
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
+        with urllib.request.urlopen(url, timeout=1.0, context=context) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 
 
+def _self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bmd test BMC")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = workdir / "bmc.crt", workdir / "bmc.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 def _start(
-    workdir: Path, systems: dict[str, tuple[str, str]], auth: bool
+    workdir: Path, systems: dict[str, tuple[str, str]], auth: bool, tls: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start the emulator on a free port; retry on a new port if the chosen one was taken meanwhile."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +125,10 @@ def _start(
         digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
         htpasswd.write_text(f"{USER}:{digest}\n")
         lines.append(f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}")
+    if tls:
+        cert_path, key_path = _self_signed(workdir)
+        lines.append(f"SUSHY_EMULATOR_SSL_CERT = {str(cert_path)!r}")
+        lines.append(f"SUSHY_EMULATOR_SSL_KEY = {str(key_path)!r}")
     exe = str(Path(sys.executable).with_name("sushy-emulator"))
     last_log = ""
     for attempt in range(3):
@@ -99,7 +140,7 @@ def _start(
             proc = subprocess.Popen(
                 [exe, "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir
             )
-        base = f"http://127.0.0.1:{port}"
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
             if _ready(base + "/redfish/v1/"):
@@ -130,6 +171,18 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     proc, base = _start(workdir, SYSTEMS, auth=True)
     try:
         yield Emulator(base, {role: uuid for role, (uuid, _) in SYSTEMS.items()}, workdir)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """HTTPS with a self-signed certificate (``workdir/bmc.crt``), no auth, one system."""
+    workdir = tmp_path_factory.mktemp("sushy-tls")
+    systems = {"only": ("00000000-0000-4000-8000-0000000000bb", "Off")}
+    proc, base = _start(workdir, systems, auth=False, tls=True)
+    try:
+        yield Emulator(base, {"only": systems["only"][0]}, workdir)
     finally:
         _stop(proc)
 

@@ -12,7 +12,14 @@ from structlog.testing import capture_logs
 
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerState
 from bmd.drivers.power.redfish import RedfishPower, RedfishSettings
-from bmd.errors import BMCAuthError, BMCError, BMCTimeout, InvalidInput, UnsupportedOperation
+from bmd.errors import (
+    BMCAuthError,
+    BMCError,
+    BMCTimeout,
+    BMCUnreachable,
+    InvalidInput,
+    UnsupportedOperation,
+)
 from tests.redfish.conftest import PASSWORD, USER, Emulator
 
 # The fake driver applies a power change 1-11 s after accepting it.
@@ -152,3 +159,23 @@ def test_validate_rejects(address: str, user: str | None, password: str | None, 
 
 def test_validate_accepts_system_url() -> None:
     RedfishPower().validate(access("https://10.0.0.5/redfish/v1/Systems/System.Embedded.1"))
+
+
+async def test_tls_verification(tls_emulator: Emulator) -> None:
+    """A self-signed BMC: refused by default, trusted through ca_file, or accepted with verify_tls=False."""
+    acc = access(tls_emulator.system_url("only"), user=None, password=None)
+    ca_file = str(tls_emulator.log_path / "bmc.crt")
+    strict, pinned, lax = (
+        RedfishPower(RedfishSettings(timeout=5.0)),
+        RedfishPower(RedfishSettings(timeout=5.0, ca_file=ca_file)),
+        RedfishPower(RedfishSettings(timeout=5.0, verify_tls=False)),
+    )
+    try:
+        with pytest.raises(BMCError, match=r"TLS failure") as info:
+            await strict.get_power_state(acc)
+        assert not isinstance(info.value, BMCUnreachable)
+        assert await pinned.get_power_state(acc) is PowerState.OFF
+        assert await lax.get_power_state(acc) is PowerState.OFF
+    finally:
+        for drv in (strict, pinned, lax):
+            await drv.close()
