@@ -1,0 +1,1 @@
+"""Network plumbing for VIFs: the OpenFlow controller's vifinfo client, its fake, and Open vSwitch."""
