@@ -5,13 +5,12 @@ the rows that changed; the writes of all trackers go to the database in one bulk
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
-ROW_KEYS = (
-    "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used", "local_gb_used",
-    "hypervisor_type", "hypervisor_version", "hypervisor_hostname", "cpu_info", "running_vms",
-    "service_host",
-)  # fmt: skip
+from bmd.drivers.baremetal import RESOURCE_KEYS as ROW_KEYS
+
+_values = itemgetter(*ROW_KEYS)
 
 
 class ResourceTracker:
@@ -24,7 +23,7 @@ class ResourceTracker:
 
     def update_available_resource(self, resources: dict[str, Any]) -> dict[str, Any] | None:
         """Compute this node's compute_nodes row; None when it is what was last written."""
-        values = tuple(resources[k] for k in ROW_KEYS)
+        values = _values(resources)
         if values == self._written:
             return None
         row = dict(zip(ROW_KEYS, values, strict=True))
@@ -35,7 +34,7 @@ class ResourceTracker:
 
     def written(self, row: dict[str, Any]) -> None:
         """Record that ``row`` is now in the database."""
-        self._written = tuple(row[k] for k in ROW_KEYS)
+        self._written = _values(row)
 
     def forget(self) -> None:
         """The database may not hold what we think (a failed write): write again next pass."""

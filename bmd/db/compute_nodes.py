@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, ComputeNode, utcnow
 
-_TABLE = ComputeNode.__table__
+_TABLE: Table = ComputeNode.__table__  # type: ignore[assignment]
 
 
 def _upsert(dialect: str) -> Any:
@@ -24,7 +24,7 @@ async def write_compute_nodes(session: AsyncSession, host: str, rows: Sequence[d
     """Upsert ``rows`` (executemany: one statement), refresh this host's ``updated_at``, drop gone nodes."""
     now = utcnow()
     if rows:
-        dialect = session.bind.dialect.name
+        dialect = session.get_bind().dialect.name
         await session.execute(_upsert(dialect), [{**r, "updated_at": now} for r in rows])
     await session.execute(update(ComputeNode).where(ComputeNode.service_host == host).values(updated_at=now))
     mine = select(BareMetalNode.id).where(BareMetalNode.service_host == host).scalar_subquery()

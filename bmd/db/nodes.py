@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,7 +53,7 @@ def node_lookup(ident: str) -> Any:
 
 
 async def get_node(session: AsyncSession, ident: str | int, *, for_update: bool = False) -> BareMetalNode:
-    stmt: Select[tuple[BareMetalNode]] = select(BareMetalNode).where(node_lookup(str(ident)))
+    stmt = select(BareMetalNode).where(node_lookup(str(ident)))
     if for_update:
         stmt = stmt.with_for_update()
     node = (await session.execute(stmt)).scalar_one_or_none()
@@ -106,7 +106,7 @@ async def check_unique(
     prov_mac: str | None = None,
 ) -> None:
     """Raise Conflict naming the field when a unique value is already taken (by another node)."""
-    others = BareMetalNode.id != node_id if node_id is not None else True
+    others = BareMetalNode.id != (node_id if node_id is not None else -1)
     checks: list[tuple[str, Any, Any]] = []
     if uuid:
         checks.append(("uuid", uuid, BareMetalNode.uuid == uuid))

@@ -8,10 +8,11 @@ returns a *list*, one capability dict per node. Each call reads the nodes in one
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
@@ -22,7 +23,8 @@ HYPERVISOR_TYPE = "baremetal"
 HYPERVISOR_VERSION = 1
 CPU_INFO = "baremetal cpu"
 
-# Only what the resource and capability views need: a narrow row keeps a 10,000-node pass cheap.
+# Only what the resource and capability views need: a narrow row keeps a 10,000-node pass cheap. The
+# per-node extra specs come back as JSON text, parsed once per distinct text (most nodes share a few).
 _COLUMNS = (
     BareMetalNode.id,
     BareMetalNode.service_host,
@@ -32,32 +34,36 @@ _COLUMNS = (
     BareMetalNode.instance_uuid,
     BareMetalNode.provision_state,
     BareMetalNode.maintenance,
-    BareMetalNode.extra_specs,
+    type_coerce(BareMetalNode.extra_specs, Text),
 )
 
+RESOURCE_KEYS = (
+    "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used", "local_gb_used", "hypervisor_type",
+    "hypervisor_version", "hypervisor_hostname", "cpu_info", "running_vms", "service_host",
+)  # fmt: skip
 
-def node_is_free(row: Row[Any] | BareMetalNode) -> bool:
+
+def node_is_free(instance_uuid: str | None, provision_state: str, maintenance: bool) -> bool:
     """A node offers its resources only when it holds no instance, is available and not in maintenance."""
-    return row.instance_uuid is None and row.provision_state == "available" and not row.maintenance
+    return instance_uuid is None and provision_state == "available" and not maintenance
 
 
-def resources_of(row: Row[Any] | BareMetalNode) -> dict[str, Any]:
-    """``get_available_resource`` for one node: one instance per node, so all or nothing is used."""
-    used = not node_is_free(row)
-    return {
-        "vcpus": row.cpus,
-        "memory_mb": row.memory_mb,
-        "local_gb": row.local_gb,
-        "vcpus_used": row.cpus if used else 0,
-        "memory_mb_used": row.memory_mb if used else 0,
-        "local_gb_used": row.local_gb if used else 0,
-        "hypervisor_type": HYPERVISOR_TYPE,
-        "hypervisor_version": HYPERVISOR_VERSION,
-        "hypervisor_hostname": str(row.id),
-        "cpu_info": CPU_INFO,
-        "running_vms": 1 if row.instance_uuid is not None else 0,
-        "service_host": row.service_host,
-    }
+def resource_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One node's resources in RESOURCE_KEYS order: one instance per node, so all or nothing is used."""
+    node_id, host, cpus, memory_mb, local_gb, instance_uuid, provision_state, maintenance, _ = row
+    if node_is_free(instance_uuid, provision_state, maintenance):
+        used = (0, 0, 0)
+    else:
+        used = (cpus, memory_mb, local_gb)
+    return (
+        cpus, memory_mb, local_gb, *used, HYPERVISOR_TYPE, HYPERVISOR_VERSION, str(node_id), CPU_INFO,
+        0 if instance_uuid is None else 1, host,
+    )  # fmt: skip
+
+
+def resources_of(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``get_available_resource`` for one node row."""
+    return dict(zip(RESOURCE_KEYS, resource_values(row), strict=True))
 
 
 def merge_specs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +88,21 @@ class BareMetalDriver:
             settings.driver.instance_type_extra_specs, settings.driver.baremetal_driver
         )
         self._supported: dict[str, list[tuple[str, str, str]]] = {}
+        self._specs: dict[str | None, dict[str, Any]] = {}
+
+    def specs_of(self, raw: str | None) -> dict[str, Any]:
+        """Service-wide extra specs merged with a node's own (given as stored JSON text); cached per text.
+
+        Nodes with the same per-node capabilities share one merged dict, so callers must not mutate it.
+        """
+        found = self._specs.get(raw)
+        if found is None:
+            own = json.loads(raw) if raw else None
+            found = merge_specs(self.extra_specs, own) if own else self.extra_specs
+            if len(self._specs) > 100_000:  # unbounded variety would be a leak: start over
+                self._specs.clear()
+            self._specs[raw] = found
+        return found
 
     def supported_instances(self, cpu_arch: str) -> list[tuple[str, str, str]]:
         # One shared list per architecture: 10,000 nodes of one arch cost one list, not 10,000.
@@ -90,7 +111,7 @@ class BareMetalDriver:
             found = self._supported[cpu_arch] = [(cpu_arch, HYPERVISOR_TYPE, HYPERVISOR_TYPE)]
         return found
 
-    async def _rows(self) -> Sequence[Row[Any]]:
+    async def _rows(self) -> Sequence[Any]:
         stmt = select(*_COLUMNS).where(BareMetalNode.service_host == self.host).order_by(BareMetalNode.id)
         async with self.sessionmaker() as session:
             return (await session.execute(stmt)).all()
@@ -112,30 +133,30 @@ class BareMetalDriver:
 
     async def get_available_resources(self) -> dict[str, dict[str, Any]]:
         """``get_available_resource`` for every node of this service, in one statement."""
-        return {str(row.id): resources_of(row) for row in await self._rows()}
+        return {str(row[0]): resources_of(row) for row in await self._rows()}
 
-    def host_stats_of(self, row: Row[Any]) -> dict[str, Any]:
-        specs = merge_specs(self.extra_specs, row.extra_specs) if row.extra_specs else self.extra_specs
-        res = resources_of(row)
-        nodename = res["hypervisor_hostname"]
+    def host_stats_of(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        vcpus, memory_mb, local_gb, vcpus_used, memory_used, disk_used, *_ = resource_values(row)
+        specs = self.specs_of(row[8])
+        nodename = str(row[0])
         stats = {
-            "vcpus": res["vcpus"],
-            "vcpus_used": res["vcpus_used"],
+            "vcpus": vcpus,
+            "vcpus_used": vcpus_used,
             "cpu_info": CPU_INFO,
-            "disk_total": res["local_gb"],
-            "disk_used": res["local_gb_used"],
-            "disk_available": res["local_gb"] - res["local_gb_used"],
-            "host_memory_total": res["memory_mb"],
-            "host_memory_free": res["memory_mb"] - res["memory_mb_used"],
+            "disk_total": local_gb,
+            "disk_used": disk_used,
+            "disk_available": local_gb - disk_used,
+            "host_memory_total": memory_mb,
+            "host_memory_free": memory_mb - memory_used,
             "hypervisor_type": HYPERVISOR_TYPE,
             "hypervisor_version": HYPERVISOR_VERSION,
             "hypervisor_hostname": nodename,
             "supported_instances": self.supported_instances(str(specs.get("cpu_arch", ""))),
+            **specs,
+            "host": self.host,
+            "node": nodename,
+            "maintenance": bool(row[7]),
         }
-        stats.update(specs)
-        stats["host"] = self.host
-        stats["node"] = nodename
-        stats["maintenance"] = bool(row.maintenance)
         return stats
 
     async def get_host_stats(self, refresh: bool = False) -> list[dict[str, Any]]:

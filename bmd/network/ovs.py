@@ -106,9 +106,7 @@ class Attachment:
 
 def _check_port(port_no: int, field: str = "port_no") -> None:
     if isinstance(port_no, bool) or not isinstance(port_no, int) or not 1 <= port_no <= MAX_PORT:
-        raise InvalidInput(
-            f"{field} must be an OpenFlow port number in 1..{MAX_PORT}, got {port_no!r}", field
-        )
+        raise InvalidInput(f"{field} must be an OpenFlow port number in 1..{MAX_PORT}, got {port_no!r}", field)
 
 
 class OVSBridge:
@@ -212,8 +210,7 @@ class OVSBridge:
             f"add cookie={_hex(cookie)},table={t0},priority={INGRESS_PRIORITY},in_port={a.port_no},"
             f"vlan_tci=0x0000/0x1fff,actions=push_vlan:0x8100,set_field:{a.vlan_id | 0x1000}->vlan_vid,"
             f"resubmit(,{t1})",
-            f"add cookie={_hex(cookie)},table={t0},priority={GUARD_PRIORITY},in_port={a.port_no},"
-            "actions=drop",
+            f"add cookie={_hex(cookie)},table={t0},priority={GUARD_PRIORITY},in_port={a.port_no},actions=drop",
         ]
 
     def _vlan_flows(self, vlans: Iterable[int], members: Sequence[Attachment]) -> list[str]:
@@ -229,12 +226,10 @@ class OVSBridge:
             outputs = [f"output:{u}" for u in self.settings.uplink_ports]
             outputs += ["pop_vlan", *(f"output:{p}" for p in ports)]
             commands.append(
-                f"add cookie={cookie},table={t0},priority={VLAN_PRIORITY},dl_vlan={vlan_id},"
-                f"actions=resubmit(,{t1})"
+                f"add cookie={cookie},table={t0},priority={VLAN_PRIORITY},dl_vlan={vlan_id},actions=resubmit(,{t1})"
             )
             commands.append(
-                f"add cookie={cookie},table={t1},priority={VLAN_PRIORITY},dl_vlan={vlan_id},"
-                f"actions={','.join(outputs)}"
+                f"add cookie={cookie},table={t1},priority={VLAN_PRIORITY},dl_vlan={vlan_id},actions={','.join(outputs)}"
             )
         return commands
 

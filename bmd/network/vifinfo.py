@@ -196,9 +196,7 @@ class VifInfoClient:
                 if status < 500:
                     return status, _parse_json(text)
                 failure = f"HTTP {status}: {text.strip()[:200]}"
-            log.warning(
-                "vifinfo_request_failed", method=method, url=url, attempt=attempt, of=attempts, error=failure
-            )
+            log.warning("vifinfo_request_failed", method=method, url=url, attempt=attempt, of=attempts, error=failure)
             if attempt < attempts and self.settings.retry_backoff > 0:
                 await asyncio.sleep(self.settings.retry_backoff * 2 ** (attempt - 1))
         raise VifInfoUnavailable(

@@ -12,7 +12,7 @@ from bmd.db.models import Service, utcnow
 
 async def register_service(session: AsyncSession, host: str) -> None:
     now = utcnow()
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Service)
     stmt = ins.values(host=host, binary="bmd", version=bmd.__version__, started_at=now, last_heartbeat=now)
     stmt = stmt.on_conflict_do_update(

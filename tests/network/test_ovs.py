@@ -38,9 +38,7 @@ class PrivateOVS:
     env: dict[str, str]
 
     def run(self, *argv: str) -> str:
-        done = subprocess.run(
-            argv, env=self.env, capture_output=True, text=True, timeout=CMD_TIMEOUT, check=False
-        )
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=CMD_TIMEOUT, check=False)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} failed: {done.stderr}")
         return done.stdout
@@ -152,12 +150,8 @@ async def test_attach_puts_ports_on_their_vlans(ovs: PrivateOVS) -> None:
     await br.attach(8, 200, VIF3)
 
     flows = ovs.flows()
-    assert f"cookie={vif_cookie(VIF1, 100):#x}, priority=200,in_port=5,vlan_tci=0x0000/0x1fff " in "\n".join(
-        flows
-    )
-    assert any(
-        "table=1" in f and "dl_vlan=100" in f and "output:9,pop_vlan,output:5,output:7" in f for f in flows
-    )
+    assert f"cookie={vif_cookie(VIF1, 100):#x}, priority=200,in_port=5,vlan_tci=0x0000/0x1fff " in "\n".join(flows)
+    assert any("table=1" in f and "dl_vlan=100" in f and "output:9,pop_vlan,output:5,output:7" in f for f in flows)
     assert len(flows) == 3 * 2 + 2 * 2  # two per vif, two per vlan
 
     # node1 -> tagged 100 to the uplink, untagged to node2 (same VLAN), never to node3 (VLAN 200).
@@ -236,9 +230,7 @@ async def test_errors_carry_stderr(ovs: PrivateOVS) -> None:
         (5, 100, "", "vif_uuid"),
     ],
 )
-async def test_attach_validates_before_touching_the_switch(
-    port_no: int, vlan_id: int, vif: str, field: str
-) -> None:
+async def test_attach_validates_before_touching_the_switch(port_no: int, vlan_id: int, vif: str, field: str) -> None:
     br = OVSBridge("br-unused", settings=OVSSettings(ofctl="/nonexistent/ovs-ofctl"))
     with pytest.raises(InvalidInput) as info:
         await br.attach(port_no, vlan_id, vif)

@@ -34,9 +34,7 @@ async def controller() -> AsyncIterator[tuple[FakeVifController, str]]:
 
 @pytest.fixture
 async def client(controller: tuple[FakeVifController, str]) -> AsyncIterator[VifInfoClient]:
-    async with VifInfoClient(
-        VifInfoSettings(url=controller[1], timeout=2.0, retries=2, retry_backoff=0)
-    ) as c:
+    async with VifInfoClient(VifInfoSettings(url=controller[1], timeout=2.0, retries=2, retry_backoff=0)) as c:
         yield c
 
 
@@ -86,18 +84,14 @@ async def test_delete_is_idempotent(client: VifInfoClient, controller: tuple[Fak
     assert fake.requests[-2:] == [("DELETE", f"/vifinfo/{VIF}"), ("DELETE", f"/vifinfo/{VIF}")]
 
 
-async def test_5xx_is_retried_then_succeeds(
-    client: VifInfoClient, controller: tuple[FakeVifController, str]
-) -> None:
+async def test_5xx_is_retried_then_succeeds(client: VifInfoClient, controller: tuple[FakeVifController, str]) -> None:
     fake, _ = controller
     fake.fail_next = [503, 500]
     assert await client.get(VIF) is None
     assert fake.requests == [("GET", f"/vifinfo/{VIF}")] * 3
 
 
-async def test_5xx_retries_are_bounded(
-    client: VifInfoClient, controller: tuple[FakeVifController, str]
-) -> None:
+async def test_5xx_retries_are_bounded(client: VifInfoClient, controller: tuple[FakeVifController, str]) -> None:
     fake, url = controller
     fake.fail_next = [503] * 10
     with pytest.raises(
@@ -125,9 +119,7 @@ async def test_controller_down_is_a_clear_error() -> None:
         with pytest.raises(VifInfoUnavailable) as info:
             await client.ensure(VIF, DPID, 3)
     message = str(info.value)
-    assert (
-        f"vifinfo controller at {url}" in message and "unreachable" in message and "2 attempt(s)" in message
-    )
+    assert f"vifinfo controller at {url}" in message and "unreachable" in message and "2 attempt(s)" in message
 
 
 async def test_silent_controller_times_out_per_attempt() -> None:

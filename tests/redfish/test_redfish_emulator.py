@@ -60,9 +60,7 @@ async def test_service_root_with_system_id(driver: RedfishPower, emulator: Emula
     assert await driver.get_power_state(acc) is PowerState.ON
 
 
-async def test_service_root_without_system_id_needs_exactly_one(
-    driver: RedfishPower, emulator: Emulator
-) -> None:
+async def test_service_root_without_system_id_needs_exactly_one(driver: RedfishPower, emulator: Emulator) -> None:
     with pytest.raises(BMCError, match=r"has 8 systems; set options.system_id"):
         await driver.get_power_state(access(emulator.base_url))
 
@@ -102,9 +100,7 @@ async def test_set_power_state_already_there_sends_nothing(driver: RedfishPower,
     assert resets(logs) == []
 
 
-async def test_wait_for_power_state_times_out_naming_last_state(
-    driver: RedfishPower, emulator: Emulator
-) -> None:
+async def test_wait_for_power_state_times_out_naming_last_state(driver: RedfishPower, emulator: Emulator) -> None:
     started = time.monotonic()
     with pytest.raises(BMCTimeout, match=r"did not reach power on within 0.3s \(last PowerState Off\)"):
         await driver.wait_for_power_state(access(emulator.system_url("read-off")), PowerState.ON, 0.3)

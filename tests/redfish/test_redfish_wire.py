@@ -114,9 +114,7 @@ async def test_reset_type_not_advertised(driver: RedfishPower, peer: tuple[Peer,
     assert p.received == []
 
 
-async def test_boot_override_once_and_continuous_on_the_wire(
-    driver: RedfishPower, peer: tuple[Peer, str]
-) -> None:
+async def test_boot_override_once_and_continuous_on_the_wire(driver: RedfishPower, peer: tuple[Peer, str]) -> None:
     p, url = peer
     await driver.set_boot_device(acc(url), BootDevice.PXE)
     await driver.set_boot_device(acc(url), BootDevice.BIOS, persistent=True)

@@ -218,8 +218,7 @@ class RedfishPower(PowerInterface):
                 return
             await asyncio.sleep(min(self.settings.poll_interval, max(deadline - loop.time(), 0)))
         raise BMCTimeout(
-            f"Redfish system {access.address} did not reach {state} within {within:.1f}s "
-            f"(last PowerState {last})"
+            f"Redfish system {access.address} did not reach {state} within {within:.1f}s (last PowerState {last})"
         )
 
     async def close(self) -> None:
@@ -324,8 +323,7 @@ class RedfishPower(PowerInterface):
                 ]
                 if len(members) != 1:
                     raise BMCError(
-                        f"Redfish service {origin} has {len(members)} systems; "
-                        "set options.system_id to choose one"
+                        f"Redfish service {origin} has {len(members)} systems; set options.system_id to choose one"
                     )
                 resolved = urljoin(origin, members[0]).rstrip("/")
         self._system_urls[key] = resolved
@@ -382,9 +380,7 @@ class RedfishPower(PowerInterface):
                 f"(HTTP {status}): {redfish_error_message(body, text)}"
             )
         if status >= 400:
-            raise BMCError(
-                f"Redfish {method} {url} failed (HTTP {status}): {redfish_error_message(body, text)}"
-            )
+            raise BMCError(f"Redfish {method} {url} failed (HTTP {status}): {redfish_error_message(body, text)}")
         if body is None and text.strip() and method == "GET":
             raise BMCError(f"Redfish {url} returned a body that is not JSON")
         return body
