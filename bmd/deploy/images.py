@@ -159,6 +159,11 @@ class ImageCache:
                 del self._leases[key]
                 self._evict()
 
+    async def wait_idle(self) -> None:
+        """Return once no download is in flight (finished, failed or cancelled)."""
+        while pending := [t for t in self._inflight.values() if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel and await downloads in flight (their temp files are removed), close our HTTP session."""
         tasks = list(self._inflight.values())
