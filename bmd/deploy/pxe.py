@@ -68,6 +68,7 @@ class PXEDeploy:
     # -- paths ----------------------------------------------------------------------------------------
 
     def _dirs(self, node_uuid: str) -> tuple[Path, Path]:
+        node_uuid = check_node_uuid(node_uuid)  # again here: these paths get rmtree'd
         return self.settings.tftp_root / node_uuid, self.settings.http_root / node_uuid
 
     def config_path(self, node_uuid: str) -> Path:

@@ -103,10 +103,10 @@ def mac_link_name(mac: str) -> str:
 
 def check_node_uuid(value: object) -> str:
     try:
-        canonical = str(uuid.UUID(str(value)))
+        canonical: str | None = str(uuid.UUID(str(value)))
     except ValueError:
-        canonical = ""
-    if canonical != value:
+        canonical = None
+    if canonical is None or canonical != value:
         raise InvalidInput(f"node_uuid must be a canonical lowercase UUID, got {value!r}", field="node_uuid")
     return canonical
 
