@@ -105,6 +105,7 @@ class ImageCache:
         self._waiters: Counter[str] = Counter()
         self._load_lock = asyncio.Lock()
         self._loaded = False
+        self._closed = False
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class ImageCache:
 
     async def close(self) -> None:
         """Cancel and await downloads in flight (their temp files are removed), close our HTTP session."""
+        self._closed = True
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
@@ -183,13 +185,22 @@ class ImageCache:
         return source, expected, _cache_key(source, expected)
 
     async def _get(self, key: str, source: ImageSource, expected: Checksum | None) -> CacheEntry:
-        entry = self._entries.get(key)
-        if entry is not None and await asyncio.to_thread(entry.path.is_file):
-            self._touch(entry)
-            return entry
-        if entry is not None:
-            log.warning("image_cache_entry_vanished", key=key, ref=entry.ref)
-            self._entries.pop(key, None)
+        if self._closed:
+            raise DriverError(f"cannot fetch {source.display}: the image cache is closed")
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and await asyncio.to_thread(entry.path.is_file):
+                self._touch(entry)
+                return entry
+            if entry is not None:
+                log.warning("image_cache_entry_vanished", key=key, ref=entry.ref)
+                self._entries.pop(key, None)
+            entry = await self._join_download(key, source, expected)
+            if self._entries.get(key) is entry:  # not evicted before we got here (only unleased fetches)
+                self._touch(entry)
+                return entry
+
+    async def _join_download(self, key: str, source: ImageSource, expected: Checksum | None) -> CacheEntry:
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._download(key, source, expected), name=f"image-fetch-{key}")
@@ -197,7 +208,7 @@ class ImageCache:
             task.add_done_callback(lambda t: self._download_done(key, t))
         self._waiters[key] += 1
         try:
-            entry = await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -211,8 +222,6 @@ class ImageCache:
             self._waiters[key] -= 1
             if self._waiters[key] <= 0:
                 del self._waiters[key]
-        self._touch(entry)
-        return entry
 
     def _download_done(self, key: str, task: asyncio.Task[CacheEntry]) -> None:
         if self._inflight.get(key) is task:
@@ -222,7 +231,6 @@ class ImageCache:
 
     def _touch(self, entry: CacheEntry) -> None:
         entry.last_used = self._clock()
-        self._entries[entry.key] = entry
         self._entries.move_to_end(entry.key)
         with contextlib.suppress(OSError):
             os.utime(self._meta_path(entry.key), (entry.last_used, entry.last_used))

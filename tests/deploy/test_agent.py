@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ from bmd.deploy.images import ImageCache
 from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
 from tests.deploy.servers import ImageServer
 
+REPO = Path(__file__).resolve().parents[2]
 NODE = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 MAC = "52:54:00:12:34:56"
 KEY = "Zq3xTg7vLm2nPw8rKs4yHd6jBf1cNa5e"
@@ -202,3 +206,24 @@ async def test_params_and_logs(world: World) -> None:
     with capture_logs() as logs:
         await run_agent(world.tftp, MAC)
     assert "agent_callback_sent" in [e["event"] for e in logs] and KEY not in repr(logs)
+
+
+async def test_command_line(world: World) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bmd.deploy.agent_sim",
+        "--tftp-root",
+        str(world.tftp),
+        "--mac",
+        MAC,
+        "--address",
+        "10.9.9.9",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert json.loads(out.decode().splitlines()[-1]) == {"status": 202, "error": None, "resumed": True}
+    assert world.bmd.callbacks[0]["address"] == "10.9.9.9"

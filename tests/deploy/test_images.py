@@ -339,3 +339,12 @@ def test_max_bytes_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as err:
         ImageCache(tmp_path, 0)
     assert err.value.field == "max_bytes"
+
+
+async def test_fetch_after_close_is_refused(tmp_path: Path, image_server: ImageServer) -> None:
+    image_server.add("a", b"data")
+    cache = make_cache(tmp_path / "c")
+    await cache.close()
+    with pytest.raises(DriverError, match="closed"):
+        await cache.fetch(image_server.url("a"))
+    assert image_server.hits["a"] == 0
