@@ -1,0 +1,10 @@
+"""Deploy leaf components: the image cache, the PXE/iPXE writer, the HTTP file server and a test agent.
+
+- ``images``: :class:`~bmd.deploy.images.ImageCache`, a size-bounded LRU of verified images
+  (``checksum`` parses and verifies digests, ``refs`` parses image refs).
+- ``pxe``: :class:`~bmd.deploy.pxe.PXEDeploy`, per-node pxelinux and iPXE files (``spec`` holds the settings,
+  the deploy spec and their checks; ``templates`` the file formats and kernel-arg names; ``fsutil`` atomic
+  file operations).
+- ``http``: an aiohttp sub-app serving ``http_root`` with Range support.
+- ``agent_sim``: plays the deploy ramdisk over the real wire protocol (for end-to-end tests and the lab).
+"""

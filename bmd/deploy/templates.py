@@ -1,0 +1,128 @@
+"""Boot file templates: pxelinux configs and iPXE scripts, rendered with ``string.Template``.
+
+The templates use ``@name`` placeholders, not ``$name``: iPXE scripts are full of ``${mac}``-style
+variables of their own. Values are checked by the caller (no whitespace, no quotes, no ``$``), so a value
+can never add a line or a directive to the file it lands in.
+
+Both formats get two renderings per deploy: *deploy mode* (``default deploy`` / ``goto deploy``, both
+labels, the deployment key in the deploy label's kernel args) and *boot mode* (``default boot`` /
+``goto boot``, the boot label only). Boot mode is what ``switch_to_boot`` puts in place, so once a deploy is
+done the key is no longer published over TFTP/HTTP.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+# Kernel arguments of the deploy label: the wire protocol between bmd and the deploy ramdisk.
+ARG_DEPLOYMENT_ID = "deployment_id"
+ARG_DEPLOYMENT_KEY = "deployment_key"
+ARG_CALLBACK_URL = "bmd_callback_url"
+ARG_IMAGE_URL = "bmd_image_url"
+ARG_IMAGE_CHECKSUM = "bmd_image_checksum"
+ARG_ROOT_MB = "bmd_root_mb"
+ARG_SWAP_MB = "bmd_swap_mb"
+
+# File names inside a node's directory.
+DEPLOY_KERNEL = "deploy_kernel"
+DEPLOY_RAMDISK = "deploy_ramdisk"
+KERNEL = "kernel"
+RAMDISK = "ramdisk"
+DISK_IMAGE = "disk"
+PXE_CONFIG = "config"
+IPXE_SCRIPT = "boot.ipxe"
+
+
+class _Template(string.Template):
+    delimiter = "@"
+
+
+_PXE_HEADER = _Template("""\
+# Written by bmd for node @node_uuid. Do not edit: bmd rewrites it.
+default @default
+prompt 0
+timeout 0
+""")
+
+_PXE_DEPLOY = _Template("""
+label deploy
+kernel @node_uuid/deploy_kernel
+append initrd=@node_uuid/deploy_ramdisk @args
+ipappend 3
+""")
+
+_PXE_BOOT = _Template("""
+label boot
+kernel @node_uuid/kernel
+append initrd=@node_uuid/ramdisk @args
+""")
+
+_IPXE_HEADER = _Template("""\
+#!ipxe
+# Written by bmd for node @node_uuid. Do not edit: bmd rewrites it.
+goto @default
+""")
+
+_IPXE_DEPLOY = _Template("""
+:deploy
+kernel @base/deploy_kernel initrd=deploy_ramdisk @args BOOTIF=01-${mac:hexhyp}
+initrd @base/deploy_ramdisk
+boot || goto failed
+""")
+
+_IPXE_BOOT = _Template("""
+:boot
+kernel @base/kernel initrd=ramdisk @args
+initrd @base/ramdisk
+boot || goto failed
+""")
+
+_IPXE_FOOTER = """
+:failed
+echo bmd: boot failed, retrying in 10 seconds
+sleep 10
+reboot
+"""
+
+_IPXE_CHAIN = _Template("""\
+#!ipxe
+# Written by bmd. Point DHCP at this script: it chains to the script of the interface that booted.
+chain @http_url/ipxe/01-${mac:hexhyp}.ipxe || goto no_config
+
+:no_config
+echo bmd: no boot script for ${mac}, booting from the next device
+exit
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class BootParams:
+    """Everything the templates need; values are already validated (single tokens)."""
+
+    node_uuid: str
+    deploy_args: str  # holds the deployment key: never log this object's fields
+    boot_args: str
+    node_url: str  # http_url/<node_uuid>
+
+
+def kernel_args(pairs: dict[str, str | int], extra: str = "") -> str:
+    return " ".join([*(f"{k}={v}" for k, v in pairs.items()), *extra.split()])
+
+
+def pxe_config(p: BootParams, deploy: bool) -> str:
+    text = _PXE_HEADER.substitute(node_uuid=p.node_uuid, default="deploy" if deploy else "boot")
+    if deploy:
+        text += _PXE_DEPLOY.substitute(node_uuid=p.node_uuid, args=p.deploy_args)
+    return text + _PXE_BOOT.substitute(node_uuid=p.node_uuid, args=p.boot_args)
+
+
+def ipxe_script(p: BootParams, deploy: bool) -> str:
+    text = _IPXE_HEADER.substitute(node_uuid=p.node_uuid, default="deploy" if deploy else "boot")
+    if deploy:
+        text += _IPXE_DEPLOY.substitute(base=p.node_url, args=p.deploy_args)
+    return text + _IPXE_BOOT.substitute(base=p.node_url, args=p.boot_args) + _IPXE_FOOTER
+
+
+def ipxe_chain(http_url: str) -> str:
+    return _IPXE_CHAIN.substitute(http_url=http_url)
