@@ -23,13 +23,13 @@ from sqlalchemy import func, insert, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bmd.config import Settings  # noqa: E402
-from bmd.db.engine import make_engine  # noqa: E402
-from bmd.db.migrate import upgrade  # noqa: E402
-from bmd.db.models import BareMetalNode, utcnow  # noqa: E402
-from bmd.service import open_context  # noqa: E402
-from bmd.tasks.report_driver_status import ReportDriverStatus  # noqa: E402
-from bmd.tasks.update_available_resource import UpdateAvailableResource  # noqa: E402
+from bmd.config import Settings
+from bmd.db.engine import make_engine
+from bmd.db.migrate import upgrade
+from bmd.db.models import BareMetalNode, utcnow
+from bmd.service import open_context
+from bmd.tasks.report_driver_status import ReportDriverStatus
+from bmd.tasks.update_available_resource import UpdateAvailableResource
 
 
 def rss_kib(field: str = "VmRSS") -> int:
