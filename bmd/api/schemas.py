@@ -138,3 +138,49 @@ class CapabilityValue(Body):
 class PxeIpCreate(Body):
     address: IPAddr
     server_address: IPAddr
+
+
+_FLAVOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_EXTRA_SPEC_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def check_flavor_name(value: str) -> str:
+    if not _FLAVOR_NAME.match(value):
+        raise ValueError("must be 1-255 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def check_extra_spec_key(value: str) -> str:
+    if not _EXTRA_SPEC_KEY.match(value):
+        raise ValueError(f"{value!r} is not an extra spec key (letters, digits, '_', '.', '-', ':')")
+    return value
+
+
+def check_extra_specs(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        check_extra_spec_key(key)
+    return value
+
+
+FlavorName = Annotated[StrictStr, AfterValidator(check_flavor_name)]
+ExtraSpecValue = Annotated[StrictStr, Field(max_length=255)]
+ExtraSpecs = Annotated[dict[str, ExtraSpecValue], AfterValidator(check_extra_specs)]
+
+
+class FlavorCreate(Body):
+    name: FlavorName
+    ram: Count
+    vcpus: Count
+    disk: Size
+    ephemeral: Size = 0
+    swap: Size = 0
+    flavorid: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
+    extra_specs: ExtraSpecs = Field(default_factory=dict)
+
+
+class ExtraSpecsBody(Body):
+    extra_specs: ExtraSpecs
+
+
+class ExtraSpecValueBody(Body):
+    value: ExtraSpecValue

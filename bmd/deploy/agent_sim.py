@@ -130,9 +130,7 @@ def _consume(out: IO[bytes] | None, sink: DigestSink, chunk: bytes) -> None:
         out.write(chunk)
 
 
-async def _read_body(
-    resp: aiohttp.ClientResponse, out: IO[bytes] | None, sink: DigestSink, limit: int
-) -> None:
+async def _read_body(resp: aiohttp.ClientResponse, out: IO[bytes] | None, sink: DigestSink, limit: int) -> None:
     """Feed up to ``limit`` more bytes of the body to the sink (and the file)."""
     async for chunk in resp.content.iter_chunked(64 * 1024):
         chunk = chunk[: limit - sink.size] if limit >= 0 else chunk

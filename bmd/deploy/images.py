@@ -88,9 +88,7 @@ class ImageCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0:
-            raise InvalidInput(
-                f"image cache max_bytes must be positive, got {max_bytes!r}", field="max_bytes"
-            )
+            raise InvalidInput(f"image cache max_bytes must be positive, got {max_bytes!r}", field="max_bytes")
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.http_timeout = http_timeout
@@ -133,9 +131,7 @@ class ImageCache:
             for entry in sorted(found, key=lambda e: e.last_used):
                 self._entries[entry.key] = entry
             self._loaded = True
-            log.info(
-                "image_cache_loaded", root=str(self.root), entries=len(found), total_bytes=self.total_bytes
-            )
+            log.info("image_cache_loaded", root=str(self.root), entries=len(found), total_bytes=self.total_bytes)
             self._evict()
 
     async def fetch(self, ref: str, checksum: str | None = None) -> Path:
@@ -212,9 +208,7 @@ class ImageCache:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
-                raise DriverError(
-                    f"fetching {source.display} was cancelled: the image cache is closing"
-                ) from None
+                raise DriverError(f"fetching {source.display} was cancelled: the image cache is closing") from None
             if self._waiters[key] == 1 and not task.done():
                 task.cancel()  # nobody else wants it: stop downloading
             raise
@@ -303,9 +297,7 @@ class ImageCache:
     async def _stream_http(self, source: ImageSource, out: IO[bytes], sink: DigestSink) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.http_timeout, sock_read=self.http_timeout
-        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.http_timeout, sock_read=self.http_timeout)
         try:
             async with self._session.get(source.location, timeout=timeout) as resp:
                 if resp.status != 200:

@@ -111,9 +111,7 @@ class PXEDeploy:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = {
-                        name: tg.create_task(
-                            stack.enter_async_context(self.cache.lease(ref.ref, ref.checksum))
-                        )
+                        name: tg.create_task(stack.enter_async_context(self.cache.lease(ref.ref, ref.checksum)))
                         for name, ref in names.items()
                     }
             except BaseExceptionGroup as group:
@@ -243,9 +241,7 @@ class PXEDeploy:
             except FileNotFoundError:
                 raise NotFound(f"node {node_uuid} has no {name} to switch to boot") from None
             if marker not in text.splitlines():
-                raise DriverError(
-                    f"{live} is neither in deploy mode with a staged boot file nor in boot mode"
-                )
+                raise DriverError(f"{live} is neither in deploy mode with a staged boot file nor in boot mode")
 
     def _clean(self, node_uuid: str) -> int:
         removed = 0

@@ -34,9 +34,7 @@ def display_ref(ref: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "<redacted>" if parts.query else "", ""))
 
 
-def parse_image_ref(
-    ref: object, allowed_local_roots: Sequence[Path], field: str = "image_ref"
-) -> ImageSource:
+def parse_image_ref(ref: object, allowed_local_roots: Sequence[Path], field: str = "image_ref") -> ImageSource:
     """Parse and check a ref. Blocking (resolves local paths): call from a thread. Errors name ``field``."""
     if not isinstance(ref, str) or not ref.strip():
         raise InvalidInput(f"{field} must be a non-empty string", field=field)
@@ -48,9 +46,7 @@ def parse_image_ref(
         return ImageSource("http", ref, display_ref(ref))
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise InvalidInput(
-                f"{field}: a file:// URL must be local, got host {parts.netloc!r}", field=field
-            )
+            raise InvalidInput(f"{field}: a file:// URL must be local, got host {parts.netloc!r}", field=field)
         path = unquote(parts.path)
     elif parts.scheme == "" and ref.startswith("/"):
         path = ref

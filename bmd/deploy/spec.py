@@ -44,9 +44,7 @@ class PXESettings:
         url = self.http_url.rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or not TOKEN.match(url):
-            raise ConfigError(
-                f"deploy.http_url must be an http(s):// URL without spaces, got {self.http_url!r}"
-            )
+            raise ConfigError(f"deploy.http_url must be an http(s):// URL without spaces, got {self.http_url!r}")
         object.__setattr__(self, "http_url", url)
         if not all(TOKEN.match(arg) for arg in self.append_params.split()):
             raise ConfigError("deploy.append_params must be plain kernel arguments (no quotes, '$' or ';')")

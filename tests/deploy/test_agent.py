@@ -131,9 +131,7 @@ async def cache(tmp_path: Path) -> AsyncIterator[ImageCache]:
 
 
 @pytest.fixture
-async def world(
-    tmp_path: Path, image_server: ImageServer, cache: ImageCache, servers: list[TestServer]
-) -> World:
+async def world(tmp_path: Path, image_server: ImageServer, cache: ImageCache, servers: list[TestServer]) -> World:
     return await build_world(tmp_path, image_server, cache, "images", servers)
 
 

@@ -39,9 +39,7 @@ async def cache(tmp_path: Path) -> AsyncIterator[ImageCache]:
 
 
 @pytest.mark.parametrize("algorithm", ["md5", "sha256", "sha512"])
-async def test_http_fetch_verifies_and_is_cached(
-    cache: ImageCache, image_server: ImageServer, algorithm: str
-) -> None:
+async def test_http_fetch_verifies_and_is_cached(cache: ImageCache, image_server: ImageServer, algorithm: str) -> None:
     data = os.urandom(3000)
     image_server.add("a", data)
     path = await cache.fetch(image_server.url("a"), digest(data, algorithm))
@@ -109,9 +107,7 @@ async def test_concurrent_fetches_share_one_download(cache: ImageCache, image_se
     assert image_server.hits["a"] == 1
 
 
-async def test_cancelling_one_waiter_does_not_stop_the_others(
-    cache: ImageCache, image_server: ImageServer
-) -> None:
+async def test_cancelling_one_waiter_does_not_stop_the_others(cache: ImageCache, image_server: ImageServer) -> None:
     data = os.urandom(5000)
     checksum = image_server.add("a", data)
     gate, started = image_server.hold("a")
@@ -126,9 +122,7 @@ async def test_cancelling_one_waiter_does_not_stop_the_others(
     assert image_server.hits["a"] == 1
 
 
-async def test_cancelling_the_last_waiter_stops_the_download(
-    cache: ImageCache, image_server: ImageServer
-) -> None:
+async def test_cancelling_the_last_waiter_stops_the_download(cache: ImageCache, image_server: ImageServer) -> None:
     image_server.add("a", os.urandom(5000))
     _gate, started = image_server.hold("a")
     task = asyncio.create_task(cache.fetch(image_server.url("a")))
@@ -309,18 +303,14 @@ async def test_bad_refs_name_the_field(cache: ImageCache, ref: str) -> None:
     "checksum",
     ["abc", "sha1:" + "0" * 40, "sha256:" + "0" * 63, "sha256:" + "g" * 64, "md5:", "sha256" + "0" * 64],
 )
-async def test_bad_checksums_name_the_field(
-    cache: ImageCache, image_server: ImageServer, checksum: str
-) -> None:
+async def test_bad_checksums_name_the_field(cache: ImageCache, image_server: ImageServer, checksum: str) -> None:
     with pytest.raises(InvalidInput) as err:
         await cache.fetch(image_server.url("a"), checksum)
     assert err.value.field == "checksum"
     assert image_server.hits["a"] == 0
 
 
-async def test_credentials_in_refs_are_never_logged_or_stored(
-    cache: ImageCache, image_server: ImageServer
-) -> None:
+async def test_credentials_in_refs_are_never_logged_or_stored(cache: ImageCache, image_server: ImageServer) -> None:
     image_server.add("a", b"data")
     with capture_logs() as logs:
         path = await cache.fetch(image_server.url("a", auth="user:hunter2", query="token=s3cr3t"))

@@ -35,9 +35,7 @@ class Env:
     http: Path
     images: dict[str, bytes]
 
-    def spec(
-        self, node_uuid: str = NODE_A, macs: tuple[str, ...] = ("AA:BB:CC:DD:EE:01",), **kw: object
-    ) -> DeploySpec:
+    def spec(self, node_uuid: str = NODE_A, macs: tuple[str, ...] = ("AA:BB:CC:DD:EE:01",), **kw: object) -> DeploySpec:
         refs = {
             name: ImageRef(self.server.url(name), "sha256:" + hashlib.sha256(data).hexdigest())
             for name, data in self.images.items()
@@ -137,9 +135,7 @@ async def test_node_files_are_hard_links_into_the_cache(env: Env) -> None:
 
 
 async def test_mac_links_are_relative_and_named_by_mac(env: Env) -> None:
-    layout = await env.pxe.prepare(
-        env.spec(macs=("AA:BB:CC:DD:EE:01", "aa-bb-cc-dd-ee-02", "aa:bb:cc:dd:ee:01"))
-    )
+    layout = await env.pxe.prepare(env.spec(macs=("AA:BB:CC:DD:EE:01", "aa-bb-cc-dd-ee-02", "aa:bb:cc:dd:ee:01")))
     links = sorted(os.listdir(env.tftp / "pxelinux.cfg"))
     assert links == ["01-aa-bb-cc-dd-ee-01", "01-aa-bb-cc-dd-ee-02"]
     for name in links:
@@ -333,12 +329,8 @@ BAD_SPECS: list[tuple[str, dict[str, object]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("field", "change"), BAD_SPECS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SPECS)]
-)
-async def test_bad_specs_name_the_field_and_write_nothing(
-    env: Env, field: str, change: dict[str, object]
-) -> None:
+@pytest.mark.parametrize(("field", "change"), BAD_SPECS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SPECS)])
+async def test_bad_specs_name_the_field_and_write_nothing(env: Env, field: str, change: dict[str, object]) -> None:
     spec = dataclasses.replace(env.spec(), **change)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput) as err:
         await env.pxe.prepare(spec)

@@ -1,0 +1,119 @@
+"""``/v1/flavors``: the seed's instance types and their extra specs (``capabilities:...`` and others)."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.schemas import ExtraSpecsBody, ExtraSpecValueBody, FlavorCreate, check_extra_spec_key
+from bmd.db import flavors as q
+from bmd.db.models import InstanceType, InstanceTypeExtraSpec
+from bmd.db.nodes import conflict_from
+from bmd.errors import Conflict, InvalidInput, NotFound
+
+
+async def create_flavor(request: web.Request) -> web.Response:
+    body = await parse_body(request, FlavorCreate)
+    async with ctx_of(request).sessionmaker.begin() as session:
+        flavorid = body.flavorid or str(uuid.uuid4())
+        taken = await session.scalar(
+            select(InstanceType.name).where((InstanceType.name == body.name) | (InstanceType.flavorid == flavorid))
+        )
+        if taken is not None:
+            raise Conflict(
+                f"flavor {body.name} already exists" if taken == body.name else f"flavorid {flavorid} is taken"
+            )
+        row = InstanceType(
+            name=body.name, flavorid=flavorid, memory_mb=body.ram, vcpus=body.vcpus, root_gb=body.disk,
+            ephemeral_gb=body.ephemeral, swap=body.swap,
+        )  # fmt: skip
+        session.add(row)
+        try:
+            await session.flush()
+            await q.set_extra_specs(session, row, body.extra_specs)
+        except IntegrityError as err:
+            raise conflict_from(err) from err
+        flavor = await q.get_flavor(session, body.name)
+    return json_response(flavor.as_dict(), status=201)
+
+
+async def list_flavors(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker() as session:
+        flavors = await q.list_flavors(session)
+    return json_response({"flavors": [f.as_dict() for f in flavors]})
+
+
+async def show_flavor(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker() as session:
+        flavor = await q.get_flavor(session, request.match_info["name"])
+    return json_response(flavor.as_dict())
+
+
+async def delete_flavor(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker.begin() as session:
+        row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
+        await session.execute(delete(InstanceTypeExtraSpec).where(InstanceTypeExtraSpec.instance_type_id == row.id))
+        await session.delete(row)
+    return web.Response(status=204)
+
+
+async def get_extra_specs(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker() as session:
+        flavor = await q.get_flavor(session, request.match_info["name"])
+    return json_response({"extra_specs": flavor.extra_specs})
+
+
+async def add_extra_specs(request: web.Request) -> web.Response:
+    body = await parse_body(request, ExtraSpecsBody)
+    async with ctx_of(request).sessionmaker.begin() as session:
+        row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
+        await q.set_extra_specs(session, row, body.extra_specs)
+        flavor = await q.get_flavor(session, row.name)
+    return json_response({"extra_specs": flavor.extra_specs})
+
+
+def _key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    try:
+        return check_extra_spec_key(key)
+    except ValueError as err:
+        raise InvalidInput(f"key: {err}", field="key") from err
+
+
+async def set_extra_spec(request: web.Request) -> web.Response:
+    key = _key(request)
+    body = await parse_body(request, ExtraSpecValueBody)
+    async with ctx_of(request).sessionmaker.begin() as session:
+        row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
+        await q.set_extra_specs(session, row, {key: body.value})
+    return json_response({key: body.value})
+
+
+async def delete_extra_spec(request: web.Request) -> web.Response:
+    key = _key(request)
+    async with ctx_of(request).sessionmaker.begin() as session:
+        row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
+        result = await session.execute(
+            delete(InstanceTypeExtraSpec).where(
+                InstanceTypeExtraSpec.instance_type_id == row.id, InstanceTypeExtraSpec.key == key
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise NotFound(f"flavor {row.name} has no extra spec {key!r}")
+    return web.Response(status=204)
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/flavors", create_flavor)
+    r.add_get("/v1/flavors", list_flavors)
+    r.add_get("/v1/flavors/{name}", show_flavor)
+    r.add_delete("/v1/flavors/{name}", delete_flavor)
+    r.add_get("/v1/flavors/{name}/extra_specs", get_extra_specs)
+    r.add_post("/v1/flavors/{name}/extra_specs", add_extra_specs)
+    r.add_put("/v1/flavors/{name}/extra_specs/{key}", set_extra_spec)
+    r.add_delete("/v1/flavors/{name}/extra_specs/{key}", delete_extra_spec)
