@@ -160,6 +160,7 @@ class NetworkSettings(_Section):
     controller_retries: Annotated[int, Field(ge=0, le=10)] = 2
     ovs_bridge: str = "br-bm"
     ovs_db: str = ""
+    ovs_run_dir: str = ""
 
 
 class Settings(_Section):
