@@ -147,11 +147,17 @@ class RedfishSettings(_Section):
 
 class DeploySettings(_Section):
     tftp_root: str = "./var/tftpboot"
+    http_root: str = "./var/httpboot"
     image_cache_dir: str = "./var/images"
     image_cache_max_bytes: Annotated[int, Field(gt=0)] = 20 * 1024**3
+    allowed_image_roots: list[str] = Field(default_factory=list)
     deploy_timeout: PositiveSeconds = 1800.0
+    deploy_timeout_check_interval: PositiveSeconds = 30.0
     deploy_kernel: str = ""
     deploy_ramdisk: str = ""
+    boot_kernel: str = ""
+    boot_ramdisk: str = ""
+    append_params: str = ""
 
 
 class NetworkSettings(_Section):

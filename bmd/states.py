@@ -82,20 +82,20 @@ async def transition(
     event: Event,
     *,
     expect: ProvisionState | None = None,
-    instance_uuid: str | None = None,
+    holding: str | None = None,
     **values: Any,
 ) -> ProvisionState:
     """Apply ``event`` to the node atomically; extra column ``values`` are written in the same statement.
 
-    ``expect`` narrows the allowed source to one state; ``instance_uuid`` makes the transition apply only
-    while the node still holds that instance. Returns the new state; raises InvalidState (409) otherwise.
+    ``expect`` narrows the allowed source to one state; ``holding`` makes the transition apply only while
+    the node still holds that instance. Returns the new state; raises InvalidState (409) otherwise.
     """
     allowed = [s for s in ([expect] if expect is not None else sources(event)) if (event, s) in TRANSITIONS]
     new = TRANSITIONS[(event, sources(event)[0])]
     now = utcnow()
     conds = [BareMetalNode.id == node_id, BareMetalNode.provision_state.in_([s.value for s in allowed])]
-    if instance_uuid is not None:
-        conds.append(BareMetalNode.instance_uuid == instance_uuid)
+    if holding is not None:
+        conds.append(BareMetalNode.instance_uuid == holding)
     if allowed:
         result = await session.execute(
             update(BareMetalNode).where(*conds).values(provision_state=new.value, provision_updated_at=now, **values)
@@ -109,8 +109,8 @@ async def transition(
     ).first()
     if row is None:
         raise NotFound(f"node {node_id} not found")
-    if instance_uuid is not None and row.instance_uuid != instance_uuid:
-        raise InvalidState(f"node {node_id} no longer holds instance {instance_uuid} (it is {row.provision_state})")
+    if holding is not None and row.instance_uuid != holding:
+        raise InvalidState(f"node {node_id} no longer holds instance {holding} (it is {row.provision_state})")
     raise InvalidState(f"cannot {event} node {node_id}: it is {row.provision_state}")
 
 

@@ -48,9 +48,9 @@ async def test_instance_guard(ctx: AppContext) -> None:
     await set_state(ctx, node, ProvisionState.WAIT_CALLBACK, "inst-1")
     async with ctx.sessionmaker.begin() as session:
         with pytest.raises(InvalidState, match="no longer holds instance inst-2"):
-            await transition(session, node, Event.DONE, instance_uuid="inst-2")
+            await transition(session, node, Event.DONE, holding="inst-2")
     async with ctx.sessionmaker.begin() as session:
-        assert await transition(session, node, Event.DONE, instance_uuid="inst-1") == ProvisionState.ACTIVE
+        assert await transition(session, node, Event.DONE, holding="inst-1") == ProvisionState.ACTIVE
 
 
 async def test_unknown_node(ctx: AppContext) -> None:

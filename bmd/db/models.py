@@ -199,6 +199,7 @@ class Instance(Timestamps, Base):
     image_properties: Mapped[JSONDict]
     hints: Mapped[JSONDict]
     network_info: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    deploy_info: Mapped[JSONDict]  # kernel/ramdisk refs, checksums, root_mb, swap_mb
     last_error: Mapped[str | None] = mapped_column(Text)
     deleted_at: Mapped[dt.datetime | None]
 

@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 20:42:17.915545
 """
 
 from __future__ import annotations
@@ -106,10 +105,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["bm_node_id"],
-            ["bm_nodes.id"],
-            name=op.f("fk_bm_deployments_bm_node_id_bm_nodes"),
-            ondelete="CASCADE",
+            ["bm_node_id"], ["bm_nodes.id"], name=op.f("fk_bm_deployments_bm_node_id_bm_nodes"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bm_deployments")),
         sa.UniqueConstraint("bm_node_id", name=op.f("uq_bm_deployments_bm_node_id")),
@@ -125,10 +121,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["bm_node_id"],
-            ["bm_nodes.id"],
-            name=op.f("fk_bm_interfaces_bm_node_id_bm_nodes"),
-            ondelete="CASCADE",
+            ["bm_node_id"], ["bm_nodes.id"], name=op.f("fk_bm_interfaces_bm_node_id_bm_nodes"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bm_interfaces")),
         sa.UniqueConstraint("address", name=op.f("uq_bm_interfaces_address")),
@@ -146,10 +139,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["bm_node_id"],
-            ["bm_nodes.id"],
-            name=op.f("fk_bm_pxe_ips_bm_node_id_bm_nodes"),
-            ondelete="SET NULL",
+            ["bm_node_id"], ["bm_nodes.id"], name=op.f("fk_bm_pxe_ips_bm_node_id_bm_nodes"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bm_pxe_ips")),
         sa.UniqueConstraint("address", name=op.f("uq_bm_pxe_ips_address")),
@@ -176,10 +166,7 @@ def upgrade() -> None:
         sa.Column("running_vms", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["bm_node_id"],
-            ["bm_nodes.id"],
-            name=op.f("fk_compute_nodes_bm_node_id_bm_nodes"),
-            ondelete="CASCADE",
+            ["bm_node_id"], ["bm_nodes.id"], name=op.f("fk_compute_nodes_bm_node_id_bm_nodes"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_compute_nodes")),
         sa.UniqueConstraint("bm_node_id", name=op.f("uq_compute_nodes_bm_node_id")),
@@ -220,15 +207,13 @@ def upgrade() -> None:
         sa.Column("image_properties", sa.JSON(), nullable=False),
         sa.Column("hints", sa.JSON(), nullable=False),
         sa.Column("network_info", sa.JSON(), nullable=False),
+        sa.Column("deploy_info", sa.JSON(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["bm_node_id"],
-            ["bm_nodes.id"],
-            name=op.f("fk_instances_bm_node_id_bm_nodes"),
-            ondelete="SET NULL",
+            ["bm_node_id"], ["bm_nodes.id"], name=op.f("fk_instances_bm_node_id_bm_nodes"), ondelete="SET NULL"
         ),
         sa.ForeignKeyConstraint(
             ["instance_type_id"],

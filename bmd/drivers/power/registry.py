@@ -1,0 +1,50 @@
+"""Power drivers by name (``pm_driver``), built once from the settings and shared by every node.
+
+Drivers are entry points of group ``bmd.drivers.power``. A driver class with a ``from_settings(settings)``
+classmethod is built with it, any other with no arguments. ``for_node`` also builds the node's
+``BMCAccess``, decrypting its BMC password (which never leaves this path in clear text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bmd.config import Settings
+from bmd.db.models import BareMetalNode
+from bmd.drivers.power.base import BMCAccess, PowerInterface
+from bmd.plugins import POWER_GROUP, load_plugin
+from bmd.secrets import SecretBox
+
+
+class PowerRegistry:
+    def __init__(self, settings: Settings, secret_box: SecretBox) -> None:
+        self.settings = settings
+        self.secret_box = secret_box
+        self._drivers: dict[str, PowerInterface] = {}
+
+    def get(self, name: str) -> PowerInterface:
+        driver = self._drivers.get(name)
+        if driver is None:
+            cls: Any = load_plugin(POWER_GROUP, name, what="pm_driver")
+            driver = cls.from_settings(self.settings) if hasattr(cls, "from_settings") else cls()
+            self._drivers[name] = driver
+        return driver
+
+    def register(self, name: str, driver: PowerInterface) -> None:
+        """Use this driver instance for ``name`` (tests keep a handle on a fake this way)."""
+        self._drivers[name] = driver
+
+    def access(self, node: Any) -> BMCAccess:
+        password = self.secret_box.decrypt(node.pm_password) if node.pm_password else None
+        return BMCAccess(node_id=node.id, address=node.pm_address or "", username=node.pm_user, password=password)
+
+    def for_node(self, node: BareMetalNode) -> tuple[PowerInterface, BMCAccess]:
+        driver = self.get(node.pm_driver)
+        access = self.access(node)
+        driver.validate(access)
+        return driver, access
+
+    async def close(self) -> None:
+        for driver in self._drivers.values():
+            await driver.close()
+        self._drivers.clear()

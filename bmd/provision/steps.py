@@ -1,0 +1,172 @@
+"""The verbs of provisioning, each idempotent so a retried delete or a recovery after a crash can replay
+them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and their undos."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bmd.config import Settings
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
+from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy
+from bmd.drivers.power.base import BootDevice, PowerState
+from bmd.drivers.power.registry import PowerRegistry
+from bmd.drivers.vif import VifDriver, unplug_vifs
+from bmd.errors import InvalidInput, NotFound
+from bmd.provision import records
+
+log = structlog.get_logger(__name__)
+
+Undo = tuple[str, Callable[[], Awaitable[None]]]
+
+
+@dataclass
+class Job:
+    """What a provisioning job works on, loaded once from the database."""
+
+    node: BareMetalNode
+    instance: Instance
+    macs: list[str]
+
+
+@dataclass
+class Provisioner:
+    """Holds the drivers and the database; the spawn/destroy/callback flows are built from its verbs."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    power: PowerRegistry
+    vif: VifDriver
+    deploy: PXEDeploy
+    public_url: str = ""
+
+    async def load(self, node_id: int, instance_uuid: str | None = None) -> Job:
+        async with self.sessionmaker() as session:
+            node = await session.get(BareMetalNode, node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} not found")
+            uuid = instance_uuid or node.instance_uuid
+            inst = await session.scalar(select(Instance).where(Instance.uuid == uuid)) if uuid else None
+            if inst is None:
+                raise NotFound(f"instance {uuid} not found")
+            macs = list(
+                (
+                    await session.execute(
+                        select(Interface.address).where(Interface.bm_node_id == node_id).order_by(Interface.id)
+                    )
+                ).scalars()
+            )
+        return Job(node, inst, macs)
+
+    # -- spawn steps -------------------------------------------------------------------------------------
+
+    async def allocate_pxe_ip(self, job: Job) -> str:
+        async with self.sessionmaker.begin() as session:
+            ip = await records.allocate_pxe_ip(session, job.node.id)
+            return ip.address
+
+    async def release_pxe_ip(self, node_id: int) -> None:
+        async with self.sessionmaker.begin() as session:
+            await records.release_pxe_ip(session, node_id)
+
+    async def create_deployment(self, job: Job) -> Deployment:
+        info = job.instance.deploy_info
+        async with self.sessionmaker.begin() as session:
+            return await records.create_deployment(
+                session,
+                job.node.id,
+                job.instance.uuid,
+                job.instance.image_ref or "",
+                int(info.get("root_mb", 0)),
+                int(info.get("swap_mb", 0)),
+            )
+
+    async def delete_deployment(self, node_id: int) -> None:
+        async with self.sessionmaker.begin() as session:
+            await records.delete_deployment(session, node_id)
+
+    def callback_url(self, node_uuid: str) -> str:
+        base = self.public_url or self.settings.api.public_url
+        if not base:
+            raise InvalidInput("api.public_url is unknown: deploy agents could not call back", field="api.public_url")
+        return f"{base.rstrip('/')}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
+
+    def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
+        info: dict[str, Any] = job.instance.deploy_info
+        d = self.settings.deploy
+
+        def ref(name: str, fallback: str) -> ImageRef:
+            value = info.get(f"{name}_ref") or fallback
+            if not value:
+                raise InvalidInput(f"{name}_ref: not given and no deploy.{name} configured", field=f"{name}_ref")
+            return ImageRef(value, info.get(f"{name}_checksum") or None)
+
+        return DeploySpec(
+            node_uuid=job.node.uuid,
+            macs=job.macs,
+            deployment_id=str(dep.id),
+            deployment_key=dep.key,
+            callback_url=self.callback_url(job.node.uuid),
+            deploy_kernel=ref("deploy_kernel", d.deploy_kernel),
+            deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
+            kernel=ref("kernel", d.boot_kernel),
+            ramdisk=ref("ramdisk", d.boot_ramdisk),
+            image=ImageRef(job.instance.image_ref or "", info.get("image_checksum") or None),
+            root_mb=dep.root_mb,
+            swap_mb=dep.swap_mb,
+        )
+
+    async def write_boot_config(self, job: Job, dep: Deployment) -> None:
+        layout = await self.deploy.prepare(self.deploy_spec(job, dep))
+        async with self.sessionmaker.begin() as session:
+            row = await session.get(Deployment, dep.id)
+            if row is not None:
+                row.pxe_config_path = str(layout.config_path)
+                row.image_path = str(Path(layout.node_dir) / "disk")
+
+    async def clean_boot_config(self, node_uuid: str) -> None:
+        await self.deploy.clean(node_uuid)
+
+    async def power_on_for_boot(self, node: BareMetalNode, device: BootDevice, persistent: bool) -> None:
+        """Set the boot device, then power on (reboot if it is already on)."""
+        driver, access = self.power.for_node(node)
+        await driver.set_boot_device(access, device, persistent)
+        if await driver.get_power_state(access) == PowerState.ON:
+            await driver.reboot(access)
+        else:
+            await driver.set_power_state(access, PowerState.ON)
+
+    async def power_off(self, node: BareMetalNode) -> None:
+        driver, access = self.power.for_node(node)
+        await driver.set_power_state(access, PowerState.OFF)
+
+    async def unplug(self, node: BareMetalNode) -> None:
+        await unplug_vifs(self.sessionmaker, self.vif, node.id, node.prov_vlan_id)
+
+    async def teardown(self, node: BareMetalNode) -> list[str]:
+        """Every undo of a spawn, each tried whatever the others do; returns the failures."""
+        failures = []
+        undos: list[Undo] = [
+            ("clean_boot_config", lambda: self.clean_boot_config(node.uuid)),
+            ("delete_deployment", lambda: self.delete_deployment(node.id)),
+            ("release_pxe_ip", lambda: self.release_pxe_ip(node.id)),
+            ("unplug_vifs", lambda: self.unplug(node)),
+        ]
+        for name, undo in undos:
+            try:
+                await undo()
+            except Exception as err:  # noqa: BLE001 - every undo is attempted; failures are reported together
+                log.warning("undo_failed", node=node.id, step=name, error=str(err))
+                failures.append(f"{name}: {err}")
+        return failures
+
+
+def deadline(seconds: float, now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=seconds)
