@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import BareMetalNode, ComputeNode, utcnow
+from bmd.db.models import BareMetalNode, ComputeNode, compute_nodes_table, utcnow
 
-_TABLE: Table = ComputeNode.__table__  # type: ignore[assignment]
+_TABLE = compute_nodes_table
 
 
 def _upsert(dialect: str) -> Any:

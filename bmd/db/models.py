@@ -9,7 +9,7 @@ bmd's. Changing anything here needs an Alembic revision in ``bmd/db/migrations/v
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -236,3 +237,8 @@ class Service(Base):
     started_at: Mapped[timestamp]
     last_heartbeat: Mapped[timestamp]
     disabled: Mapped[bool] = mapped_column(default=False)
+
+
+# Core handles for bulk statements (executemany) that bypass the ORM.
+bm_nodes_table = cast(Table, BareMetalNode.__table__)
+compute_nodes_table = cast(Table, ComputeNode.__table__)

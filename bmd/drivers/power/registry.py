@@ -21,6 +21,8 @@ class PowerRegistry:
         self.settings = settings
         self.secret_box = secret_box
         self._drivers: dict[str, PowerInterface] = {}
+        # Decrypting a password costs ~20 µs: a sync pass over 10,000 nodes reuses the access it built last time.
+        self._access: dict[int, tuple[tuple[Any, ...], BMCAccess]] = {}
 
     def get(self, name: str) -> PowerInterface:
         driver = self._drivers.get(name)
@@ -35,10 +37,16 @@ class PowerRegistry:
         self._drivers[name] = driver
 
     def access(self, node: Any) -> BMCAccess:
+        key = (node.pm_address, node.pm_user, node.pm_password)
+        cached = self._access.get(node.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         password = self.secret_box.decrypt(node.pm_password) if node.pm_password else None
-        return BMCAccess(node_id=node.id, address=node.pm_address or "", username=node.pm_user, password=password)
+        access = BMCAccess(node_id=node.id, address=node.pm_address or "", username=node.pm_user, password=password)
+        self._access[node.id] = (key, access)
+        return access
 
-    def for_node(self, node: BareMetalNode) -> tuple[PowerInterface, BMCAccess]:
+    def for_node(self, node: BareMetalNode | Any) -> tuple[PowerInterface, BMCAccess]:
         driver = self.get(node.pm_driver)
         access = self.access(node)
         driver.validate(access)

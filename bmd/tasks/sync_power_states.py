@@ -1,0 +1,180 @@
+"""``sync_power_states``: read every node's power state through its BMC, record it, act on mismatches.
+
+Concurrency is bounded by ``tasks.power_sync_workers`` and every read by ``tasks.power_sync_timeout``. A
+read that has not answered after ``release_after`` seconds gives its worker slot back and goes on waiting
+on its own, so dead BMCs cost one timeout in parallel, not one timeout each: a pass takes about
+``ceil(N / workers) x per-call time + one timeout``. Nodes that failed last time are polled first.
+
+After ``power_sync_max_retries`` consecutive failures a node goes to maintenance (reason ``power failure:
+<error>``, set by ``power_sync``); when its BMC answers again that maintenance is lifted — never one an
+operator set. The database sees three bulk statements per pass whatever the number of nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bmd.config import TaskSettings
+from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
+from bmd.drivers.power.base import PowerState
+from bmd.drivers.power.registry import PowerRegistry
+from bmd.errors import BMCTimeout, BmdError
+
+log = structlog.get_logger(__name__)
+
+POWER_SYNC = "power_sync"
+_COLUMNS = (
+    BareMetalNode.id, BareMetalNode.pm_driver, BareMetalNode.pm_address, BareMetalNode.pm_user,
+    BareMetalNode.pm_password, BareMetalNode.power_state, BareMetalNode.power_failures,
+    BareMetalNode.maintenance, BareMetalNode.maintenance_set_by, BareMetalNode.provision_state,
+    BareMetalNode.instance_uuid,
+)  # fmt: skip
+
+
+def expected_power(row: Any) -> PowerState | None:
+    """What the node's power should be: on while it runs an instance, off while it is free; None when a
+    deploy or delete is moving it (those flows own the power)."""
+    if row.provision_state == "active" and row.instance_uuid is not None:
+        return PowerState.ON
+    if row.provision_state == "available" and row.instance_uuid is None and not row.maintenance:
+        return PowerState.OFF
+    return None
+
+
+@dataclass(slots=True)
+class Reading:
+    node: Any
+    state: PowerState | None = None
+    error: str | None = None
+
+
+class SyncPowerStates:
+    name = "sync_power_states"
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        power: PowerRegistry,
+        host: str,
+        settings: TaskSettings,
+        release_after: float = 0.5,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.power = power
+        self.host = host
+        self.settings = settings
+        self.interval = settings.power_sync_interval
+        self.release_after = min(release_after, settings.power_sync_timeout)
+        self.last_pass: dict[str, int] = {}
+
+    async def _nodes(self) -> list[Any]:
+        stmt = (
+            select(*_COLUMNS)
+            .where(BareMetalNode.service_host == self.host, BareMetalNode.pm_address.is_not(None))
+            .order_by(BareMetalNode.power_failures.desc(), BareMetalNode.id)  # failed last time: first
+        )
+        async with self.sessionmaker() as session:
+            return list((await session.execute(stmt)).all())
+
+    async def _read(self, node: Any) -> Reading:
+        try:
+            driver, access = self.power.for_node(node)
+            async with asyncio.timeout(self.settings.power_sync_timeout):
+                return Reading(node, state=await driver.get_power_state(access))
+        except TimeoutError:
+            return Reading(node, error=str(BMCTimeout(f"no answer within {self.settings.power_sync_timeout:g} s")))
+        except BmdError as err:
+            return Reading(node, error=f"{type(err).__name__}: {err}")
+
+    async def _poll(self, node: Any, slots: asyncio.Semaphore) -> Reading:
+        async with slots:
+            call = asyncio.ensure_future(self._read(node))
+            await asyncio.wait({call}, timeout=self.release_after)
+        return await call  # a slow or dead BMC waits out its timeout without holding a worker slot
+
+    async def _force(self, reading: Reading, target: PowerState, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            try:
+                driver, access = self.power.for_node(reading.node)
+                async with asyncio.timeout(self.settings.power_sync_timeout * 4):
+                    await driver.set_power_state(access, target)
+                reading.state = target
+                log.info("power_state_forced", node=reading.node.id, state=target.value)
+            except (TimeoutError, BmdError) as err:
+                log.warning("power_state_force_failed", node=reading.node.id, error=str(err) or type(err).__name__)
+
+    async def run_once(self) -> None:
+        nodes = await self._nodes()
+        slots = asyncio.Semaphore(self.settings.power_sync_workers)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._poll(node, slots)) for node in nodes]
+        readings = [t.result() for t in tasks]
+        forced = []
+        for r in readings:
+            want = expected_power(r.node)
+            if r.state is not None and want is not None and r.state != want:
+                log.warning("power_state_mismatch", node=r.node.id, actual=r.state.value, expected=want.value,
+                            instance=r.node.instance_uuid)  # fmt: skip
+                if self.settings.force_power_state_during_sync:
+                    forced.append((r, want))
+        if forced:
+            async with asyncio.TaskGroup() as group:
+                for r, want in forced:
+                    group.create_task(self._force(r, want, slots))
+        await self._record(readings)
+
+    async def _record(self, readings: list[Reading]) -> None:
+        now = utcnow()
+        limit = self.settings.power_sync_max_retries
+        rows, to_maint, to_lift = [], [], []
+        for r in readings:
+            node = r.node
+            failures = 0 if r.error is None else node.power_failures + 1
+            state = (
+                r.state.value
+                if r.state is not None
+                else (PowerState.ERROR.value if failures >= limit else node.power_state)
+            )
+            rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
+            if r.error is not None and failures >= limit and not node.maintenance:
+                to_maint.append({"b_id": node.id, "reason": f"power failure: {r.error}"})
+                log.error("node_power_failure_maintenance", node=node.id, failures=failures, error=r.error)
+            elif r.error is None and node.maintenance and node.maintenance_set_by == POWER_SYNC:
+                to_lift.append({"b_id": node.id})
+                log.info("node_power_recovered", node=node.id)
+        t = bm_nodes_table
+        async with self.sessionmaker.begin() as session:
+            if rows:
+                await session.execute(
+                    update(t).where(t.c.id == bindparam("b_id")).values(
+                        power_state=bindparam("ps"), last_power_check=bindparam("at"),
+                        power_failures=bindparam("f"), last_power_error=bindparam("err"),
+                    ),
+                    rows,
+                )  # fmt: skip
+            if to_maint:  # only where nobody put it in maintenance meanwhile
+                await session.execute(
+                    update(t).where(t.c.id == bindparam("b_id"), t.c.maintenance.is_(False)).values(
+                        maintenance=True, maintenance_reason=bindparam("reason"), maintenance_set_by=POWER_SYNC
+                    ),
+                    to_maint,
+                )  # fmt: skip
+            if to_lift:  # only maintenance this loop set itself
+                await session.execute(
+                    update(t).where(t.c.id == bindparam("b_id"), t.c.maintenance_set_by == POWER_SYNC).values(
+                        maintenance=False, maintenance_reason=None, maintenance_set_by=None
+                    ),
+                    to_lift,
+                )  # fmt: skip
+        self.last_pass = {
+            "nodes": len(readings),
+            "failed": sum(1 for r in readings if r.error is not None),
+            "to_maintenance": len(to_maint),
+            "recovered": len(to_lift),
+        }
