@@ -56,6 +56,7 @@ class IPMISettings:
     receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF, for answer bursts from many BMCs
     bind_ipv4: str = "0.0.0.0"
     bind_ipv6: str = "::"
+    bind_port: int = 0  # local UDP port (0: any), e.g. for a firewall rule
     busy_retry_delay: float = 0.1  # pause before asking again after "node busy"-like completion codes
 
     def __post_init__(self) -> None:
@@ -310,7 +311,9 @@ class IPMIClient:
                 endpoint = self._endpoints.get(family)
                 if endpoint is None:
                     bind = self.settings.bind_ipv6 if family == socket.AF_INET6 else self.settings.bind_ipv4
-                    endpoint = await open_endpoint(family, bind, self.settings.receive_buffer, self.stats)
+                    endpoint = await open_endpoint(
+                        family, (bind, self.settings.bind_port), self.settings.receive_buffer, self.stats
+                    )
                     self._endpoints[family] = endpoint
         return endpoint
 

@@ -69,13 +69,15 @@ class Endpoint(asyncio.DatagramProtocol):
             self._transport.close()
 
 
-async def open_endpoint(family: int, bind_host: str, receive_buffer: int, stats: ClientStats) -> Endpoint:
+async def open_endpoint(
+    family: int, bind: tuple[str, int], receive_buffer: int, stats: ClientStats
+) -> Endpoint:
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
-        sock.bind((bind_host, 0))
+        sock.bind(bind)
         _, protocol = await loop.create_datagram_endpoint(lambda: Endpoint(stats), sock=sock)
     except BaseException:
         sock.close()
