@@ -351,6 +351,6 @@ class IPMIClient:
         entries = [e for e in self._entries.values() if e.session is not None]
         await asyncio.gather(*(self._locked_logout(e) for e in entries))
         for endpoint in self._endpoints.values():
-            endpoint.close()
+            await endpoint.close()
         self._endpoints.clear()
         self._entries.clear()

@@ -38,8 +38,8 @@ class ClientStats:
     handshake_restarts: int = 0
     requests: int = 0
     retransmissions: int = 0
-    stale_responses: int = 0
-    dropped_datagrams: int = 0
+    stale_responses: int = 0  # authentic answers no request was waiting for (late duplicates)
+    dropped_datagrams: int = 0  # unparseable, unauthenticated or for no known session
 
 
 class Session:
@@ -58,6 +58,7 @@ class Session:
         self.keys: SessionKeys | None = None
         self.bmc_id = 0
         self.last_used = 0.0
+        self.rtt: float | None = None  # smoothed answer time, from the first send of a message
         self.closed = False
         self._out_seq = 0
         self._rq_seq = random.randrange(64)
@@ -67,12 +68,13 @@ class Session:
 
     # -- receiving ---------------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Sockaddr) -> None:
-        if addr[:2] != self.peer[:2] or self._pending is None:
+        if addr[:2] != self.peer[:2]:
             self.stats.dropped_datagrams += 1
             return
-        expect, future = self._pending
-        if future.done():
+        if self._pending is None or self._pending[1].done():
+            self.stats.stale_responses += 1  # a late answer, e.g. to a retransmission already answered
             return
+        expect, future = self._pending
         try:
             header = parse_header(data)
             if self.keys is not None and header.payload_type == PayloadType.IPMI:
@@ -89,7 +91,9 @@ class Session:
         except Exception as err:  # a BMCError from the expectation fails the exchange
             future.set_exception(err)
             return
-        if answer is not None:
+        if answer is None:
+            self.stats.stale_responses += 1
+        else:
             future.set_result(answer)
 
     def _accept_sequence(self, seq: int) -> bool:
@@ -119,6 +123,9 @@ class Session:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending = (expect, future)
+        if self.rtt is not None:  # a BMC known to be slow gets the time it usually takes
+            wait = max(wait, 2 * self.rtt)
+        started = loop.time()
         try:
             for attempt in range(attempts):
                 if attempt:
@@ -126,7 +133,10 @@ class Session:
                 self.endpoint.send(build(), self.peer)
                 done, _ = await asyncio.wait((future,), timeout=wait)
                 if done:
-                    return future.result()
+                    result = future.result()
+                    sample = loop.time() - started
+                    self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
+                    return result
             raise BMCTimeout(f"no answer from BMC {self.label} after {attempts} attempts")
         finally:
             self._pending = None
@@ -155,7 +165,6 @@ class Session:
                 return None
             response = parse_response(payload)
             if response.rq_seq != rq_seq or response.command != command or response.netfn != netfn + 1:
-                self.stats.stale_responses += 1
                 return None
             return response
 

@@ -26,12 +26,15 @@ class Endpoint(asyncio.DatagramProtocol):
         self._stats = stats
         self._routes: dict[int, Session] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if not self._closed.done():
+            self._closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if len(data) < 16 or data[4] != AUTH_TYPE_RMCP_PLUS:
@@ -64,9 +67,11 @@ class Endpoint(asyncio.DatagramProtocol):
             raise BMCUnreachable("the IPMI client is closed")
         self._transport.sendto(data, addr)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the socket and wait until it is released."""
         if self._transport is not None:
             self._transport.close()
+            await self._closed
 
 
 async def open_endpoint(

@@ -42,6 +42,7 @@ class BmcProtocol(asyncio.DatagramProtocol):
             return
         delay = bmc.delay
         if delay > 0:
+            bmc.stats["delayed"] += 1
             self.loop.call_later(delay, self.handle, data, addr)
         else:
             self.handle(data, addr)
