@@ -114,7 +114,7 @@ async def run_ipmitool(
 async def eventually(
     probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float = 10.0
 ) -> T:
-    """Call ``probe`` until ``accept`` takes its result (exceptions count as "not yet"), within ``deadline``."""
+    """Call ``probe`` until ``accept`` takes its result (exceptions mean "not yet") within ``deadline``."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     last: BaseException | None = None

@@ -33,9 +33,8 @@ async def test_every_command(pool: Pool, client: IPMIClient) -> None:
     await client.chassis_control(t, ChassisControl.POWER_OFF)
     state = await pool.lab.state(b.name)
     assert state["power"] is False
-    assert {k: state["stats"][k] for k in ("power_on", "power_cycle", "power_reset", "soft_off", "power_off")} == {
-        "power_on": 2, "power_cycle": 1, "power_reset": 1, "soft_off": 1, "power_off": 1,
-    }  # fmt: skip
+    expected = {"power_on": 2, "power_cycle": 1, "power_reset": 1, "soft_off": 1, "power_off": 1}
+    assert {k: state["stats"][k] for k in expected} == expected
     for device, persistent in [(BootTarget.PXE, False), (BootTarget.DISK, True), (BootTarget.BIOS, False)]:
         await client.set_boot_device(t, device, persistent=persistent)
         flags = await client.get_boot_flags(t)
