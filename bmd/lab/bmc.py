@@ -110,6 +110,10 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         return False
 
     @property
+    def stuck(self) -> bool:
+        return self.fault is not None and self.fault.kind == "stuck"
+
+    @property
     def delay(self) -> float:
         return self.fault.seconds if self.fault is not None and self.fault.kind == "slow" else 0.0
 
@@ -232,6 +236,8 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
 
     def power_on(self) -> int:
         self.stats["power_on"] += 1
+        if self.stuck:
+            return 0
         if not self.power:
             self._boots()
         self.power = True
@@ -239,12 +245,14 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
 
     def power_off(self) -> int:
         self.stats["power_off"] += 1
-        self.power = False
+        if not self.stuck:
+            self.power = False
         return 0
 
     def power_shutdown(self) -> int:
         self.stats["soft_off"] += 1
-        self.power = False
+        if not self.stuck:
+            self.power = False
         return 0
 
     def power_cycle(self) -> int:

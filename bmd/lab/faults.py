@@ -4,7 +4,7 @@ Grammar (``bmd lab --faults``)::
 
     faults  := "" | item ("," item)*
     item    := kind "=" amount [":" seconds]
-    kind    := "dead" | "slow" | "badpass" | "flap"
+    kind    := "dead" | "slow" | "badpass" | "flap" | "stuck"
     amount  := INT            a number of BMCs
              | NUMBER "%"     a share of the fleet, rounded to the nearest BMC (at least 1 when > 0 %)
     seconds := NUMBER >= 0
@@ -14,6 +14,7 @@ Grammar (``bmd lab --faults``)::
 - ``badpass``: configured with another password than the inventory's (no seconds).
 - ``flap:S``: dead for S seconds, alive for S seconds, and so on, starting dead (default 10.0);
   ``flap:0`` only changes phase when told to (``Lab.flap_step``), which tests use to drive it.
+- ``stuck``: accepts power commands but the power state never changes (a host that will not boot).
 
 Example: ``dead=10%,slow=2:1.5,badpass=1,flap=3:5``. Each BMC gets at most one fault; which BMCs get
 which fault is a seeded random draw, so a given (count, spec, seed) always yields the same fleet.
@@ -27,8 +28,8 @@ from typing import Literal
 
 from bmd.errors import InvalidInput
 
-FaultKind = Literal["dead", "slow", "badpass", "flap"]
-KINDS: tuple[FaultKind, ...] = ("dead", "slow", "badpass", "flap")
+FaultKind = Literal["dead", "slow", "badpass", "flap", "stuck"]
+KINDS: tuple[FaultKind, ...] = ("dead", "slow", "badpass", "flap", "stuck")
 DEFAULT_SECONDS: dict[str, float] = {"slow": 2.0, "flap": 10.0}
 
 

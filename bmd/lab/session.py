@@ -97,6 +97,7 @@ class LabSession(serversession.ServerSession):  # type: ignore[misc]
             self.bmc.stats["suite_refused"] += 1
             return bytearray((tag, 0x11, 0, 0)) + self.clientsessionid
         self.suite_id = suite
+        self.bmc.stats[f"suite_{suite}"] += 1
         self.currhashlib, self.currhashlen = _HASHES[suite]
         self.managedsessionid = self.bmc.new_session_id()
         records = b"".join(bytes((kind, 0, 0, 8, alg, 0, 0, 0)) for kind, alg in enumerate(algorithms))
