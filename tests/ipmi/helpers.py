@@ -1,0 +1,130 @@
+"""Shared by the IPMI and lab tests: client settings, targets, ipmitool, polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import pytest
+
+from bmd.drivers.power.base import BMCAccess
+from bmd.ipmi import BMCTarget, IPMIClient, IPMISettings
+from bmd.lab import Lab, LabBMCInfo, LabSpec
+
+T = TypeVar("T")
+
+# Short timeouts: loopback answers in well under a millisecond, the lab in a few.
+FAST = IPMISettings(timeout=2.0, attempt_timeout=0.2, retries=2)
+
+IPMITOOL = shutil.which("ipmitool")
+needs_ipmitool = pytest.mark.skipif(IPMITOOL is None, reason="Debian's ipmitool is not installed")
+
+
+def target(b: LabBMCInfo, *, password: str | None = None, username: str | None = None) -> BMCTarget:
+    return BMCTarget(b.host, b.port, b.username if username is None else username,
+                     b.password if password is None else password)  # fmt: skip
+
+
+def access(b: LabBMCInfo, *, password: str | None = None, node_id: int = 1) -> BMCAccess:
+    return BMCAccess(node_id, b.address, b.username, b.password if password is None else password)
+
+
+class Pool:
+    """Hands each test lab BMCs no other test of the module touched."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._next = 0
+
+    def take(self, n: int = 1) -> list[LabBMCInfo]:
+        bmcs = self.lab.bmcs[self._next : self._next + n]
+        if len(bmcs) < n:
+            raise RuntimeError("the module's lab is too small: raise its count")
+        self._next += n
+        return bmcs
+
+    def one(self) -> LabBMCInfo:
+        return self.take(1)[0]
+
+
+@asynccontextmanager
+async def running_lab(spec: LabSpec) -> AsyncIterator[Lab]:
+    lab = Lab(spec)
+    await lab.start()
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
+@asynccontextmanager
+async def ipmi_client(settings: IPMISettings = FAST) -> AsyncIterator[IPMIClient]:
+    client = IPMIClient(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def run_ipmitool(
+    host: str,
+    port: int,
+    *args: str,
+    user: str = "admin",
+    password: str = "password",
+    suite: int | None = None,
+) -> tuple[int, str]:
+    """Debian's ipmitool -I lanplus, a process per call; returns (exit code, stdout + stderr)."""
+    assert IPMITOOL is not None
+    cmd = [
+        IPMITOOL,
+        "-I",
+        "lanplus",
+        "-H",
+        host,
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-P",
+        password,
+        "-N",
+        "1",
+        "-R",
+        "3",
+    ]
+    if suite is not None:
+        cmd += ["-C", str(suite)]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30.0)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float = 10.0
+) -> T:
+    """Call ``probe`` until ``accept`` takes its result (exceptions mean "not yet") within ``deadline``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: BaseException | None = None
+    while loop.time() < end:
+        try:
+            value = await probe()
+        except Exception as err:
+            last = err
+        else:
+            if accept(value):
+                return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {deadline}s (last error: {last!r})")
