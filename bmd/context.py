@@ -15,6 +15,8 @@ from bmd.tasks.runner import Runner
 
 if TYPE_CHECKING:
     from bmd.drivers.baremetal import BareMetalDriver
+    from bmd.drivers.power.registry import PowerRegistry
+    from bmd.provision.conductor import Conductor
 
 
 @dataclass
@@ -27,5 +29,7 @@ class AppContext:
     secret_box: SecretBox
     api_token: str
     driver: BareMetalDriver
+    power: PowerRegistry
+    conductor: Conductor
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)

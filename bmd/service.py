@@ -12,6 +12,8 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -22,13 +24,20 @@ from bmd.config import Settings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
+from bmd.deploy.images import ImageCache
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import DatabaseError
+from bmd.plugins import VIF_GROUP, load_plugin
+from bmd.provision.conductor import Conductor
+from bmd.provision.recovery import DeployTimeouts, recover
+from bmd.provision.steps import Provisioner
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
 from bmd.tasks.report_driver_status import ReportDriverStatus
 from bmd.tasks.runner import Runner
+from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
 
 log = structlog.get_logger(__name__)
@@ -49,6 +58,19 @@ def build_runner(ctx: AppContext) -> None:
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval))
     ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval))
+    ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks))
+    ctx.runner.add(DeployTimeouts(ctx.conductor, s.deploy.deploy_timeout_check_interval))
+
+
+def build_conductor(settings: Settings, sessionmaker: Any, power: PowerRegistry) -> Conductor:
+    d = settings.deploy
+    vif_cls = load_plugin(VIF_GROUP, settings.driver.vif_driver, what="driver.vif_driver")
+    cache = ImageCache(
+        Path(d.image_cache_dir).resolve(),
+        d.image_cache_max_bytes,
+        allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots],
+    )
+    return Conductor(Provisioner(settings, sessionmaker, power, vif_cls(settings), cache))
 
 
 @contextlib.asynccontextmanager
@@ -63,20 +85,30 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         except Exception as err:
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
         sessionmaker = make_sessionmaker(engine)
+        secret_box = load_secret_box(settings.secrets.key_file)
+        power = PowerRegistry(settings, secret_box)
         ctx = AppContext(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             bus=Bus(),
             runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
-            secret_box=load_secret_box(settings.secrets.key_file),
+            secret_box=secret_box,
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker),
+            power=power,
+            conductor=build_conductor(settings, sessionmaker, power),
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
         build_runner(ctx)
-        yield ctx
+        try:
+            yield ctx
+        finally:
+            await ctx.conductor.close()
+            await ctx.conductor.p.vif.close()
+            await ctx.conductor.p.cache.close()
+            await power.close()
     finally:
         await engine.dispose()
 
@@ -123,6 +155,8 @@ async def serve(
             await site.start()
             port = web_runner.addresses[0][1] if web_runner.addresses else settings.api.port
             endpoint = Endpoint(settings.api.host, port)
+            ctx.conductor.p.public_url = f"http://{settings.service.my_ip}:{port}"
+            await recover(ctx.conductor)
             log.info("service_started", host=settings.service.host, api=endpoint.url)
             notifier.ready()
             if on_ready is not None:

@@ -35,7 +35,13 @@ async def test_ok_after_every_task_succeeded(client, ctx: AppContext) -> None:  
     body = await resp.json()
     assert resp.status == 200 and body["status"] == "ok", body
     assert body["checks"]["database"]["status"] == "ok"
-    assert set(body["tasks"]) == {"service_heartbeat", "report_driver_status", "update_available_resource"}
+    assert set(body["tasks"]) == {
+        "service_heartbeat",
+        "report_driver_status",
+        "update_available_resource",
+        "sync_power_states",
+        "check_deploy_timeouts",
+    }
     text = await resp.text()
     assert ctx.api_token not in text
 

@@ -63,6 +63,9 @@ class VifDriver(abc.ABC):
 
     name = ""
 
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
     @abc.abstractmethod
     async def attach(self, bindings: Sequence[VifBinding]) -> None: ...
 
@@ -99,10 +102,11 @@ class OpenFlowVif(VifDriver):
 
     name = "openflow"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         from bmd.network.vifinfo import VifInfoClient, VifInfoSettings
 
-        net = settings.network
+        super().__init__(settings)
+        net = (settings or Settings()).network
         self.client = VifInfoClient(
             VifInfoSettings(url=net.controller_url, timeout=net.controller_timeout, retries=net.controller_retries)
         )
@@ -138,10 +142,11 @@ class OVSVif(VifDriver):
 
     name = "ovs"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         from bmd.network.ovs import OVSBridge
 
-        net = settings.network
+        super().__init__(settings)
+        net = (settings or Settings()).network
         self.bridge = OVSBridge(net.ovs_bridge, net.ovs_db or None, run_dir=net.ovs_run_dir or None)
 
     async def attach(self, bindings: Sequence[VifBinding]) -> None:

@@ -178,13 +178,9 @@ class IPMIClient:
                     async with entry.lock:
                         return await self._call_locked(entry, target, netfn, command, data)
             except TimeoutError as err:
-                raise BMCTimeout(
-                    f"no answer from BMC {target.label} within {self.settings.timeout:.1f}s"
-                ) from err
+                raise BMCTimeout(f"no answer from BMC {target.label} within {self.settings.timeout:.1f}s") from err
 
-    async def _call_locked(
-        self, entry: _Entry, target: BMCTarget, netfn: int, command: int, data: bytes
-    ) -> Response:
+    async def _call_locked(self, entry: _Entry, target: BMCTarget, netfn: int, command: int, data: bytes) -> Response:
         s = self.settings
         loop = asyncio.get_running_loop()
         session = entry.session
@@ -197,9 +193,7 @@ class IPMIClient:
                 try:
                     # A cached session may have expired at the BMC, which then stays silent: allow one
                     # retransmission (a slow BMC answers the first), then set up a new session.
-                    response = await session.request(
-                        netfn, command, data, min(2, s.retries + 1), s.attempt_timeout
-                    )
+                    response = await session.request(netfn, command, data, min(2, s.retries + 1), s.attempt_timeout)
                 except BMCTimeout:
                     self.stats.sessions_expired += 1
                     log.debug("ipmi_session_expired", bmc=target.label)
@@ -254,9 +248,7 @@ class IPMIClient:
                 session.detach()
                 suites.pop(0)
                 self.stats.suite_fallbacks += 1
-                log.debug(
-                    "ipmi_cipher_suite_refused", bmc=target.label, cipher_suite=suite.id, reason=str(err)
-                )
+                log.debug("ipmi_cipher_suite_refused", bmc=target.label, cipher_suite=suite.id, reason=str(err))
                 continue
             except HandshakeRestart as err:
                 session.detach()
@@ -296,9 +288,7 @@ class IPMIClient:
                 return socket.AF_INET6, (target.host, target.port, 0, 0)
             return socket.AF_INET, (target.host, target.port)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                target.host, target.port, type=socket.SOCK_DGRAM
-            )
+            infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
         except OSError as err:
             raise BMCUnreachable(f"cannot resolve BMC host {target.host!r}: {err}") from err
         family, _, _, _, sockaddr = infos[0]
@@ -335,9 +325,7 @@ class IPMIClient:
         entry.session = None
         try:
             async with asyncio.timeout(min(1.0, self.settings.timeout)):
-                await session.request(
-                    NetFn.APP, AppCmd.CLOSE_SESSION, session.bmc_id.to_bytes(4, "little"), 1, 1.0
-                )
+                await session.request(NetFn.APP, AppCmd.CLOSE_SESSION, session.bmc_id.to_bytes(4, "little"), 1, 1.0)
         except (TimeoutError, BMCError) as err:
             log.debug("ipmi_close_session_failed", bmc=session.label, error=str(err))
         finally:

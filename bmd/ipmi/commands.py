@@ -84,6 +84,4 @@ def decode_boot_flags(data: bytes) -> BootFlags:
         target = BootTarget(selector)
     except ValueError:
         target = selector
-    return BootFlags(
-        target=target, persistent=bool(data1 & 0x40), valid=bool(data1 & 0x80), efi=bool(data1 & 0x20)
-    )
+    return BootFlags(target=target, persistent=bool(data1 & 0x40), valid=bool(data1 & 0x80), efi=bool(data1 & 0x20))

@@ -65,9 +65,7 @@ class SessionKeys:
         return std_hmac.compare_digest(self.sign(data), auth_code)
 
 
-def session_integrity_key(
-    suite: CipherSuite, key: bytes, rm: bytes, rc: bytes, role: int, username: bytes
-) -> bytes:
+def session_integrity_key(suite: CipherSuite, key: bytes, rm: bytes, rc: bytes, role: int, username: bytes) -> bytes:
     """SIK = HMAC_KG(Rm | Rc | ROLEm | ULENGTHm | UNAMEm); KG is Kuid when no BMC key is set (13.31)."""
     return suite.mac(key, rm + rc + bytes((role, len(username))) + username)
 
@@ -92,9 +90,7 @@ def rakp2_auth_code(
     return suite.mac(kuid, console_id + bmc_id + rm + rc + guid + bytes((role, len(username))) + username)
 
 
-def rakp3_auth_code(
-    suite: CipherSuite, kuid: bytes, rc: bytes, console_id: bytes, role: int, username: bytes
-) -> bytes:
+def rakp3_auth_code(suite: CipherSuite, kuid: bytes, rc: bytes, console_id: bytes, role: int, username: bytes) -> bytes:
     """HMAC_Kuid(Rc, SIDm, ROLEm, ULENGTHm, UNAMEm) (13.31, RAKP message 3)."""
     return suite.mac(kuid, rc + console_id + bytes((role, len(username))) + username)
 

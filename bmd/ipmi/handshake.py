@@ -74,13 +74,7 @@ def _record(kind: int, algorithm: int) -> bytes:
 
 def open_session_request(tag: int, console_id: bytes, privilege: int, suite: CipherSuite) -> bytes:
     auth, integrity, conf = suite.algorithms()
-    return (
-        bytes((tag, privilege, 0, 0))
-        + console_id
-        + _record(0, auth)
-        + _record(1, integrity)
-        + _record(2, conf)
-    )
+    return bytes((tag, privilege, 0, 0)) + console_id + _record(0, auth) + _record(1, integrity) + _record(2, conf)
 
 
 def _check_status(step: str, status: int, label: str) -> None:
@@ -164,9 +158,7 @@ async def establish(
         if ptype != PayloadType.RAKP4 or len(p) < 8 or p[0] != tag or p[4:8] != cid:
             return None
         _check_status("RAKP 3", p[1], label)
-        if not hmac.compare_digest(
-            p[8 : 8 + suite.integrity_length], rakp4_check_value(suite, sik, rm, bmc_id, guid)
-        ):
+        if not hmac.compare_digest(p[8 : 8 + suite.integrity_length], rakp4_check_value(suite, sik, rm, bmc_id, guid)):
             raise BMCAuthError(f"BMC {label}: RAKP 4 integrity check value mismatch (wrong BMC key?)")
         return True
 
@@ -183,9 +175,7 @@ async def establish(
             NetFn.APP, AppCmd.SET_SESSION_PRIVILEGE, bytes((privilege,)), timing.attempts, timing.wait
         )
         if response.code in (0x80, 0x81, 0xD4):
-            raise BMCAuthError(
-                f"BMC {label} refused privilege {privilege.name}: {describe_completion(response.code)}"
-            )
+            raise BMCAuthError(f"BMC {label} refused privilege {privilege.name}: {describe_completion(response.code)}")
         if response.code:
             raise BMCError(f"BMC {label}: set session privilege failed: {describe_completion(response.code)}")
     log.debug("ipmi_session_opened", bmc=label, cipher_suite=suite.id, bmc_session=session.bmc_id)

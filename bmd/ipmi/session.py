@@ -45,9 +45,7 @@ class ClientStats:
 class Session:
     """A session being set up or established; the endpoint routes datagrams here by console session ID."""
 
-    def __init__(
-        self, endpoint: Endpoint, peer: Sockaddr, console_id: int, stats: ClientStats, label: str
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, peer: Sockaddr, console_id: int, stats: ClientStats, label: str) -> None:
         self.endpoint = endpoint
         self.peer = peer
         self.console_id = console_id
@@ -176,9 +174,7 @@ class Session:
         """A Close Session request, for sending without waiting for the answer."""
         rq_seq = self._rq_seq
         self._rq_seq = (rq_seq + 1) % 64
-        return self.seal(
-            build_request(NetFn.APP, AppCmd.CLOSE_SESSION, rq_seq, struct.pack("<I", self.bmc_id))
-        )
+        return self.seal(build_request(NetFn.APP, AppCmd.CLOSE_SESSION, rq_seq, struct.pack("<I", self.bmc_id)))
 
     def detach(self) -> None:
         """Stop receiving: the endpoint forgets this session's console ID."""

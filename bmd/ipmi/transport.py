@@ -74,9 +74,7 @@ class Endpoint(asyncio.DatagramProtocol):
             await self._closed
 
 
-async def open_endpoint(
-    family: int, bind: tuple[str, int], receive_buffer: int, stats: ClientStats
-) -> Endpoint:
+async def open_endpoint(family: int, bind: tuple[str, int], receive_buffer: int, stats: ClientStats) -> Endpoint:
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:

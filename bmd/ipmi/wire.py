@@ -57,9 +57,7 @@ def build_packet(
     """A session packet; with ``keys`` the payload is encrypted and the packet signed with K1."""
     if keys is None:
         return (
-            RMCP_HEADER
-            + _HEADER.pack(AUTH_TYPE_RMCP_PLUS, payload_type, session_id, sequence, len(payload))
-            + payload
+            RMCP_HEADER + _HEADER.pack(AUTH_TYPE_RMCP_PLUS, payload_type, session_id, sequence, len(payload)) + payload
         )
     body = encrypt_payload(keys.aes_key, payload)
     message = bytearray(RMCP_HEADER)

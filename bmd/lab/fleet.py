@@ -67,9 +67,7 @@ class LabSpec:
         try:
             first = ipaddress.ip_address(self.first_address)
         except ValueError:
-            raise InvalidInput(
-                f"{self.first_address!r} is not an IP address", field="first_address"
-            ) from None
+            raise InvalidInput(f"{self.first_address!r} is not an IP address", field="first_address") from None
         if not first.is_loopback:
             raise InvalidInput("the lab binds loopback addresses only", field="first_address")
         if not 0 <= self.port < 65536:
@@ -241,8 +239,7 @@ class Lab:
     # -- inventory ---------------------------------------------------------------------------------
     def inventory(self) -> list[dict[str, Any]]:
         return [
-            node_entry(b.index, b.name, b.host, b.port, b.username, b.password, self.spec.pm_driver)
-            for b in self.bmcs
+            node_entry(b.index, b.name, b.host, b.port, b.username, b.password, self.spec.pm_driver) for b in self.bmcs
         ]
 
     def bmc(self, name: str) -> LabBMCInfo:

@@ -119,9 +119,7 @@ class IpmiSim:
         script.write_text(_CHASSIS_SCRIPT)
         script.chmod(0o755)
         (self.workdir / "sim.emu").write_text(_EMU)
-        (self.workdir / "lan.conf").write_text(
-            _lan_conf(self.workdir, self.host, port, self.username, self.password)
-        )
+        (self.workdir / "lan.conf").write_text(_lan_conf(self.workdir, self.host, port, self.username, self.password))
 
     async def start(self, deadline: float = 10.0) -> None:
         loop = asyncio.get_running_loop()

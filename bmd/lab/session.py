@@ -121,12 +121,8 @@ class LabSession(serversession.ServerSession):  # type: ignore[misc]
         self.Rc = os.urandom(16)
         guid = self.uuid.bytes
         who = bytes((self.rolem, len(self.username))) + self.username
-        code = self._mac(
-            self.kuid, self.clientsessionid + self.managedsessionid + self.Rm + self.Rc + guid + who
-        )
-        self.send_payload(
-            bytes((tag, 0, 0, 0)) + self.clientsessionid + self.Rc + guid + code, _RAKP2, retry=False
-        )
+        code = self._mac(self.kuid, self.clientsessionid + self.managedsessionid + self.Rm + self.Rc + guid + who)
+        self.send_payload(bytes((tag, 0, 0, 0)) + self.clientsessionid + self.Rc + guid + code, _RAKP2, retry=False)
 
     def _got_rakp3(self, raw: bytearray) -> None:
         data = bytes(raw)

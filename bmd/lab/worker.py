@@ -113,9 +113,7 @@ class Worker:
                     b.power = bool(msg["power"])
                 if msg.get("boot") is not None:
                     boot = msg["boot"]
-                    b.set_boot(
-                        int(boot["selector"]), bool(boot.get("persistent")), bool(boot.get("valid", True))
-                    )
+                    b.set_boot(int(boot["selector"]), bool(boot.get("persistent")), bool(boot.get("valid", True)))
             return None
         if op == "reset_stats":
             for b in bmcs:

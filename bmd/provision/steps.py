@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
-from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy
+from bmd.deploy.images import ImageCache
+from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs
@@ -38,14 +39,39 @@ class Job:
 
 @dataclass
 class Provisioner:
-    """Holds the drivers and the database; the spawn/destroy/callback flows are built from its verbs."""
+    """Holds the drivers and the database; the spawn/destroy/callback flows are built from its verbs.
+
+    ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound); the
+    PXE writer is built on first use, once it is known.
+    """
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     power: PowerRegistry
     vif: VifDriver
-    deploy: PXEDeploy
+    cache: ImageCache
     public_url: str = ""
+    _deploy: PXEDeploy | None = None
+
+    @property
+    def base_url(self) -> str:
+        base = self.settings.api.public_url or self.public_url
+        if not base:
+            raise InvalidInput("api.public_url is unknown: deploy agents could not reach bmd", field="api.public_url")
+        return base.rstrip("/")
+
+    @property
+    def deploy(self) -> PXEDeploy:
+        if self._deploy is None:
+            d = self.settings.deploy
+            pxe = PXESettings(
+                tftp_root=Path(d.tftp_root).resolve(),
+                http_root=Path(d.http_root).resolve(),
+                http_url=f"{self.base_url}/images",
+                append_params=d.append_params,
+            )
+            self._deploy = PXEDeploy(pxe, self.cache)
+        return self._deploy
 
     async def load(self, node_id: int, instance_uuid: str | None = None) -> Job:
         async with self.sessionmaker() as session:
@@ -93,10 +119,7 @@ class Provisioner:
             await records.delete_deployment(session, node_id)
 
     def callback_url(self, node_uuid: str) -> str:
-        base = self.public_url or self.settings.api.public_url
-        if not base:
-            raise InvalidInput("api.public_url is unknown: deploy agents could not call back", field="api.public_url")
-        return f"{base.rstrip('/')}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
+        return f"{self.base_url}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
 
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
         info: dict[str, Any] = job.instance.deploy_info

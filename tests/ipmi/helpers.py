@@ -111,9 +111,7 @@ async def run_ipmitool(
     return proc.returncode, out.decode(errors="replace")
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float = 10.0
-) -> T:
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float = 10.0) -> T:
     """Call ``probe`` until ``accept`` takes its result (exceptions mean "not yet") within ``deadline``."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline

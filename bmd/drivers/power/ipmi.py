@@ -156,9 +156,7 @@ class IPMIPower(PowerInterface):
         target = self.target(access)
         on = await self.client.get_power_state(target)
         async with self._throttle.slot(target.label):
-            await self.client.chassis_control(
-                target, ChassisControl.POWER_CYCLE if on else ChassisControl.POWER_ON
-            )
+            await self.client.chassis_control(target, ChassisControl.POWER_CYCLE if on else ChassisControl.POWER_ON)
         await self._confirm(target, True)
         log.info("node_rebooted", node=access.node_id)
 

@@ -188,9 +188,7 @@ class PyghmiPower(PowerInterface):
             self._commands.clear()
 
         try:
-            await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(self._executor, logout_all), 5.0
-            )
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._executor, logout_all), 5.0)
         except TimeoutError:
             log.warning("pyghmi_close_timed_out")
         finally:

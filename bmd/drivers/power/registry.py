@@ -16,6 +16,31 @@ from bmd.plugins import POWER_GROUP, load_plugin
 from bmd.secrets import SecretBox
 
 
+def _ipmi(cls: Any, s: Settings) -> PowerInterface:
+    from bmd.drivers.power.ipmi import IPMIPowerSettings
+    from bmd.ipmi import IPMISettings
+
+    client = IPMISettings(timeout=s.ipmi.timeout, retries=s.ipmi.retries, max_in_flight=s.ipmi.max_in_flight)
+    return cls(IPMIPowerSettings(client=client, min_command_interval=s.ipmi.min_command_interval))  # type: ignore[no-any-return]
+
+
+def _pyghmi(cls: Any, s: Settings) -> PowerInterface:
+    from bmd.drivers.power.ipmi_pyghmi import PyghmiPowerSettings
+
+    return cls(PyghmiPowerSettings(timeout=s.ipmi.timeout * 2, min_command_interval=s.ipmi.min_command_interval))  # type: ignore[no-any-return]
+
+
+def _redfish(cls: Any, s: Settings) -> PowerInterface:
+    from bmd.drivers.power.redfish import RedfishSettings
+
+    return cls(RedfishSettings(timeout=s.redfish.timeout, verify_tls=s.redfish.verify_tls))  # type: ignore[no-any-return]
+
+
+# bmd's own drivers take their settings from the config sections; a third-party driver class provides
+# ``from_settings(settings)`` or takes no arguments.
+BUILDERS = {"ipmi": _ipmi, "ipmi-pyghmi": _pyghmi, "redfish": _redfish}
+
+
 class PowerRegistry:
     def __init__(self, settings: Settings, secret_box: SecretBox) -> None:
         self.settings = settings
@@ -28,7 +53,12 @@ class PowerRegistry:
         driver = self._drivers.get(name)
         if driver is None:
             cls: Any = load_plugin(POWER_GROUP, name, what="pm_driver")
-            driver = cls.from_settings(self.settings) if hasattr(cls, "from_settings") else cls()
+            if name in BUILDERS:
+                driver = BUILDERS[name](cls, self.settings)
+            elif hasattr(cls, "from_settings"):
+                driver = cls.from_settings(self.settings)
+            else:
+                driver = cls()
             self._drivers[name] = driver
         return driver
 
