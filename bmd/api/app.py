@@ -104,7 +104,7 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 
 def create_app(ctx: AppContext) -> web.Application:
-    from bmd.api import capabilities, flavors, health, nodes, pxe_ips
+    from bmd.api import capabilities, flavors, health, nodes, power, pxe_ips
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=1024**2)
     app[CTX] = ctx
@@ -113,4 +113,5 @@ def create_app(ctx: AppContext) -> web.Application:
     pxe_ips.setup(app)
     capabilities.setup(app)
     flavors.setup(app)
+    power.setup(app)
     return app

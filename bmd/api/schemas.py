@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -184,3 +184,16 @@ class ExtraSpecsBody(Body):
 
 class ExtraSpecValueBody(Body):
     value: ExtraSpecValue
+
+
+class PowerTarget(Body):
+    target: Literal["power on", "power off", "reboot"]
+
+
+class BootDeviceBody(Body):
+    boot_device: Literal["pxe", "disk", "bios"]
+    persistent: StrictBool = False
+
+
+class MaintenanceBody(Body):
+    reason: Annotated[StrictStr, Field(max_length=1024)] | None = None

@@ -177,6 +177,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("node")
     p.add_argument("key")
     p.set_defaults(func=unset_capability)
+    register_power(ns)
 
     pxe = sub.add_parser("pxe-ip", help="manage the PXE address pool")
     ps = pxe.add_subparsers(dest="pxe_command", required=True)
@@ -189,3 +190,41 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = ps.add_parser("delete")
     p.add_argument("id")
     p.set_defaults(func=pxe_delete)
+
+
+def power(app: Any) -> None:
+    a = app.args
+    if a.action == "status":
+        app.print(app.client.get(f"/v1/nodes/{_q(a.node)}/states"))
+        return
+    target = {"on": "power on", "off": "power off", "reboot": "reboot"}[a.action]
+    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/states/power", {"target": target}))
+
+
+def boot_device(app: Any) -> None:
+    a = app.args
+    body = {"boot_device": a.device, "persistent": a.persistent}
+    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/management/boot_device", body))
+
+
+def maintenance(app: Any) -> None:
+    a = app.args
+    path = f"/v1/nodes/{_q(a.node)}/maintenance"
+    app.print(app.client.put(path, {"reason": a.reason}) if a.action == "set" else app.client.delete(path))
+
+
+def register_power(ns: Any) -> None:
+    p = ns.add_parser("power", help="power on|off|reboot|status of a node")
+    p.add_argument("action", choices=("on", "off", "reboot", "status"))
+    p.add_argument("node")
+    p.set_defaults(func=power)
+    p = ns.add_parser("boot-device", help="set the boot device")
+    p.add_argument("node")
+    p.add_argument("device", choices=("pxe", "disk", "bios"))
+    p.add_argument("--persistent", action="store_true", help="every boot, not only the next one")
+    p.set_defaults(func=boot_device)
+    p = ns.add_parser("maintenance", help="operator maintenance")
+    p.add_argument("action", choices=("set", "unset"))
+    p.add_argument("node")
+    p.add_argument("--reason")
+    p.set_defaults(func=maintenance)

@@ -24,7 +24,7 @@ from bmd.config import TaskSettings
 from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
 from bmd.drivers.power.base import PowerState
 from bmd.drivers.power.registry import PowerRegistry
-from bmd.errors import BMCTimeout, BmdError
+from bmd.errors import BmdError
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ class SyncPowerStates:
         power: PowerRegistry,
         host: str,
         settings: TaskSettings,
-        release_after: float = 0.5,
+        release_after: float = 0.25,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.power = power
@@ -88,7 +88,7 @@ class SyncPowerStates:
             async with asyncio.timeout(self.settings.power_sync_timeout):
                 return Reading(node, state=await driver.get_power_state(access))
         except TimeoutError:
-            return Reading(node, error=str(BMCTimeout(f"no answer within {self.settings.power_sync_timeout:g} s")))
+            return Reading(node, error=f"BMCTimeout: no answer within {self.settings.power_sync_timeout:g} s")
         except BmdError as err:
             return Reading(node, error=f"{type(err).__name__}: {err}")
 
