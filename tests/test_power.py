@@ -3,7 +3,6 @@ maintenance on repeated failure and automatic recovery, and Debian's ipmitool as
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,7 @@ async def test_ipmitool_changes_are_seen_at_the_next_sync(env, lab: Lab) -> None
 
 
 async def test_dead_bmc_goes_to_maintenance_and_recovers(env, lab: Lab) -> None:  # type: ignore[no-untyped-def]
-    ctx, client = env
+    ctx, _ = env
     dead = lab.bmcs[3].name
     await lab.set_fault([dead], Fault("dead"))
     task = sync_task(ctx)
