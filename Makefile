@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/bmd --config config/dev.toml db upgrade
-	$(BIN)/bmd --config config/dev.toml serve
+	$(BIN)/bmd --config config/dev.toml serve --lab 8
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

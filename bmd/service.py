@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
-    on_ready: Callable[[AppContext, Endpoint], None] | None = None,
+    on_ready: Callable[[AppContext, Endpoint], Awaitable[None] | None] | None = None,
     notifier: Notifier | None = None,
 ) -> None:
     notifier = notifier or Notifier()
@@ -160,7 +161,9 @@ async def serve(
             log.info("service_started", host=settings.service.host, api=endpoint.url)
             notifier.ready()
             if on_ready is not None:
-                on_ready(ctx, endpoint)
+                result = on_ready(ctx, endpoint)
+                if inspect.isawaitable(result):
+                    await result
             await _run_until(ctx, stop, notifier)
         finally:
             try:
@@ -178,7 +181,20 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings, lab_count: int = 0) -> None:
+    """``bmd serve``; with ``lab_count`` a simulated lab of that many BMCs runs beside it, enrolled."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    await serve(settings, stop)
+    if not lab_count:
+        await serve(settings, stop)
+        return
+    from bmd.lab import Lab, LabSpec
+    from bmd.lab.enroll import enroll_inventory
+
+    async with Lab(LabSpec(count=lab_count)) as lab:
+
+        async def enroll(ctx: AppContext, endpoint: Endpoint) -> None:
+            result = await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory())
+            log.info("lab_enrolled", bmcs=len(lab.bmcs), **result)
+
+        await serve(settings, stop, on_ready=enroll)

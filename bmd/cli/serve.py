@@ -17,7 +17,7 @@ def serve(app: Any) -> int:
     settings = app.settings  # ConfigError → exit 2 before anything starts
     configure_logging(settings.logging.format, settings.logging.level)
     try:
-        asyncio.run(main(settings))
+        asyncio.run(main(settings, lab_count=app.args.lab))
     except BmdError as err:
         print(f"bmd: error: {err}", file=sys.stderr)
         return 1
@@ -36,6 +36,7 @@ def check_config(app: Any) -> int:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--lab", type=int, default=0, metavar="N", help="also serve N simulated BMCs and enroll them")
     p.set_defaults(func=serve)
     p = sub.add_parser("config", help="validate the configuration and print the effective settings")
     p.set_defaults(func=check_config)
