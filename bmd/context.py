@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from bmd.drivers.baremetal import BareMetalDriver
     from bmd.drivers.power.registry import PowerRegistry
     from bmd.provision.conductor import Conductor
+    from bmd.scheduler import HostManager
 
 
 @dataclass
@@ -31,5 +32,6 @@ class AppContext:
     driver: BareMetalDriver
     power: PowerRegistry
     conductor: Conductor
+    scheduler: HostManager
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)

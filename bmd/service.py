@@ -33,6 +33,7 @@ from bmd.plugins import VIF_GROUP, load_plugin
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
+from bmd.scheduler import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
@@ -61,6 +62,7 @@ def build_runner(ctx: AppContext) -> None:
     ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval))
     ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks))
     ctx.runner.add(DeployTimeouts(ctx.conductor, s.deploy.deploy_timeout_check_interval))
+    ctx.runner.add(SchedulerRefresh(ctx.scheduler, s.tasks.host_state_interval))
 
 
 def build_conductor(settings: Settings, sessionmaker: Any, power: PowerRegistry) -> Conductor:
@@ -88,17 +90,19 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         sessionmaker = make_sessionmaker(engine)
         secret_box = load_secret_box(settings.secrets.key_file)
         power = PowerRegistry(settings, secret_box)
+        bus = Bus()
         ctx = AppContext(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            bus=Bus(),
+            bus=bus,
             runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
             secret_box=secret_box,
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker),
             power=power,
             conductor=build_conductor(settings, sessionmaker, power),
+            scheduler=HostManager(settings, sessionmaker, bus),
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
@@ -131,6 +135,7 @@ async def _run_until(ctx: AppContext, stop: asyncio.Event, notifier: Notifier) -
     async with asyncio.TaskGroup() as group:
         loops = group.create_task(ctx.runner.run(loops_stop), name="periodic-runner")
         group.create_task(_watchdog(notifier, loops_stop), name="watchdog")
+        group.create_task(ctx.scheduler.consume_bus(loops_stop), name="scheduler-bus")
         await stop.wait()
         log.info("service_stopping")
         notifier.stopping()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -104,7 +105,8 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 
 def create_app(ctx: AppContext) -> web.Application:
-    from bmd.api import capabilities, flavors, health, nodes, power, pxe_ips
+    from bmd.api import capabilities, flavors, health, instances, nodes, power, pxe_ips
+    from bmd.deploy.http import create_image_app
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=1024**2)
     app[CTX] = ctx
@@ -114,4 +116,8 @@ def create_app(ctx: AppContext) -> web.Application:
     capabilities.setup(app)
     flavors.setup(app)
     power.setup(app)
+    instances.setup(app)
+    http_root = Path(ctx.settings.deploy.http_root).resolve()
+    http_root.mkdir(parents=True, exist_ok=True)
+    app.add_subapp("/images/", create_image_app(http_root))
     return app

@@ -197,3 +197,42 @@ class BootDeviceBody(Body):
 
 class MaintenanceBody(Body):
     reason: Annotated[StrictStr, Field(max_length=1024)] | None = None
+
+
+class NetworkRef(Body):
+    id: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    vlan: Annotated[StrictInt, Field(ge=1, le=4094)] | None = None
+
+
+_CHECKSUM = r"^(md5|sha256|sha512):[0-9a-fA-F]+$"
+Checksum = Annotated[StrictStr, Field(pattern=_CHECKSUM, max_length=200)]
+ImageRefStr = Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+
+
+class ScheduleRequest(Body):
+    flavor: FlavorName
+    image_properties: dict[str, StrictStr] = Field(default_factory=dict)
+    num_instances: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    hints: dict[str, StrictStr] = Field(default_factory=dict)
+
+
+class InstanceCreate(ScheduleRequest):
+    image_ref: ImageRefStr
+    image_checksum: Checksum | None = None
+    kernel_ref: ImageRefStr | None = None
+    kernel_checksum: Checksum | None = None
+    ramdisk_ref: ImageRefStr | None = None
+    ramdisk_checksum: Checksum | None = None
+    networks: list[NetworkRef] = Field(default_factory=list, max_length=16)
+    name: NodeName | None = None
+
+
+class DeployInfo(BaseModel):
+    """The deploy agent's callback (pass_deploy_info)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    deployment_id: StrictStr | StrictInt
+    key: Annotated[StrictStr, Field(max_length=256)]
+    address: StrictStr | None = None
+    error: Annotated[StrictStr, Field(max_length=4096)] | None = None

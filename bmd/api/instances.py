@@ -1,0 +1,131 @@
+"""``/v1/instances`` and ``/v1/schedule``: place instances through the filter chain, claim nodes atomically,
+deploy them; ``pass_deploy_info``: the deploy agent's callback (authenticated by the deployment key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from bmd.api.app import ctx_of, json_response, parse_body, public
+from bmd.api.schemas import DeployInfo, InstanceCreate, ScheduleRequest
+from bmd.db import flavors as fq
+from bmd.db.models import BareMetalNode, Instance
+from bmd.errors import InvalidInput, NotFound
+from bmd.filters.chain import Selection
+from bmd.scheduler import InstanceRequest, request_spec
+
+INSTANCE_FIELDS = (
+    "uuid", "flavor_name", "reservation_id", "host", "node", "bm_node_id", "vm_state", "task_state",
+    "image_ref", "image_properties", "hints", "network_info", "last_error", "created_at", "updated_at",
+    "deleted_at",
+)  # fmt: skip
+
+
+def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[str, Any]:
+    out = {f: getattr(inst, f) for f in INSTANCE_FIELDS}
+    if node is not None and node.instance_uuid == inst.uuid:
+        out["provision_state"] = node.provision_state
+        out["power_state"] = node.power_state
+    return out
+
+
+def selection_to_dict(sel: Selection) -> dict[str, Any]:
+    return {
+        "ok": sel.ok,
+        "reason": sel.reason,
+        "candidates": [
+            [{"node": c.nodename, "host": c.host, "weight": round(c.weight, 6)} for c in options]
+            for options in sel.candidates
+        ],
+        "filter_counts": [
+            [{"filter": fc.filter, "before": fc.before, "after": fc.after} for fc in counts]
+            for counts in sel.filter_counts
+        ],
+    }
+
+
+async def _flavor(request: web.Request, name: str) -> fq.Flavor:
+    async with ctx_of(request).sessionmaker() as session:
+        try:
+            return await fq.get_flavor(session, name)
+        except NotFound as err:
+            raise InvalidInput(f"flavor: {err}", field="flavor") from err
+
+
+async def schedule(request: web.Request) -> web.Response:
+    body = await parse_body(request, ScheduleRequest)
+    spec = request_spec(await _flavor(request, body.flavor), body.image_properties, body.num_instances, body.hints)
+    return json_response(selection_to_dict(ctx_of(request).scheduler.select(spec)))
+
+
+async def create_instances(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, InstanceCreate)
+    flavor = await _flavor(request, body.flavor)
+    spec = request_spec(flavor, body.image_properties, body.num_instances, body.hints)
+    deploy_info = {
+        "image_checksum": body.image_checksum,
+        "kernel_ref": body.kernel_ref, "kernel_checksum": body.kernel_checksum,
+        "ramdisk_ref": body.ramdisk_ref, "ramdisk_checksum": body.ramdisk_checksum,
+        "root_mb": flavor.root_gb * 1024, "swap_mb": flavor.swap, "name": body.name,
+    }  # fmt: skip
+    placements = await ctx.scheduler.claim(
+        InstanceRequest(
+            flavor=flavor, spec=spec, image_ref=body.image_ref,
+            networks=[n.model_dump() for n in body.networks], deploy_info=deploy_info, name=body.name,
+        )  # fmt: skip
+    )
+    for p in placements:
+        ctx.conductor.spawn(p.node_id, p.instance_uuid)
+    async with ctx.sessionmaker() as session:
+        rows = (
+            await session.execute(select(Instance).where(Instance.uuid.in_([p.instance_uuid for p in placements])))
+        ).scalars()
+        instances = [instance_to_dict(i) for i in rows]
+    return json_response({"reservation_id": instances[0]["reservation_id"], "instances": instances}, status=202)
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    stmt = select(Instance).order_by(Instance.id)
+    if request.query.get("deleted", "false").lower() not in ("true", "1"):
+        stmt = stmt.where(Instance.vm_state != "deleted")
+    async with ctx_of(request).sessionmaker() as session:
+        rows = (await session.execute(stmt)).scalars().all()
+    return json_response({"instances": [instance_to_dict(i) for i in rows]})
+
+
+async def show_instance(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessionmaker() as session:
+        inst = await session.scalar(select(Instance).where(Instance.uuid == request.match_info["uuid"]))
+        if inst is None:
+            raise NotFound(f"instance {request.match_info['uuid']} not found")
+        node = await session.get(BareMetalNode, inst.bm_node_id) if inst.bm_node_id else None
+    return json_response(instance_to_dict(inst, node))
+
+
+async def delete_instance(request: web.Request) -> web.Response:
+    job = await ctx_of(request).conductor.destroy(request.match_info["uuid"])
+    if job is None:
+        return web.Response(status=204)
+    return json_response({"uuid": request.match_info["uuid"], "task_state": "deleting"}, status=202)
+
+
+@public
+async def pass_deploy_info(request: web.Request) -> web.Response:
+    body = await parse_body(request, DeployInfo)
+    state = await ctx_of(request).conductor.pass_deploy_info(
+        request.match_info["node"], str(body.deployment_id), body.key, body.error
+    )
+    return json_response({"provision_state": state})
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/schedule", schedule)
+    r.add_post("/v1/instances", create_instances)
+    r.add_get("/v1/instances", list_instances)
+    r.add_get("/v1/instances/{uuid}", show_instance)
+    r.add_delete("/v1/instances/{uuid}", delete_instance)
+    r.add_post("/v1/nodes/{node}/vendor_passthru/pass_deploy_info", pass_deploy_info)

@@ -1,0 +1,229 @@
+"""The scheduler: a HostManager fed by the bus, ``select_destinations`` through the filter chain, and
+atomic claims in SQL.
+
+Host states come from the ``capabilities`` topic (every service's published list), from ``compute_nodes``
+rows and from node health (power faults, service heartbeats), refreshed by the ``scheduler_refresh`` loop.
+A selection consumes its picks in memory at once, under a lock, so concurrent requests in this process
+never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND instance_uuid
+IS NULL`` per node, inside one transaction per request (all or nothing), so two schedulers — in this
+process or another sharing the database — can never put two instances on one node. A lost race retries
+the whole selection with the lost node marked used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bmd.bus import Bus
+from bmd.config import Settings
+from bmd.db.flavors import Flavor as FlavorRow
+from bmd.db.models import BareMetalNode, ComputeNode, Instance, Service, utcnow
+from bmd.errors import NoValidHost
+from bmd.filters.chain import Selection
+from bmd.filters.host_state import Flavor, RequestSpec
+from bmd.filters.registry import build_filters, build_weighers
+from bmd.scheduling.selector import HostSelector
+from bmd.tasks.report_driver_status import TOPIC
+
+log = structlog.get_logger(__name__)
+
+CLAIM_ATTEMPTS = 3
+
+
+def build_selector(settings: Settings) -> HostSelector:
+    s = settings.scheduler
+    filter_options = {
+        "RamFilter": {"allocation_ratio": s.ram_allocation_ratio},
+        "CoreFilter": {"allocation_ratio": s.cpu_allocation_ratio},
+        "DiskFilter": {"allocation_ratio": s.disk_allocation_ratio},
+    }
+    weigher_options = {"RAMWeigher": {"multiplier": s.ram_weight_multiplier}}
+    return HostSelector(
+        build_filters(s.filters, {k: v for k, v in filter_options.items() if k in s.filters}),
+        build_weighers(s.weighers, {k: v for k, v in weigher_options.items() if k in s.weighers}),
+    )
+
+
+def request_spec(flavor: FlavorRow, image_properties: Mapping[str, Any], num: int, hints: Mapping[str, Any]) -> RequestSpec:
+    f = Flavor(
+        name=flavor.name, memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb,
+        ephemeral_gb=flavor.ephemeral_gb, swap=flavor.swap, extra_specs=flavor.extra_specs,
+    )  # fmt: skip
+    return RequestSpec(flavor=f, image_properties=image_properties, num_instances=num, hints=hints)
+
+
+@dataclass
+class Placement:
+    """One claimed node and the instance row that holds it."""
+
+    instance_uuid: str
+    node_id: int
+    nodename: str
+    host: str
+
+
+@dataclass
+class InstanceRequest:
+    flavor: FlavorRow
+    spec: RequestSpec
+    image_ref: str
+    networks: list[dict[str, Any]] = field(default_factory=list)
+    deploy_info: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+class _LostRace(Exception):
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+
+
+def network_info(networks: list[dict[str, Any]]) -> list[Any]:
+    """The seed's network_info for one instance: (network, mapping) pairs, a fresh VIF uuid each."""
+    return [[{"id": n["id"], "vlan": n.get("vlan")}, {"vif_uuid": str(uuid.uuid4())}] for n in networks]
+
+
+class HostManager:
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bus: Bus) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.bus = bus
+        self.selector = build_selector(settings)
+        self._lock = asyncio.Lock()
+        self.claims = 0
+        self.lost_races = 0
+
+    # -- feeding host states ---------------------------------------------------------------------------
+
+    def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for caps in capabilities:
+            by_host.setdefault(str(caps.get("host", "")), []).append(caps)
+        for host, entries in by_host.items():
+            self.selector.sync_service(host, entries)
+
+    async def consume_bus(self, stop: asyncio.Event) -> None:
+        """Follow the ``capabilities`` topic until ``stop`` (the latest list is replayed at once)."""
+        sub = self.bus.subscribe(TOPIC)
+        try:
+            while not stop.is_set():
+                item = asyncio.ensure_future(sub.get())
+                halt = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({item, halt}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    halt.cancel()
+                if not item.done():
+                    item.cancel()
+                    break
+                try:
+                    self.take_capabilities(item.result())
+                except StopAsyncIteration:
+                    break
+        finally:
+            sub.close()
+
+    async def refresh(self) -> None:
+        """compute_nodes rows, power faults and service liveness (one batched read each)."""
+        down_after = dt.timedelta(seconds=self.settings.service.service_down_time)
+        now = utcnow()
+        async with self.sessionmaker() as session:
+            rows = (await session.execute(select(ComputeNode))).scalars().all()
+            health = (
+                await session.execute(
+                    select(BareMetalNode.id, BareMetalNode.power_state, BareMetalNode.power_failures)
+                )
+            ).all()
+            services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
+        known = {s.nodename for s in self.selector.hosts()}
+        for row in rows:
+            if str(row.bm_node_id) in known:
+                self.selector.update_compute_node(
+                    {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
+                )
+        for node_id, power_state, failures in health:
+            if str(node_id) in known:
+                fault = power_state == "error" or bool(failures)
+                if self.selector.get(str(node_id)).power_fault != fault:
+                    self.selector.set_health(str(node_id), power_fault=fault)
+        for host, heartbeat in services:
+            self.selector.set_service_up(host, now - heartbeat <= down_after)
+
+    # -- selection and claims ------------------------------------------------------------------------
+
+    def select(self, spec: RequestSpec) -> Selection:
+        return self.selector.select(spec)
+
+    async def claim(self, request: InstanceRequest) -> list[Placement]:
+        """Select and claim ``num_instances`` nodes, all or nothing; record the instances."""
+        reservation = str(uuid.uuid4())
+        for _attempt in range(CLAIM_ATTEMPTS):
+            async with self._lock:
+                selection = self.selector.select(request.spec)
+                chosen = selection.require()  # NoValidHost with the chain's reason
+                for c in chosen:
+                    self.selector.consume(c.nodename, request.spec)
+            placements = [Placement(str(uuid.uuid4()), int(c.nodename), c.nodename, c.host) for c in chosen]
+            lost = await self._claim_in_db(request, placements, reservation)
+            if lost is None:
+                self.claims += len(placements)
+                return placements
+            self.lost_races += 1
+            log.info("claim_lost_race", node=lost)
+        raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
+
+    async def _claim_in_db(self, request: InstanceRequest, placements: list[Placement], reservation: str) -> int | None:
+        """One transaction: claim every node, insert every instance. Returns the node lost to a race."""
+        try:
+            async with self.sessionmaker.begin() as session:
+                now = utcnow()
+                for p in placements:
+                    result = await session.execute(
+                        update(BareMetalNode)
+                        .where(
+                            BareMetalNode.id == p.node_id,
+                            BareMetalNode.instance_uuid.is_(None),
+                            BareMetalNode.provision_state == "available",
+                            BareMetalNode.maintenance.is_(False),
+                        )
+                        .values(
+                            instance_uuid=p.instance_uuid, provision_state="deploying",
+                            provision_updated_at=now, task_state="spawning", last_error=None,
+                        )  # fmt: skip
+                    )
+                    if result.rowcount != 1:  # type: ignore[attr-defined]
+                        raise _LostRace(p.node_id)  # leaving the block rolls every claim of the request back
+                session.add_all(
+                    Instance(
+                        uuid=p.instance_uuid, instance_type_id=request.flavor.id, flavor_name=request.flavor.name,
+                        reservation_id=reservation, host=p.host, node=p.nodename, bm_node_id=p.node_id,
+                        vm_state="building", task_state="spawning", image_ref=request.image_ref,
+                        image_properties=dict(request.spec.image_properties), hints=dict(request.spec.hints),
+                        network_info=network_info(request.networks), deploy_info=request.deploy_info,
+                    )  # fmt: skip
+                    for p in placements
+                )
+        except _LostRace as lost:
+            return lost.node_id
+        return None
+
+
+class SchedulerRefresh:
+    """Periodic loop: compute_nodes rows, power faults and service heartbeats into the host states."""
+
+    name = "scheduler_refresh"
+
+    def __init__(self, manager: HostManager, interval: float) -> None:
+        self.manager = manager
+        self.interval = interval
+
+    async def run_once(self) -> None:
+        await self.manager.refresh()
