@@ -111,10 +111,13 @@ def test_requirement_that_is_not_a_string_does_not_match(req: Any) -> None:
     assert match("x86_64", req) is False
 
 
-words = st.sampled_from(["=", "==", "!=", ">=", "<=", "s==", "s<", "s>=", "<in>", "<all-in>", "<or>", "1", "a"])
+words = st.sampled_from(
+    ["=", "==", "!=", ">=", "<=", "s==", "s<", "s>=", "<in>", "<all-in>", "<or>", "1", "a"]
+)
 requirements = st.one_of(st.text(max_size=20), st.lists(words, max_size=5).map(" ".join))
 values = st.one_of(
     st.none(),
+    words,
     st.text(max_size=8),
     st.integers(),
     st.floats(),
@@ -131,3 +134,26 @@ def test_match_never_raises_and_equality_candidates_agree(value: Any, req: str) 
     candidates = equality_candidates(req)
     if candidates is not None and value is not None:
         assert result == (str(value) in candidates)
+
+
+@pytest.mark.parametrize(
+    ("req", "expected"),
+    [
+        ("x86_64", {"x86_64"}),
+        ("a b", {"a b"}),
+        ("", {""}),
+        ("s== a100", {"a100"}),
+        ("s== a b", {"a"}),
+        ("s==", set()),
+        ("<or> a <or> b", {"a", "b"}),
+        ("<or> a x c", {"a", "c"}),
+        ("<or>", set()),
+        ("= 1", None),
+        ("== 1", None),
+        ("s!= a", None),
+        ("<in> a", None),
+        ("<all-in> a", None),
+    ],
+)
+def test_equality_candidates(req: str, expected: set[str] | None) -> None:
+    assert equality_candidates(req) == (None if expected is None else frozenset(expected))

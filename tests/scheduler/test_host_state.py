@@ -15,7 +15,9 @@ from .factories import make_caps, make_host, make_spec
 def test_update_from_capabilities_takes_the_seed_keys() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     state = BaremetalNodeState(host="", nodename="7")
-    state.update_from_capabilities(make_caps(7, memory_mb=8192, vcpus=16, disk_gb=200, location="rack11"), at=at)
+    state.update_from_capabilities(
+        make_caps(7, memory_mb=8192, vcpus=16, disk_gb=200, location="rack11"), at=at
+    )
     assert (state.host, state.node_id, state.host_ip) == ("svc1", 7, "10.0.0.1")
     assert (state.total_usable_ram_mb, state.free_ram_mb) == (8192, 8192)
     assert (state.total_usable_disk_gb, state.free_disk_mb) == (200, 200 * 1024)
@@ -87,7 +89,7 @@ def test_malformed_capabilities_name_the_field(caps: dict[str, object], field: s
     [
         (lambda: Flavor("f", -1, 1, 1), "memory_mb"),
         (lambda: Flavor("f", 1, True, 1), "vcpus"),
-        (lambda: Flavor("f", 1, 1, 1, extra_specs={"cpu_arch": 5}), "extra_specs"),
+        (lambda: Flavor("f", 1, 1, 1, extra_specs={"cpu_arch": 5}), "extra_specs"),  # type: ignore[dict-item]
         (lambda: make_spec(num_instances=0), "num_instances"),
         (lambda: make_spec(hints={"same_capability": ""}), "hints.same_capability"),
         (lambda: make_spec(hints={"different_capability": 3}), "hints.different_capability"),

@@ -39,7 +39,11 @@ CASES: list[tuple[list[list[str]], dict[str, Any], bool]] = [
     (BAREMETAL_X86, {"os_distro": "ubuntu"}, True),
     ([], {}, True),
     ([], {"architecture": "x86_64"}, False),
-    ([["aarch64", "baremetal", "baremetal"], ["x86_64", "baremetal", "baremetal"]], {"architecture": "amd64"}, True),
+    (
+        [["aarch64", "baremetal", "baremetal"], ["x86_64", "baremetal", "baremetal"]],
+        {"architecture": "amd64"},
+        True,
+    ),
     ([["x86_64"]], {"architecture": "x86_64"}, True),
     ([["x86_64"]], {"architecture": "x86_64", "vm_mode": "baremetal"}, False),
     ([["baremetal", "x86_64", "baremetal"]], {"architecture": "x86_64"}, False),

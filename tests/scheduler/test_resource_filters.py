@@ -89,7 +89,7 @@ def test_exact_filters_want_exactly_the_free_resources(
 ) -> None:
     sizes = {"memory_mb": 4096, "vcpus": 8, "root_gb": 100}
     sizes[field] = flavor_value
-    spec = make_spec(**sizes)
+    spec = make_spec(sizes["memory_mb"], sizes["vcpus"], sizes["root_gb"])
     host = make_host(1, memory_mb=4096, vcpus=8, disk_gb=100)
     assert host_filter.host_passes(host, spec) is expected
     host.consume_from_instance(spec)
