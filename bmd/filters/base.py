@@ -113,17 +113,18 @@ class CapabilityValue:
     ``match`` answer the same for all values grouped under one key (``1`` and ``1.0`` stay apart, lists and
     dicts become hashable)."""
 
-    __slots__ = ("_identity", "value")
+    __slots__ = ("_hash", "_identity", "value")
 
     def __init__(self, value: Any) -> None:
         self.value = value
         self._identity = (type(value), repr(value))
+        self._hash = hash(self._identity)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CapabilityValue) and self._identity == other._identity
 
     def __hash__(self) -> int:
-        return hash(self._identity)
+        return self._hash
 
     def __repr__(self) -> str:
         return f"CapabilityValue({self.value!r})"

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
-from bmd.filters.base import BaseHostFilter, CapabilityValue, Constraint, capability_facet, lookup_capability
+from bmd.filters.base import (
+    BaseHostFilter,
+    CapabilityValue,
+    Constraint,
+    Facet,
+    capability_facet,
+    lookup_capability,
+)
 from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = ["DifferentCapabilityFilter", "SameCapabilityFilter", "hint_path"]
@@ -48,11 +55,13 @@ class _GroupingFilter(BaseHostFilter):
         if path is None:
             return []
         taken = [lookup_capability(chosen.capabilities, path) for chosen in spec.chosen]
+        return [self._constraint(capability_facet(path), taken)]
 
+    def _constraint(self, facet: Facet, taken: list[Any]) -> Constraint:
         def accepts(key: Hashable) -> bool:
             return isinstance(key, CapabilityValue) and self._allowed(key.value, taken)
 
-        return [Constraint(capability_facet(path), accepts)]
+        return Constraint(facet, accepts)
 
 
 class SameCapabilityFilter(_GroupingFilter):
@@ -63,6 +72,17 @@ class SameCapabilityFilter(_GroupingFilter):
     def _allowed(self, value: Any, taken: list[Any]) -> bool:
         return all(bool(value == other) for other in taken)
 
+    def _constraint(self, facet: Facet, taken: list[Any]) -> Constraint:
+        if taken and all(isinstance(other, str) for other in taken) and len(set(taken)) == 1:
+            # Only a string equals a string: look the one allowed value up by its alias.
+            target = taken[0]
+
+            def accepts(key: Hashable) -> bool:
+                return isinstance(key, CapabilityValue) and bool(key.value == target)
+
+            return Constraint(facet, accepts, frozenset({target}))
+        return super()._constraint(facet, taken)
+
 
 class DifferentCapabilityFilter(_GroupingFilter):
     """Each instance of a request on a node with a value of the hinted capability no other one has."""
@@ -71,3 +91,16 @@ class DifferentCapabilityFilter(_GroupingFilter):
 
     def _allowed(self, value: Any, taken: list[Any]) -> bool:
         return all(not bool(value == other) for other in taken)
+
+    def _constraint(self, facet: Facet, taken: list[Any]) -> Constraint:
+        if all(isinstance(other, str) for other in taken):
+            # Only a string equals a string: a set look-up instead of comparing with each taken value.
+            excluded = frozenset(taken)
+
+            def accepts(key: Hashable) -> bool:
+                return isinstance(key, CapabilityValue) and not (
+                    isinstance(key.value, str) and key.value in excluded
+                )
+
+            return Constraint(facet, accepts)
+        return super()._constraint(facet, taken)

@@ -78,35 +78,50 @@ class BaremetalNodeState:
             self.node_id = int(self.nodename)
 
     def update_from_capabilities(self, caps: Mapping[str, Any], *, at: datetime | None = None) -> None:
-        """Take in one node's capability dict as published on the bus (keys of ``get_host_stats``)."""
-        self.capabilities = dict(caps)
-        self.host = str(caps.get("host", self.host))
-        self.host_ip = caps.get("host_ip", self.host_ip)
-        self.total_usable_ram_mb = _int(caps, "host_memory_total", self.total_usable_ram_mb)
-        self.free_ram_mb = _int(caps, "host_memory_free", self.free_ram_mb)
-        self.total_usable_disk_gb = _int(caps, "disk_total", self.total_usable_disk_gb)
-        self.free_disk_mb = _int(caps, "disk_available", self.free_disk_mb // 1024) * 1024
-        self.vcpus_total = _int(caps, "vcpus", self.vcpus_total)
-        self.vcpus_used = _int(caps, "vcpus_used", self.vcpus_used)
-        self.hypervisor_type = str(caps.get("hypervisor_type", self.hypervisor_type))
-        self.hypervisor_version = _int(caps, "hypervisor_version", self.hypervisor_version)
+        """Take in one node's capability dict as published on the bus (keys of ``get_host_stats``).
+        All or nothing: a malformed value raises ``InvalidInput`` and leaves the state as it was."""
+        values: dict[str, Any] = {
+            "total_usable_ram_mb": _int(caps, "host_memory_total", self.total_usable_ram_mb),
+            "free_ram_mb": _int(caps, "host_memory_free", self.free_ram_mb),
+            "total_usable_disk_gb": _int(caps, "disk_total", self.total_usable_disk_gb),
+            "free_disk_mb": _int(caps, "disk_available", self.free_disk_mb // 1024) * 1024,
+            "vcpus_total": _int(caps, "vcpus", self.vcpus_total),
+            "vcpus_used": _int(caps, "vcpus_used", self.vcpus_used),
+            "hypervisor_version": _int(caps, "hypervisor_version", self.hypervisor_version),
+        }
         if "supported_instances" in caps:
-            self.supported_instances = _supported_instances(caps["supported_instances"])
-        self.maintenance = bool(caps.get("maintenance", False))
-        self.updated = at or datetime.now(UTC)
+            values["supported_instances"] = _supported_instances(caps["supported_instances"])
+        self._assign(
+            values,
+            capabilities=dict(caps),
+            host=str(caps.get("host", self.host)),
+            host_ip=caps.get("host_ip", self.host_ip),
+            hypervisor_type=str(caps.get("hypervisor_type", self.hypervisor_type)),
+            maintenance=bool(caps.get("maintenance", False)),
+            updated=at or datetime.now(UTC),
+        )
 
     def update_from_compute_node(self, row: Mapping[str, Any]) -> None:
-        """Take in the node's ``compute_nodes`` row (as Nova's ``BaremetalNodeState`` did)."""
-        self.total_usable_ram_mb = _int(row, "memory_mb", self.total_usable_ram_mb)
-        self.free_ram_mb = _int(row, "free_ram_mb", self.free_ram_mb)
-        self.total_usable_disk_gb = _int(row, "local_gb", self.total_usable_disk_gb)
-        self.free_disk_mb = _int(row, "free_disk_gb", self.free_disk_mb // 1024) * 1024
-        self.vcpus_total = _int(row, "vcpus", self.vcpus_total)
-        self.vcpus_used = _int(row, "vcpus_used", self.vcpus_used)
-        self.hypervisor_type = str(row.get("hypervisor_type") or self.hypervisor_type)
-        self.hypervisor_version = _int(row, "hypervisor_version", self.hypervisor_version)
+        """Take in the node's ``compute_nodes`` row (as Nova's ``BaremetalNodeState`` did). All or
+        nothing, like ``update_from_capabilities``."""
         updated_at = row.get("updated_at")
-        self.updated = updated_at if isinstance(updated_at, datetime) else datetime.now(UTC)
+        self._assign(
+            {
+                "total_usable_ram_mb": _int(row, "memory_mb", self.total_usable_ram_mb),
+                "free_ram_mb": _int(row, "free_ram_mb", self.free_ram_mb),
+                "total_usable_disk_gb": _int(row, "local_gb", self.total_usable_disk_gb),
+                "free_disk_mb": _int(row, "free_disk_gb", self.free_disk_mb // 1024) * 1024,
+                "vcpus_total": _int(row, "vcpus", self.vcpus_total),
+                "vcpus_used": _int(row, "vcpus_used", self.vcpus_used),
+                "hypervisor_version": _int(row, "hypervisor_version", self.hypervisor_version),
+            },
+            hypervisor_type=str(row.get("hypervisor_type") or self.hypervisor_type),
+            updated=updated_at if isinstance(updated_at, datetime) else datetime.now(UTC),
+        )
+
+    def _assign(self, values: Mapping[str, Any], **more: Any) -> None:
+        for name, value in {**values, **more}.items():
+            setattr(self, name, value)
 
     def consume_from_instance(self, spec: RequestSpec | None = None) -> None:
         """One instance takes the whole node, whatever its flavor."""

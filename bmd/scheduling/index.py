@@ -84,15 +84,21 @@ class FacetIndex:
     def drop(self, slot: int) -> None:
         self._leave(self.keys.pop(slot), 1 << slot)
 
-    def passing(self, constraint: Constraint) -> int:
-        """The slots whose key the constraint accepts."""
+    def passing(self, constraint: Constraint, live: int) -> int:
+        """The slots whose key the constraint accepts. ``live`` is every slot: the groups partition it, so
+        when most groups pass, removing the few that fail from ``live`` is cheaper than joining the rest
+        (each join or removal costs a pass over a full-width int)."""
         accepts = constraint.accepts
-        keys: Iterator[Hashable] | dict[Hashable, int]
         if constraint.aliases is not None and self.aliases is not None:
-            keys = (key for alias in constraint.aliases for key in self.aliases.get(alias, ()))
-        else:
-            keys = self.groups
-        return reduce(or_, [self.groups[key] for key in keys if accepts(key)], 0)
+            keys = {key for alias in constraint.aliases for key in self.aliases.get(alias, ())}
+            return reduce(or_, [self.groups[key] for key in keys if accepts(key)], 0)
+        accepted: list[int] = []
+        rejected: list[int] = []
+        for key, members in self.groups.items():
+            (accepted if accepts(key) else rejected).append(members)
+        if len(rejected) < len(accepted):
+            return live ^ reduce(or_, rejected, 0)
+        return reduce(or_, accepted, 0)
 
 
 _ABSENT = object()

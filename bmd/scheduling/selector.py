@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bmd.errors import ConfigError, NotFound
@@ -75,6 +75,9 @@ class HostSelector:
         self.weighers = tuple(weighers)
         self.candidates_per_instance = candidates_per_instance
         self._index = HostIndex()
+        # Nodes whose state is exactly what their last capability dict made it (no consume or compute
+        # node row since): the same dict again changes nothing, so it is not re-applied and re-indexed.
+        self._as_published: set[str] = set()
         facets = [facet for weigher in self.weighers for facet in weigher.facets or ()]
         indexable = all(weigher.facets is not None for weigher in self.weighers)
         self._weigh_facet = CombinedFacet(facets) if indexable else None
@@ -113,17 +116,25 @@ class HostSelector:
     def update_capabilities(
         self, caps: Mapping[str, Any], *, at: datetime | None = None
     ) -> BaremetalNodeState:
-        """One node's capability dict from the bus; adds the node when new."""
+        """One node's capability dict from the bus; adds the node when new. A dict equal to the one that
+        last set the node's state only refreshes ``updated`` (published dicts must not be mutated later)."""
         nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
         if not nodename:
             raise ValueError("capabilities carry no hypervisor_hostname or node")
-        return self._upsert(
+        known = self._index.get(nodename)
+        if known is not None and nodename in self._as_published and known.capabilities == caps:
+            known.updated = at or datetime.now(UTC)
+            return known
+        state = self._upsert(
             nodename, str(caps.get("host", "")), lambda state: state.update_from_capabilities(caps, at=at)
         )
+        self._as_published.add(nodename)
+        return state
 
     def update_compute_node(self, row: Mapping[str, Any], *, host: str = "") -> BaremetalNodeState:
         """One ``compute_nodes`` row (keyed by ``hypervisor_hostname``); adds the node when new."""
         nodename = str(row["hypervisor_hostname"])
+        self._as_published.discard(nodename)
         return self._upsert(nodename, host, lambda state: state.update_from_compute_node(row))
 
     def sync_service(self, host: str, capabilities: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -154,10 +165,12 @@ class HostSelector:
     def consume(self, nodename: str, spec: RequestSpec | None = None) -> None:
         """The node now holds an instance (call after a successful claim)."""
         self.get(nodename).consume_from_instance(spec)
+        self._as_published.discard(nodename)
         self._index.reindex(nodename)
 
     def remove(self, nodename: str) -> None:
         self.get(nodename)
+        self._as_published.discard(nodename)
         self._index.remove(nodename)
 
     def prepare(self, spec: RequestSpec) -> None:
@@ -224,7 +237,7 @@ class HostSelector:
             return mask_of(passing)
         result = survivors
         for constraint in constraints:
-            result &= self._index.facet(constraint.facet).passing(constraint)
+            result &= self._index.facet(constraint.facet).passing(constraint, self._index.live())
         for slot, used in overlay.items():
             bit = 1 << slot
             if survivors & bit:

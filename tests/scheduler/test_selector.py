@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bmd.errors import NotFound
+from bmd.errors import InvalidInput, NotFound
 from bmd.filters.base import BaseHostFilter, Constraint
 from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 from bmd.filters.registry import DEFAULT_FILTERS, DEFAULT_WEIGHERS, build_filters, build_weighers
@@ -157,3 +157,37 @@ def test_prepare_then_select_matches() -> None:
     selector.prepare(GPU)
     selector.update_capabilities(make_caps(3, gpu="h100"))
     assert chosen(selector, GPU) == sorted(str(n) for n in (0, 1, 2, 4, 5, 6, 7, 8))
+
+
+def test_republished_capabilities_refresh_only_the_timestamp() -> None:
+    selector = default_selector(1)
+    first, later = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    state = selector.update_capabilities(make_caps(1), at=first)
+    assert selector.update_capabilities(make_caps(1), at=later) is state
+    assert state.updated == later
+
+
+def test_capabilities_published_after_a_consume_still_win() -> None:
+    selector = default_selector(1)
+    selector.consume("1")
+    assert chosen(selector, make_spec()) == []
+    selector.update_capabilities(make_caps(1))
+    assert selector.get("1").free_ram_mb == 4096
+    assert chosen(selector, make_spec()) == ["1"]
+    selector.update_compute_node({"hypervisor_hostname": "1", "free_ram_mb": 0})
+    selector.update_capabilities(make_caps(1))
+    assert chosen(selector, make_spec()) == ["1"]
+
+
+def test_a_malformed_update_changes_nothing() -> None:
+    selector = default_selector(1, 2, gpu="a100")
+    assert chosen(selector, GPU) == ["1", "2"]
+    with pytest.raises(InvalidInput):
+        selector.update_capabilities({**make_caps(2, gpu="h100", used=True), "vcpus": "many"})
+    with pytest.raises(InvalidInput):
+        selector.update_compute_node(
+            {"hypervisor_hostname": "1", "free_ram_mb": 0, "vcpus": None, "local_gb": []}
+        )
+    assert selector.get("2").capabilities["gpu"] == "a100"
+    assert (selector.get("1").free_ram_mb, selector.get("2").free_ram_mb) == (4096, 4096)
+    assert chosen(selector, GPU) == ["1", "2"]
