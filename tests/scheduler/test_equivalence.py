@@ -5,6 +5,7 @@ the index is checked both fresh and maintained."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -230,11 +231,41 @@ def test_indexed_selection_equals_brute_force(
     check(selector, spec)
 
 
+grouped_node = st.fixed_dictionaries(
+    {
+        "location": st.sampled_from(["r1", "r2", "r3", "r4"]),
+        "used": st.sampled_from([False, False, False, True]),
+    },
+    optional={
+        "gpu": st.sampled_from(["a100", "h100", 2, "2", 2.0]),
+        "cpu_info": st.fixed_dictionaries({"vendor": st.sampled_from(["Intel", "AMD"])}),
+    },
+)
+grouping_hints = st.one_of(
+    st.fixed_dictionaries({"same_capability": st.sampled_from(["location", "cpu_info:vendor", "gpu"])}),
+    st.fixed_dictionaries({"different_capability": st.sampled_from(["location", "cpu_info:vendor", "gpu"])}),
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(nodes=st.lists(node, max_size=12), spec=specs, updates=operations)
+@given(
+    nodes=st.lists(grouped_node, max_size=16),
+    spec=specs,
+    keep_extra_specs=st.booleans(),
+    hints=grouping_hints,
+    instances=st.integers(1, 5),
+    updates=operations,
+)
 def test_capability_and_grouping_constraints_equal_brute_force(
-    nodes: list[dict[str, Any]], spec: RequestSpec, updates: list[tuple[Any, ...]]
+    nodes: list[dict[str, Any]],
+    spec: RequestSpec,
+    keep_extra_specs: bool,
+    hints: dict[str, str],
+    instances: int,
+    updates: list[tuple[Any, ...]],
 ) -> None:
+    flavor = spec.flavor if keep_extra_specs else dataclasses.replace(spec.flavor, extra_specs={})
+    spec = dataclasses.replace(spec, flavor=flavor, hints=hints, num_instances=instances)
     selector = HostSelector(
         [ComputeCapabilitiesFilter(), RamFilter(), SameCapabilityFilter(), DifferentCapabilityFilter()],
         [ManyCoresWeigher()],
