@@ -14,6 +14,7 @@ filter costs the number of distinct keys rather than the number of hosts. ``cons
 from __future__ import annotations
 
 import functools
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,12 @@ class AttributeFacet(Facet):
 
     def __init__(self, name: str, attributes: Sequence[str]) -> None:
         self.name = name
-        self._attributes = tuple(attributes)
+        self._get = operator.attrgetter(*attributes)
+        self._single = len(attributes) == 1
 
     def key(self, host: BaremetalNodeState) -> Hashable:
-        return tuple(getattr(host, attribute) for attribute in self._attributes)
+        value: Hashable = self._get(host)
+        return (value,) if self._single else value
 
 
 HEALTH: Final = AttributeFacet("health", ("maintenance", "power_fault", "service_up"))
@@ -100,7 +103,7 @@ def lookup_capability(capabilities: Mapping[str, Any], path: Sequence[str]) -> A
     """The value at ``path``, or ``None`` when it is absent, ``None``, or the walk meets a non-dict."""
     value: Any = capabilities
     for step in path:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow
             return None
         value = value.get(step)
         if value is None:
@@ -115,9 +118,9 @@ class CapabilityValue:
 
     __slots__ = ("_hash", "_identity", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, identity: tuple[type, str] | None = None) -> None:
         self.value = value
-        self._identity = (type(value), repr(value))
+        self._identity = identity or (type(value), repr(value))
         self._hash = hash(self._identity)
 
     def __eq__(self, other: object) -> bool:
@@ -134,14 +137,26 @@ class CapabilityFacet(Facet):
     """The value at one capability path; aliased by ``str(value)`` for equality look-ups."""
 
     aliased = True
+    _INTERNED_MAX = 65536
 
     def __init__(self, path: tuple[str, ...]) -> None:
         self.path = path
         self.name = "capabilities:" + ":".join(path)
+        # Equal values share one key object, so dict look-ups of keys stop at the identity check instead
+        # of calling CapabilityValue.__eq__; only a speed-up, emptied when it grows large.
+        self._interned: dict[tuple[type, str], CapabilityValue] = {}
 
     def key(self, host: BaremetalNodeState) -> Hashable:
         value = lookup_capability(host.capabilities, self.path)
-        return MISSING if value is None else CapabilityValue(value)
+        if value is None:
+            return MISSING
+        identity = (type(value), repr(value))
+        interned = self._interned.get(identity)
+        if interned is None:
+            if len(self._interned) >= self._INTERNED_MAX:
+                self._interned.clear()
+            interned = self._interned[identity] = CapabilityValue(value, identity)
+        return interned
 
     def alias(self, key: Hashable) -> str | None:
         return str(key.value) if isinstance(key, CapabilityValue) else None

@@ -9,7 +9,7 @@ re-projects one host on every built facet and moves its bit when its key changed
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from functools import reduce
 from operator import or_
 
@@ -19,21 +19,24 @@ from bmd.scheduling.bitset import mask_of
 
 __all__ = ["FacetIndex", "HostIndex"]
 
+_ABSENT: Hashable = object()
+"""The key of an empty slot."""
+
 
 class FacetIndex:
     """One facet's grouping: key -> slots (bitset), slot -> key, and for aliased facets alias -> keys."""
 
     __slots__ = ("aliases", "facet", "groups", "keys")
 
-    def __init__(self, facet: Facet, hosts: Iterator[tuple[int, BaremetalNodeState]]) -> None:
+    def __init__(self, facet: Facet, states: Sequence[BaremetalNodeState | None]) -> None:
         self.facet = facet
-        self.keys: dict[int, Hashable] = {}
+        key_of = facet.key
+        self.keys: list[Hashable] = [_ABSENT if host is None else key_of(host) for host in states]
         self.aliases: dict[str, set[Hashable]] | None = {} if facet.aliased else None
         buckets: dict[Hashable, list[int]] = {}
-        for slot, host in hosts:
-            key = facet.key(host)
-            self.keys[slot] = key
-            buckets.setdefault(key, []).append(slot)
+        for slot, key in enumerate(self.keys):
+            if key is not _ABSENT:
+                buckets.setdefault(key, []).append(slot)
         self.groups: dict[Hashable, int] = {}
         for key, slots in buckets.items():
             self.groups[key] = mask_of(slots)
@@ -73,7 +76,9 @@ class FacetIndex:
     def put(self, slot: int, host: BaremetalNodeState) -> None:
         """Record ``host`` (new, or changed) in ``slot``."""
         key = self.facet.key(host)
-        old = self.keys.get(slot, _ABSENT)
+        if slot >= len(self.keys):
+            self.keys.extend([_ABSENT] * (slot + 1 - len(self.keys)))
+        old = self.keys[slot]
         if old is not _ABSENT:
             if old == key:
                 return
@@ -82,7 +87,8 @@ class FacetIndex:
         self._join(key, 1 << slot)
 
     def drop(self, slot: int) -> None:
-        self._leave(self.keys.pop(slot), 1 << slot)
+        self._leave(self.keys[slot], 1 << slot)
+        self.keys[slot] = _ABSENT
 
     def passing(self, constraint: Constraint, live: int) -> int:
         """The slots whose key the constraint accepts. ``live`` is every slot: the groups partition it, so
@@ -99,9 +105,6 @@ class FacetIndex:
         if len(rejected) < len(accepted):
             return live ^ reduce(or_, rejected, 0)
         return reduce(or_, accepted, 0)
-
-
-_ABSENT = object()
 
 
 class HostIndex:
@@ -178,7 +181,7 @@ class HostIndex:
         """The grouping for ``facet``, built on first use."""
         facet_index = self._facets.get(facet.name)
         if facet_index is None:
-            facet_index = self._facets[facet.name] = FacetIndex(facet, self.slots())
+            facet_index = self._facets[facet.name] = FacetIndex(facet, self._states)
         return facet_index
 
     def facet_names(self) -> list[str]:
