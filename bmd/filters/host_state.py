@@ -1,0 +1,202 @@
+"""What the scheduler knows about a node, and what a request asks for.
+
+A ``BaremetalNodeState`` is one node seen as a host that holds exactly one instance. It is fed from the
+capability dict the driver publishes on the bus (``update_from_capabilities``) and from the node's
+``compute_nodes`` row (``update_from_compute_node``); the last writer wins for the resource figures.
+``consume_from_instance`` marks the whole node as used, whatever the flavor: free RAM and disk 0, every vcpu
+used (Nova's bare-metal host state).
+
+Units follow Nova: RAM in MB, total disk in GB, free disk in MB (``free_disk_gb * 1024``), swap in MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from bmd.errors import InvalidInput
+
+__all__ = ["BaremetalNodeState", "Flavor", "RequestSpec", "SupportedInstance"]
+
+SupportedInstance = tuple[str, ...]
+"""One ``(cpu_arch, hypervisor_type, vm_mode)`` triple a node can run."""
+
+
+def _int(source: Mapping[str, Any], key: str, default: int) -> int:
+    raw = source.get(key, default)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise InvalidInput(f"{key} must be a number, not {raw!r}", field=key)
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise InvalidInput(f"{key} must be a number, not {raw!r}", field=key) from err
+
+
+def _supported_instances(raw: object) -> tuple[SupportedInstance, ...]:
+    if not isinstance(raw, list | tuple):
+        raise InvalidInput("supported_instances must be a list of triples", field="supported_instances")
+    result = []
+    for entry in raw:
+        if not isinstance(entry, list | tuple):
+            raise InvalidInput("supported_instances must be a list of triples", field="supported_instances")
+        result.append(tuple("" if item is None else str(item) for item in entry))
+    return tuple(result)
+
+
+@dataclass(eq=False)
+class BaremetalNodeState:
+    """Mutable scheduling view of one node. Change it only through the ``HostSelector`` that holds it,
+    which keeps its index in step; a state outside a selector can be changed freely."""
+
+    host: str
+    nodename: str
+    node_id: int | None = None
+    total_usable_ram_mb: int = 0
+    free_ram_mb: int = 0
+    total_usable_disk_gb: int = 0
+    free_disk_mb: int = 0
+    vcpus_total: int = 0
+    vcpus_used: int = 0
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    supported_instances: tuple[SupportedInstance, ...] = ()
+    hypervisor_type: str = ""
+    hypervisor_version: int = 0
+    host_ip: str | None = None
+    maintenance: bool = False
+    power_fault: bool = False
+    service_up: bool = True
+    updated: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.node_id is None and self.nodename.isdigit():
+            self.node_id = int(self.nodename)
+
+    def update_from_capabilities(self, caps: Mapping[str, Any], *, at: datetime | None = None) -> None:
+        """Take in one node's capability dict as published on the bus (keys of ``get_host_stats``).
+        All or nothing: a malformed value raises ``InvalidInput`` and leaves the state as it was."""
+        values: dict[str, Any] = {
+            "total_usable_ram_mb": _int(caps, "host_memory_total", self.total_usable_ram_mb),
+            "free_ram_mb": _int(caps, "host_memory_free", self.free_ram_mb),
+            "total_usable_disk_gb": _int(caps, "disk_total", self.total_usable_disk_gb),
+            "free_disk_mb": _int(caps, "disk_available", self.free_disk_mb // 1024) * 1024,
+            "vcpus_total": _int(caps, "vcpus", self.vcpus_total),
+            "vcpus_used": _int(caps, "vcpus_used", self.vcpus_used),
+            "hypervisor_version": _int(caps, "hypervisor_version", self.hypervisor_version),
+        }
+        if "supported_instances" in caps:
+            values["supported_instances"] = _supported_instances(caps["supported_instances"])
+        self._assign(
+            values,
+            capabilities=dict(caps),
+            host=str(caps.get("host", self.host)),
+            host_ip=caps.get("host_ip", self.host_ip),
+            hypervisor_type=str(caps.get("hypervisor_type", self.hypervisor_type)),
+            maintenance=bool(caps.get("maintenance", False)),
+            updated=at or datetime.now(UTC),
+        )
+
+    def update_from_compute_node(self, row: Mapping[str, Any]) -> None:
+        """Take in the node's ``compute_nodes`` row (as Nova's ``BaremetalNodeState`` did). All or
+        nothing, like ``update_from_capabilities``."""
+        updated_at = row.get("updated_at")
+        self._assign(
+            {
+                "total_usable_ram_mb": _int(row, "memory_mb", self.total_usable_ram_mb),
+                "free_ram_mb": _int(row, "free_ram_mb", self.free_ram_mb),
+                "total_usable_disk_gb": _int(row, "local_gb", self.total_usable_disk_gb),
+                "free_disk_mb": _int(row, "free_disk_gb", self.free_disk_mb // 1024) * 1024,
+                "vcpus_total": _int(row, "vcpus", self.vcpus_total),
+                "vcpus_used": _int(row, "vcpus_used", self.vcpus_used),
+                "hypervisor_version": _int(row, "hypervisor_version", self.hypervisor_version),
+            },
+            hypervisor_type=str(row.get("hypervisor_type") or self.hypervisor_type),
+            updated=updated_at if isinstance(updated_at, datetime) else datetime.now(UTC),
+        )
+
+    def _assign(self, values: Mapping[str, Any], **more: Any) -> None:
+        for name, value in {**values, **more}.items():
+            setattr(self, name, value)
+
+    def consume_from_instance(self, spec: RequestSpec | None = None) -> None:
+        """One instance takes the whole node, whatever its flavor."""
+        self.free_ram_mb = 0
+        self.free_disk_mb = 0
+        self.vcpus_used = self.vcpus_total
+
+    def __repr__(self) -> str:
+        return f"BaremetalNodeState({self.host!r}, {self.nodename!r})"
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """An instance type. ``swap`` is in MB, disks in GB, as in Nova."""
+
+    name: str
+    memory_mb: int
+    vcpus: int
+    root_gb: int
+    ephemeral_gb: int = 0
+    swap: int = 0
+    extra_specs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("memory_mb", "vcpus", "root_gb", "ephemeral_gb", "swap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInput(f"{name} must be a non-negative integer, not {value!r}", field=name)
+        for key, req in self.extra_specs.items():
+            if not isinstance(key, str) or not isinstance(req, str):
+                raise InvalidInput(f"extra spec {key!r} must map a string to a string", field="extra_specs")
+        object.__setattr__(self, "extra_specs", MappingProxyType(dict(self.extra_specs)))
+
+    @property
+    def disk_mb(self) -> int:
+        """Disk the flavor asks for, in MB: root and ephemeral disks plus swap (Nova's DiskFilter)."""
+        return 1024 * (self.root_gb + self.ephemeral_gb) + self.swap
+
+
+HINTS = ("same_capability", "different_capability")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One scheduling request: ``num_instances`` instances of ``flavor`` booted from an image with
+    ``image_properties``, with scheduler ``hints``.
+
+    ``instance_index`` and ``chosen`` are filled in by the selection loop, not by callers: the index of the
+    instance being placed and the (consumed) states of the nodes picked for the earlier instances.
+    """
+
+    flavor: Flavor
+    image_properties: Mapping[str, Any] = field(default_factory=dict)
+    num_instances: int = 1
+    hints: Mapping[str, Any] = field(default_factory=dict)
+    instance_index: int = 0
+    chosen: tuple[BaremetalNodeState, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_instances, bool) or not isinstance(self.num_instances, int):
+            raise InvalidInput("num_instances must be an integer", field="num_instances")
+        if self.num_instances < 1:
+            raise InvalidInput("num_instances must be at least 1", field="num_instances")
+        for hint in HINTS:
+            if hint in self.hints:
+                value = self.hints[hint]
+                if not isinstance(value, str) or not value.strip():
+                    raise InvalidInput(f"hint {hint} must name a capability", field=f"hints.{hint}")
+        object.__setattr__(self, "image_properties", MappingProxyType(dict(self.image_properties)))
+        object.__setattr__(self, "hints", MappingProxyType(dict(self.hints)))
+
+    @property
+    def extra_specs(self) -> Mapping[str, str]:
+        return self.flavor.extra_specs
+
+    def for_instance(self, index: int, chosen: tuple[BaremetalNodeState, ...]) -> RequestSpec:
+        """The spec the filters see while placing instance ``index`` after ``chosen``."""
+        return dataclasses.replace(self, instance_index=index, chosen=chosen)

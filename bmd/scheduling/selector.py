@@ -1,0 +1,286 @@
+"""HostSelector: the scheduler's in-memory core. It holds the node states, keeps them indexed, and answers
+``select(spec)`` exactly as Nova's algorithm would (``select_brute_force``), touching groups of hosts rather
+than hosts.
+
+How a selection runs, per instance of the request (Nova's loop):
+
+* The surviving hosts are a bitset of slots: every host for the first instance, the previous instance's
+  survivors for the next ones.
+* Filters run in configured order. A filter with ``constraints`` is answered from the facet groupings: each
+  constraint tests each distinct key once and unions the groups it accepts; the survivors are intersected
+  with that. A filter without ``constraints`` (a custom one) calls ``host_passes`` on each survivor, so put
+  such filters after the indexed ones: they then only see what the index let through.
+* **Filter counts are exact**: ``before``/``after`` are the sizes of the survivor set around each filter, in
+  configured order, so they, the stopping point and the reason equal the brute force's.
+* Weighers with ``facets`` are evaluated once per distinct key of the weighers' combined facet, on a
+  representative host; hosts of equal total weight are ordered by slot, as the brute force orders ties by
+  its host list (``hosts()`` gives that list).
+* The pick is consumed on a copy (an overlay local to the call): the selector's states are not changed by
+  ``select``. Call ``consume`` once a claim has succeeded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bmd.errors import ConfigError, NotFound
+from bmd.filters.base import BaseHostFilter, Constraint, Facet
+from bmd.filters.chain import (
+    NO_HOSTS,
+    Candidate,
+    FilterCount,
+    Selection,
+    candidate,
+    no_host_reason,
+    select_brute_force,
+)
+from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.filters.weighers import BaseWeigher, combine_weights, weigh_hosts
+from bmd.scheduling.bitset import bit_positions, lowest_bit, lowest_bits, mask_of
+from bmd.scheduling.index import HostIndex
+
+__all__ = ["CombinedFacet", "HostSelector"]
+
+Overlay = dict[int, BaremetalNodeState]
+
+
+class CombinedFacet(Facet):
+    """The tuple of several facets' keys."""
+
+    def __init__(self, facets: Iterable[Facet]) -> None:
+        unique = {facet.name: facet for facet in facets}
+        self._facets = tuple(unique.values())
+        self.name = "(" + ",".join(unique) + ")"
+
+    def key(self, host: BaremetalNodeState) -> Hashable:
+        return tuple(facet.key(host) for facet in self._facets)
+
+
+class HostSelector:
+    """Node states, their index, and the configured chain (``filters`` in order, then ``weighers``)."""
+
+    def __init__(
+        self,
+        filters: Sequence[BaseHostFilter],
+        weighers: Sequence[BaseWeigher],
+        *,
+        candidates_per_instance: int = 8,
+    ) -> None:
+        if candidates_per_instance < 1:
+            raise ConfigError("candidates_per_instance must be at least 1")
+        self.filters = tuple(filters)
+        self.weighers = tuple(weighers)
+        self.candidates_per_instance = candidates_per_instance
+        self._index = HostIndex()
+        # Nodes whose state is exactly what their last capability dict made it (no consume or compute
+        # node row since): the same dict again changes nothing, so it is not re-applied and re-indexed.
+        self._as_published: set[str] = set()
+        facets = [facet for weigher in self.weighers for facet in weigher.facets or ()]
+        indexable = all(weigher.facets is not None for weigher in self.weighers)
+        self._weigh_facet = CombinedFacet(facets) if indexable else None
+
+    # -- what the host manager feeds in ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, nodename: object) -> bool:
+        return nodename in self._index
+
+    def get(self, nodename: str) -> BaremetalNodeState:
+        host = self._index.get(nodename)
+        if host is None:
+            raise NotFound(f"node {nodename} is not known to the scheduler")
+        return host
+
+    def hosts(self) -> list[BaremetalNodeState]:
+        """Every state, in the order that breaks weight ties."""
+        return [host for _, host in self._index.slots()]
+
+    def _upsert(
+        self, nodename: str, host: str, change: Callable[[BaremetalNodeState], None]
+    ) -> BaremetalNodeState:
+        state = self._index.get(nodename)
+        if state is None:
+            state = BaremetalNodeState(host=host, nodename=nodename)
+            change(state)
+            self._index.add(state)
+        else:
+            change(state)
+            self._index.reindex(nodename)
+        return state
+
+    def update_capabilities(
+        self, caps: Mapping[str, Any], *, at: datetime | None = None
+    ) -> BaremetalNodeState:
+        """One node's capability dict from the bus; adds the node when new. A dict equal to the one that
+        last set the node's state only refreshes ``updated`` (published dicts must not be mutated later)."""
+        nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+        if not nodename:
+            raise ValueError("capabilities carry no hypervisor_hostname or node")
+        known = self._index.get(nodename)
+        if known is not None and nodename in self._as_published and known.capabilities == caps:
+            known.updated = at or datetime.now(UTC)
+            return known
+        state = self._upsert(
+            nodename, str(caps.get("host", "")), lambda state: state.update_from_capabilities(caps, at=at)
+        )
+        self._as_published.add(nodename)
+        return state
+
+    def update_compute_node(self, row: Mapping[str, Any], *, host: str = "") -> BaremetalNodeState:
+        """One ``compute_nodes`` row (keyed by ``hypervisor_hostname``); adds the node when new."""
+        nodename = str(row["hypervisor_hostname"])
+        self._as_published.discard(nodename)
+        return self._upsert(nodename, host, lambda state: state.update_from_compute_node(row))
+
+    def sync_service(self, host: str, capabilities: Sequence[Mapping[str, Any]]) -> list[str]:
+        """A service's whole published list: update each node, drop the service's nodes that are gone.
+        Returns the nodenames dropped."""
+        seen = {self.update_capabilities(caps).nodename for caps in capabilities}
+        gone = [state.nodename for state in self.hosts() if state.host == host and state.nodename not in seen]
+        for nodename in gone:
+            self.remove(nodename)
+        return gone
+
+    def set_health(
+        self, nodename: str, *, power_fault: bool | None = None, service_up: bool | None = None
+    ) -> None:
+        state = self.get(nodename)
+        if power_fault is not None:
+            state.power_fault = power_fault
+        if service_up is not None:
+            state.service_up = service_up
+        self._index.reindex(nodename)
+
+    def set_service_up(self, host: str, up: bool) -> None:
+        """Mark every node of service ``host`` up or down (its heartbeat)."""
+        for state in self.hosts():
+            if state.host == host and state.service_up != up:
+                self.set_health(state.nodename, service_up=up)
+
+    def consume(self, nodename: str, spec: RequestSpec | None = None) -> None:
+        """The node now holds an instance (call after a successful claim)."""
+        self.get(nodename).consume_from_instance(spec)
+        self._as_published.discard(nodename)
+        self._index.reindex(nodename)
+
+    def remove(self, nodename: str) -> None:
+        self.get(nodename)
+        self._as_published.discard(nodename)
+        self._index.remove(nodename)
+
+    def prepare(self, spec: RequestSpec) -> None:
+        """Build the facet groupings ``spec`` needs now rather than on its first ``select``."""
+        for host_filter in self.filters:
+            for constraint in host_filter.constraints(spec) or ():
+                self._index.facet(constraint.facet)
+        if self._weigh_facet is not None:
+            self._index.facet(self._weigh_facet)
+
+    # -- selection ------------------------------------------------------------------------------------
+
+    def select_brute_force(self, spec: RequestSpec) -> Selection:
+        """Nova's algorithm over ``hosts()``: the reference ``select`` must equal."""
+        return select_brute_force(
+            self.hosts(), self.filters, self.weighers, spec, self.candidates_per_instance
+        )
+
+    def select(self, spec: RequestSpec) -> Selection:
+        """Ordered candidates per instance, the chain's counts, and the reason when nothing fits."""
+        survivors = self._index.live()
+        if not survivors:
+            return Selection((), (), NO_HOSTS)
+        count = survivors.bit_count()
+        overlay: Overlay = {}
+        chosen: list[BaremetalNodeState] = []
+        picks: list[tuple[Candidate, ...]] = []
+        records: list[tuple[FilterCount, ...]] = []
+        for index in range(spec.num_instances):
+            request = spec.for_instance(index, tuple(chosen))
+            counts: list[FilterCount] = []
+            for host_filter in self.filters:
+                survivors = self._apply(host_filter, request, survivors, overlay)
+                after = survivors.bit_count()
+                counts.append(FilterCount(host_filter.name, count, after))
+                count = after
+                if not survivors:
+                    break
+            records.append(tuple(counts))
+            if not survivors:
+                return Selection(tuple(picks), tuple(records), no_host_reason(counts))
+            ranked = self._rank(request, survivors, count, overlay)
+            picks.append(tuple(candidate(self._state(slot, overlay), weight) for slot, weight in ranked))
+            best = ranked[0][0]
+            used = copy.copy(self._state(best, overlay))
+            used.consume_from_instance(request)
+            overlay[best] = used
+            chosen.append(used)
+        return Selection(tuple(picks), tuple(records))
+
+    def _state(self, slot: int, overlay: Overlay) -> BaremetalNodeState:
+        return overlay.get(slot) or self._index.state(slot)
+
+    def _apply(
+        self, host_filter: BaseHostFilter, request: RequestSpec, survivors: int, overlay: Overlay
+    ) -> int:
+        constraints = host_filter.constraints(request)
+        if constraints is None:
+            passing = [
+                slot
+                for slot in bit_positions(survivors)
+                if host_filter.host_passes(self._state(slot, overlay), request)
+            ]
+            return mask_of(passing)
+        result = survivors
+        for constraint in constraints:
+            result &= self._index.facet(constraint.facet).passing(constraint, self._index.live())
+        for slot, used in overlay.items():
+            bit = 1 << slot
+            if survivors & bit:
+                if _satisfies(constraints, used):
+                    result |= bit
+                elif result & bit:
+                    result ^= bit
+        return result
+
+    def _rank(
+        self, request: RequestSpec, survivors: int, count: int, overlay: Overlay
+    ) -> list[tuple[int, float]]:
+        """The best ``candidates_per_instance`` survivors as (slot, total weight), best first."""
+        limit = self.candidates_per_instance
+        if self._weigh_facet is None:
+            slots = bit_positions(survivors)
+            totals = weigh_hosts(self.weighers, [self._state(slot, overlay) for slot in slots], request)
+            order = sorted(range(len(slots)), key=totals.__getitem__, reverse=True)
+            return [(slots[i], totals[i]) for i in order[:limit]]
+        groups: list[tuple[int, BaremetalNodeState]] = []
+        plain = survivors
+        for slot, used in overlay.items():
+            if survivors >> slot & 1:
+                plain ^= 1 << slot
+                groups.append((1 << slot, used))
+        for members in self._index.facet(self._weigh_facet).groups.values():
+            subset = plain & members
+            if subset:
+                groups.append((subset, self._index.state(lowest_bit(subset))))
+        raw = [[weigher.weigh(host, request) for _, host in groups] for weigher in self.weighers]
+        totals = combine_weights(self.weighers, raw, objects=len(groups), hosts=count)
+        order = sorted(range(len(groups)), key=totals.__getitem__, reverse=True)
+        ranked: list[tuple[int, float]] = []
+        position = 0
+        while position < len(order) and len(ranked) < limit:
+            weight = totals[order[position]]
+            tied = 0
+            while position < len(order) and totals[order[position]] == weight:
+                tied |= groups[order[position]][0]
+                position += 1
+            ranked.extend((slot, weight) for slot in lowest_bits(tied, limit - len(ranked)))
+        return ranked
+
+
+def _satisfies(constraints: Sequence[Constraint], host: BaremetalNodeState) -> bool:
+    return all(constraint.accepts(constraint.facet.key(host)) for constraint in constraints)
