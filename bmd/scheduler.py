@@ -53,7 +53,9 @@ def build_selector(settings: Settings) -> HostSelector:
     )
 
 
-def request_spec(flavor: FlavorRow, image_properties: Mapping[str, Any], num: int, hints: Mapping[str, Any]) -> RequestSpec:
+def request_spec(
+    flavor: FlavorRow, image_properties: Mapping[str, Any], num: int, hints: Mapping[str, Any]
+) -> RequestSpec:
     f = Flavor(
         name=flavor.name, memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb,
         ephemeral_gb=flavor.ephemeral_gb, swap=flavor.swap, extra_specs=flavor.extra_specs,
@@ -138,9 +140,7 @@ class HostManager:
         async with self.sessionmaker() as session:
             rows = (await session.execute(select(ComputeNode))).scalars().all()
             health = (
-                await session.execute(
-                    select(BareMetalNode.id, BareMetalNode.power_state, BareMetalNode.power_failures)
-                )
+                await session.execute(select(BareMetalNode.id, BareMetalNode.power_state, BareMetalNode.power_failures))
             ).all()
             services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
         known = {s.nodename for s in self.selector.hosts()}
@@ -195,19 +195,31 @@ class HostManager:
                             BareMetalNode.maintenance.is_(False),
                         )
                         .values(
-                            instance_uuid=p.instance_uuid, provision_state="deploying",
-                            provision_updated_at=now, task_state="spawning", last_error=None,
+                            instance_uuid=p.instance_uuid,
+                            provision_state="deploying",
+                            provision_updated_at=now,
+                            task_state="spawning",
+                            last_error=None,
                         )  # fmt: skip
                     )
                     if result.rowcount != 1:  # type: ignore[attr-defined]
                         raise _LostRace(p.node_id)  # leaving the block rolls every claim of the request back
                 session.add_all(
                     Instance(
-                        uuid=p.instance_uuid, instance_type_id=request.flavor.id, flavor_name=request.flavor.name,
-                        reservation_id=reservation, host=p.host, node=p.nodename, bm_node_id=p.node_id,
-                        vm_state="building", task_state="spawning", image_ref=request.image_ref,
-                        image_properties=dict(request.spec.image_properties), hints=dict(request.spec.hints),
-                        network_info=network_info(request.networks), deploy_info=request.deploy_info,
+                        uuid=p.instance_uuid,
+                        instance_type_id=request.flavor.id,
+                        flavor_name=request.flavor.name,
+                        reservation_id=reservation,
+                        host=p.host,
+                        node=p.nodename,
+                        bm_node_id=p.node_id,
+                        vm_state="building",
+                        task_state="spawning",
+                        image_ref=request.image_ref,
+                        image_properties=dict(request.spec.image_properties),
+                        hints=dict(request.spec.hints),
+                        network_info=network_info(request.networks),
+                        deploy_info=request.deploy_info,
                     )  # fmt: skip
                     for p in placements
                 )

@@ -40,7 +40,8 @@ async def test_ok_after_every_task_succeeded(client, ctx: AppContext) -> None:  
         "report_driver_status",
         "update_available_resource",
         "sync_power_states",
-        "check_deploy_timeouts", "scheduler_refresh",
+        "check_deploy_timeouts",
+        "scheduler_refresh",
     }
     text = await resp.text()
     assert ctx.api_token not in text

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bmd.context import AppContext
-from bmd.errors import BmdError, InvalidInput
+from bmd.errors import BmdError, InvalidInput, NoValidHost
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         except BmdError as err:
             if err.http_status >= 500:
                 log.error("request_failed", method=request.method, path=request.path, error=str(err))
-            response = error_response(err.http_status, err.code, str(err), field=getattr(err, "field", None))
+            response = error_response(
+                err.http_status,
+                err.code,
+                str(err),
+                field=getattr(err, "field", None),
+                reason=str(err) if isinstance(err, NoValidHost) else None,
+            )
         except Exception:
             log.exception("request_crashed", method=request.method, path=request.path)
             response = error_response(500, "internal_error", "internal error; see the service log")

@@ -73,8 +73,12 @@ async def create_instances(request: web.Request) -> web.Response:
     }  # fmt: skip
     placements = await ctx.scheduler.claim(
         InstanceRequest(
-            flavor=flavor, spec=spec, image_ref=body.image_ref,
-            networks=[n.model_dump() for n in body.networks], deploy_info=deploy_info, name=body.name,
+            flavor=flavor,
+            spec=spec,
+            image_ref=body.image_ref,
+            networks=[n.model_dump() for n in body.networks],
+            deploy_info=deploy_info,
+            name=body.name,
         )  # fmt: skip
     )
     for p in placements:

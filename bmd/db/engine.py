@@ -31,10 +31,15 @@ def _sqlite_pragmas(busy_timeout_s: float) -> Any:
     return on_connect
 
 
+WRITE_OPTION = "bmd_write"
+
+
 def _sqlite_begin(conn: Any) -> None:
     # pysqlite's implicit transaction handling is off (isolation_level=None), so SQLAlchemy's BEGIN is the
-    # only one and SAVEPOINT and transactional DDL work as documented.
-    conn.exec_driver_sql("BEGIN")
+    # only one and SAVEPOINT and transactional DDL work as documented. A write transaction takes the write
+    # lock up front (BEGIN IMMEDIATE): in WAL mode a read transaction that later writes after another
+    # writer committed fails at once with "database is locked", without waiting on the busy timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
 
 def make_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -53,8 +58,20 @@ def make_engine(settings: DatabaseSettings) -> AsyncEngine:
     return engine
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+class Sessionmaker(async_sessionmaker[AsyncSession]):
+    """``maker()`` gives a session for reading; ``maker.begin()`` one whose transaction writes (on SQLite
+    it starts with BEGIN IMMEDIATE and so queues behind other writers on the busy timeout)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+
+    def begin(self) -> Any:
+        return self(bind=self._writer)._maker_context_manager()
+
+
+def make_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
+    return Sessionmaker(engine)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -98,9 +98,7 @@ class DifferentCapabilityFilter(_GroupingFilter):
             excluded = frozenset(taken)
 
             def accepts(key: Hashable) -> bool:
-                return isinstance(key, CapabilityValue) and not (
-                    isinstance(key.value, str) and key.value in excluded
-                )
+                return isinstance(key, CapabilityValue) and not (isinstance(key.value, str) and key.value in excluded)
 
             return Constraint(facet, accepts)
         return super()._constraint(facet, taken)

@@ -57,9 +57,7 @@ _PROPERTIES = ("architecture", "hypervisor_type", "vm_mode")
 
 
 def _wanted(image_properties: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(
-        canon(image_properties.get(prop)) for canon, prop in zip(_CANONICAL, _PROPERTIES, strict=True)
-    )
+    return tuple(canon(image_properties.get(prop)) for canon, prop in zip(_CANONICAL, _PROPERTIES, strict=True))
 
 
 def _supports(supported_instances: Sequence[Sequence[object]], wanted: tuple[str, ...]) -> bool:
@@ -74,9 +72,7 @@ def _supports(supported_instances: Sequence[Sequence[object]], wanted: tuple[str
     return False
 
 
-def instance_supported(
-    supported_instances: Sequence[Sequence[object]], image_properties: Mapping[str, Any]
-) -> bool:
+def instance_supported(supported_instances: Sequence[Sequence[object]], image_properties: Mapping[str, Any]) -> bool:
     """True when one of the node's triples provides every property the image asks for."""
     return _supports(supported_instances, _wanted(image_properties))
 

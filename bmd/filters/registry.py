@@ -72,9 +72,7 @@ DEFAULT_WEIGHERS: tuple[str, ...] = ("LeastWasteWeigher",)
 
 def _available(group: str, builtin: Mapping[str, str]) -> dict[str, list[EntryPoint]]:
     """Name -> the distinct entry points claiming it (more than one is a conflict)."""
-    found: dict[str, list[EntryPoint]] = {
-        name: [EntryPoint(name, value, group)] for name, value in builtin.items()
-    }
+    found: dict[str, list[EntryPoint]] = {name: [EntryPoint(name, value, group)] for name, value in builtin.items()}
     for entry in entry_points(group=group):
         claims = found.setdefault(entry.name, [])
         if all(entry.value != claim.value for claim in claims):
@@ -134,15 +132,11 @@ def _build(
     return built
 
 
-def build_filters(
-    names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None
-) -> list[BaseHostFilter]:
+def build_filters(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> list[BaseHostFilter]:
     """The configured chain, in order; ``options[name]`` are constructor keywords for that filter."""
     return _build("filter", load_filter, names, options)
 
 
-def build_weighers(
-    names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None
-) -> list[BaseWeigher]:
+def build_weighers(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> list[BaseWeigher]:
     """The configured weighers; ``options[name]`` are constructor keywords (e.g. ``multiplier``)."""
     return _build("weigher", load_weigher, names, options)

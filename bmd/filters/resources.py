@@ -34,12 +34,7 @@ def _fits(total: float, free: float, requested: float, ratio: float) -> bool:
 
 
 def _ratio(owner: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{owner}: allocation_ratio must be a positive number, not {value!r}")
     return float(value)
 

@@ -36,11 +36,7 @@ class BaseWeigher(ABC):
             cls.name = cls.__name__
 
     def __init__(self, multiplier: float = 1.0) -> None:
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, int | float)
-            or not math.isfinite(multiplier)
-        ):
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not math.isfinite(multiplier):
             raise ConfigError(f"{self.name}: multiplier must be a finite number, not {multiplier!r}")
         self.multiplier = float(multiplier)
 
@@ -49,9 +45,7 @@ class BaseWeigher(ABC):
         """The raw weight of one host for this request; higher is better."""
 
 
-def normalize(
-    weights: Sequence[float], minval: float | None = None, maxval: float | None = None
-) -> list[float]:
+def normalize(weights: Sequence[float], minval: float | None = None, maxval: float | None = None) -> list[float]:
     """Scale ``weights`` to ``[0, 1]`` over ``[minval, maxval]`` (their own range by default)."""
     if not weights:
         return []
@@ -86,9 +80,7 @@ def combine_weights(
     return totals
 
 
-def weigh_hosts(
-    weighers: Sequence[BaseWeigher], hosts: Sequence[BaremetalNodeState], spec: RequestSpec
-) -> list[float]:
+def weigh_hosts(weighers: Sequence[BaseWeigher], hosts: Sequence[BaremetalNodeState], spec: RequestSpec) -> list[float]:
     """Total weight of each host (every weigher on every host)."""
     raw = [[weigher.weigh(host, spec) for host in hosts] for weigher in weighers]
     return combine_weights(weighers, raw, objects=len(hosts), hosts=len(hosts))

@@ -100,9 +100,7 @@ class HostSelector:
         """Every state, in the order that breaks weight ties."""
         return [host for _, host in self._index.slots()]
 
-    def _upsert(
-        self, nodename: str, host: str, change: Callable[[BaremetalNodeState], None]
-    ) -> BaremetalNodeState:
+    def _upsert(self, nodename: str, host: str, change: Callable[[BaremetalNodeState], None]) -> BaremetalNodeState:
         state = self._index.get(nodename)
         if state is None:
             state = BaremetalNodeState(host=host, nodename=nodename)
@@ -113,9 +111,7 @@ class HostSelector:
             self._index.reindex(nodename)
         return state
 
-    def update_capabilities(
-        self, caps: Mapping[str, Any], *, at: datetime | None = None
-    ) -> BaremetalNodeState:
+    def update_capabilities(self, caps: Mapping[str, Any], *, at: datetime | None = None) -> BaremetalNodeState:
         """One node's capability dict from the bus; adds the node when new. A dict equal to the one that
         last set the node's state only refreshes ``updated`` (published dicts must not be mutated later)."""
         nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
@@ -146,9 +142,7 @@ class HostSelector:
             self.remove(nodename)
         return gone
 
-    def set_health(
-        self, nodename: str, *, power_fault: bool | None = None, service_up: bool | None = None
-    ) -> None:
+    def set_health(self, nodename: str, *, power_fault: bool | None = None, service_up: bool | None = None) -> None:
         state = self.get(nodename)
         if power_fault is not None:
             state.power_fault = power_fault
@@ -185,9 +179,7 @@ class HostSelector:
 
     def select_brute_force(self, spec: RequestSpec) -> Selection:
         """Nova's algorithm over ``hosts()``: the reference ``select`` must equal."""
-        return select_brute_force(
-            self.hosts(), self.filters, self.weighers, spec, self.candidates_per_instance
-        )
+        return select_brute_force(self.hosts(), self.filters, self.weighers, spec, self.candidates_per_instance)
 
     def select(self, spec: RequestSpec) -> Selection:
         """Ordered candidates per instance, the chain's counts, and the reason when nothing fits."""
@@ -224,9 +216,7 @@ class HostSelector:
     def _state(self, slot: int, overlay: Overlay) -> BaremetalNodeState:
         return overlay.get(slot) or self._index.state(slot)
 
-    def _apply(
-        self, host_filter: BaseHostFilter, request: RequestSpec, survivors: int, overlay: Overlay
-    ) -> int:
+    def _apply(self, host_filter: BaseHostFilter, request: RequestSpec, survivors: int, overlay: Overlay) -> int:
         constraints = host_filter.constraints(request)
         if constraints is None:
             passing = [
@@ -247,9 +237,7 @@ class HostSelector:
                     result ^= bit
         return result
 
-    def _rank(
-        self, request: RequestSpec, survivors: int, count: int, overlay: Overlay
-    ) -> list[tuple[int, float]]:
+    def _rank(self, request: RequestSpec, survivors: int, count: int, overlay: Overlay) -> list[tuple[int, float]]:
         """The best ``candidates_per_instance`` survivors as (slot, total weight), best first."""
         limit = self.candidates_per_instance
         if self._weigh_facet is None:

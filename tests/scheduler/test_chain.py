@@ -53,9 +53,7 @@ def names(selection: Selection) -> list[str]:
 
 
 def test_reason_names_the_filter_that_removed_the_last_hosts(mode: str) -> None:
-    sel = selector(
-        [make_caps(1, gpu="h100"), make_caps(2), make_caps(3, gpu="h100"), make_caps(4, used=True)]
-    )
+    sel = selector([make_caps(1, gpu="h100"), make_caps(2), make_caps(3, gpu="h100"), make_caps(4, used=True)])
     result = run(sel, mode, make_spec(extra_specs={"capabilities:gpu": "a100"}))
     assert result.reason == "ComputeCapabilitiesFilter removed the last 4 hosts"
     assert not result.ok and result.candidates == ()

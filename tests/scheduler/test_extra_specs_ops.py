@@ -111,9 +111,7 @@ def test_requirement_that_is_not_a_string_does_not_match(req: Any) -> None:
     assert match("x86_64", req) is False
 
 
-words = st.sampled_from(
-    ["=", "==", "!=", ">=", "<=", "s==", "s<", "s>=", "<in>", "<all-in>", "<or>", "1", "a"]
-)
+words = st.sampled_from(["=", "==", "!=", ">=", "<=", "s==", "s<", "s>=", "<in>", "<all-in>", "<or>", "1", "a"])
 requirements = st.one_of(st.text(max_size=20), st.lists(words, max_size=5).map(" ".join))
 values = st.one_of(
     st.none(),

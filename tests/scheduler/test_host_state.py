@@ -15,9 +15,7 @@ from .factories import make_caps, make_host, make_spec
 def test_update_from_capabilities_takes_the_seed_keys() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     state = BaremetalNodeState(host="", nodename="7")
-    state.update_from_capabilities(
-        make_caps(7, memory_mb=8192, vcpus=16, disk_gb=200, location="rack11"), at=at
-    )
+    state.update_from_capabilities(make_caps(7, memory_mb=8192, vcpus=16, disk_gb=200, location="rack11"), at=at)
     assert (state.host, state.node_id, state.host_ip) == ("svc1", 7, "10.0.0.1")
     assert (state.total_usable_ram_mb, state.free_ram_mb) == (8192, 8192)
     assert (state.total_usable_disk_gb, state.free_disk_mb) == (200, 200 * 1024)

@@ -113,9 +113,7 @@ def test_a_filter_from_an_installed_package(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_an_entry_point_that_is_not_a_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    install_plugin(
-        tmp_path, monkeypatch, "[bmd.filters]\nOdd = acme_bmd_filters:NotAFilter\nGone = nowhere:X\n"
-    )
+    install_plugin(tmp_path, monkeypatch, "[bmd.filters]\nOdd = acme_bmd_filters:NotAFilter\nGone = nowhere:X\n")
     with pytest.raises(ConfigError, match="is not a BaseHostFilter"):
         load_filter("Odd")
     with pytest.raises(ConfigError, match="cannot load nowhere:X"):

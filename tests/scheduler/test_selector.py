@@ -185,9 +185,7 @@ def test_a_malformed_update_changes_nothing() -> None:
     with pytest.raises(InvalidInput):
         selector.update_capabilities({**make_caps(2, gpu="h100", used=True), "vcpus": "many"})
     with pytest.raises(InvalidInput):
-        selector.update_compute_node(
-            {"hypervisor_hostname": "1", "free_ram_mb": 0, "vcpus": None, "local_gb": []}
-        )
+        selector.update_compute_node({"hypervisor_hostname": "1", "free_ram_mb": 0, "vcpus": None, "local_gb": []})
     assert selector.get("2").capabilities["gpu"] == "a100"
     assert (selector.get("1").free_ram_mb, selector.get("2").free_ram_mb) == (4096, 4096)
     assert chosen(selector, GPU) == ["1", "2"]

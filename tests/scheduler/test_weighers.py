@@ -38,9 +38,7 @@ def test_least_waste_prefers_the_node_that_fits_the_flavor_most_closely() -> Non
 def test_least_waste_is_normalised_on_a_fixed_range() -> None:
     spec = make_spec(memory_mb=2048, vcpus=4, root_gb=20)
     half = make_host(1, memory_mb=4096, vcpus=8, disk_gb=40)
-    alone = weigh_hosts(
-        [LeastWasteWeigher()], [half, make_host(2, memory_mb=4096, vcpus=8, disk_gb=40)], spec
-    )
+    alone = weigh_hosts([LeastWasteWeigher()], [half, make_host(2, memory_mb=4096, vcpus=8, disk_gb=40)], spec)
     assert alone == [0.5, 0.5]
 
 

@@ -1,0 +1,214 @@
+"""Instances in-process: atomic claims under concurrency, the chain's reason, the deploy flow with the
+simulated agent over real HTTP, delete, and every failure path leaving nodes in a legal state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bmd.db.models import BareMetalNode, Deployment, Interface, PxeIp
+from bmd.deploy.agent_sim import run_agent
+from bmd.drivers.power.base import BootDevice, PowerState
+from tests.cloud import Cloud, make_cloud
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path, db_file: Path) -> AsyncIterator[Cloud]:
+    async with make_cloud(tmp_path) as c:
+        yield c
+
+
+async def count_claimed(cloud: Cloud) -> tuple[int, int]:
+    async with cloud.ctx.sessionmaker() as session:
+        claimed = await session.scalar(select(func.count()).where(BareMetalNode.instance_uuid.is_not(None)))
+        distinct = await session.scalar(select(func.count(func.distinct(BareMetalNode.instance_uuid))))
+    return int(claimed or 0), int(distinct or 0)
+
+
+async def test_200_concurrent_requests_50_nodes(cloud: Cloud) -> None:
+    await cloud.enroll(50)
+    await cloud.add_pxe_ips(50)
+    results = await asyncio.gather(*(cloud.create() for _ in range(200)))
+    statuses = [s for s, _ in results]
+    assert statuses.count(202) == 50 and statuses.count(409) == 150
+    assert all(body["error"] == "no_valid_host" for s, body in results if s == 409)
+    nodes = [body["instances"][0]["bm_node_id"] for s, body in results if s == 202]
+    assert len(set(nodes)) == 50  # no node twice
+    await cloud.settle()
+    claimed, distinct = await count_claimed(cloud)
+    assert claimed == distinct == 50
+
+
+async def test_no_valid_host_names_the_filter(cloud: Cloud) -> None:
+    await cloud.enroll(3)
+    await cloud.client.put("/v1/flavors/bm.small/extra_specs/capabilities:cpu_arch", json={"value": "aarch64"},
+                           headers=cloud.auth)  # fmt: skip
+    status, body = await cloud.create()
+    assert status == 409
+    reason = "ComputeCapabilitiesFilter removed the last 3 hosts"
+    assert body == {"error": "no_valid_host", "message": reason, "reason": reason}
+
+
+async def test_multi_instance_is_all_or_nothing(cloud: Cloud) -> None:
+    await cloud.enroll(2)
+    await cloud.add_pxe_ips(5)
+    status, body = await cloud.create(num_instances=3)
+    assert status == 409, body
+    assert await count_claimed(cloud) == (0, 0)
+    status, body = await cloud.create(num_instances=2)
+    assert status == 202 and len(body["instances"]) == 2
+    assert len({i["reservation_id"] for i in body["instances"]}) == 1
+
+
+async def test_schedule_is_a_dry_run(cloud: Cloud) -> None:
+    await cloud.enroll(4)
+    resp = await cloud.client.post("/v1/schedule", json={"flavor": "bm.small", "num_instances": 2}, headers=cloud.auth)
+    body = await resp.json()
+    assert resp.status == 200 and body["ok"] and len(body["candidates"]) == 2
+    assert body["filter_counts"][0][0] == {"filter": "ComputeFilter", "before": 4, "after": 4}
+    assert await count_claimed(cloud) == (0, 0)
+    resp = await cloud.client.post("/v1/schedule", json={"flavor": "nope"}, headers=cloud.auth)
+    assert resp.status == 400 and (await resp.json())["field"] == "flavor"
+
+
+async def test_deploy_end_to_end_in_process(cloud: Cloud, tmp_path: Path) -> None:
+    (node_id,) = await cloud.enroll(1, nics=2)
+    await cloud.add_pxe_ips(1)
+    status, body = await cloud.create(networks=[{"id": "tenant-a", "vlan": 100}])
+    assert status == 202, body
+    uuid = body["instances"][0]["uuid"]
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "wait_callback" and node.deploy_deadline is not None
+    bmc = cloud.fake.bmc(node_id)
+    assert (bmc.power == PowerState.ON and "set_boot_device:pxe:False" in " ".join(bmc.calls)) or bmc.boots >= 1
+
+    # the wrong key is refused and changes nothing
+    mac = "52:54:00:00:01:00"
+    wrong = await run_agent(cloud.tftp_root, mac, key="0" * 32)
+    assert wrong.status == 403
+    assert (await cloud.node(node_id)).provision_state == "wait_callback"
+
+    result = await run_agent(cloud.tftp_root, mac, dest=tmp_path / "written.img")
+    assert result.status == 200, result.body
+    assert result.resumed and (tmp_path / "written.img").read_bytes() == Path(cloud.image_ref).read_bytes()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "active" and node.instance_uuid == uuid
+    assert bmc.boot.device == BootDevice.DISK and bmc.boot.persistent
+    assert (await cloud.instance(uuid)).vm_state == "active"
+    shown = await (await cloud.client.get(f"/v1/instances/{uuid}")).json()
+    assert shown["provision_state"] == "active" and shown["network_info"][0][0] == {"id": "tenant-a", "vlan": 100}
+
+    # the same report again is an illegal transition now: 409 naming the state
+    async with cloud.ctx.sessionmaker() as session:
+        dep = await session.scalar(select(Deployment).where(Deployment.bm_node_id == node_id))
+        assert dep is not None
+    again = await cloud.client.post(
+        f"/v1/nodes/{node.uuid}/vendor_passthru/pass_deploy_info", json={"deployment_id": dep.id, "key": dep.key}
+    )
+    assert again.status == 409 and "is active" in (await again.json())["message"]
+
+    resp = await cloud.client.delete(f"/v1/instances/{uuid}", headers=cloud.auth)
+    assert resp.status == 202
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "available" and node.instance_uuid is None
+    assert bmc.power == PowerState.OFF
+    async with cloud.ctx.sessionmaker() as session:
+        assert (await session.execute(select(Interface.vif_uuid))).scalars().all() == [None, None]
+        assert await session.scalar(select(PxeIp.bm_node_id)) is None
+        assert await session.scalar(select(func.count()).select_from(Deployment)) == 0
+    assert not (cloud.tftp_root / node.uuid).exists()
+    assert not list((cloud.tftp_root / "pxelinux.cfg").iterdir())
+    assert (await cloud.instance(uuid)).vm_state == "deleted"
+    assert (await cloud.client.delete(f"/v1/instances/{uuid}", headers=cloud.auth)).status == 204  # idempotent
+
+
+async def test_agent_reported_failure_goes_to_error(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    _, body = await cloud.create()
+    await cloud.settle()
+    result = await run_agent(cloud.tftp_root, "52:54:00:00:01:00", fail_with="disk /dev/sda not found")
+    assert result.status == 200
+    node = await cloud.node(node_id)
+    assert node.provision_state == "error" and "disk /dev/sda not found" in (node.last_error or "")
+    inst = await cloud.instance(body["instances"][0]["uuid"])
+    assert inst.vm_state == "error" and "disk /dev/sda not found" in (inst.last_error or "")
+    # delete from error gives the node back
+    assert (await cloud.client.delete(f"/v1/instances/{inst.uuid}", headers=cloud.auth)).status == 202
+    await cloud.settle()
+    assert (await cloud.node(node_id)).provision_state == "available"
+
+
+async def test_no_pxe_ip_fails_the_spawn_cleanly(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    status, body = await cloud.create(networks=[{"id": "n1"}])
+    assert status == 202
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "available" and node.instance_uuid is None
+    assert "no more PXE IPs" in (node.last_error or "")
+    inst = await cloud.instance(body["instances"][0]["uuid"])
+    assert inst.vm_state == "error" and "no more PXE IPs" in (inst.last_error or "")
+    async with cloud.ctx.sessionmaker() as session:
+        assert (await session.execute(select(Interface.vif_uuid))).scalars().all() == [None]
+
+
+async def test_power_failure_during_spawn_undoes_everything(cloud: Cloud) -> None:
+    from bmd.errors import BMCTimeout
+
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    cloud.fake.inject_failure(node_id, BMCTimeout("no answer"))
+    _, body = await cloud.create(networks=[{"id": "n1"}])
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "available" and "BMCTimeout" in (node.last_error or "")
+    assert not (cloud.tftp_root / node.uuid).exists()
+    async with cloud.ctx.sessionmaker() as session:
+        assert await session.scalar(select(PxeIp.bm_node_id)) is None
+        assert await session.scalar(select(func.count()).select_from(Deployment)) == 0
+
+
+async def test_deploy_timeout_goes_to_error(tmp_path: Path, db_file: Path) -> None:
+    from bmd.provision.recovery import fail_timed_out_deploys
+
+    async with make_cloud(tmp_path, deploy={"deploy_timeout": 0.01}) as cloud:
+        (node_id,) = await cloud.enroll(1)
+        await cloud.add_pxe_ips(1)
+        _, body = await cloud.create()
+        await cloud.settle()
+        assert (await cloud.node(node_id)).provision_state == "wait_callback"
+        deadline = (await cloud.node(node_id)).deploy_deadline
+        assert deadline is not None
+        while await fail_timed_out_deploys(cloud.ctx.conductor) == 0:  # the deadline is 10 ms away
+            await asyncio.sleep(0.005)
+        node = await cloud.node(node_id)
+        assert node.provision_state == "error" and "deploy timed out" in (node.last_error or "")
+        late = await run_agent(cloud.tftp_root, "52:54:00:00:01:00")
+        assert late.status == 409  # the node no longer waits for it
+
+
+async def test_controller_down_fails_cleanly_nothing_bound(tmp_path: Path, db_file: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sections = {"driver": {"default_power_driver": "fake", "vif_driver": "openflow"},
+                "network": {"controller_url": f"http://127.0.0.1:{port}", "controller_timeout": 0.5,
+                            "controller_retries": 0}}  # fmt: skip
+    async with make_cloud(tmp_path, **sections) as cloud:
+        (node_id,) = await cloud.enroll(1)
+        await cloud.add_pxe_ips(1)
+        _, body = await cloud.create(networks=[{"id": "n1", "vlan": 10}])
+        await cloud.settle()
+        node = await cloud.node(node_id)
+        assert node.provision_state == "available" and f"127.0.0.1:{port}" in (node.last_error or "")
+        async with cloud.ctx.sessionmaker() as session:
+            assert (await session.execute(select(Interface.vif_uuid))).scalars().all() == [None]
