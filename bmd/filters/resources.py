@@ -10,10 +10,12 @@ root and ephemeral disks plus swap, in MB.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from abc import abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import ClassVar
 
 from bmd.errors import ConfigError
-from bmd.filters.base import CORES, DISK, RAM, BaseHostFilter, Constraint
+from bmd.filters.base import CORES, DISK, RAM, BaseHostFilter, Constraint, Facet
 from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = [
@@ -44,95 +46,81 @@ def _pair(key: Hashable) -> tuple[int, int]:
     return key[0], key[1]
 
 
-def _on_pair(check: Callable[[int, int], bool]) -> Callable[[Hashable], bool]:
-    def accepts(key: Hashable) -> bool:
-        return check(*_pair(key))
+class _ResourceFilter(BaseHostFilter):
+    """A filter on one resource, read through ``facet`` as a pair: (total, free) for RAM and disk,
+    (total, used) for vcpus."""
 
-    return accepts
+    facet: ClassVar[Facet]
+
+    @abstractmethod
+    def _check(self, first: int, second: int, spec: RequestSpec) -> bool: ...
+
+    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
+        return self._check(*_pair(self.facet.key(host_state)), spec)
+
+    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
+        def accepts(key: Hashable) -> bool:
+            return self._check(*_pair(key), spec)
+
+        return [Constraint(self.facet, accepts)]
 
 
-class RamFilter(BaseHostFilter):
-    """Passes nodes with enough free RAM for the flavor."""
-
+class _RatioFilter(_ResourceFilter):
     def __init__(self, allocation_ratio: float = 1.0) -> None:
         self.allocation_ratio = _ratio(self.name, allocation_ratio)
+
+
+class RamFilter(_RatioFilter):
+    """Passes nodes with enough free RAM for the flavor."""
+
+    facet = RAM
 
     def _check(self, total: int, free: int, spec: RequestSpec) -> bool:
         return _fits(total, free, spec.flavor.memory_mb, self.allocation_ratio)
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return self._check(host_state.total_usable_ram_mb, host_state.free_ram_mb, spec)
 
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        return [Constraint(RAM, _on_pair(lambda total, free: self._check(total, free, spec)))]
-
-
-class DiskFilter(BaseHostFilter):
+class DiskFilter(_RatioFilter):
     """Passes nodes with enough free disk for the flavor's root, ephemeral and swap."""
 
-    def __init__(self, allocation_ratio: float = 1.0) -> None:
-        self.allocation_ratio = _ratio(self.name, allocation_ratio)
+    facet = DISK
 
     def _check(self, total_gb: int, free_mb: int, spec: RequestSpec) -> bool:
         return _fits(total_gb * 1024, free_mb, spec.flavor.disk_mb, self.allocation_ratio)
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return self._check(host_state.total_usable_disk_gb, host_state.free_disk_mb, spec)
 
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        return [Constraint(DISK, _on_pair(lambda total, free: self._check(total, free, spec)))]
-
-
-class CoreFilter(BaseHostFilter):
+class CoreFilter(_RatioFilter):
     """Passes nodes with enough unused vcpus for the flavor."""
 
-    def __init__(self, allocation_ratio: float = 1.0) -> None:
-        self.allocation_ratio = _ratio(self.name, allocation_ratio)
+    facet = CORES
 
     def _check(self, total: int, used: int, spec: RequestSpec) -> bool:
         if not total:
             return True
         return _fits(total, total - used, spec.flavor.vcpus, self.allocation_ratio)
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return self._check(host_state.vcpus_total, host_state.vcpus_used, spec)
 
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        return [Constraint(CORES, _on_pair(lambda total, used: self._check(total, used, spec)))]
-
-
-class ExactRamFilter(BaseHostFilter):
+class ExactRamFilter(_ResourceFilter):
     """Passes nodes whose free RAM is exactly the flavor's."""
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return host_state.free_ram_mb == spec.flavor.memory_mb
+    facet = RAM
 
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        need = spec.flavor.memory_mb
-        return [Constraint(RAM, _on_pair(lambda _total, free: free == need))]
+    def _check(self, total: int, free: int, spec: RequestSpec) -> bool:
+        return free == spec.flavor.memory_mb
 
 
-class ExactDiskFilter(BaseHostFilter):
+class ExactDiskFilter(_ResourceFilter):
     """Passes nodes whose free disk (MB) is exactly the flavor's root + ephemeral + swap."""
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return host_state.free_disk_mb == spec.flavor.disk_mb
+    facet = DISK
 
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        need = spec.flavor.disk_mb
-        return [Constraint(DISK, _on_pair(lambda _total, free: free == need))]
+    def _check(self, total_gb: int, free_mb: int, spec: RequestSpec) -> bool:
+        return free_mb == spec.flavor.disk_mb
 
 
-class ExactCoreFilter(BaseHostFilter):
+class ExactCoreFilter(_ResourceFilter):
     """Passes nodes whose unused vcpus are exactly the flavor's."""
 
-    @staticmethod
-    def _check(total: int, used: int, need: int) -> bool:
-        return bool(total) and total - used == need
+    facet = CORES
 
-    def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
-        return self._check(host_state.vcpus_total, host_state.vcpus_used, spec.flavor.vcpus)
-
-    def constraints(self, spec: RequestSpec) -> Sequence[Constraint]:
-        need = spec.flavor.vcpus
-        return [Constraint(CORES, _on_pair(lambda total, used: self._check(total, used, need)))]
+    def _check(self, total: int, used: int, spec: RequestSpec) -> bool:
+        return bool(total) and total - used == spec.flavor.vcpus

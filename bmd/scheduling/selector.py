@@ -16,7 +16,13 @@ How a selection runs, per instance of the request (Nova's loop):
   representative host; hosts of equal total weight are ordered by slot, as the brute force orders ties by
   its host list (``hosts()`` gives that list).
 * The pick is consumed on a copy (an overlay local to the call): the selector's states are not changed by
-  ``select``. Call ``consume`` once a claim has succeeded.
+  ``select``.
+
+Claiming: call ``consume(nodename)`` for the candidate you are about to claim right after ``select``, with
+no ``await`` in between, so that other requests in this process stop seeing the node; then await the atomic
+SQL claim. A claim lost to another scheduler leaves the node consumed, which is the truth. After any other
+failure, refresh the node from its ``compute_nodes`` row (``update_compute_node``); the next capability
+report would also restore it.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bmd.errors import ConfigError, NotFound
-from bmd.filters.base import BaseHostFilter, Constraint, Facet
+from bmd.errors import ConfigError, InvalidInput, NotFound
+from bmd.filters.base import AttributeFacet, BaseHostFilter, Constraint, Facet
 from bmd.filters.chain import (
     NO_HOSTS,
     Candidate,
@@ -45,6 +51,7 @@ from bmd.scheduling.index import HostIndex
 __all__ = ["CombinedFacet", "HostSelector"]
 
 Overlay = dict[int, BaremetalNodeState]
+_SERVICE_HOST = AttributeFacet("service_host", ("host",))
 
 
 class CombinedFacet(Facet):
@@ -116,7 +123,7 @@ class HostSelector:
         last set the node's state only refreshes ``updated`` (published dicts must not be mutated later)."""
         nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
         if not nodename:
-            raise ValueError("capabilities carry no hypervisor_hostname or node")
+            raise InvalidInput("capabilities carry no hypervisor_hostname", field="hypervisor_hostname")
         known = self._index.get(nodename)
         if known is not None and nodename in self._as_published and known.capabilities == caps:
             known.updated = at or datetime.now(UTC)
@@ -137,7 +144,7 @@ class HostSelector:
         """A service's whole published list: update each node, drop the service's nodes that are gone.
         Returns the nodenames dropped."""
         seen = {self.update_capabilities(caps).nodename for caps in capabilities}
-        gone = [state.nodename for state in self.hosts() if state.host == host and state.nodename not in seen]
+        gone = [state.nodename for state in self._nodes_of(host) if state.nodename not in seen]
         for nodename in gone:
             self.remove(nodename)
         return gone
@@ -152,12 +159,16 @@ class HostSelector:
 
     def set_service_up(self, host: str, up: bool) -> None:
         """Mark every node of service ``host`` up or down (its heartbeat)."""
-        for state in self.hosts():
-            if state.host == host and state.service_up != up:
+        for state in self._nodes_of(host):
+            if state.service_up != up:
                 self.set_health(state.nodename, service_up=up)
 
+    def _nodes_of(self, host: str) -> list[BaremetalNodeState]:
+        members = self._index.facet(_SERVICE_HOST).groups.get((host,), 0)
+        return [self._index.state(slot) for slot in bit_positions(members)]
+
     def consume(self, nodename: str, spec: RequestSpec | None = None) -> None:
-        """The node now holds an instance (call after a successful claim)."""
+        """The node now holds an instance: call it when claiming (see the module's note on claiming)."""
         self.get(nodename).consume_from_instance(spec)
         self._as_published.discard(nodename)
         self._index.reindex(nodename)

@@ -201,6 +201,18 @@ def check(selector: HostSelector, spec: RequestSpec) -> None:
     event("placed all" if indexed.ok else "no valid host")
 
 
+def check_before_and_after_updates(
+    selector: HostSelector, nodes: list[dict[str, Any]], spec: RequestSpec, updates: list[tuple[Any, ...]]
+) -> None:
+    """Load ``nodes``, compare (this builds the facets), apply ``updates`` incrementally, compare again."""
+    for node_id, caps in enumerate(nodes):
+        selector.update_capabilities(make_caps(node_id, **caps))
+    check(selector, spec)
+    for operation in updates:
+        apply(selector, operation)
+    check(selector, spec)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     nodes=st.lists(node, max_size=12),
@@ -223,12 +235,7 @@ def test_indexed_selection_equals_brute_force(
         [WEIGHERS[i](multiplier=m) for i, m in weighing],
         candidates_per_instance=candidates_per_instance,
     )
-    for node_id, caps in enumerate(nodes):
-        selector.update_capabilities(make_caps(node_id, **caps))
-    check(selector, spec)
-    for operation in updates:
-        apply(selector, operation)
-    check(selector, spec)
+    check_before_and_after_updates(selector, nodes, spec, updates)
 
 
 grouped_node = st.fixed_dictionaries(
@@ -270,9 +277,4 @@ def test_capability_and_grouping_constraints_equal_brute_force(
         [ComputeCapabilitiesFilter(), RamFilter(), SameCapabilityFilter(), DifferentCapabilityFilter()],
         [ManyCoresWeigher()],
     )
-    for node_id, caps in enumerate(nodes):
-        selector.update_capabilities(make_caps(node_id, **caps))
-    check(selector, spec)
-    for operation in updates:
-        apply(selector, operation)
-    check(selector, spec)
+    check_before_and_after_updates(selector, nodes, spec, updates)

@@ -62,6 +62,10 @@ def test_remove_and_sync_service() -> None:
     gone = selector.sync_service("svc1", [make_caps(3), make_caps(4)])
     assert gone == ["1"]
     assert chosen(selector, make_spec()) == ["10", "3", "4"]
+    selector.update_capabilities(make_caps(3, host="svc2"))
+    assert selector.sync_service("svc1", []) == ["4"]
+    assert selector.sync_service("svc2", [make_caps(10, host="svc2")]) == ["3"]
+    assert [state.nodename for state in selector.hosts()] == ["10"]
     with pytest.raises(NotFound):
         selector.remove("1")
 
@@ -108,8 +112,9 @@ def test_compute_node_rows_feed_the_same_state() -> None:
 def test_update_without_a_nodename_is_refused() -> None:
     caps = make_caps(1)
     del caps["hypervisor_hostname"], caps["node"]
-    with pytest.raises(ValueError, match="hypervisor_hostname"):
+    with pytest.raises(InvalidInput, match="hypervisor_hostname") as caught:
         default_selector().update_capabilities(caps)
+    assert caught.value.field == "hypervisor_hostname"
 
 
 class CountingFilter(BaseHostFilter):
