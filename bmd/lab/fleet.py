@@ -238,6 +238,11 @@ class Lab:
         self._owner.clear()
         self.bmcs = []
 
+    @property
+    def pids(self) -> list[int]:
+        """Process IDs of the workers (for supervision and tests)."""
+        return [w.proc.pid for w in self._workers]
+
     # -- inventory ---------------------------------------------------------------------------------
     def inventory(self) -> list[dict[str, Any]]:
         return [
