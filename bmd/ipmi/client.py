@@ -235,8 +235,10 @@ class IPMIClient:
     async def _open(self, target: BMCTarget, entry: _Entry) -> Session:
         """Set up a session, trying the cipher suites in order (the one that worked last time first).
 
-        A refused suite falls back to the next at once; an unanswered proposal is sent once only when
-        another suite follows, so a BMC that drops unknown proposals costs one attempt_timeout, once.
+        A refused suite falls back to the next at once. A proposal left unanswered after every attempt
+        also falls back (OpenIPMI drops suite 17 proposals silently): that costs (retries + 1) attempt
+        waits once per BMC, since the suite that worked is remembered. Falling back after a single
+        unanswered attempt would downgrade BMCs that are merely busy.
         """
         s = self.settings
         family, peer = await self._resolve(target)
@@ -246,7 +248,7 @@ class IPMIClient:
         suites = sorted(s.cipher_suites, key=lambda i: i != entry.suite)
         while suites:
             suite = SUITES[suites[0]]
-            timing = Timing(s.retries + 1, s.attempt_timeout, 1 if len(suites) > 1 else s.retries + 1)
+            timing = Timing(s.retries + 1, s.attempt_timeout, silence_is_refusal=len(suites) > 1)
             session = self._new_session(endpoint, peer, target.label)
             try:
                 await establish(session, creds, suite, s.cipher_suites, s.privilege, timing)
