@@ -40,6 +40,7 @@ from bmd.ipmi.transport import Endpoint, open_endpoint
 from bmd.ipmi.wire import Response
 
 log = structlog.get_logger(__name__)
+_LOST_PRIVILEGE = 0xD4  # "insufficient privilege level" on a session that had it
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,9 @@ class IPMIClient:
         if session is not None and loop.time() - session.last_used > s.session_idle_timeout:
             self._drop(entry, polite=True)
             session = None
+        reopened = False
         while True:
+            reused = session is not None
             if session is not None:
                 self.stats.sessions_reused += 1
                 try:
@@ -214,6 +217,13 @@ class IPMIClient:
                 except BMCTimeout:
                     self._drop(entry, polite=False)
                     raise
+            if response.code == _LOST_PRIVILEGE and reused and not reopened:
+                # The BMC no longer grants this session its privilege (it was reset and the session ID
+                # reused, or it dropped the session's state): log in again, once.
+                self.stats.sessions_expired += 1
+                self._drop(entry, polite=False)
+                session, reopened = None, True
+                continue
             if response.code in BUSY_CODES:
                 log.debug("ipmi_bmc_busy", bmc=target.label, code=describe_completion(response.code))
                 await asyncio.sleep(s.busy_retry_delay)
@@ -327,7 +337,7 @@ class IPMIClient:
                 await self._locked_logout(entry)
 
     async def _locked_logout(self, entry: _Entry) -> None:
-        async with entry.lock:
+        async with self._slots, entry.lock:
             await self._logout(entry)
 
     async def _logout(self, entry: _Entry) -> None:

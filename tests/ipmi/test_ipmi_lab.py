@@ -106,6 +106,17 @@ async def test_sessions_are_cached_and_reopened_after_expiry(pool: Pool, client:
     assert (await pool.lab.state(b.name))["stats"]["rakp1"] == 2
 
 
+async def test_lost_privilege_reopens_the_session(pool: Pool, client: IPMIClient) -> None:
+    b = pool.one()
+    t = target(b)
+    await client.chassis_control(t, ChassisControl.POWER_ON)
+    await pool.lab.demote_sessions([b.name])
+    await client.chassis_control(t, ChassisControl.POWER_OFF)  # 0xD4 on the old session, then a new one
+    assert (client.stats.sessions_opened, client.stats.sessions_expired) == (2, 1)
+    state = await pool.lab.state(b.name)
+    assert state["power"] is False and state["stats"]["insufficient_privilege"] == 1
+
+
 async def test_idle_sessions_are_closed_and_reopened(pool: Pool) -> None:
     b = pool.one()
     async with ipmi_client(dataclasses.replace(FAST, session_idle_timeout=0.0)) as c:
