@@ -113,7 +113,10 @@ async def main(args: argparse.Namespace) -> None:
 
         client = IPMIClient(settings)
         try:
-            read = lambda b: client.get_power_state(target(b))  # noqa: E731
+
+            async def read(b: LabBMCInfo) -> object:
+                return await client.get_power_state(target(b))
+
             results.append(await measure("native concurrent, cold (all)", lab, lab.bmcs, read, True))
             results.append(await measure("native concurrent, warm (all)", lab, lab.bmcs, read, True))
             # What the power sync task does: the BMCs that failed last time go first, so that their
@@ -141,17 +144,18 @@ async def main(args: argparse.Namespace) -> None:
         if args.pyghmi_count:
             driver = PyghmiPower(PyghmiPowerSettings(timeout=args.timeout * 5, min_command_interval=0))
             sample = live[: args.pyghmi_count]
-            access = lambda b: BMCAccess(b.index, b.address, b.username, b.password)  # noqa: E731
+
+            async def pyghmi_read(b: LabBMCInfo) -> object:
+                return await driver.get_power_state(BMCAccess(b.index, b.address, b.username, b.password))
+
             try:
                 r = await measure(
-                    "ipmi-pyghmi sequential, cold (live sample)", lab, sample,
-                    lambda b: driver.get_power_state(access(b)), False,
-                )  # fmt: skip
+                    "ipmi-pyghmi sequential, cold (live sample)", lab, sample, pyghmi_read, False
+                )
                 results.append(r)
                 r = await measure(
-                    "ipmi-pyghmi sequential, warm (live sample)", lab, sample,
-                    lambda b: driver.get_power_state(access(b)), False,
-                )  # fmt: skip
+                    "ipmi-pyghmi sequential, warm (live sample)", lab, sample, pyghmi_read, False
+                )
                 per = r.wall / max(1, len(sample))
                 r.note = f"-> {per * 1000:.1f} ms/BMC, {per * len(live):.1f} s for {len(live)} live"
                 results.append(r)

@@ -66,13 +66,13 @@ async def test_concurrent_driver_reads_interleaved_with_changes(fleet: Lab) -> N
                                          min_command_interval=0.0, confirm_interval=0.05))  # fmt: skip
     flip = fleet.bmcs[:40]
     try:
-        changes = [driver.set_power_state(access(b), PowerState.ON) for b in flip]
-        reads = [driver.get_boot_device(access(b)) for b in fleet.bmcs[40:]]
-        results = await asyncio.gather(*changes, *reads)
-        for b, info in zip(fleet.bmcs[40:], results[len(changes) :], strict=True):
+        changes = asyncio.gather(*(driver.set_power_state(access(b), PowerState.ON) for b in flip))
+        reads = asyncio.gather(*(driver.get_boot_device(access(b)) for b in fleet.bmcs[40:]))
+        _, infos = await asyncio.gather(changes, reads)
+        devices = {1: BootDevice.PXE, 2: BootDevice.DISK, 6: BootDevice.BIOS}
+        for b, info in zip(fleet.bmcs[40:], infos, strict=True):
             _, selector, persistent = expected(b.index)
-            device = {BootTarget.PXE: BootDevice.PXE, BootTarget.DISK: BootDevice.DISK,
-                      BootTarget.BIOS: BootDevice.BIOS}.get(selector)  # fmt: skip
+            device = devices.get(selector)
             assert (info.device, info.persistent) == (device, persistent and device is not None)
         states = await fleet.states([b.name for b in flip])
         assert all(states[b.name]["power"] for b in flip)

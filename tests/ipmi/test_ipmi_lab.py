@@ -256,8 +256,10 @@ async def test_cancelled_call_leaves_the_session_usable(pool: Pool, client: IPMI
 async def test_concurrent_calls_to_one_bmc_are_serialised(pool: Pool, client: IPMIClient) -> None:
     b = pool.one()
     t = target(b)
-    results = await asyncio.gather(*(client.get_device_id(t) for _ in range(20)), client.get_power_state(t))
-    assert all(r.device_id == 0x20 for r in results[:-1]) and results[-1] is False
+    ids, power = await asyncio.gather(
+        asyncio.gather(*(client.get_device_id(t) for _ in range(20))), client.get_power_state(t)
+    )
+    assert all(r.device_id == 0x20 for r in ids) and power is False
     assert client.stats.sessions_opened == 1
 
 

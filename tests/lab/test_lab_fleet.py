@@ -162,3 +162,35 @@ async def test_workers_exit_when_the_parent_dies() -> None:
         return not any(alive(p) for p in pids)
 
     await eventually(gone, bool, deadline=10.0)
+
+
+async def test_python_m_bmd_lab_serves_until_interrupted(tmp_path: Path) -> None:
+    inventory = tmp_path / "lab.json"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bmd.lab", "--count", "3", "--faults", "dead=1",
+        "--first-address", "127.1.94.1", "--inventory", str(inventory),
+        stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = b""
+        while not line.startswith(b"lab: 3 BMCs"):
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "python -m bmd.lab exited early"
+        assert b"'dead': 1" in line
+        assert len(json.loads(inventory.read_text())["nodes"]) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def test_python_m_bmd_lab_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from bmd.lab.__main__ import main
+
+    assert main(["--faults", "dead=200%"]) == 2
+    assert "between 0 and 100" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--suites", "x"])
