@@ -279,7 +279,7 @@ class IPMIClient:
                 continue
             except BMCAuthError:
                 session.detach()
-                log.warning("ipmi_auth_failed", bmc=target.label, user=target.username)
+                log.debug("ipmi_auth_failed", bmc=target.label, user=target.username)
                 raise
             except BaseException:
                 session.detach()
