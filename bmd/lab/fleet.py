@@ -287,6 +287,10 @@ class Lab:
         """Make BMCs forget their sessions, as after a BMC reset or an idle timeout."""
         await self._each("expire", names)
 
+    async def set_kg(self, names: list[str] | None, kg: str | None) -> None:
+        """Set the BMC key Kg (two-key login) of the named BMCs; None goes back to one-key login."""
+        await self._each("kg", names, kg=kg)
+
     async def demote_sessions(self, names: list[str] | None = None) -> None:
         """Drop the BMCs' sessions to User privilege: changes then get completion code 0xD4."""
         await self._each("demote", names)

@@ -107,6 +107,10 @@ class Worker:
             for b in bmcs:
                 b.expire_sessions()
             return None
+        if op == "kg":
+            for b in bmcs:
+                b.kg = msg["kg"].encode() if msg.get("kg") else None
+            return None
         if op == "demote":
             for b in bmcs:
                 b.demote_sessions()

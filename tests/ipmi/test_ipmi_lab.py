@@ -150,6 +150,16 @@ async def test_bad_password_is_an_auth_error_without_retry(pool: Pool) -> None:
         assert c.stats.retransmissions == 0
 
 
+async def test_bmc_key_kg(pool: Pool, client: IPMIClient) -> None:
+    b = pool.one()
+    await pool.lab.set_kg([b.name], "a-bmc-key")
+    with pytest.raises(BMCAuthError, match="RAKP 4"):
+        await client.get_power_state(target(b))  # right password, no Kg: the session keys differ
+    t = dataclasses.replace(target(b), kg=b"a-bmc-key")
+    await client.chassis_control(t, ChassisControl.POWER_ON)
+    assert await client.get_power_state(t) is True
+
+
 async def test_wrong_password_and_unknown_user(pool: Pool, client: IPMIClient) -> None:
     b = pool.one()
     with pytest.raises(BMCAuthError):
