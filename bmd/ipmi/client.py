@@ -40,6 +40,7 @@ from bmd.ipmi.transport import Endpoint, open_endpoint
 from bmd.ipmi.wire import Response
 
 log = structlog.get_logger(__name__)
+_LOST_PRIVILEGE = 0xD4  # "insufficient privilege level" on a session that had it
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,9 @@ class IPMIClient:
         if session is not None and loop.time() - session.last_used > s.session_idle_timeout:
             self._drop(entry, polite=True)
             session = None
+        reopened = False
         while True:
+            reused = session is not None
             if session is not None:
                 self.stats.sessions_reused += 1
                 try:
@@ -208,6 +211,13 @@ class IPMIClient:
                 except BMCTimeout:
                     self._drop(entry, polite=False)
                     raise
+            if response.code == _LOST_PRIVILEGE and reused and not reopened:
+                # The BMC no longer grants this session its privilege (it was reset and the session ID
+                # reused, or it dropped the session's state): log in again, once.
+                self.stats.sessions_expired += 1
+                self._drop(entry, polite=False)
+                session, reopened = None, True
+                continue
             if response.code in BUSY_CODES:
                 log.debug("ipmi_bmc_busy", bmc=target.label, code=describe_completion(response.code))
                 await asyncio.sleep(s.busy_retry_delay)
@@ -229,8 +239,10 @@ class IPMIClient:
     async def _open(self, target: BMCTarget, entry: _Entry) -> Session:
         """Set up a session, trying the cipher suites in order (the one that worked last time first).
 
-        A refused suite falls back to the next at once; an unanswered proposal is sent once only when
-        another suite follows, so a BMC that drops unknown proposals costs one attempt_timeout, once.
+        A refused suite falls back to the next at once. A proposal left unanswered after every attempt
+        also falls back (OpenIPMI drops suite 17 proposals silently): that costs (retries + 1) attempt
+        waits once per BMC, since the suite that worked is remembered. Falling back after a single
+        unanswered attempt would downgrade BMCs that are merely busy.
         """
         s = self.settings
         family, peer = await self._resolve(target)
@@ -240,7 +252,7 @@ class IPMIClient:
         suites = sorted(s.cipher_suites, key=lambda i: i != entry.suite)
         while suites:
             suite = SUITES[suites[0]]
-            timing = Timing(s.retries + 1, s.attempt_timeout, 1 if len(suites) > 1 else s.retries + 1)
+            timing = Timing(s.retries + 1, s.attempt_timeout, silence_is_refusal=len(suites) > 1)
             session = self._new_session(endpoint, peer, target.label)
             try:
                 await establish(session, creds, suite, s.cipher_suites, s.privilege, timing)
@@ -259,7 +271,7 @@ class IPMIClient:
                 continue
             except BMCAuthError:
                 session.detach()
-                log.warning("ipmi_auth_failed", bmc=target.label, user=target.username)
+                log.debug("ipmi_auth_failed", bmc=target.label, user=target.username)
                 raise
             except BaseException:
                 session.detach()
@@ -315,7 +327,7 @@ class IPMIClient:
                 await self._locked_logout(entry)
 
     async def _locked_logout(self, entry: _Entry) -> None:
-        async with entry.lock:
+        async with self._slots, entry.lock:
             await self._logout(entry)
 
     async def _logout(self, entry: _Entry) -> None:

@@ -61,7 +61,7 @@ class Credentials:
 class Timing:
     attempts: int  # sends of each handshake message
     wait: float  # seconds to wait for an answer before sending again
-    open_attempts: int  # sends of the open session request; fewer when another suite may follow
+    silence_is_refusal: bool  # no answer to the open session request means "try the next suite"
 
 
 class SuiteSilent(SuiteRejected):
@@ -120,11 +120,11 @@ async def establish(
         bmc_id, suite = await session.exchange(
             lambda: build_packet(PayloadType.OPEN_SESSION_REQUEST, 0, 0, request, None),
             expect_open,
-            timing.open_attempts,
+            timing.attempts,
             timing.wait,
         )
     except BMCTimeout as err:
-        if timing.open_attempts < timing.attempts:
+        if timing.silence_is_refusal:
             raise SuiteSilent(f"BMC {label} did not answer a suite {suite.id} proposal") from err
         raise
 

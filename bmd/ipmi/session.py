@@ -25,6 +25,7 @@ T = TypeVar("T")
 Sockaddr = tuple[Any, ...]
 
 _WINDOW = 32  # inbound session sequence numbers accepted behind the highest one seen
+_BACKOFF = 1.5  # each retransmission waits this much longer than the previous attempt
 
 
 @dataclass(slots=True)
@@ -124,24 +125,39 @@ class Session:
         if self.rtt is not None:  # a BMC known to be slow gets the time it usually takes
             wait = max(wait, 2 * self.rtt)
         started = loop.time()
-        try:
-            for attempt in range(attempts):
-                if attempt:
-                    self.stats.retransmissions += 1
+        # Retransmissions run from a timer callback: cheaper than a wait() per attempt, which matters
+        # when a thousand sessions are set up at once.
+        sent = 1
+        timer: asyncio.TimerHandle | None = None
+
+        def retransmit() -> None:
+            nonlocal sent, timer
+            if future.done():
+                return
+            if sent >= attempts:
+                future.set_exception(BMCTimeout(f"no answer from BMC {self.label} after {attempts} attempts"))
+                return
+            self.stats.retransmissions += 1
+            try:
                 self.endpoint.send(build(), self.peer)
-                done, _ = await asyncio.wait((future,), timeout=wait)
-                if done:
-                    result = future.result()
-                    sample = loop.time() - started
-                    self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
-                    return result
-            raise BMCTimeout(f"no answer from BMC {self.label} after {attempts} attempts")
+            except Exception as err:  # e.g. the client was closed meanwhile
+                future.set_exception(err)
+                return
+            sent += 1
+            timer = loop.call_later(wait * _BACKOFF ** (sent - 1), retransmit)
+
+        self.endpoint.send(build(), self.peer)
+        timer = loop.call_later(wait, retransmit)
+        try:
+            result = await future
         finally:
+            timer.cancel()
             self._pending = None
             if not future.done():
                 future.cancel()
-            elif not future.cancelled():
-                future.exception()  # mark retrieved
+        sample = loop.time() - started
+        self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
+        return result
 
     def next_sequence(self) -> int:
         self._out_seq = self._out_seq % 0xFFFFFFFF + 1

@@ -196,6 +196,11 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         if self.sessions.get(session.managedsessionid) is session:
             del self.sessions[session.managedsessionid]
 
+    def demote_sessions(self) -> None:
+        """Drop every session back to User privilege (as a BMC that lost the sessions' state)."""
+        for session in self.sessions.values():
+            session.clientpriv = 2
+
     def expire_sessions(self) -> None:
         """Forget every session, as a BMC does after a reset: clients must log in again."""
         self.sessions.clear()

@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,7 +82,7 @@ class LabBMCInfo:
     host: str
     port: int
     username: str
-    password: str  # what the inventory says; a badpass BMC is configured with another one
+    password: str = field(repr=False)  # the inventory's; a badpass BMC is configured with another one
     fault: Fault | None
 
     @property
@@ -236,6 +236,11 @@ class Lab:
         self._owner.clear()
         self.bmcs = []
 
+    @property
+    def pids(self) -> list[int]:
+        """Process IDs of the workers (for supervision and tests)."""
+        return [w.proc.pid for w in self._workers]
+
     # -- inventory ---------------------------------------------------------------------------------
     def inventory(self) -> list[dict[str, Any]]:
         return [
@@ -278,6 +283,14 @@ class Lab:
     async def expire_sessions(self, names: list[str] | None = None) -> None:
         """Make BMCs forget their sessions, as after a BMC reset or an idle timeout."""
         await self._each("expire", names)
+
+    async def set_kg(self, names: list[str] | None, kg: str | None) -> None:
+        """Set the BMC key Kg (two-key login) of the named BMCs; None goes back to one-key login."""
+        await self._each("kg", names, kg=kg)
+
+    async def demote_sessions(self, names: list[str] | None = None) -> None:
+        """Drop the BMCs' sessions to User privilege: changes then get completion code 0xD4."""
+        await self._each("demote", names)
 
     async def set_state(
         self, names: list[str] | None, power: bool | None = None, boot: dict[str, Any] | None = None

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 LAB_SUITES: dict[int, tuple[int, int, int]] = {3: (1, 1, 1), 17: (3, 4, 1)}
 # id -> (hash used by RAKP and integrity, bytes of the integrity AuthCode and of the RAKP 4 ICV)
 _HASHES: dict[int, tuple[Any, int]] = {3: (hashlib.sha1, 12), 17: (hashlib.sha256, 16)}
+# Chassis Control and Set System Boot Options need Operator privilege (appendix G of the spec).
+_OPERATOR_COMMANDS = frozenset({(0x00, 0x02), (0x00, 0x08)})
 _OPEN_RESPONSE = constants.payload_types["rmcpplusopenresponse"]
 _RAKP2 = constants.payload_types["rakp2"]
 _RAKP4 = constants.payload_types["rakp4"]
@@ -162,6 +164,10 @@ class LabSession(serversession.ServerSession):  # type: ignore[misc]
             return
         self._last_request, self._last_answer = key, None
         self.bmc.stats["commands"] += 1
+        if (request["netfn"], request["command"]) in _OPERATOR_COMMANDS and self.clientpriv < 3:
+            self.bmc.stats["insufficient_privilege"] += 1
+            self.send_ipmi_response(code=0xD4)  # sessions start at User; changes need Operator
+            return
         super().handle_client_request(request)
 
     def send_ipmi_response(self, data: Any = (), code: int = 0) -> None:

@@ -107,6 +107,14 @@ class Worker:
             for b in bmcs:
                 b.expire_sessions()
             return None
+        if op == "kg":
+            for b in bmcs:
+                b.kg = msg["kg"].encode() if msg.get("kg") else None
+            return None
+        if op == "demote":
+            for b in bmcs:
+                b.demote_sessions()
+            return None
         if op == "set_state":
             for b in bmcs:
                 if msg.get("power") is not None:

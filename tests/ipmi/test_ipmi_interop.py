@@ -7,6 +7,7 @@ sees it; the native client changes them and they see it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -68,6 +69,15 @@ async def test_ipmitool_against_a_suite_3_lab_bmc(pool3: Pool) -> None:
     assert rc == 0 and "Chassis Power is off" in out, out
     rc, out = await run_ipmitool(b.host, b.port, "chassis", "power", "status", suite=17)
     assert rc != 0 and "no matching cipher suite" in out, out
+
+
+@needs_ipmitool
+async def test_ipmitool_with_a_bmc_key(pool: Pool, client: IPMIClient) -> None:
+    b = pool.one()
+    await pool.lab.set_kg([b.name], "a-bmc-key")
+    rc, out = await run_ipmitool(b.host, b.port, "-k", "a-bmc-key", "chassis", "power", "on")
+    assert rc == 0, out
+    assert await client.get_power_state(dataclasses.replace(target(b), kg=b"a-bmc-key")) is True
 
 
 @needs_ipmitool

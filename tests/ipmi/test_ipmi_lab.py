@@ -106,6 +106,17 @@ async def test_sessions_are_cached_and_reopened_after_expiry(pool: Pool, client:
     assert (await pool.lab.state(b.name))["stats"]["rakp1"] == 2
 
 
+async def test_lost_privilege_reopens_the_session(pool: Pool, client: IPMIClient) -> None:
+    b = pool.one()
+    t = target(b)
+    await client.chassis_control(t, ChassisControl.POWER_ON)
+    await pool.lab.demote_sessions([b.name])
+    await client.chassis_control(t, ChassisControl.POWER_OFF)  # 0xD4 on the old session, then a new one
+    assert (client.stats.sessions_opened, client.stats.sessions_expired) == (2, 1)
+    state = await pool.lab.state(b.name)
+    assert state["power"] is False and state["stats"]["insufficient_privilege"] == 1
+
+
 async def test_idle_sessions_are_closed_and_reopened(pool: Pool) -> None:
     b = pool.one()
     async with ipmi_client(dataclasses.replace(FAST, session_idle_timeout=0.0)) as c:
@@ -137,6 +148,16 @@ async def test_bad_password_is_an_auth_error_without_retry(pool: Pool) -> None:
                 await c.get_power_state(target(b))
             assert (await pool.lab.state(b.name))["stats"]["rakp1"] == attempt  # exactly one try per call
         assert c.stats.retransmissions == 0
+
+
+async def test_bmc_key_kg(pool: Pool, client: IPMIClient) -> None:
+    b = pool.one()
+    await pool.lab.set_kg([b.name], "a-bmc-key")
+    with pytest.raises(BMCAuthError, match="RAKP 4"):
+        await client.get_power_state(target(b))  # right password, no Kg: the session keys differ
+    t = dataclasses.replace(target(b), kg=b"a-bmc-key")
+    await client.chassis_control(t, ChassisControl.POWER_ON)
+    assert await client.get_power_state(t) is True
 
 
 async def test_wrong_password_and_unknown_user(pool: Pool, client: IPMIClient) -> None:
@@ -245,8 +266,10 @@ async def test_cancelled_call_leaves_the_session_usable(pool: Pool, client: IPMI
 async def test_concurrent_calls_to_one_bmc_are_serialised(pool: Pool, client: IPMIClient) -> None:
     b = pool.one()
     t = target(b)
-    results = await asyncio.gather(*(client.get_device_id(t) for _ in range(20)), client.get_power_state(t))
-    assert all(r.device_id == 0x20 for r in results[:-1]) and results[-1] is False
+    ids, power = await asyncio.gather(
+        asyncio.gather(*(client.get_device_id(t) for _ in range(20))), client.get_power_state(t)
+    )
+    assert all(r.device_id == 0x20 for r in ids) and power is False
     assert client.stats.sessions_opened == 1
 
 
