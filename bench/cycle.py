@@ -50,15 +50,24 @@ async def enroll(settings: Settings, n: int) -> None:
     archs = ("x86_64", "x86_64", "x86_64", "aarch64")
     rows = [
         {
-            "uuid": str(uuid.uuid4()), "name": f"node-{i:06d}", "service_host": settings.service.host,
-            "cpus": (8, 16, 32, 64)[i % 4], "memory_mb": (16384, 65536, 131072, 262144)[i % 4],
-            "local_gb": (200, 500, 1000, 2000)[i % 4], "pm_driver": "fake", "pm_address": f"127.1.{i // 250}.{i % 250}",
-            "registration_status": "done", "provision_state": "available", "maintenance": i % 50 == 0,
+            "uuid": str(uuid.uuid4()),
+            "name": f"node-{i:06d}",
+            "service_host": settings.service.host,
+            "cpus": (8, 16, 32, 64)[i % 4],
+            "memory_mb": (16384, 65536, 131072, 262144)[i % 4],
+            "local_gb": (200, 500, 1000, 2000)[i % 4],
+            "pm_driver": "fake",
+            "pm_address": f"127.1.{i // 250}.{i % 250}",
+            "registration_status": "done",
+            "provision_state": "available",
+            "maintenance": i % 50 == 0,
             "extra_specs": {"location": f"rack{i % 40}", "cpu_arch": archs[i % 4]} if i % 3 == 0 else {},
-            "power_failures": 0, "created_at": now, "updated_at": now,
+            "power_failures": 0,
+            "created_at": now,
+            "updated_at": now,
         }
         for i in range(n)
-    ]  # fmt: skip
+    ]
     async with engine.begin() as conn:
         await conn.execute(insert(BareMetalNode), rows)
     await engine.dispose()

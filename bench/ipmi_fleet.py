@@ -97,9 +97,7 @@ async def measure(
         for b in bmcs:
             await one(b)
     wall = time.perf_counter() - started
-    return Result(
-        name, len(bmcs), wall, time.process_time() - cpu_before, lab_cpu(lab.pids) - lab_before, outcomes
-    )
+    return Result(name, len(bmcs), wall, time.process_time() - cpu_before, lab_cpu(lab.pids) - lab_before, outcomes)
 
 
 def target(b: LabBMCInfo) -> BMCTarget:
@@ -107,12 +105,8 @@ def target(b: LabBMCInfo) -> BMCTarget:
 
 
 async def main(args: argparse.Namespace) -> None:
-    spec = LabSpec(
-        count=args.count, faults=f"dead={args.dead}" if args.dead else "", per_process=args.per_process
-    )
-    settings = IPMISettings(
-        timeout=args.timeout, attempt_timeout=args.attempt_timeout, max_in_flight=args.in_flight
-    )
+    spec = LabSpec(count=args.count, faults=f"dead={args.dead}" if args.dead else "", per_process=args.per_process)
+    settings = IPMISettings(timeout=args.timeout, attempt_timeout=args.attempt_timeout, max_in_flight=args.in_flight)
     print(
         f"lab: {args.count} BMCs, dead={args.dead or 0}, {os.cpu_count()} CPUs; client: timeout "
         f"{settings.timeout}s, attempt {settings.attempt_timeout}s, in flight {settings.max_in_flight}"
@@ -134,9 +128,7 @@ async def main(args: argparse.Namespace) -> None:
             # What the power sync task does: the BMCs that failed last time go first, so that their
             # timeouts overlap with the others' work instead of trailing behind it.
             failed_first = sorted(lab.bmcs, key=lambda b: b.fault is None)
-            results.append(
-                await measure("native concurrent, warm, failed first", lab, failed_first, read, True)
-            )
+            results.append(await measure("native concurrent, warm, failed first", lab, failed_first, read, True))
             results.append(await measure("native concurrent, warm (live only)", lab, live, read, True))
             seq = await measure("native sequential, warm (live only)", lab, live, read, False)
             results.append(seq)
@@ -161,13 +153,9 @@ async def main(args: argparse.Namespace) -> None:
                 return await driver.get_power_state(BMCAccess(b.index, b.address, b.username, b.password))
 
             try:
-                r = await measure(
-                    "ipmi-pyghmi sequential, cold (live sample)", lab, sample, pyghmi_read, False
-                )
+                r = await measure("ipmi-pyghmi sequential, cold (live sample)", lab, sample, pyghmi_read, False)
                 results.append(r)
-                r = await measure(
-                    "ipmi-pyghmi sequential, warm (live sample)", lab, sample, pyghmi_read, False
-                )
+                r = await measure("ipmi-pyghmi sequential, warm (live sample)", lab, sample, pyghmi_read, False)
                 per = r.wall / max(1, len(sample))
                 r.note = f"-> {per * 1000:.1f} ms/BMC, {per * len(live):.1f} s for {len(live)} live"
                 results.append(r)
@@ -184,9 +172,7 @@ if __name__ == "__main__":
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--dead", default="10%", help="how many BMCs never answer: N or N%% (default 10%%)")
     parser.add_argument("--timeout", type=float, default=2.0, help="per-call timeout, seconds")

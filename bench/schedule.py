@@ -48,9 +48,7 @@ SPEC = RequestSpec(
     ),
     image_properties={"architecture": "amd64"},
 )
-SPREAD = RequestSpec(
-    SPEC.flavor, SPEC.image_properties, num_instances=4, hints={"different_capability": "location"}
-)
+SPREAD = RequestSpec(SPEC.flavor, SPEC.image_properties, num_instances=4, hints={"different_capability": "location"})
 
 
 def node_caps(node_id: int, rng: random.Random) -> dict[str, Any]:
@@ -109,9 +107,7 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(
-    size: int, runs: int, brute_runs: int, spec: RequestSpec, label: str, selector: HostSelector
-) -> None:
+def report(size: int, runs: int, brute_runs: int, spec: RequestSpec, label: str, selector: HostSelector) -> None:
     started = time.perf_counter()
     selector.prepare(spec)
     first = selector.select(spec)
@@ -193,19 +189,13 @@ def memory_claim() -> Claim:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--runs", type=int, default=300, help="indexed selections per size")
-    parser.add_argument(
-        "--brute-runs", type=int, default=0, help="brute-force runs per size (default: scaled)"
-    )
+    parser.add_argument("--brute-runs", type=int, default=0, help="brute-force runs per size (default: scaled)")
     parser.add_argument("--claims-demo", action="store_true", help="run_claims with an in-memory claim")
     args = parser.parse_args()
-    print(
-        f"python {sys.version.split()[0]}; chain: {', '.join(DEFAULT_FILTERS)}; weighers: {DEFAULT_WEIGHERS}"
-    )
+    print(f"python {sys.version.split()[0]}; chain: {', '.join(DEFAULT_FILTERS)}; weighers: {DEFAULT_WEIGHERS}")
     print("latencies in ms; ratio = brute p99 / indexed p99; warm = prepare + first select (facet build)")
     print(
         f"{'nodes':>7} {'request':<13} {'match':>6} {'p50':>8} {'p99':>8} {'brute p50':>9} {'brute p99':>9} "

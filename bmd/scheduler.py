@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select
 
 from bmd.bus import Bus
+from bmd.claims import ClaimWriter
 from bmd.config import Settings
+from bmd.db.engine import Sessionmaker
 from bmd.db.flavors import Flavor as FlavorRow
-from bmd.db.models import BareMetalNode, ComputeNode, Instance, Service, utcnow
+from bmd.db.models import BareMetalNode, ComputeNode, Service, utcnow
 from bmd.errors import NoValidHost
 from bmd.filters.chain import Selection
 from bmd.filters.host_state import Flavor, RequestSpec
@@ -57,9 +58,14 @@ def request_spec(
     flavor: FlavorRow, image_properties: Mapping[str, Any], num: int, hints: Mapping[str, Any]
 ) -> RequestSpec:
     f = Flavor(
-        name=flavor.name, memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb,
-        ephemeral_gb=flavor.ephemeral_gb, swap=flavor.swap, extra_specs=flavor.extra_specs,
-    )  # fmt: skip
+        name=flavor.name,
+        memory_mb=flavor.memory_mb,
+        vcpus=flavor.vcpus,
+        root_gb=flavor.root_gb,
+        ephemeral_gb=flavor.ephemeral_gb,
+        swap=flavor.swap,
+        extra_specs=flavor.extra_specs,
+    )
     return RequestSpec(flavor=f, image_properties=image_properties, num_instances=num, hints=hints)
 
 
@@ -83,23 +89,19 @@ class InstanceRequest:
     name: str | None = None
 
 
-class _LostRace(Exception):
-    def __init__(self, node_id: int) -> None:
-        self.node_id = node_id
-
-
 def network_info(networks: list[dict[str, Any]]) -> list[Any]:
     """The seed's network_info for one instance: (network, mapping) pairs, a fresh VIF uuid each."""
     return [[{"id": n["id"], "vlan": n.get("vlan")}, {"vif_uuid": str(uuid.uuid4())}] for n in networks]
 
 
 class HostManager:
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bus: Bus) -> None:
+    def __init__(self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
         self.selector = build_selector(settings)
         self._lock = asyncio.Lock()
+        self.writer = ClaimWriter(sessionmaker)
         self.claims = 0
         self.lost_races = 0
 
@@ -181,51 +183,30 @@ class HostManager:
         raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
 
     async def _claim_in_db(self, request: InstanceRequest, placements: list[Placement], reservation: str) -> int | None:
-        """One transaction: claim every node, insert every instance. Returns the node lost to a race."""
-        try:
-            async with self.sessionmaker.begin() as session:
-                now = utcnow()
-                for p in placements:
-                    result = await session.execute(
-                        update(BareMetalNode)
-                        .where(
-                            BareMetalNode.id == p.node_id,
-                            BareMetalNode.instance_uuid.is_(None),
-                            BareMetalNode.provision_state == "available",
-                            BareMetalNode.maintenance.is_(False),
-                        )
-                        .values(
-                            instance_uuid=p.instance_uuid,
-                            provision_state="deploying",
-                            provision_updated_at=now,
-                            task_state="spawning",
-                            last_error=None,
-                        )  # fmt: skip
-                    )
-                    if result.rowcount != 1:  # type: ignore[attr-defined]
-                        raise _LostRace(p.node_id)  # leaving the block rolls every claim of the request back
-                session.add_all(
-                    Instance(
-                        uuid=p.instance_uuid,
-                        instance_type_id=request.flavor.id,
-                        flavor_name=request.flavor.name,
-                        reservation_id=reservation,
-                        host=p.host,
-                        node=p.nodename,
-                        bm_node_id=p.node_id,
-                        vm_state="building",
-                        task_state="spawning",
-                        image_ref=request.image_ref,
-                        image_properties=dict(request.spec.image_properties),
-                        hints=dict(request.spec.hints),
-                        network_info=network_info(request.networks),
-                        deploy_info=request.deploy_info,
-                    )  # fmt: skip
-                    for p in placements
-                )
-        except _LostRace as lost:
-            return lost.node_id
-        return None
+        """Claim every node and insert every instance, all or nothing. Returns the node lost to a race."""
+        now = utcnow()
+        rows = [
+            {
+                "uuid": p.instance_uuid,
+                "instance_type_id": request.flavor.id,
+                "flavor_name": request.flavor.name,
+                "reservation_id": reservation,
+                "host": p.host,
+                "node": p.nodename,
+                "bm_node_id": p.node_id,
+                "vm_state": "building",
+                "task_state": "spawning",
+                "image_ref": request.image_ref,
+                "image_properties": dict(request.spec.image_properties),
+                "hints": dict(request.spec.hints),
+                "network_info": network_info(request.networks),
+                "deploy_info": request.deploy_info,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for p in placements
+        ]
+        return await self.writer.claim([p.node_id for p in placements], [p.instance_uuid for p in placements], rows)
 
 
 class SchedulerRefresh:

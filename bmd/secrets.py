@@ -73,7 +73,7 @@ def load_api_token(token_file: str | os.PathLike[str]) -> str:
     """The API bearer token; created (0600, random) on first start when the file does not exist."""
     path = Path(token_file)
     if not path.exists():
-        _create_private_file(path, _random.token_urlsafe(32).encode() + b"\n")
+        _create_private_file(path, _random.token_hex(24).encode() + b"\n")  # hex: never starts with "-"
     token = _read_private_file(path, "api.token_file").decode()
     if len(token) < 16:
         raise ConfigError(f"api.token_file: the token in {path} is shorter than 16 characters")

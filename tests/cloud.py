@@ -53,10 +53,20 @@ class Cloud:
                 }
                 for n in range(nics)
             ]
-            nodes.append({
-                "name": f"node-{i}", "cpus": 8, "memory_mb": 16384, "local_gb": 200, "pm_driver": "fake",
-                "pm_address": f"fake-{i}", "pm_user": "admin", "pm_password": "pw", "interfaces": ifaces, **extra,
-            })  # fmt: skip
+            nodes.append(
+                {
+                    "name": f"node-{i}",
+                    "cpus": 8,
+                    "memory_mb": 16384,
+                    "local_gb": 200,
+                    "pm_driver": "fake",
+                    "pm_address": f"fake-{i}",
+                    "pm_user": "admin",
+                    "pm_password": "pw",
+                    "interfaces": ifaces,
+                    **extra,
+                }
+            )
         resp = await self.client.post("/v1/nodes/import", json={"nodes": nodes}, headers=self.auth)
         assert resp.status == 201, await resp.text()
         await self.publish()
@@ -112,11 +122,16 @@ async def make_cloud(tmp: Path, **sections: dict[str, Any]) -> AsyncIterator[Clo
     for name in ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"):
         write_image(images / name, 4096)
     deploy = {
-        "tftp_root": str(tmp / "tftp"), "http_root": str(tmp / "http"), "image_cache_dir": str(tmp / "cache"),
-        "allowed_image_roots": [str(images)], "deploy_kernel": str(images / "deploy_kernel"),
-        "deploy_ramdisk": str(images / "deploy_ramdisk"), "boot_kernel": str(images / "kernel"),
-        "boot_ramdisk": str(images / "ramdisk"), **sections.pop("deploy", {}),
-    }  # fmt: skip
+        "tftp_root": str(tmp / "tftp"),
+        "http_root": str(tmp / "http"),
+        "image_cache_dir": str(tmp / "cache"),
+        "allowed_image_roots": [str(images)],
+        "deploy_kernel": str(images / "deploy_kernel"),
+        "deploy_ramdisk": str(images / "deploy_ramdisk"),
+        "boot_kernel": str(images / "kernel"),
+        "boot_ramdisk": str(images / "ramdisk"),
+        **sections.pop("deploy", {}),
+    }
     settings = make_settings(tmp, deploy=deploy, **sections)
     async with open_context(settings) as ctx:
         fake = FakePower()

@@ -115,8 +115,13 @@ async def test_duplicates_are_409_and_nothing_half_written(client, auth, ctx: Ap
 
 
 async def test_unknown_ids_are_404(client, auth) -> None:  # type: ignore[no-untyped-def]
-    for method, path in (("GET", "/v1/nodes/42"), ("PATCH", "/v1/nodes/nope"), ("DELETE", "/v1/nodes/42"),
-                         ("GET", "/v1/nodes/42/interfaces"), ("DELETE", "/v1/pxe_ips/42")):  # fmt: skip
+    for method, path in (
+        ("GET", "/v1/nodes/42"),
+        ("PATCH", "/v1/nodes/nope"),
+        ("DELETE", "/v1/nodes/42"),
+        ("GET", "/v1/nodes/42/interfaces"),
+        ("DELETE", "/v1/pxe_ips/42"),
+    ):
         resp = await client.request(method, path, json={"cpus": 1} if method == "PATCH" else None, headers=auth)
         assert resp.status == 404, (method, path, resp.status)
         assert (await resp.json())["error"] == "not_found"

@@ -20,20 +20,44 @@ from bmd.tasks.update_available_resource import UpdateAvailableResource
 from tests.conftest import make_settings, node_body
 
 SEED_KEYS = {
-    "vcpus", "vcpus_used", "cpu_info", "disk_total", "disk_used", "disk_available", "host_memory_total",
-    "host_memory_free", "hypervisor_type", "hypervisor_version", "hypervisor_hostname", "supported_instances",
-    "host", "node",
-}  # fmt: skip
+    "vcpus",
+    "vcpus_used",
+    "cpu_info",
+    "disk_total",
+    "disk_used",
+    "disk_available",
+    "host_memory_total",
+    "host_memory_free",
+    "hypervisor_type",
+    "hypervisor_version",
+    "hypervisor_hostname",
+    "supported_instances",
+    "host",
+    "node",
+}
 
 
 async def add_nodes(ctx: AppContext, count: int, host: str = "test-host", **values: Any) -> list[int]:
     now = utcnow()
     rows = [
-        {"uuid": str(uuid.uuid4()), "service_host": host, "cpus": 8, "memory_mb": 16384, "local_gb": 200,
-         "pm_driver": "fake", "registration_status": "done", "provision_state": "available", "maintenance": False,
-         "extra_specs": {}, "power_failures": 0, "created_at": now, "updated_at": now, **values}
+        {
+            "uuid": str(uuid.uuid4()),
+            "service_host": host,
+            "cpus": 8,
+            "memory_mb": 16384,
+            "local_gb": 200,
+            "pm_driver": "fake",
+            "registration_status": "done",
+            "provision_state": "available",
+            "maintenance": False,
+            "extra_specs": {},
+            "power_failures": 0,
+            "created_at": now,
+            "updated_at": now,
+            **values,
+        }
         for _ in range(count)
-    ]  # fmt: skip
+    ]
     async with ctx.sessionmaker.begin() as session:
         await session.execute(insert(BareMetalNode), rows)
         ids = (await session.execute(select(BareMetalNode.id).order_by(BareMetalNode.id.desc()).limit(count))).scalars()
@@ -111,15 +135,17 @@ async def test_used_and_maintenance_nodes_offer_nothing(ctx: AppContext) -> None
 async def test_per_node_capabilities_override_service_wide(tmp_path, db_file) -> None:  # type: ignore[no-untyped-def]
     from bmd.service import open_context
 
-    settings = make_settings(tmp_path, driver={"instance_type_extra_specs": ["cpu_arch:x86_64", "location:dc1",
-                                                                             "nested:x"]})  # fmt: skip
+    settings = make_settings(
+        tmp_path, driver={"instance_type_extra_specs": ["cpu_arch:x86_64", "location:dc1", "nested:x"]}
+    )
     async with open_context(settings) as ctx:
         plain, arm = await add_nodes(ctx, 2)
         async with ctx.sessionmaker.begin() as session:
             await session.execute(
-                update(BareMetalNode).where(BareMetalNode.id == arm)
+                update(BareMetalNode)
+                .where(BareMetalNode.id == arm)
                 .values(extra_specs={"cpu_arch": "aarch64", "location": "rack11", "gpu": {"model": "a100", "count": 4}})
-            )  # fmt: skip
+            )
         stats = {s["node"]: s for s in await ctx.driver.get_host_stats()}
     assert stats[str(plain)]["location"] == "dc1" and stats[str(plain)]["cpu_arch"] == "x86_64"
     assert stats[str(arm)]["location"] == "rack11" and stats[str(arm)]["cpu_arch"] == "aarch64"

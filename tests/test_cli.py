@@ -18,7 +18,7 @@ async def run_cli(
 ) -> tuple[int, str, str]:
     base = ["--url", str(client.make_url("")).rstrip("/")]
     if token:
-        base += ["--token", token]
+        base += [f"--token={token}"]
     code = await asyncio.to_thread(main, [*base, *args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -27,11 +27,34 @@ async def run_cli(
 async def test_node_lifecycle_through_the_cli(client, ctx, capsys) -> None:  # type: ignore[no-untyped-def]
     tok = ctx.api_token
     code, out, err = await run_cli(
-        client, tok, "node", "create", "--name", "n1", "--cpus", "4", "--memory-mb", "8192", "--local-gb", "100",
-        "--pm-driver", "fake", "--pm-address", "127.0.0.1", "--pm-user", "admin", "--pm-password", "pw-123",
-        "--mac", "52:54:00:00:00:aa", "--capability", "location=rack11", "--capability", "slots=4",
+        client,
+        tok,
+        "node",
+        "create",
+        "--name",
+        "n1",
+        "--cpus",
+        "4",
+        "--memory-mb",
+        "8192",
+        "--local-gb",
+        "100",
+        "--pm-driver",
+        "fake",
+        "--pm-address",
+        "127.0.0.1",
+        "--pm-user",
+        "admin",
+        "--pm-password",
+        "pw-123",
+        "--mac",
+        "52:54:00:00:00:aa",
+        "--capability",
+        "location=rack11",
+        "--capability",
+        "slots=4",
         capsys=capsys,
-    )  # fmt: skip
+    )
     assert code == 0, err
     node = json.loads(out)
     assert node["extra_specs"] == {"location": "rack11", "slots": 4} and node["pm_password"] == "******"

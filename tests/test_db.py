@@ -15,8 +15,20 @@ from bmd.errors import DatabaseError
 
 SEED_COLUMNS = {
     "bm_nodes": {
-        "id", "service_host", "instance_uuid", "cpus", "memory_mb", "local_gb", "pm_address", "pm_user",
-        "pm_password", "prov_mac_address", "registration_status", "task_state", "prov_vlan_id", "terminal_port",
+        "id",
+        "service_host",
+        "instance_uuid",
+        "cpus",
+        "memory_mb",
+        "local_gb",
+        "pm_address",
+        "pm_user",
+        "pm_password",
+        "prov_mac_address",
+        "registration_status",
+        "task_state",
+        "prov_vlan_id",
+        "terminal_port",
     },
     "bm_pxe_ips": {"id", "address", "server_address", "bm_node_id"},
     "bm_interfaces": {"id", "bm_node_id", "address", "datapath_id", "port_no", "vif_uuid"},
@@ -25,11 +37,22 @@ SEED_COLUMNS = {
     "instance_type_extra_specs": {"id", "instance_type_id", "key", "value"},
     "instances": {"id", "uuid", "instance_type_id", "host", "node", "vm_state", "task_state", "image_ref"},
     "compute_nodes": {
-        "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used", "local_gb_used", "free_ram_mb",
-        "free_disk_gb", "hypervisor_type", "hypervisor_version", "hypervisor_hostname", "cpu_info", "running_vms",
+        "vcpus",
+        "memory_mb",
+        "local_gb",
+        "vcpus_used",
+        "memory_mb_used",
+        "local_gb_used",
+        "free_ram_mb",
+        "free_disk_gb",
+        "hypervisor_type",
+        "hypervisor_version",
+        "hypervisor_hostname",
+        "cpu_info",
+        "running_vms",
     },
     "services": {"id", "host", "last_heartbeat"},
-}  # fmt: skip
+}
 
 
 def sqlite_settings(path: Path) -> DatabaseSettings:

@@ -63,20 +63,35 @@ async def test_bad_flavor_bodies(client, auth, body, field) -> None:  # type: ig
 
 async def test_flavor_cli_like_nova_manage(client, ctx, capsys) -> None:  # type: ignore[no-untyped-def]
     tok = ctx.api_token
-    code, out, err = await run_cli(client, tok, "flavor", "create", "bm.large", "--ram", "65536", "--vcpus", "32",
-                                   "--disk", "1000", capsys=capsys)  # fmt: skip
+    code, out, err = await run_cli(
+        client, tok, "flavor", "create", "bm.large", "--ram", "65536", "--vcpus", "32", "--disk", "1000", capsys=capsys
+    )
     assert code == 0, err
-    code, out, _ = await run_cli(client, tok, "flavor", "set-key", "--name", "bm.large", "--key", "capabilities:gpu",
-                                 "--value", "a100", capsys=capsys)  # fmt: skip
+    code, out, _ = await run_cli(
+        client,
+        tok,
+        "flavor",
+        "set-key",
+        "--name",
+        "bm.large",
+        "--key",
+        "capabilities:gpu",
+        "--value",
+        "a100",
+        capsys=capsys,
+    )
     assert code == 0 and "Key capabilities:gpu set to a100 on instance type bm.large" in out
     code, out, _ = await run_cli(client, None, "flavor", "show", "bm.large", capsys=capsys)
     assert json.loads(out)["extra_specs"] == {"capabilities:gpu": "a100"}
-    code, out, _ = await run_cli(client, tok, "flavor", "unset-key", "--name", "bm.large", "--key", "capabilities:gpu",
-                                 capsys=capsys)  # fmt: skip
+    code, out, _ = await run_cli(
+        client, tok, "flavor", "unset-key", "--name", "bm.large", "--key", "capabilities:gpu", capsys=capsys
+    )
     assert code == 0
-    code, _, err = await run_cli(client, tok, "flavor", "unset-key", "--name", "bm.large", "--key", "capabilities:gpu",
-                                 capsys=capsys)  # fmt: skip
+    code, _, err = await run_cli(
+        client, tok, "flavor", "unset-key", "--name", "bm.large", "--key", "capabilities:gpu", capsys=capsys
+    )
     assert code == 1 and "no extra spec" in err
-    code, _, err = await run_cli(client, tok, "flavor", "create", "x", "--ram", "-1", "--vcpus", "1", "--disk", "1",
-                                 capsys=capsys)  # fmt: skip
+    code, _, err = await run_cli(
+        client, tok, "flavor", "create", "x", "--ram", "-1", "--vcpus", "1", "--disk", "1", capsys=capsys
+    )
     assert code == 2 and "ram" in err

@@ -4,13 +4,14 @@ simulated agent over real HTTP, delete, and every failure path leaving nodes in 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from bmd.db.models import BareMetalNode, Deployment, Interface, PxeIp
+from bmd.db.models import BareMetalNode, Deployment, Interface, PxeIp, utcnow
 from bmd.deploy.agent_sim import run_agent
 from bmd.drivers.power.base import BootDevice, PowerState
 from tests.cloud import Cloud, make_cloud
@@ -45,8 +46,9 @@ async def test_200_concurrent_requests_50_nodes(cloud: Cloud) -> None:
 
 async def test_no_valid_host_names_the_filter(cloud: Cloud) -> None:
     await cloud.enroll(3)
-    await cloud.client.put("/v1/flavors/bm.small/extra_specs/capabilities:cpu_arch", json={"value": "aarch64"},
-                           headers=cloud.auth)  # fmt: skip
+    await cloud.client.put(
+        "/v1/flavors/bm.small/extra_specs/capabilities:cpu_arch", json={"value": "aarch64"}, headers=cloud.auth
+    )
     status, body = await cloud.create()
     assert status == 409
     reason = "ComputeCapabilitiesFilter removed the last 3 hosts"
@@ -95,7 +97,8 @@ async def test_deploy_end_to_end_in_process(cloud: Cloud, tmp_path: Path) -> Non
 
     result = await run_agent(cloud.tftp_root, mac, dest=tmp_path / "written.img")
     assert result.status == 200, result.body
-    assert result.resumed and (tmp_path / "written.img").read_bytes() == Path(cloud.image_ref).read_bytes()
+    written, source = tmp_path / "written.img", Path(cloud.image_ref)
+    assert result.resumed and await asyncio.to_thread(written.read_bytes) == await asyncio.to_thread(source.read_bytes)
     node = await cloud.node(node_id)
     assert node.provision_state == "active" and node.instance_uuid == uuid
     assert bmc.boot.device == BootDevice.DISK and bmc.boot.persistent
@@ -165,7 +168,7 @@ async def test_power_failure_during_spawn_undoes_everything(cloud: Cloud) -> Non
     (node_id,) = await cloud.enroll(1)
     await cloud.add_pxe_ips(1)
     cloud.fake.inject_failure(node_id, BMCTimeout("no answer"))
-    _, body = await cloud.create(networks=[{"id": "n1"}])
+    await cloud.create(networks=[{"id": "n1"}])
     await cloud.settle()
     node = await cloud.node(node_id)
     assert node.provision_state == "available" and "BMCTimeout" in (node.last_error or "")
@@ -178,16 +181,20 @@ async def test_power_failure_during_spawn_undoes_everything(cloud: Cloud) -> Non
 async def test_deploy_timeout_goes_to_error(tmp_path: Path, db_file: Path) -> None:
     from bmd.provision.recovery import fail_timed_out_deploys
 
-    async with make_cloud(tmp_path, deploy={"deploy_timeout": 0.01}) as cloud:
+    async with make_cloud(tmp_path, deploy={"deploy_timeout": 60}) as cloud:
         (node_id,) = await cloud.enroll(1)
         await cloud.add_pxe_ips(1)
-        _, body = await cloud.create()
+        await cloud.create()
         await cloud.settle()
         assert (await cloud.node(node_id)).provision_state == "wait_callback"
-        deadline = (await cloud.node(node_id)).deploy_deadline
-        assert deadline is not None
-        while await fail_timed_out_deploys(cloud.ctx.conductor) == 0:  # the deadline is 10 ms away
-            await asyncio.sleep(0.005)
+        assert await fail_timed_out_deploys(cloud.ctx.conductor) == 0  # within its deadline: keeps waiting
+        async with cloud.ctx.sessionmaker.begin() as session:  # the clock moves past the deadline
+            await session.execute(
+                update(BareMetalNode)
+                .where(BareMetalNode.id == node_id)
+                .values(deploy_deadline=utcnow() - dt.timedelta(seconds=1))
+            )
+        assert await fail_timed_out_deploys(cloud.ctx.conductor) == 1
         node = await cloud.node(node_id)
         assert node.provision_state == "error" and "deploy timed out" in (node.last_error or "")
         late = await run_agent(cloud.tftp_root, "52:54:00:00:01:00")
@@ -200,13 +207,14 @@ async def test_controller_down_fails_cleanly_nothing_bound(tmp_path: Path, db_fi
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sections = {"driver": {"default_power_driver": "fake", "vif_driver": "openflow"},
-                "network": {"controller_url": f"http://127.0.0.1:{port}", "controller_timeout": 0.5,
-                            "controller_retries": 0}}  # fmt: skip
+    sections = {
+        "driver": {"default_power_driver": "fake", "vif_driver": "openflow"},
+        "network": {"controller_url": f"http://127.0.0.1:{port}", "controller_timeout": 0.5, "controller_retries": 0},
+    }
     async with make_cloud(tmp_path, **sections) as cloud:
         (node_id,) = await cloud.enroll(1)
         await cloud.add_pxe_ips(1)
-        _, body = await cloud.create(networks=[{"id": "n1", "vlan": 10}])
+        await cloud.create(networks=[{"id": "n1", "vlan": 10}])
         await cloud.settle()
         node = await cloud.node(node_id)
         assert node.provision_state == "available" and f"127.0.0.1:{port}" in (node.last_error or "")

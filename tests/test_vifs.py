@@ -88,8 +88,9 @@ async def test_openflow_maps_ports_at_the_controller(client, auth, ctx, controll
     try:
         await plug_vifs(ctx.sessionmaker, driver, node, [net("vif-a"), net("vif-b")])
         assert {k: (v["datapath_id"], v["port_no"]) for k, v in fake.table.items()} == {
-            "vif-a": ("0x3", 10), "vif-b": ("0x3", 11),
-        }  # fmt: skip
+            "vif-a": ("0x3", 10),
+            "vif-b": ("0x3", 11),
+        }
         assert ("POST", "/vifinfo") in fake.requests and ("GET", "/vifinfo/vif-a") in fake.requests
         await unplug_vifs(ctx.sessionmaker, driver, node)
         assert fake.table == {} and await vifs(ctx, node) == [None, None]

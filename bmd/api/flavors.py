@@ -28,9 +28,14 @@ async def create_flavor(request: web.Request) -> web.Response:
                 f"flavor {body.name} already exists" if taken == body.name else f"flavorid {flavorid} is taken"
             )
         row = InstanceType(
-            name=body.name, flavorid=flavorid, memory_mb=body.ram, vcpus=body.vcpus, root_gb=body.disk,
-            ephemeral_gb=body.ephemeral, swap=body.swap,
-        )  # fmt: skip
+            name=body.name,
+            flavorid=flavorid,
+            memory_mb=body.ram,
+            vcpus=body.vcpus,
+            root_gb=body.disk,
+            ephemeral_gb=body.ephemeral,
+            swap=body.swap,
+        )
         session.add(row)
         try:
             await session.flush()

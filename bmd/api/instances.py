@@ -17,10 +17,23 @@ from bmd.filters.chain import Selection
 from bmd.scheduler import InstanceRequest, request_spec
 
 INSTANCE_FIELDS = (
-    "uuid", "flavor_name", "reservation_id", "host", "node", "bm_node_id", "vm_state", "task_state",
-    "image_ref", "image_properties", "hints", "network_info", "last_error", "created_at", "updated_at",
+    "uuid",
+    "flavor_name",
+    "reservation_id",
+    "host",
+    "node",
+    "bm_node_id",
+    "vm_state",
+    "task_state",
+    "image_ref",
+    "image_properties",
+    "hints",
+    "network_info",
+    "last_error",
+    "created_at",
+    "updated_at",
     "deleted_at",
-)  # fmt: skip
+)
 
 
 def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[str, Any]:
@@ -67,10 +80,14 @@ async def create_instances(request: web.Request) -> web.Response:
     spec = request_spec(flavor, body.image_properties, body.num_instances, body.hints)
     deploy_info = {
         "image_checksum": body.image_checksum,
-        "kernel_ref": body.kernel_ref, "kernel_checksum": body.kernel_checksum,
-        "ramdisk_ref": body.ramdisk_ref, "ramdisk_checksum": body.ramdisk_checksum,
-        "root_mb": flavor.root_gb * 1024, "swap_mb": flavor.swap, "name": body.name,
-    }  # fmt: skip
+        "kernel_ref": body.kernel_ref,
+        "kernel_checksum": body.kernel_checksum,
+        "ramdisk_ref": body.ramdisk_ref,
+        "ramdisk_checksum": body.ramdisk_checksum,
+        "root_mb": flavor.root_gb * 1024,
+        "swap_mb": flavor.swap,
+        "name": body.name,
+    }
     placements = await ctx.scheduler.claim(
         InstanceRequest(
             flavor=flavor,
@@ -79,7 +96,7 @@ async def create_instances(request: web.Request) -> web.Response:
             networks=[n.model_dump() for n in body.networks],
             deploy_info=deploy_info,
             name=body.name,
-        )  # fmt: skip
+        )
     )
     for p in placements:
         ctx.conductor.spawn(p.node_id, p.instance_uuid)

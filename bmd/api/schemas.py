@@ -55,11 +55,25 @@ def check_spec_key(value: str) -> str:
 
 RESERVED_SPEC_KEYS = frozenset(
     {
-        "vcpus", "vcpus_used", "cpu_info", "disk_total", "disk_used", "disk_available", "host_memory_total",
-        "host_memory_free", "hypervisor_type", "hypervisor_version", "hypervisor_hostname",
-        "supported_instances", "host", "node", "host_ip", "maintenance", "baremetal_driver",
+        "vcpus",
+        "vcpus_used",
+        "cpu_info",
+        "disk_total",
+        "disk_used",
+        "disk_available",
+        "host_memory_total",
+        "host_memory_free",
+        "hypervisor_type",
+        "hypervisor_version",
+        "hypervisor_hostname",
+        "supported_instances",
+        "host",
+        "node",
+        "host_ip",
+        "maintenance",
+        "baremetal_driver",
     }
-)  # fmt: skip
+)
 
 
 def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:

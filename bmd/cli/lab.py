@@ -17,10 +17,14 @@ def lab_spec(args: argparse.Namespace) -> Any:
     from bmd.lab import LabSpec
 
     return LabSpec(
-        count=args.count, faults=args.faults or "", seed=args.seed, layout=args.layout,
-        first_address=args.first_address, port=args.port,
+        count=args.count,
+        faults=args.faults or "",
+        seed=args.seed,
+        layout=args.layout,
+        first_address=args.first_address,
+        port=args.port,
         inventory_path=Path(args.inventory) if args.inventory else None,
-    )  # fmt: skip
+    )
 
 
 def run(app: Any) -> int:

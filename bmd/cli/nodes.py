@@ -42,8 +42,19 @@ def _capabilities(pairs: list[str]) -> dict[str, Any]:
 
 def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     body: dict[str, Any] = {}
-    for field in ("name", "service_host", "cpus", "memory_mb", "local_gb", "pm_driver", "pm_address",
-                  "pm_user", "prov_mac_address", "prov_vlan_id", "terminal_port"):  # fmt: skip
+    for field in (
+        "name",
+        "service_host",
+        "cpus",
+        "memory_mb",
+        "local_gb",
+        "pm_driver",
+        "pm_address",
+        "pm_user",
+        "prov_mac_address",
+        "prov_vlan_id",
+        "terminal_port",
+    ):
         value = getattr(args, field, None)
         if value is not None:
             body[field] = value

@@ -6,6 +6,9 @@ PostgreSQL goes through asyncpg. Query functions take a session; they never make
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +62,37 @@ def make_engine(settings: DatabaseSettings) -> AsyncEngine:
 
 
 class Sessionmaker(async_sessionmaker[AsyncSession]):
-    """``maker()`` gives a session for reading; ``maker.begin()`` one whose transaction writes (on SQLite
-    it starts with BEGIN IMMEDIATE and so queues behind other writers on the busy timeout)."""
+    """``maker()`` gives a session for reading; ``maker.begin()`` one whose transaction writes.
+
+    On SQLite a write transaction starts with BEGIN IMMEDIATE, and the writers of this process queue on an
+    asyncio lock first: SQLite's own busy handler polls with sleeps of up to 100 ms, so 32 connections
+    waiting inside it would crawl, while the lock hands over at once. Other processes still queue on the
+    busy timeout. A write transaction must not open another one (that would wait for itself): it raises.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine, expire_on_commit=False)
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._serialize = engine.dialect.name == "sqlite"
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        me = asyncio.current_task()
+        if self._owner is not None and self._owner is me:
+            raise RuntimeError("a write transaction was opened inside another one")
+        async with self._lock:
+            self._owner = me
+            try:
+                async with self(bind=self._writer)._maker_context_manager() as session:
+                    yield session
+            finally:
+                self._owner = None
 
     def begin(self) -> Any:
+        if self._serialize:
+            return self._write()
         return self(bind=self._writer)._maker_context_manager()
 
 

@@ -29,18 +29,30 @@ class Flavor:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "flavorid": self.flavorid, "ram": self.memory_mb,
-            "vcpus": self.vcpus, "disk": self.root_gb, "ephemeral": self.ephemeral_gb, "swap": self.swap,
+            "id": self.id,
+            "name": self.name,
+            "flavorid": self.flavorid,
+            "ram": self.memory_mb,
+            "vcpus": self.vcpus,
+            "disk": self.root_gb,
+            "ephemeral": self.ephemeral_gb,
+            "swap": self.swap,
             "extra_specs": dict(self.extra_specs),
-        }  # fmt: skip
+        }
 
 
 def to_flavor(row: InstanceType, specs: Sequence[InstanceTypeExtraSpec]) -> Flavor:
     return Flavor(
-        id=row.id, name=row.name, flavorid=row.flavorid, memory_mb=row.memory_mb, vcpus=row.vcpus,
-        root_gb=row.root_gb, ephemeral_gb=row.ephemeral_gb, swap=row.swap,
+        id=row.id,
+        name=row.name,
+        flavorid=row.flavorid,
+        memory_mb=row.memory_mb,
+        vcpus=row.vcpus,
+        root_gb=row.root_gb,
+        ephemeral_gb=row.ephemeral_gb,
+        swap=row.swap,
         extra_specs={s.key: s.value or "" for s in specs},
-    )  # fmt: skip
+    )
 
 
 async def get_flavor_row(session: AsyncSession, name: str, *, for_update: bool = False) -> InstanceType:

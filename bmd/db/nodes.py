@@ -16,12 +16,37 @@ from bmd.errors import Conflict, NotFound
 SECRET_MASK = "******"
 
 NODE_FIELDS = (
-    "id", "uuid", "name", "service_host", "instance_uuid", "cpus", "memory_mb", "local_gb",
-    "pm_driver", "pm_address", "pm_user", "prov_mac_address", "registration_status", "task_state",
-    "prov_vlan_id", "terminal_port", "power_state", "last_power_check", "power_failures",
-    "last_power_error", "provision_state", "provision_updated_at", "deploy_deadline", "maintenance",
-    "maintenance_reason", "maintenance_set_by", "last_error", "extra_specs", "created_at", "updated_at",
-)  # fmt: skip
+    "id",
+    "uuid",
+    "name",
+    "service_host",
+    "instance_uuid",
+    "cpus",
+    "memory_mb",
+    "local_gb",
+    "pm_driver",
+    "pm_address",
+    "pm_user",
+    "prov_mac_address",
+    "registration_status",
+    "task_state",
+    "prov_vlan_id",
+    "terminal_port",
+    "power_state",
+    "last_power_check",
+    "power_failures",
+    "last_power_error",
+    "provision_state",
+    "provision_updated_at",
+    "deploy_deadline",
+    "maintenance",
+    "maintenance_reason",
+    "maintenance_set_by",
+    "last_error",
+    "extra_specs",
+    "created_at",
+    "updated_at",
+)
 INTERFACE_FIELDS = ("id", "bm_node_id", "address", "datapath_id", "port_no", "vif_uuid")
 PXE_IP_FIELDS = ("id", "address", "server_address", "bm_node_id")
 

@@ -38,9 +38,19 @@ _COLUMNS = (
 )
 
 RESOURCE_KEYS = (
-    "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used", "local_gb_used", "hypervisor_type",
-    "hypervisor_version", "hypervisor_hostname", "cpu_info", "running_vms", "service_host",
-)  # fmt: skip
+    "vcpus",
+    "memory_mb",
+    "local_gb",
+    "vcpus_used",
+    "memory_mb_used",
+    "local_gb_used",
+    "hypervisor_type",
+    "hypervisor_version",
+    "hypervisor_hostname",
+    "cpu_info",
+    "running_vms",
+    "service_host",
+)
 
 
 def node_is_free(instance_uuid: str | None, provision_state: str, maintenance: bool) -> bool:
@@ -56,9 +66,17 @@ def resource_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
     else:
         used = (cpus, memory_mb, local_gb)
     return (
-        cpus, memory_mb, local_gb, *used, HYPERVISOR_TYPE, HYPERVISOR_VERSION, str(node_id), CPU_INFO,
-        0 if instance_uuid is None else 1, host,
-    )  # fmt: skip
+        cpus,
+        memory_mb,
+        local_gb,
+        *used,
+        HYPERVISOR_TYPE,
+        HYPERVISOR_VERSION,
+        str(node_id),
+        CPU_INFO,
+        0 if instance_uuid is None else 1,
+        host,
+    )
 
 
 def resources_of(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class Session:
             self.stats.dropped_datagrams += 1
             log.debug("ipmi_datagram_dropped", bmc=self.label, reason=str(err))
             return
-        except Exception as err:  # a BMCError from the expectation fails the exchange
+        except Exception as err:  # noqa: BLE001 - a BMCError from the expectation fails the exchange
             future.set_exception(err)
             return
         if answer is None:
@@ -140,7 +140,7 @@ class Session:
             self.stats.retransmissions += 1
             try:
                 self.endpoint.send(build(), self.peer)
-            except Exception as err:  # e.g. the client was closed meanwhile
+            except Exception as err:  # noqa: BLE001 - e.g. the client was closed meanwhile
                 future.set_exception(err)
                 return
             sent += 1

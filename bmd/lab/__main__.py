@@ -16,9 +16,7 @@ from bmd.lab.fleet import Lab, LabSpec, run_lab
 def parse_args(argv: list[str] | None = None) -> LabSpec:
     p = argparse.ArgumentParser(prog="python -m bmd.lab", description=__doc__)
     p.add_argument("--count", type=int, default=8, help="number of BMCs (default 8)")
-    p.add_argument(
-        "--faults", default="", help='e.g. "dead=10%%,slow=2:1.5,badpass=1,flap=3:5" (see bmd.lab.faults)'
-    )
+    p.add_argument("--faults", default="", help='e.g. "dead=10%%,slow=2:1.5,badpass=1,flap=3:5" (see bmd.lab.faults)')
     p.add_argument("--seed", type=int, default=0, help="which BMCs get which fault")
     p.add_argument("--layout", choices=("addresses", "ports"), default="addresses")
     p.add_argument("--first-address", default="127.1.0.1")
@@ -34,10 +32,18 @@ def parse_args(argv: list[str] | None = None) -> LabSpec:
     except ValueError:
         p.error(f"--suites {a.suites!r}: expected numbers like 17,3")
     return LabSpec(
-        count=a.count, faults=a.faults, seed=a.seed, layout=a.layout, first_address=a.first_address,
-        port=a.port, username=a.user, password=a.password, cipher_suites=suites,
-        per_process=a.per_process, inventory_path=a.inventory,
-    )  # fmt: skip
+        count=a.count,
+        faults=a.faults,
+        seed=a.seed,
+        layout=a.layout,
+        first_address=a.first_address,
+        port=a.port,
+        username=a.user,
+        password=a.password,
+        cipher_suites=suites,
+        per_process=a.per_process,
+        inventory_path=a.inventory,
+    )
 
 
 async def serve(spec: LabSpec) -> None:

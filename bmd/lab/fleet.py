@@ -209,9 +209,13 @@ class Lab:
         chunks = [bmcs[i : i + self.spec.per_process] for i in range(0, len(bmcs), self.spec.per_process)]
         for chunk in chunks:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bmd.lab.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "bmd.lab.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
             worker = _WorkerProcess(proc)
             self._workers.append(worker)
             worker.write({"suites": list(self.spec.cipher_suites), "bmcs": chunk})
@@ -224,9 +228,14 @@ class Lab:
             for spec, bound in zip(chunk, reply["bmcs"], strict=True):
                 fault = Fault.from_json(spec["fault"]) if spec["fault"] else None
                 info = LabBMCInfo(
-                    spec["index"], spec["name"], bound["host"], bound["port"],
-                    spec["username"], spec["password"], fault,
-                )  # fmt: skip
+                    spec["index"],
+                    spec["name"],
+                    bound["host"],
+                    bound["port"],
+                    spec["username"],
+                    spec["password"],
+                    fault,
+                )
                 self.bmcs.append(info)
                 self._owner[info.name] = worker
 

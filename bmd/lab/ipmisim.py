@@ -102,9 +102,13 @@ class IpmiSim:
     """One ``ipmi_sim`` process serving one BMC on ``host``:``port`` (a free port when 0)."""
 
     def __init__(
-        self, workdir: Path, host: str = "127.0.0.1", port: int = 0,
-        username: str = "admin", password: str = "password",
-    ) -> None:  # fmt: skip
+        self,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        username: str = "admin",
+        password: str = "password",
+    ) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port
@@ -128,11 +132,18 @@ class IpmiSim:
             await asyncio.to_thread(self._prepare, port)
             w = self.workdir
             self._proc = await asyncio.create_subprocess_exec(
-                "ipmi_sim", "-c", str(w / "lan.conf"), "-f", str(w / "sim.emu"), "-n",
-                "-s", str(w / "state"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                "ipmi_sim",
+                "-c",
+                str(w / "lan.conf"),
+                "-f",
+                str(w / "sim.emu"),
+                "-n",
+                "-s",
+                str(w / "state"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             end = loop.time() + deadline
             while self._proc.returncode is None and loop.time() < end:
                 if await rmcp_ping(self.host, port, 0.2):

@@ -30,11 +30,18 @@ log = structlog.get_logger(__name__)
 
 POWER_SYNC = "power_sync"
 _COLUMNS = (
-    BareMetalNode.id, BareMetalNode.pm_driver, BareMetalNode.pm_address, BareMetalNode.pm_user,
-    BareMetalNode.pm_password, BareMetalNode.power_state, BareMetalNode.power_failures,
-    BareMetalNode.maintenance, BareMetalNode.maintenance_set_by, BareMetalNode.provision_state,
+    BareMetalNode.id,
+    BareMetalNode.pm_driver,
+    BareMetalNode.pm_address,
+    BareMetalNode.pm_user,
+    BareMetalNode.pm_password,
+    BareMetalNode.power_state,
+    BareMetalNode.power_failures,
+    BareMetalNode.maintenance,
+    BareMetalNode.maintenance_set_by,
+    BareMetalNode.provision_state,
     BareMetalNode.instance_uuid,
-)  # fmt: skip
+)
 
 
 def expected_power(row: Any) -> PowerState | None:
@@ -119,8 +126,13 @@ class SyncPowerStates:
         for r in readings:
             want = expected_power(r.node)
             if r.state is not None and want is not None and r.state != want:
-                log.warning("power_state_mismatch", node=r.node.id, actual=r.state.value, expected=want.value,
-                            instance=r.node.instance_uuid)  # fmt: skip
+                log.warning(
+                    "power_state_mismatch",
+                    node=r.node.id,
+                    actual=r.state.value,
+                    expected=want.value,
+                    instance=r.node.instance_uuid,
+                )
                 if self.settings.force_power_state_during_sync:
                     forced.append((r, want))
         if forced:
@@ -152,26 +164,30 @@ class SyncPowerStates:
         async with self.sessionmaker.begin() as session:
             if rows:
                 await session.execute(
-                    update(t).where(t.c.id == bindparam("b_id")).values(
-                        power_state=bindparam("ps"), last_power_check=bindparam("at"),
-                        power_failures=bindparam("f"), last_power_error=bindparam("err"),
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"))
+                    .values(
+                        power_state=bindparam("ps"),
+                        last_power_check=bindparam("at"),
+                        power_failures=bindparam("f"),
+                        last_power_error=bindparam("err"),
                     ),
                     rows,
-                )  # fmt: skip
+                )
             if to_maint:  # only where nobody put it in maintenance meanwhile
                 await session.execute(
-                    update(t).where(t.c.id == bindparam("b_id"), t.c.maintenance.is_(False)).values(
-                        maintenance=True, maintenance_reason=bindparam("reason"), maintenance_set_by=POWER_SYNC
-                    ),
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"), t.c.maintenance.is_(False))
+                    .values(maintenance=True, maintenance_reason=bindparam("reason"), maintenance_set_by=POWER_SYNC),
                     to_maint,
-                )  # fmt: skip
+                )
             if to_lift:  # only maintenance this loop set itself
                 await session.execute(
-                    update(t).where(t.c.id == bindparam("b_id"), t.c.maintenance_set_by == POWER_SYNC).values(
-                        maintenance=False, maintenance_reason=None, maintenance_set_by=None
-                    ),
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"), t.c.maintenance_set_by == POWER_SYNC)
+                    .values(maintenance=False, maintenance_reason=None, maintenance_set_by=None),
                     to_lift,
-                )  # fmt: skip
+                )
         self.last_pass = {
             "nodes": len(readings),
             "failed": sum(1 for r in readings if r.error is not None),

@@ -24,8 +24,9 @@ needs_ipmitool = pytest.mark.skipif(IPMITOOL is None, reason="Debian's ipmitool 
 
 
 def target(b: LabBMCInfo, *, password: str | None = None, username: str | None = None) -> BMCTarget:
-    return BMCTarget(b.host, b.port, b.username if username is None else username,
-                     b.password if password is None else password)  # fmt: skip
+    return BMCTarget(
+        b.host, b.port, b.username if username is None else username, b.password if password is None else password
+    )
 
 
 def access(b: LabBMCInfo, *, password: str | None = None, node_id: int = 1) -> BMCAccess:
@@ -119,7 +120,7 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
     while loop.time() < end:
         try:
             value = await probe()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the probe's last error is reported at the deadline
             last = err
         else:
             if accept(value):

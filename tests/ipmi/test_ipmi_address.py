@@ -25,9 +25,7 @@ def test_pm_address_forms(address: str, expected: tuple[str, int]) -> None:
     assert parse_pm_address(address) == expected
 
 
-@pytest.mark.parametrize(
-    "address", ["", ":623", "host:0", "host:70000", "host:abc", "[::1", "[::1]x", "[]:1"]
-)
+@pytest.mark.parametrize("address", ["", ":623", "host:0", "host:70000", "host:abc", "[::1", "[::1]x", "[]:1"])
 def test_pm_address_errors_name_the_field(address: str) -> None:
     with pytest.raises(InvalidInput) as info:
         parse_pm_address(address)

@@ -103,9 +103,7 @@ async def test_min_command_interval_spaces_changes_not_reads(pool: Pool) -> None
         await d.set_power_state(node, PowerState.OFF)  # throttled: waits out the interval
         assert loop.time() - changed >= interval
         started = loop.time()
-        await asyncio.gather(
-            d.set_boot_device(node, BootDevice.PXE), d.set_boot_device(node, BootDevice.DISK)
-        )
+        await asyncio.gather(d.set_boot_device(node, BootDevice.PXE), d.set_boot_device(node, BootDevice.DISK))
         assert loop.time() - started >= 2 * interval - 0.05  # one after the other, each after a pause
     finally:
         await d.close()

@@ -62,8 +62,13 @@ async def test_concurrent_reads_reach_the_right_caller(fleet: Lab) -> None:
 
 
 async def test_concurrent_driver_reads_interleaved_with_changes(fleet: Lab) -> None:
-    driver = IPMIPower(IPMIPowerSettings(client=dataclasses.replace(FAST, timeout=10.0, attempt_timeout=1.0),
-                                         min_command_interval=0.0, confirm_interval=0.05))  # fmt: skip
+    driver = IPMIPower(
+        IPMIPowerSettings(
+            client=dataclasses.replace(FAST, timeout=10.0, attempt_timeout=1.0),
+            min_command_interval=0.0,
+            confirm_interval=0.05,
+        )
+    )
     flip = fleet.bmcs[:40]
     try:
         changes = asyncio.gather(*(driver.set_power_state(access(b), PowerState.ON) for b in flip))

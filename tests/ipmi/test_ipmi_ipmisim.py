@@ -99,9 +99,12 @@ async def test_stopped_ipmi_sim_times_out(tmp_path: Path) -> None:
 
 async def test_driver_against_ipmi_sim(sim: IpmiSim) -> None:
     settings = IPMIPowerSettings(
-        client=FAST, min_command_interval=0.0, confirm_interval=0.05, confirm_timeout=5.0,
+        client=FAST,
+        min_command_interval=0.0,
+        confirm_interval=0.05,
+        confirm_timeout=5.0,
         honour_boot_valid_bit=False,  # ipmi_sim never sets the valid bit
-    )  # fmt: skip
+    )
     driver = IPMIPower(settings)
     node = BMCAccess(7, f"{sim.host}:{sim.port}", "admin", "password")
     try:

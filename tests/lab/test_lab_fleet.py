@@ -19,9 +19,18 @@ from bmd.lab import Fault, Lab, LabError, LabSpec, run_lab
 from tests.ipmi.helpers import FAST, eventually, ipmi_client, running_lab, target
 
 NODE_KEYS = {
-    "name", "pm_driver", "pm_address", "pm_user", "pm_password", "cpus", "memory_mb", "local_gb",
-    "prov_mac_address", "extra_specs", "interfaces",
-}  # fmt: skip
+    "name",
+    "pm_driver",
+    "pm_address",
+    "pm_user",
+    "pm_password",
+    "cpus",
+    "memory_mb",
+    "local_gb",
+    "prov_mac_address",
+    "extra_specs",
+    "interfaces",
+}
 
 
 def alive(pid: int) -> bool:
@@ -140,9 +149,7 @@ asyncio.run(main())
 
 
 async def test_workers_exit_when_the_parent_dies() -> None:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     parent = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _ORPHAN, stdout=asyncio.subprocess.PIPE, env=env
     )
@@ -166,14 +173,22 @@ async def test_workers_exit_when_the_parent_dies() -> None:
 
 async def test_python_m_bmd_lab_serves_until_interrupted(tmp_path: Path) -> None:
     inventory = tmp_path / "lab.json"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bmd.lab", "--count", "3", "--faults", "dead=1",
-        "--first-address", "127.1.94.1", "--inventory", str(inventory),
-        stdout=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "bmd.lab",
+        "--count",
+        "3",
+        "--faults",
+        "dead=1",
+        "--first-address",
+        "127.1.94.1",
+        "--inventory",
+        str(inventory),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = b""

@@ -70,16 +70,24 @@ def _start_ovs(run_dir: Path) -> PrivateOVS:
     ovs = PrivateOVS(run_dir, run_dir / "db.sock", env)
     ovs.run("ovsdb-tool", "create", str(run_dir / "conf.db"), str(SCHEMA))
     ovs.run(
-        "ovsdb-server", str(run_dir / "conf.db"), f"--remote=punix:{ovs.db_sock}",
-        f"--pidfile={run_dir / 'ovsdb-server.pid'}", f"--unixctl={run_dir / 'ovsdb-server.ctl'}",
-        f"--log-file={run_dir / 'ovsdb-server.log'}", "--detach",
-    )  # fmt: skip
+        "ovsdb-server",
+        str(run_dir / "conf.db"),
+        f"--remote=punix:{ovs.db_sock}",
+        f"--pidfile={run_dir / 'ovsdb-server.pid'}",
+        f"--unixctl={run_dir / 'ovsdb-server.ctl'}",
+        f"--log-file={run_dir / 'ovsdb-server.log'}",
+        "--detach",
+    )
     ovs.vsctl("--no-wait", "init")
     ovs.run(
-        "ovs-vswitchd", f"unix:{ovs.db_sock}", "--enable-dummy=override",
-        f"--pidfile={run_dir / 'ovs-vswitchd.pid'}", f"--unixctl={run_dir / 'ovs-vswitchd.ctl'}",
-        f"--log-file={run_dir / 'ovs-vswitchd.log'}", "--detach",
-    )  # fmt: skip
+        "ovs-vswitchd",
+        f"unix:{ovs.db_sock}",
+        "--enable-dummy=override",
+        f"--pidfile={run_dir / 'ovs-vswitchd.pid'}",
+        f"--unixctl={run_dir / 'ovs-vswitchd.ctl'}",
+        f"--log-file={run_dir / 'ovs-vswitchd.log'}",
+        "--detach",
+    )
     return ovs
 
 

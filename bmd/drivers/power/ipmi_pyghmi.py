@@ -183,7 +183,7 @@ class PyghmiPower(PowerInterface):
             for cmd in self._commands.values():
                 try:
                     cmd.ipmi_session.logout()
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - logout is best effort
                     log.debug("pyghmi_logout_failed", error=str(err))
             self._commands.clear()
 

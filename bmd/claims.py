@@ -1,0 +1,134 @@
+"""Atomic claims in SQL, written in groups.
+
+A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND instance_uuid IS NULL AND
+provision_state = 'available' AND NOT maintenance`` for every node of a request, plus its instance rows, all
+in one transaction: all or nothing. On SQLite every write transaction holds the database's single write
+lock, so concurrent requests are written as a group (group commit): whoever finds the writer free takes
+every request waiting so far and writes them in one transaction with two executemany statements. If any
+node of the group was taken meanwhile (another process), the group is rolled back and its requests are
+written one by one, each all or nothing. PostgreSQL writes each request in its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bmd.db.engine import Sessionmaker
+from bmd.db.models import Instance, bm_nodes_table, utcnow
+
+_T = bm_nodes_table
+
+
+@dataclass
+class ClaimRequest:
+    node_ids: list[int]
+    instance_uuids: list[str]
+    instances: list[dict[str, Any]]  # the instance rows to insert
+    result: asyncio.Future[int | None]
+
+
+class _LostRace(Exception):
+    def __init__(self, node_id: int | None) -> None:
+        self.node_id = node_id
+
+
+def _claim_statement() -> Any:
+    return (
+        update(_T)
+        .where(
+            _T.c.id == bindparam("b_id"),
+            _T.c.instance_uuid.is_(None),
+            _T.c.provision_state == "available",
+            _T.c.maintenance.is_(False),
+        )
+        .values(
+            instance_uuid=bindparam("b_uuid"),
+            provision_state="deploying",
+            provision_updated_at=bindparam("b_now"),
+            task_state="spawning",
+            last_error=None,
+            updated_at=bindparam("b_now"),
+        )
+    )
+
+
+async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> None:
+    now = utcnow()
+    params: list[dict[str, Any]] = [
+        {"b_id": node_id, "b_uuid": inst, "b_now": now}
+        for r in requests
+        for node_id, inst in zip(r.node_ids, r.instance_uuids, strict=True)
+    ]
+    stmt = _claim_statement()
+    if len(params) == 1 or session.get_bind().dialect.name != "sqlite":
+        for p in params:  # per-row rowcount tells exactly which node was lost
+            if (await session.execute(stmt, p)).rowcount != 1:  # type: ignore[attr-defined]
+                raise _LostRace(int(p["b_id"]))
+    else:
+        done = (await session.execute(stmt, params)).rowcount  # type: ignore[attr-defined]
+        if done != len(params):
+            raise _LostRace(None)
+    await session.execute(insert(Instance), [row for r in requests for row in r.instances])
+
+
+class ClaimWriter:
+    def __init__(self, sessionmaker: Sessionmaker) -> None:
+        self.sessionmaker = sessionmaker
+        self.grouped = sessionmaker.kw.get("bind") is not None and sessionmaker.kw["bind"].dialect.name == "sqlite"
+        self._pending: list[ClaimRequest] = []
+        self._writer = asyncio.Lock()
+        self._groups: set[asyncio.Task[None]] = set()
+        self.groups_written = 0
+
+    async def claim(
+        self, node_ids: list[int], instance_uuids: list[str], instances: list[dict[str, Any]]
+    ) -> int | None:
+        """Claim the nodes and insert the instances, all or nothing. Returns the node lost to a race."""
+        request = ClaimRequest(node_ids, instance_uuids, instances, asyncio.get_running_loop().create_future())
+        if not self.grouped:
+            return await self._one(request)
+        self._pending.append(request)
+        async with self._writer:
+            if not request.result.done():
+                group, self._pending = self._pending, []
+                # Shielded: the group's other requests get their answers even if this caller is cancelled.
+                task = asyncio.create_task(self._write_group(group))
+                self._groups.add(task)
+                task.add_done_callback(self._groups.discard)
+                await asyncio.shield(task)
+        return await request.result
+
+    async def _one(self, request: ClaimRequest) -> int | None:
+        try:
+            async with self.sessionmaker.begin() as session:
+                await _write(session, [request])
+        except _LostRace as lost:
+            return lost.node_id
+        return None
+
+    async def _write_group(self, group: list[ClaimRequest]) -> None:
+        try:
+            try:
+                async with self.sessionmaker.begin() as session:
+                    await _write(session, group)
+            except _LostRace:
+                for request in group:  # someone else took a node: each request on its own
+                    request.result.set_result(await self._one(request))
+            else:
+                self.groups_written += 1
+                for request in group:
+                    request.result.set_result(None)
+        except BaseException as err:
+            for request in group:
+                if not request.result.done():
+                    request.result.set_exception(
+                        err if isinstance(err, Exception) else RuntimeError("claim interrupted")
+                    )
+            if not isinstance(err, Exception):
+                raise
