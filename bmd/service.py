@@ -37,7 +37,7 @@ from bmd.scheduler import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
-from bmd.tasks.report_driver_status import ReportDriverStatus
+from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from bmd.tasks.runner import Runner
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
@@ -118,6 +118,14 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         await engine.dispose()
 
 
+async def warm_scheduler(ctx: AppContext) -> None:
+    """One pass of the capability loops before the first request, so a restarted bmd schedules at once."""
+    for name in ("update_available_resource", "report_driver_status"):
+        await ctx.runner.run_pass(name)
+    ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
+    await ctx.runner.run_pass("scheduler_refresh")
+
+
 async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
     interval = notifier.watchdog_interval
     if interval is None:
@@ -163,6 +171,7 @@ async def serve(
             endpoint = Endpoint(settings.api.host, port)
             ctx.conductor.p.public_url = f"http://{settings.service.my_ip}:{port}"
             await recover(ctx.conductor)
+            await warm_scheduler(ctx)
             log.info("service_started", host=settings.service.host, api=endpoint.url)
             notifier.ready()
             if on_ready is not None:

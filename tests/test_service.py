@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -51,7 +53,7 @@ def bmd(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.
 
 
 class Daemon:
-    """``bmd serve`` as a child process; reads its JSON log lines to learn its port."""
+    """``bmd serve`` as a child process. A thread drains its stdout (JSON log lines) so the pipe never fills."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
@@ -62,18 +64,29 @@ class Daemon:
             env={**os.environ, **(env or {})},
         )
         self.lines: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
 
-    def wait_for(self, event: str, deadline: float = 30.0) -> dict[str, Any]:
-        end = time.monotonic() + deadline
+    def _drain(self) -> None:
         assert self.proc.stdout is not None
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
+        for line in self.proc.stdout:
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue
+                entry = {"event": "non_json_output", "text": line.rstrip()}
+            self._queue.put(entry)
+        self._queue.put(None)
+
+    def wait_for(self, event: str, deadline: float = 30.0) -> dict[str, Any]:
+        end = time.monotonic() + deadline
+        while (left := end - time.monotonic()) > 0:
+            try:
+                entry = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if entry is None:
+                break
             self.lines.append(entry)
             if entry.get("event") == event:
                 return entry

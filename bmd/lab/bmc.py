@@ -81,6 +81,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.boot_persistent = False
         self.boot_efi = False
         self.boot_selector = 0
+        self.last_boot = 0  # boot selector the last (re)start used: 1 PXE, 2 disk, 6 BIOS (0: default)
         self.set_in_progress = 0
         self.valid_bit_clearing = 0
         # faults
@@ -236,6 +237,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def _boots(self) -> None:
         """The host (re)starts: a next-boot-only override is consumed, as firmware does."""
         self.stats["boots"] += 1
+        self.last_boot = self.boot_selector if self.boot_valid else 0  # what the firmware booted from
         if self.boot_valid and not self.boot_persistent:
             self.boot_valid, self.boot_selector = False, 0
 
@@ -342,6 +344,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
                 "persistent": self.boot_persistent,
                 "efi": self.boot_efi,
             },
+            "last_boot": self.last_boot,
             "fault": self.fault.to_json() if self.fault else None,
             "down": self.is_down(),
             "sessions": len(self.sessions),
