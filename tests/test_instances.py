@@ -220,3 +220,37 @@ async def test_controller_down_fails_cleanly_nothing_bound(tmp_path: Path, db_fi
         assert node.provision_state == "available" and f"127.0.0.1:{port}" in (node.last_error or "")
         async with cloud.ctx.sessionmaker() as session:
             assert (await session.execute(select(Interface.vif_uuid))).scalars().all() == [None]
+
+
+async def test_recovery_releases_orphans_and_fails_interrupted_spawns(cloud: Cloud) -> None:
+    from bmd.provision.recovery import recover
+
+    ids = await cloud.enroll(3)
+    await cloud.add_pxe_ips(3)
+    _, body = await cloud.create()
+    placed = body["instances"][0]
+    orphan = next(i for i in ids if i != placed["bm_node_id"])
+    await cloud.settle()
+    async with cloud.ctx.sessionmaker.begin() as session:
+        # a node claimed by an instance that does not exist
+        await session.execute(
+            update(BareMetalNode)
+            .where(BareMetalNode.id == orphan)
+            .values(instance_uuid="99999999-9999-9999-9999-999999999999", provision_state="active")
+        )
+        # a spawn cut short: the node is still deploying, its instance building
+        await session.execute(
+            update(BareMetalNode)
+            .where(BareMetalNode.id == placed["bm_node_id"])
+            .values(provision_state="deploying", deploy_deadline=None)
+        )
+    counts = await recover(cloud.ctx.conductor)
+    await cloud.settle()
+    assert counts["orphans_released"] == 1 and counts["spawns_failed"] == 1
+    node = await cloud.node(orphan)
+    assert node.provision_state == "available" and node.instance_uuid is None
+    node = await cloud.node(placed["bm_node_id"])
+    assert node.provision_state == "available" and node.instance_uuid is None
+    assert "interrupted by a restart" in (node.last_error or "")
+    assert (await cloud.instance(placed["uuid"])).vm_state == "error"
+    assert not (cloud.tftp_root / node.uuid).exists()
