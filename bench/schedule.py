@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="indexed selections per size")
     parser.add_argument("--brute-runs", type=int, default=0, help="brute-force runs per size (default: scaled)")
     parser.add_argument("--claims-demo", action="store_true", help="run_claims with an in-memory claim")
+    parser.add_argument("--claim-nodes", type=int, default=2000, help="nodes for the SQLite claims figure (0: skip)")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}; chain: {', '.join(DEFAULT_FILTERS)}; weighers: {DEFAULT_WEIGHERS}")
     print("latencies in ms; ratio = brute p99 / indexed p99; warm = prepare + first select (facet build)")
@@ -214,6 +215,10 @@ def main() -> None:
         if args.claims_demo:
             rate = asyncio.run(run_claims(selector, SPEC, memory_claim()))
             print(f"{'':>7} claims/s with 32 clients, in-memory stand-in (not SQL): {rate:,.0f}")
+    if args.claim_nodes:
+        from claims import measure  # bench/claims.py: the HostManager's real claim, SQLite, 32 clients
+
+        asyncio.run(measure(args.claim_nodes, 32, None))
 
 
 if __name__ == "__main__":

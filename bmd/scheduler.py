@@ -27,6 +27,7 @@ from bmd.claims import ClaimWriter
 from bmd.config import Settings
 from bmd.db.engine import Sessionmaker
 from bmd.db.flavors import Flavor as FlavorRow
+from bmd.db.flavors import list_flavors
 from bmd.db.models import BareMetalNode, ComputeNode, Service, utcnow
 from bmd.errors import NoValidHost
 from bmd.filters.chain import Selection
@@ -158,6 +159,14 @@ class HostManager:
                     self.selector.set_health(str(node_id), power_fault=fault)
         for host, heartbeat in services:
             self.selector.set_service_up(host, now - heartbeat <= down_after)
+
+    async def prepare_flavors(self) -> None:
+        """Build the index groupings every known flavor needs now, not on its first request (at 100,000
+        nodes a new grouping takes about a second of CPU)."""
+        async with self.sessionmaker() as session:
+            flavors = await list_flavors(session)
+        for flavor in flavors:
+            self.selector.prepare(request_spec(flavor, {}, 1, {}))
 
     # -- selection and claims ------------------------------------------------------------------------
 

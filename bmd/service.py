@@ -124,6 +124,7 @@ async def warm_scheduler(ctx: AppContext) -> None:
         await ctx.runner.run_pass(name)
     ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
     await ctx.runner.run_pass("scheduler_refresh")
+    await ctx.scheduler.prepare_flavors()
 
 
 async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
