@@ -266,3 +266,43 @@ async def test_set_and_unset_capability_api(client, auth, ctx: AppContext) -> No
     resp = await client.delete(f"/v1/nodes/{node['id']}/capabilities/location", headers=auth)
     assert resp.status == 200 and (await resp.json())["extra_specs"] == {"gpu": {"model": "a100"}}
     assert (await client.delete(f"/v1/nodes/{node['id']}/capabilities/location", headers=auth)).status == 404
+
+
+@pytest.mark.postgres
+async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    from bmd.db.engine import make_engine
+    from bmd.db.migrate import upgrade
+    from bmd.service import open_context
+
+    settings = make_settings(tmp_path, db_url=postgres_url)
+    engine = make_engine(settings.database)
+    await upgrade(engine)
+    await engine.dispose()
+    async with open_context(settings) as ctx:
+        ids = await add_nodes(ctx, 20)
+        task = UpdateAvailableResource(ctx.driver, ctx.sessionmaker, 60.0)
+        await task.run_once()
+        async with ctx.sessionmaker.begin() as session:
+            await session.execute(update(BareMetalNode).where(BareMetalNode.id == ids[0]).values(maintenance=True))
+        await task.run_once()
+        rows = await compute_rows(ctx)
+        assert set(rows) == set(ids) and rows[ids[0]].free_ram_mb == 0 and rows[ids[1]].free_ram_mb == 16384
+        assert rows[ids[1]].updated_at.tzinfo is not None
+        await ReportDriverStatus(ctx.driver, ctx.bus, "127.0.0.1", 60.0).run_once()
+        ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC))
+        from bmd.db.flavors import Flavor
+        from bmd.scheduler import InstanceRequest, request_spec
+
+        flavor = Flavor(id=0, name="f", flavorid="f", memory_mb=16384, vcpus=8, root_gb=200, ephemeral_gb=0, swap=0)
+        async with ctx.sessionmaker.begin() as session:
+            from bmd.db.models import InstanceType
+
+            session.add(InstanceType(name="f", flavorid="f", memory_mb=16384, vcpus=8, root_gb=200))
+        async with ctx.sessionmaker() as session:
+            from bmd.db.flavors import get_flavor
+
+            flavor = await get_flavor(session, "f")
+        request = InstanceRequest(flavor, request_spec(flavor, {}, 1, {}), image_ref="http://x/disk.img")
+        placed = await asyncio.gather(*(ctx.scheduler.claim(request) for _ in range(10)))
+        nodes = [p.node_id for batch in placed for p in batch]
+        assert len(nodes) == len(set(nodes)) == 10 and ids[0] not in nodes

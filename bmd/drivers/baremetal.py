@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, select, type_coerce
+from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
@@ -34,7 +34,7 @@ _COLUMNS = (
     BareMetalNode.instance_uuid,
     BareMetalNode.provision_state,
     BareMetalNode.maintenance,
-    type_coerce(BareMetalNode.extra_specs, Text),
+    cast(BareMetalNode.extra_specs, Text),
 )
 
 RESOURCE_KEYS = (
