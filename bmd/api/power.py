@@ -47,13 +47,20 @@ async def get_states(request: web.Request) -> web.Response:
     return json_response(_states(node))
 
 
-async def set_power(request: web.Request) -> web.Response:
+async def _idle_node(request: web.Request) -> BareMetalNode:
+    """The node, unless a provisioning job owns its BMC right now (409 naming its state)."""
     ctx = ctx_of(request)
-    body = await parse_body(request, PowerTarget)
     async with ctx.sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
     if node.provision_state in BUSY_STATES or node.id in ctx.conductor.jobs:
-        raise InvalidState(f"node {node.id} is {node.provision_state}: its provisioning owns the power now")
+        raise InvalidState(f"node {node.id} is {node.provision_state}: its provisioning owns the BMC now")
+    return node
+
+
+async def set_power(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, PowerTarget)
+    node = await _idle_node(request)
     driver, access = ctx.power.for_node(node)
     limit = ctx.settings.ipmi.timeout * 4 + ctx.settings.ipmi.min_command_interval + 30
     if body.target == "reboot":
@@ -70,10 +77,7 @@ async def set_power(request: web.Request) -> web.Response:
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, BootDeviceBody)
-    async with ctx.sessionmaker() as session:
-        node = await q.get_node(session, request.match_info["node"])
-    if node.provision_state in BUSY_STATES or node.id in ctx.conductor.jobs:
-        raise InvalidState(f"node {node.id} is {node.provision_state}: its provisioning owns the boot device now")
+    node = await _idle_node(request)
     driver, access = ctx.power.for_node(node)
     await _bounded(driver.set_boot_device(access, BootDevice(body.boot_device), body.persistent), 60)
     return json_response({"node": node.id, "boot_device": body.boot_device, "persistent": body.persistent})

@@ -62,6 +62,14 @@ class Conductor:
             task.cancel()
         await asyncio.gather(*list(self.jobs.values()), return_exceptions=True)
 
+    async def record(
+        self, node_id: int, instance_uuid: str, event: Event, node: dict[str, Any], instance: dict[str, Any]
+    ) -> None:
+        """One transaction: the node's transition (while it holds the instance) and the instance's state."""
+        async with self.p.sessionmaker.begin() as session:
+            await transition(session, node_id, event, holding=instance_uuid, **node)
+            await records.set_instance(session, instance_uuid, **instance)
+
     # -- spawn ----------------------------------------------------------------------------------------------
 
     def spawn(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
@@ -82,15 +90,10 @@ class Conductor:
                 undo.append(("clean_boot_config", lambda: self.p.clean_boot_config(node.uuid)))
                 await self.p.write_boot_config(job, dep)
                 await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
-                async with self.p.sessionmaker.begin() as session:
-                    await transition(
-                        session,
-                        node_id,
-                        Event.WAIT,
-                        holding=instance_uuid,
-                        deploy_deadline=deadline(self.p.settings.deploy.deploy_timeout, utcnow()),
-                    )
-                    await records.set_instance(session, instance_uuid, task_state="wait_callback")
+                wait_until = deadline(self.p.settings.deploy.deploy_timeout, utcnow())
+                await self.record(
+                    node_id, instance_uuid, Event.WAIT, {"deploy_deadline": wait_until}, {"task_state": "wait_callback"}
+                )
                 log.info("deploy_waiting_for_callback")
             except asyncio.CancelledError:
                 raise  # a delete or a shutdown: the stored state tells the next actor what to do
@@ -167,16 +170,12 @@ class Conductor:
             raise
         except Exception as err:  # noqa: BLE001 - recorded on the node and the instance
             reason = f"finishing the deploy failed: {describe(err)}"
-            async with self.p.sessionmaker.begin() as session:
-                await transition(
-                    session, node_id, Event.FAIL, holding=instance_uuid, last_error=reason, task_state=None
-                )
-                await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
+            failed = {"task_state": None, "last_error": reason}
+            await self.record(node_id, instance_uuid, Event.FAIL, failed, {**failed, "vm_state": "error"})
             log.error("deploy_finish_failed", node=node_id, reason=reason)
             return False
-        async with self.p.sessionmaker.begin() as session:
-            await transition(session, node_id, Event.DONE, holding=instance_uuid, task_state=None, last_error=None)
-            await records.set_instance(session, instance_uuid, vm_state="active", task_state=None, last_error=None)
+        done = {"task_state": None, "last_error": None}
+        await self.record(node_id, instance_uuid, Event.DONE, done, {**done, "vm_state": "active"})
         log.info("instance_active", node=node_id, instance=instance_uuid)
         return True
 
@@ -198,9 +197,8 @@ class Conductor:
                 )
             return None
         await self.cancel_job(node.id)  # a spawn still running is stopped; teardown undoes what it did
-        async with self.p.sessionmaker.begin() as session:
-            await transition(session, node.id, Event.DELETE, holding=instance_uuid, task_state="deleting")
-            await records.set_instance(session, instance_uuid, task_state="deleting")
+        deleting = {"task_state": "deleting"}
+        await self.record(node.id, instance_uuid, Event.DELETE, deleting, deleting)
         return self.start(node.id, "destroy", self._destroy(node.id, instance_uuid))
 
     async def _destroy(self, node_id: int, instance_uuid: str) -> None:
@@ -215,27 +213,13 @@ class Conductor:
                 raise
             except Exception as err:  # noqa: BLE001 - the node goes to error with the reason; delete again retries
                 reason = f"delete failed: {describe(err)}"
-                async with self.p.sessionmaker.begin() as session:
-                    await transition(
-                        session, node_id, Event.FAIL, holding=instance_uuid, last_error=reason, task_state=None
-                    )
-                    await records.set_instance(session, instance_uuid, task_state=None, last_error=reason)
+                failed = {"task_state": None, "last_error": reason}
+                await self.record(node_id, instance_uuid, Event.FAIL, failed, failed)
                 log.error("destroy_failed", reason=reason)
                 return
-            async with self.p.sessionmaker.begin() as session:
-                await transition(
-                    session,
-                    node_id,
-                    Event.CLEANED,
-                    holding=instance_uuid,
-                    instance_uuid=None,
-                    task_state=None,
-                    deploy_deadline=None,
-                    last_error=None,
-                )
-                await records.set_instance(
-                    session, instance_uuid, vm_state="deleted", task_state=None, deleted_at=utcnow()
-                )
+            cleaned = {"instance_uuid": None, "task_state": None, "deploy_deadline": None, "last_error": None}
+            gone = {"vm_state": "deleted", "task_state": None, "deleted_at": utcnow()}
+            await self.record(node_id, instance_uuid, Event.CLEANED, cleaned, gone)
             log.info("instance_deleted")
 
 
