@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -254,3 +255,49 @@ async def test_recovery_releases_orphans_and_fails_interrupted_spawns(cloud: Clo
     assert "interrupted by a restart" in (node.last_error or "")
     assert (await cloud.instance(placed["uuid"])).vm_state == "error"
     assert not (cloud.tftp_root / node.uuid).exists()
+
+
+async def test_instance_cli_follows_the_deploy(cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_cli import run_cli
+
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    tok = cloud.ctx.api_token
+    code, out, err = await run_cli(
+        cloud.client,
+        tok,
+        "instance",
+        "create",
+        "--flavor",
+        "bm.small",
+        "--image-ref",
+        cloud.image_ref,
+        "--image-checksum",
+        cloud.image_checksum,
+        "--network",
+        "tenant:42",
+        "--no-wait",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    uuid = json.loads(out.split("\n", 1)[1])["instances"][0]["uuid"]
+    await cloud.settle()
+    code, out, _ = await run_cli(cloud.client, None, "instance", "list", capsys=capsys)
+    assert code == 0 and uuid in out and "wait_callback" in out
+    code, out, _ = await run_cli(cloud.client, tok, "instance", "delete", uuid, "--poll", "0.05", capsys=capsys)
+    assert code == 0 and "deleted" in out.splitlines()[-1]
+    assert (await cloud.node(node_id)).provision_state == "available"
+    code, _, err = await run_cli(
+        cloud.client,
+        tok,
+        "instance",
+        "create",
+        "--flavor",
+        "bm.small",
+        "--image-ref",
+        "x",
+        "--network",
+        "bad:vlan",
+        capsys=capsys,
+    )
+    assert code == 2 and "--network" in err

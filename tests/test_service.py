@@ -180,3 +180,48 @@ def test_config_command_prints_no_secret(tmp_path: Path) -> None:
     assert data["api"]["port"] == 0 and data["service"]["host"] == "svc-test"
     assert data["api"]["token_file"] == "******"
     assert make_settings(tmp_path).api.port == 0
+
+
+def test_unknown_filter_exits_2_listing_known_ones(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[scheduler]\nfilters = ["ComputeFilter", "NoSuchFilter"]\n')
+    assert bmd("--config", str(config), "db", "upgrade").returncode == 0
+    result = bmd("--config", str(config), "serve")
+    assert result.returncode == 2
+    assert "NoSuchFilter" in result.stderr and "RamFilter" in result.stderr
+
+
+def test_secrets_never_reach_the_daemon_log(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('format = "json"', 'format = "json"\nlevel = "debug"'))
+    assert bmd("--config", str(config), "db", "upgrade").returncode == 0
+    d = daemon_factory(config)
+    url = d.wait_for("service_started")["api"]
+    token = (tmp_path / "token").read_text().strip()
+    body = json.dumps(
+        {
+            "name": "n1",
+            "cpus": 1,
+            "memory_mb": 1,
+            "local_gb": 1,
+            "pm_driver": "fake",
+            "pm_address": "x",
+            "pm_password": "Sup3r-S3cret-PW",
+        }
+    ).encode()
+    req = urllib.request.Request(
+        url + "/v1/nodes",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201
+        assert b"Sup3r-S3cret-PW" not in resp.read()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) == 0
+    d.wait_for("service_stopped")
+    text = json.dumps(d.lines)
+    assert "Sup3r-S3cret-PW" not in text and token not in text
+    for name in ("bmd.sqlite", "bmd.sqlite-wal"):
+        if (tmp_path / name).exists():
+            assert b"Sup3r-S3cret-PW" not in (tmp_path / name).read_bytes()

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from bmd.errors import BmdError
+from bmd.errors import BmdError, ConfigError
 
 
 def serve(app: Any) -> int:
@@ -18,6 +18,9 @@ def serve(app: Any) -> int:
     configure_logging(settings.logging.format, settings.logging.level)
     try:
         asyncio.run(main(settings, lab_count=app.args.lab))
+    except ConfigError as err:  # e.g. an unknown filter or driver name, found while building the service
+        print(f"bmd: error: {err}", file=sys.stderr)
+        return 2
     except BmdError as err:
         print(f"bmd: error: {err}", file=sys.stderr)
         return 1
