@@ -97,3 +97,13 @@ async def test_database_down_is_503(ctx: AppContext, tmp_path: Any) -> None:
 async def test_concurrent_pollers_share_one_probe(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
     statuses = await asyncio.gather(*(client.get("/healthz") for _ in range(50)))
     assert {r.status for r in statuses} <= {200}
+
+
+async def test_metrics_in_prometheus_text(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    await ctx.runner.run_pass("report_driver_status")
+    resp = await client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert 'bmd_task_passes_total{task="report_driver_status"} 1' in text
+    assert "# TYPE bmd_claims_total counter" in text and "bmd_claims_total 0" in text
+    assert ctx.api_token not in text

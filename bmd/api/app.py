@@ -111,12 +111,13 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 
 def create_app(ctx: AppContext) -> web.Application:
-    from bmd.api import capabilities, flavors, health, instances, nodes, power, pxe_ips
+    from bmd.api import capabilities, flavors, health, instances, metrics, nodes, power, pxe_ips
     from bmd.deploy.http import create_image_app
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=1024**2)
     app[CTX] = ctx
     health.setup(app)
+    metrics.setup(app)
     nodes.setup(app)
     pxe_ips.setup(app)
     capabilities.setup(app)
