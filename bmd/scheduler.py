@@ -103,6 +103,7 @@ class HostManager:
         self.selector = build_selector(settings)
         self._lock = asyncio.Lock()
         self.writer = ClaimWriter(sessionmaker)
+        self._caps: dict[str, dict[str, Any]] = {}  # the last published capabilities of each node
         self.claims = 0
         self.lost_races = 0
 
@@ -112,8 +113,20 @@ class HostManager:
         by_host: dict[str, list[dict[str, Any]]] = {}
         for caps in capabilities:
             by_host.setdefault(str(caps.get("host", "")), []).append(caps)
+            self._caps[str(caps.get("node"))] = caps
         for host, entries in by_host.items():
             self.selector.sync_service(host, entries)
+
+    def release(self, node_id: int) -> None:
+        """A node of this service was given back (delete done, spawn undone): offer it again now rather
+        than at the next capability report. Its last published capabilities, with nothing used."""
+        caps = self._caps.get(str(node_id))
+        if caps is None or str(node_id) not in self.selector:
+            return
+        free = {**caps, "vcpus_used": 0, "disk_used": 0, "disk_available": caps["disk_total"]}
+        free["host_memory_free"] = caps["host_memory_total"]
+        self._caps[str(node_id)] = free
+        self.selector.update_capabilities(free)
 
     async def consume_bus(self, stop: asyncio.Event) -> None:
         """Follow the ``capabilities`` topic until ``stop`` (the latest list is replayed at once)."""

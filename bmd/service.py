@@ -104,6 +104,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             conductor=build_conductor(settings, sessionmaker, power),
             scheduler=HostManager(settings, sessionmaker, bus),
         )
+        ctx.conductor.on_freed = ctx.scheduler.release
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
         build_runner(ctx)

@@ -301,3 +301,18 @@ async def test_instance_cli_follows_the_deploy(cloud: Cloud, capsys: pytest.Capt
         capsys=capsys,
     )
     assert code == 2 and "--network" in err
+
+
+async def test_a_deleted_instance_frees_its_node_for_the_scheduler_at_once(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    status, body = await cloud.create()
+    assert status == 202
+    await cloud.settle()
+    assert (await cloud.create())[0] == 409  # the only node is taken
+    assert (
+        await cloud.client.delete(f"/v1/instances/{body['instances'][0]['uuid']}", headers=cloud.auth)
+    ).status == 202
+    await cloud.settle()
+    status, again = await cloud.create()  # no capability report in between
+    assert status == 202 and again["instances"][0]["bm_node_id"] == node_id
