@@ -13,12 +13,13 @@ import structlog
 from sqlalchemy import select
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
+from bmd.db.nodes import get_node
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif import plug_vifs
 from bmd.errors import Conflict, Forbidden, InvalidState, NotFound
 from bmd.provision import records
-from bmd.provision.steps import Provisioner, Undo, deadline
-from bmd.states import Event, ProvisionState, transition
+from bmd.provision.steps import Provisioner
+from bmd.states import Event, ProvisionState, deadline_after, transition
 
 log = structlog.get_logger(__name__)
 
@@ -81,21 +82,17 @@ class Conductor:
         return self.start(node_id, "spawn", self._spawn(node_id, instance_uuid))
 
     async def _spawn(self, node_id: int, instance_uuid: str) -> None:
-        undo: list[Undo] = []
+        node: BareMetalNode | None = None
         with structlog.contextvars.bound_contextvars(node=node_id, instance=instance_uuid):
             try:
                 job = await self.p.load(node_id, instance_uuid)
                 node = job.node
-                undo.append(("unplug_vifs", lambda: self.p.unplug(node)))
                 await plug_vifs(self.p.sessionmaker, self.p.vif, node_id, job.instance.network_info)
-                undo.append(("release_pxe_ip", lambda: self.p.release_pxe_ip(node_id)))
                 await self.p.allocate_pxe_ip(job)
-                undo.append(("delete_deployment", lambda: self.p.delete_deployment(node_id)))
                 dep = await self.p.create_deployment(job)
-                undo.append(("clean_boot_config", lambda: self.p.clean_boot_config(node.uuid)))
                 await self.p.write_boot_config(job, dep)
                 await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
-                wait_until = deadline(self.p.settings.deploy.deploy_timeout, utcnow())
+                wait_until = deadline_after(self.p.settings.deploy.deploy_timeout)
                 await self.record(
                     node_id, instance_uuid, Event.WAIT, {"deploy_deadline": wait_until}, {"task_state": "wait_callback"}
                 )
@@ -103,25 +100,28 @@ class Conductor:
             except asyncio.CancelledError:
                 raise  # a delete or a shutdown: the stored state tells the next actor what to do
             except Exception as err:  # noqa: BLE001 - any failure of a step fails the spawn, with its reason
-                await self._spawn_failed(node_id, instance_uuid, err, undo)
+                reason = f"spawn failed: {describe(err)}"
+                if node is None:  # not even loaded: nothing was done to undo
+                    async with self.p.sessionmaker.begin() as session:
+                        await records.set_instance(session, instance_uuid, vm_state="error", last_error=reason)
+                    log.error("spawn_failed", reason=reason)
+                else:
+                    await self.fail_spawn(node, instance_uuid, reason)
 
-    async def _spawn_failed(self, node_id: int, instance_uuid: str, err: Exception, undo: list[Undo]) -> None:
-        reason = f"spawn failed: {describe(err)}"
-        failures = []
-        for name, step in reversed(undo):
-            try:
-                await step()
-            except Exception as undo_err:  # noqa: BLE001 - every undo is attempted
-                failures.append(f"{name}: {describe(undo_err)}")
+    async def fail_spawn(self, node: BareMetalNode, instance_uuid: str, reason: str) -> None:
+        """Undo whatever a spawn did (every step is idempotent): the node goes back to available with the
+        reason in last_error, or to error when the cleanup failed too; the instance shows the error."""
+        failures = await self.p.teardown(node)
+        if failures:
+            reason += "; cleanup failed: " + "; ".join(failures)
         async with self.p.sessionmaker.begin() as session:
             try:
                 if failures:
-                    reason += "; cleanup failed: " + "; ".join(failures)
-                    await transition(session, node_id, Event.FAIL, holding=instance_uuid, last_error=reason)
-                else:  # everything undone: the node is free again, its last_error says what happened
+                    await transition(session, node.id, Event.FAIL, holding=instance_uuid, last_error=reason)
+                else:
                     await transition(
                         session,
-                        node_id,
+                        node.id,
                         Event.UNDO,
                         holding=instance_uuid,
                         instance_uuid=None,
@@ -134,14 +134,14 @@ class Conductor:
             await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
         log.error("spawn_failed", reason=reason, node_state="error" if failures else "available")
         if not failures:
-            self.freed(node_id)
+            self.freed(node.id)
 
     # -- the deploy agent's callback -------------------------------------------------------------------
 
     async def pass_deploy_info(self, node_ident: str, deployment_id: str, key: str, error: str | None) -> str:
         """Accept the agent's report. A wrong key is Forbidden and changes nothing. Returns the new state."""
         async with self.p.sessionmaker.begin() as session:
-            node = await _node(session, node_ident)
+            node = await get_node(session, node_ident, for_update=True)
             dep = await session.scalar(select(Deployment).where(Deployment.bm_node_id == node.id))
             if dep is None or str(dep.id) != str(deployment_id):
                 raise NotFound(f"node {node.id} has no deployment {deployment_id}")
@@ -229,9 +229,3 @@ class Conductor:
             await self.record(node_id, instance_uuid, Event.CLEANED, cleaned, gone)
             self.freed(node_id)
             log.info("instance_deleted")
-
-
-async def _node(session: Any, ident: str) -> BareMetalNode:
-    from bmd.db.nodes import get_node
-
-    return await get_node(session, ident, for_update=True)

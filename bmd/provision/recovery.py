@@ -10,9 +10,8 @@ from sqlalchemy import select, update
 
 from bmd.db.models import BareMetalNode, Instance, utcnow
 from bmd.errors import InvalidState
-from bmd.provision import records
 from bmd.provision.conductor import Conductor, describe
-from bmd.states import Event, ProvisionState, transition
+from bmd.states import ProvisionState
 
 log = structlog.get_logger(__name__)
 
@@ -65,30 +64,6 @@ class DeployTimeouts:
 
     async def run_once(self) -> None:
         await fail_timed_out_deploys(self.conductor)
-
-
-async def _fail_interrupted_spawn(conductor: Conductor, node: BareMetalNode) -> None:
-    failures = await conductor.p.teardown(node)
-    reason = "spawn interrupted by a restart of bmd"
-    async with conductor.p.sessionmaker.begin() as session:
-        if failures:
-            reason += "; cleanup failed: " + "; ".join(failures)
-            await transition(session, node.id, Event.FAIL, expect=ProvisionState.DEPLOYING, last_error=reason)
-        else:
-            await transition(
-                session,
-                node.id,
-                Event.UNDO,
-                expect=ProvisionState.DEPLOYING,
-                instance_uuid=None,
-                task_state=None,
-                deploy_deadline=None,
-                last_error=reason,
-            )
-        if node.instance_uuid:
-            await records.set_instance(
-                session, node.instance_uuid, vm_state="error", task_state=None, last_error=reason
-            )
 
 
 async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
@@ -154,7 +129,7 @@ async def recover(conductor: Conductor) -> dict[str, int]:
                 await _release_orphan(conductor, node)
                 counts["orphans_released"] += 1
             elif node.provision_state == ProvisionState.DEPLOYING:
-                await _fail_interrupted_spawn(conductor, node)
+                await conductor.fail_spawn(node, inst.uuid, "spawn interrupted by a restart of bmd")
                 counts["spawns_failed"] += 1
             elif node.provision_state == ProvisionState.DELETING:
                 conductor.start(node.id, "destroy", conductor._destroy(node.id, inst.uuid))

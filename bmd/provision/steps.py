@@ -3,7 +3,6 @@ them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and th
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +188,3 @@ class Provisioner:
                 log.warning("undo_failed", node=node.id, step=name, error=str(err))
                 failures.append(f"{name}: {err}")
         return failures
-
-
-def deadline(seconds: float, now: dt.datetime) -> dt.datetime:
-    return now + dt.timedelta(seconds=seconds)
