@@ -128,26 +128,12 @@ class HostManager:
         self._caps[str(node_id)] = free
         self.selector.update_capabilities(free)
 
-    async def consume_bus(self, stop: asyncio.Event) -> None:
-        """Follow the ``capabilities`` topic until ``stop`` (the latest list is replayed at once)."""
-        sub = self.bus.subscribe(TOPIC)
-        try:
-            while not stop.is_set():
-                item = asyncio.ensure_future(sub.get())
-                halt = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({item, halt}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    halt.cancel()
-                if not item.done():
-                    item.cancel()
-                    break
-                try:
-                    self.take_capabilities(item.result())
-                except StopAsyncIteration:
-                    break
-        finally:
-            sub.close()
+    async def consume_bus(self) -> None:
+        """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
+        bus closes."""
+        async with self.bus.subscribe(TOPIC) as sub:
+            async for capabilities in sub:
+                self.take_capabilities(capabilities)
 
     async def refresh(self) -> None:
         """compute_nodes rows, power faults and service liveness (one batched read each)."""

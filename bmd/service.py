@@ -145,12 +145,13 @@ async def _run_until(ctx: AppContext, stop: asyncio.Event, notifier: Notifier) -
     async with asyncio.TaskGroup() as group:
         loops = group.create_task(ctx.runner.run(loops_stop), name="periodic-runner")
         group.create_task(_watchdog(notifier, loops_stop), name="watchdog")
-        group.create_task(ctx.scheduler.consume_bus(loops_stop), name="scheduler-bus")
+        bus = group.create_task(ctx.scheduler.consume_bus(), name="scheduler-bus")
         await stop.wait()
         log.info("service_stopping")
         notifier.stopping()
         loops_stop.set()
         loops.cancel()
+        bus.cancel()
 
 
 async def serve(
