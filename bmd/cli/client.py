@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bmd.config import Settings
 from bmd.errors import BmdError
+
+
+def q(value: str) -> str:
+    """One path segment (a node name, flavor name, uuid, key), quoted."""
+    return urllib.parse.quote(value, safe="")
 
 
 class ApiError(BmdError):

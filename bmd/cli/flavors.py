@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-from urllib.parse import quote
 
-
-def _q(value: str) -> str:
-    return quote(value, safe="")
+from bmd.cli.client import q
 
 
 def create(app: Any) -> None:
@@ -24,23 +21,23 @@ def list_(app: Any) -> None:
 
 
 def show(app: Any) -> None:
-    app.print(app.client.get(f"/v1/flavors/{_q(app.args.name)}"))
+    app.print(app.client.get(f"/v1/flavors/{q(app.args.name)}"))
 
 
 def delete(app: Any) -> None:
-    app.client.delete(f"/v1/flavors/{_q(app.args.name)}")
+    app.client.delete(f"/v1/flavors/{q(app.args.name)}")
     print(f"flavor {app.args.name} deleted")
 
 
 def set_key(app: Any) -> None:
     a = app.args
-    app.client.put(f"/v1/flavors/{_q(a.name)}/extra_specs/{_q(a.key)}", {"value": a.value})
+    app.client.put(f"/v1/flavors/{q(a.name)}/extra_specs/{q(a.key)}", {"value": a.value})
     print(f"Key {a.key} set to {a.value} on instance type {a.name}")
 
 
 def unset_key(app: Any) -> None:
     a = app.args
-    app.client.delete(f"/v1/flavors/{_q(a.name)}/extra_specs/{_q(a.key)}")
+    app.client.delete(f"/v1/flavors/{q(a.name)}/extra_specs/{q(a.key)}")
     print(f"Key {a.key} unset from instance type {a.name}")
 
 

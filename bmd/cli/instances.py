@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 from typing import Any
-from urllib.parse import quote
 
+from bmd.cli.client import q
 from bmd.errors import InvalidInput
 
 SETTLED = {"active", "error", "deleted"}
@@ -47,7 +47,7 @@ def follow(app: Any, uuids: list[str], timeout: float, until: set[str]) -> int:
     pending = set(uuids)
     while pending and time.monotonic() < deadline:
         for uuid in sorted(pending):
-            inst = app.client.get(f"/v1/instances/{quote(uuid, safe='')}")
+            inst = app.client.get(f"/v1/instances/{q(uuid)}")
             line = _line(inst)
             if last.get(uuid) != line:
                 print(line, flush=True)
@@ -90,12 +90,12 @@ def list_(app: Any) -> None:
 
 
 def show(app: Any) -> None:
-    app.print(app.client.get(f"/v1/instances/{quote(app.args.uuid, safe='')}"))
+    app.print(app.client.get(f"/v1/instances/{q(app.args.uuid)}"))
 
 
 def delete(app: Any) -> int:
     uuid = app.args.uuid
-    app.client.delete(f"/v1/instances/{quote(uuid, safe='')}")
+    app.client.delete(f"/v1/instances/{q(uuid)}")
     if app.args.no_wait:
         return 0
     return follow(app, [uuid], app.args.timeout, {"deleted"})
@@ -115,10 +115,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--image-property", dest="image_property", action="append", metavar="KEY=VALUE")
     p.add_argument("--count", type=int, default=1, help="instances in one all-or-nothing request")
     p.add_argument("--name")
-    for q in (p,):
-        q.add_argument("--no-wait", dest="no_wait", action="store_true")
-        q.add_argument("--timeout", type=float, default=3600.0)
-        q.add_argument("--poll", type=float, default=1.0, help="seconds between state reads")
+    p.add_argument("--no-wait", dest="no_wait", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between state reads")
     p.set_defaults(func=create)
     p = ins.add_parser("list")
     p.set_defaults(func=list_)

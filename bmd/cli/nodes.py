@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from bmd.cli.client import q
 from bmd.errors import InvalidInput
 
 
@@ -68,10 +68,6 @@ def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     return body
 
 
-def _q(node: str) -> str:
-    return quote(node, safe="")
-
-
 def create(app: Any) -> None:
     app.print(app.client.post("/v1/nodes", node_body(app.args, create=True)))
 
@@ -80,7 +76,7 @@ def update(app: Any) -> None:
     body = node_body(app.args, create=False)
     if not body:
         raise InvalidInput("node update: give at least one field to change", field="arguments")
-    app.print(app.client.patch(f"/v1/nodes/{_q(app.args.node)}", body))
+    app.print(app.client.patch(f"/v1/nodes/{q(app.args.node)}", body))
 
 
 def list_(app: Any) -> None:
@@ -97,11 +93,11 @@ def list_(app: Any) -> None:
 
 
 def show(app: Any) -> None:
-    app.print(app.client.get(f"/v1/nodes/{_q(app.args.node)}"))
+    app.print(app.client.get(f"/v1/nodes/{q(app.args.node)}"))
 
 
 def delete(app: Any) -> None:
-    app.client.delete(f"/v1/nodes/{_q(app.args.node)}")
+    app.client.delete(f"/v1/nodes/{q(app.args.node)}")
     print(f"node {app.args.node} deleted")
 
 
@@ -119,12 +115,12 @@ def import_(app: Any) -> None:
 
 def set_capability(app: Any) -> None:
     a = app.args
-    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/capabilities/{_q(a.key)}", {"value": parse_value(a.value)}))
+    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/capabilities/{q(a.key)}", {"value": parse_value(a.value)}))
 
 
 def unset_capability(app: Any) -> None:
     a = app.args
-    app.print(app.client.delete(f"/v1/nodes/{_q(a.node)}/capabilities/{_q(a.key)}"))
+    app.print(app.client.delete(f"/v1/nodes/{q(a.node)}/capabilities/{q(a.key)}"))
 
 
 def pxe_add(app: Any) -> None:
@@ -136,7 +132,7 @@ def pxe_list(app: Any) -> None:
 
 
 def pxe_delete(app: Any) -> None:
-    app.client.delete(f"/v1/pxe_ips/{_q(app.args.id)}")
+    app.client.delete(f"/v1/pxe_ips/{q(app.args.id)}")
     print(f"pxe_ip {app.args.id} deleted")
 
 
@@ -206,21 +202,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def power(app: Any) -> None:
     a = app.args
     if a.action == "status":
-        app.print(app.client.get(f"/v1/nodes/{_q(a.node)}/states"))
+        app.print(app.client.get(f"/v1/nodes/{q(a.node)}/states"))
         return
     target = {"on": "power on", "off": "power off", "reboot": "reboot"}[a.action]
-    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/states/power", {"target": target}))
+    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/states/power", {"target": target}))
 
 
 def boot_device(app: Any) -> None:
     a = app.args
     body = {"boot_device": a.device, "persistent": a.persistent}
-    app.print(app.client.put(f"/v1/nodes/{_q(a.node)}/management/boot_device", body))
+    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/management/boot_device", body))
 
 
 def maintenance(app: Any) -> None:
     a = app.args
-    path = f"/v1/nodes/{_q(a.node)}/maintenance"
+    path = f"/v1/nodes/{q(a.node)}/maintenance"
     app.print(app.client.put(path, {"reason": a.reason}) if a.action == "set" else app.client.delete(path))
 
 
