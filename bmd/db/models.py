@@ -111,6 +111,10 @@ class BareMetalNode(Timestamps, Base):
     maintenance_set_by: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
     extra_specs: Mapped[JSONDict]
+    # The boot device last read from or set on the BMC (served to anonymous readers with its age).
+    boot_device: Mapped[str | None] = mapped_column(String(16))
+    boot_device_persistent: Mapped[bool | None]
+    boot_device_checked_at: Mapped[dt.datetime | None]
 
     interfaces: Mapped[list[Interface]] = relationship(
         back_populates="node", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
@@ -150,7 +154,13 @@ class Deployment(Timestamps, Base):
     swap_mb: Mapped[int] = mapped_column(default=0)
     bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), unique=True)
     instance_uuid: Mapped[str | None] = mapped_column(String(36))
-    image_ref: Mapped[str | None] = mapped_column(Text)
+    image_ref: Mapped[str | None] = mapped_column(Text)  # redacted: never credentials
+    # The agent-token protocol (see bmd.deploy): bmd powered the node on at booted_at; the token's SHA-256,
+    # when it was issued and to which address. A token is issued once per boot and dies with the row.
+    booted_at: Mapped[dt.datetime | None]
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64))
+    agent_token_issued_at: Mapped[dt.datetime | None]
+    agent_address: Mapped[str | None] = mapped_column(String(64))
 
 
 class InstanceType(Timestamps, Base):
@@ -196,7 +206,9 @@ class Instance(Timestamps, Base):
     bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="SET NULL"), index=True)
     vm_state: Mapped[str] = mapped_column(String(32), default="building")
     task_state: Mapped[str | None] = mapped_column(String(32))
-    image_ref: Mapped[str | None] = mapped_column(Text)
+    image_ref: Mapped[str | None] = mapped_column(Text)  # redacted when it carried credentials
+    # Fernet-encrypted JSON of the refs that carried credentials, e.g. {"image_ref": "http://u:p@h/x?sig=.."}
+    secret_refs: Mapped[str | None] = mapped_column(Text)
     image_properties: Mapped[JSONDict]
     hints: Mapped[JSONDict]
     network_info: Mapped[list[Any]] = mapped_column(JSON, default=list)
