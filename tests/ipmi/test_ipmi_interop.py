@@ -89,10 +89,13 @@ async def test_ipmitool_with_a_bad_password(pool: Pool) -> None:
 
 @pytest.mark.parametrize("pool_name", ["pool", "pool3"])
 async def test_pyghmi_driver_and_native_client_agree(
-    pool_name: str, request: pytest.FixtureRequest, client: IPMIClient
+    pool_name: str, pool: Pool, pool3: Pool, client: IPMIClient
 ) -> None:
-    """pool: pyghmi's client negotiates suite 17; pool3: the lab refuses 17 (0x11), pyghmi falls back."""
-    p: Pool = request.getfixturevalue(pool_name)
+    """pool: pyghmi's client negotiates suite 17; pool3: the lab refuses 17 (0x11), pyghmi falls back.
+
+    Both pools are plain arguments: a module-scoped async fixture reached through ``getfixturevalue``
+    inside an async test would be set up on the wrong loop when no earlier test had made it."""
+    p = pool if pool_name == "pool" else pool3
     b = p.one()
     driver = PyghmiPower(QUICK_PYGHMI)
     node = access(b)
