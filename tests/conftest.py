@@ -33,6 +33,12 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
         "secrets": {"key_file": str(tmp / "secret.key")},
         "logging": {"format": "json", "level": "info"},
         "driver": {"default_power_driver": "fake"},
+        # Never the defaults (./var/...): a test writes only under its own tmp dir, not into the checkout.
+        "deploy": {
+            "tftp_root": str(tmp / "tftpboot"),
+            "http_root": str(tmp / "httpboot"),
+            "image_cache_dir": str(tmp / "images"),
+        },
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
