@@ -87,11 +87,13 @@ class AgentBoot:
     deployment: Deployment
 
 
-async def authenticate(session: AsyncSession, node_ident: str, token: str | None) -> AgentBoot:
+async def authenticate(
+    session: AsyncSession, node_ident: str, token: str | None, *, for_update: bool = False
+) -> AgentBoot:
     """The boot that ``token`` belongs to, or AgentTokenRefused (401) — the same answer whatever is wrong,
-    so a probe learns nothing."""
+    so a probe learns nothing. ``for_update`` locks the node row for a caller that changes it."""
     try:
-        node = await get_node(session, node_ident, for_update=True)
+        node = await get_node(session, node_ident, for_update=for_update)
     except NotFound:
         node = None
     dep = None

@@ -152,9 +152,6 @@ class Conductor:
     async def agent_lookup(self, node_uuid: str, mac: str | None, peer: str | None) -> dict[str, Any]:
         """Issue the boot's agent token, once (see bmd.provision.agent). A second lookup is refused and
         fails the deploy: whoever won the race, it cannot go unnoticed."""
-        async with self.p.sessionmaker() as session:
-            node = await get_node(session, node_uuid)
-        checksum = await self.p.deploy.image_checksum(node.uuid)  # NotFound: nothing prepared to hand out
         token, refused, first_address = new_token(), False, None
         async with self.p.sessionmaker.begin() as session:
             node = await get_node(session, node_uuid, for_update=True)
@@ -172,6 +169,7 @@ class Conductor:
                 if not same_address(peer, pxe_ip):
                     log.warning("agent_lookup_wrong_source", node=node.id, peer=peer, pxe_ip=pxe_ip)
                     raise AgentLookupRefused(f"lookup for node {node.uuid} must come from its PXE address")
+            checksum = await self.p.deploy.image_checksum(node.uuid)  # NotFound: nothing prepared to hand out
             issued = await session.execute(
                 update(Deployment)
                 .where(Deployment.id == dep.id, Deployment.agent_token_issued_at.is_(None))
@@ -229,7 +227,7 @@ class Conductor:
         """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the
         token dies with the report. Returns the new state."""
         async with self.p.sessionmaker.begin() as session:
-            boot = await authenticate(session, node_ident, token)
+            boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
             instance_uuid = node.instance_uuid or ""
             if error:
