@@ -160,6 +160,14 @@ class DeploySettings(_Section):
     append_params: str = ""
 
 
+class AgentSettings(_Section):
+    """The deploy agent's token lookup. ``pxe_ip``: a token goes only to the node's allocated PXE address
+    (the request's peer); ``any``: to whichever address asks first (NAT or a relay between bmd and the
+    provisioning network, or a lab on loopback)."""
+
+    lookup_source: Literal["pxe_ip", "any"] = "any"
+
+
 class NetworkSettings(_Section):
     controller_url: str = "http://127.0.0.1:8090"
     controller_timeout: PositiveSeconds = 5.0
@@ -182,6 +190,7 @@ class Settings(_Section):
     redfish: RedfishSettings = Field(default_factory=RedfishSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
 
 SECTIONS: dict[str, type[_Section]] = {

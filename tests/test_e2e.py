@@ -45,6 +45,7 @@ def config(tmp: Path, **tasks: float) -> Path:
 [service]
 host = "e2e"
 graceful_timeout = 5.0
+state_dir = "{tmp / "state"}"
 [database]
 url = "sqlite+aiosqlite:///{tmp / "bmd.sqlite"}"
 [api]
@@ -194,6 +195,12 @@ async def test_instance_lifecycle_with_the_real_daemon(env: Env) -> None:
     state = await e.lab.state(lab_name)
     assert state["power"] is True and state["last_boot"] == 1  # it booted from the network (a next-boot override)
     assert state["boot"]["persistent"] is False
+
+    # The disk image is not served anonymously, and the operators' bearer token is not an agent token.
+    _, shown = await e.call("GET", f"/v1/nodes/{node}")
+    assert (await e.call("GET", f"/images/{shown['uuid']}/disk"))[0] == 404
+    status, refused = await e.call("GET", f"/v1/agent/nodes/{shown['uuid']}/image")
+    assert (status, refused["error"]) == (401, "agent_token_refused")
 
     result = await run_agent(e.tmp / "tftp", mac_of(e, node))
     assert result.status == 200, result.body

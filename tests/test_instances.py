@@ -90,10 +90,12 @@ async def test_deploy_end_to_end_in_process(cloud: Cloud, tmp_path: Path) -> Non
     bmc = cloud.fake.bmc(node_id)
     assert (bmc.power == PowerState.ON and "set_boot_device:pxe:False" in " ".join(bmc.calls)) or bmc.boots >= 1
 
-    # the wrong key is refused and changes nothing
+    # a callback without the agent token, or with a made-up one, is refused and changes nothing
     mac = "52:54:00:00:01:00"
-    wrong = await run_agent(cloud.tftp_root, mac, key="0" * 32)
-    assert wrong.status == 403
+    callback = f"/v1/nodes/{node.uuid}/vendor_passthru/pass_deploy_info"
+    for headers in ({}, {"X-Agent-Token": "0" * 43}):
+        wrong = await cloud.client.post(callback, json={"error": None}, headers=headers)
+        assert wrong.status == 401 and (await wrong.json())["field"] == "X-Agent-Token"
     assert (await cloud.node(node_id)).provision_state == "wait_callback"
 
     result = await run_agent(cloud.tftp_root, mac, dest=tmp_path / "written.img")
@@ -107,13 +109,11 @@ async def test_deploy_end_to_end_in_process(cloud: Cloud, tmp_path: Path) -> Non
     shown = await (await cloud.client.get(f"/v1/instances/{uuid}")).json()
     assert shown["provision_state"] == "active" and shown["network_info"][0][0] == {"id": "tenant-a", "vlan": 100}
 
-    # the same report again is an illegal transition now: 409 naming the state
+    # the token died with the report, and an active node hands out no new one: 409 naming the state
     async with cloud.ctx.sessionmaker() as session:
         dep = await session.scalar(select(Deployment).where(Deployment.bm_node_id == node_id))
-        assert dep is not None
-    again = await cloud.client.post(
-        f"/v1/nodes/{node.uuid}/vendor_passthru/pass_deploy_info", json={"deployment_id": dep.id, "key": dep.key}
-    )
+        assert dep is not None and dep.agent_token_hash is None and dep.agent_token_issued_at is not None
+    again = await cloud.client.post("/v1/agent/lookup", json={"node_uuid": node.uuid, "mac": mac})
     assert again.status == 409 and "is active" in (await again.json())["message"]
 
     resp = await cloud.client.delete(f"/v1/instances/{uuid}", headers=cloud.auth)

@@ -1,5 +1,5 @@
 """``/v1/instances`` and ``/v1/schedule``: place instances through the filter chain, claim nodes atomically,
-deploy them; ``pass_deploy_info``: the deploy agent's callback (authenticated by the deployment key)."""
+deploy them. The deploy agent's calls (lookup, image, callback) are in :mod:`bmd.api.agent`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from bmd.api.app import ctx_of, json_response, parse_body, public
-from bmd.api.schemas import DeployInfo, InstanceCreate, ScheduleRequest
+from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
 from bmd.errors import InvalidInput, NotFound
@@ -133,15 +133,6 @@ async def delete_instance(request: web.Request) -> web.Response:
     return json_response({"uuid": request.match_info["uuid"], "task_state": "deleting"}, status=202)
 
 
-@public
-async def pass_deploy_info(request: web.Request) -> web.Response:
-    body = await parse_body(request, DeployInfo)
-    state = await ctx_of(request).conductor.pass_deploy_info(
-        request.match_info["node"], str(body.deployment_id), body.key, body.error
-    )
-    return json_response({"provision_state": state})
-
-
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/schedule", schedule)
@@ -149,4 +140,3 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/instances", list_instances)
     r.add_get("/v1/instances/{uuid}", show_instance)
     r.add_delete("/v1/instances/{uuid}", delete_instance)
-    r.add_post("/v1/nodes/{node}/vendor_passthru/pass_deploy_info", pass_deploy_info)

@@ -242,11 +242,22 @@ class InstanceCreate(ScheduleRequest):
 
 
 class DeployInfo(BaseModel):
-    """The deploy agent's callback (pass_deploy_info)."""
+    """The deploy agent's callback (pass_deploy_info); the caller is authenticated by its agent token
+    (``X-Agent-Token``), never by the body."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    deployment_id: StrictStr | StrictInt
-    key: Annotated[StrictStr, Field(max_length=256)]
+    deployment_id: StrictStr | StrictInt | None = None
     address: StrictStr | None = None
     error: Annotated[StrictStr, Field(max_length=4096)] | None = None
+
+
+class AgentLookup(Body):
+    """A booted deploy ramdisk asks for its token: it knows only its node and the MAC it booted from."""
+
+    node_uuid: UUIDStr
+    mac: Mac | None = None
+
+
+class AgentHeartbeat(Body):
+    message: Annotated[StrictStr, Field(max_length=1024)] = ""

@@ -5,6 +5,7 @@
 - ``pxe``: :class:`~bmd.deploy.pxe.PXEDeploy`, per-node pxelinux and iPXE files (``spec`` holds the settings,
   the deploy spec and their checks; ``templates`` the file formats and kernel-arg names; ``fsutil`` atomic
   file operations).
-- ``http``: an aiohttp sub-app serving ``http_root`` with Range support.
-- ``agent_sim``: plays the deploy ramdisk over the real wire protocol (for end-to-end tests and the lab).
+- ``http``: an aiohttp sub-app serving ``http_root`` (nothing secret) with Range support.
+- ``agent_sim``: plays the deploy ramdisk over the real wire protocol — token lookup, image, callback — and
+  documents it (for end-to-end tests and the lab).
 """

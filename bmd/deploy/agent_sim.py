@@ -5,24 +5,36 @@ it parses the kernel arguments with the very names :mod:`bmd.deploy.templates` w
 drift), end-to-end tests in any directory import it without path tricks, and ``python -m
 bmd.deploy.agent_sim`` drives a real bmd from the lab. It imports nothing the daemon does not already have.
 
-What it does, in order, like the ramdisk would:
+It speaks the agent-token protocol (Ironic's model): nothing the node reads over TFTP/HTTP boot is
+secret, so it starts with only its identity and bmd's URL and asks bmd for a token, once per boot.
 
 1. read ``<tftp_root>/pxelinux.cfg/01-<mac-with-dashes>`` (what pxelinux fetches for that interface), check
-   it is in deploy mode and parse the ``deploy`` label's kernel arguments;
-2. download ``bmd_image_url``, deliberately in two parts: the first request is dropped part-way and the
-   rest fetched with ``Range: bytes=<n>-``, which must come back ``206`` with a matching ``Content-Range``;
-3. check the bytes against ``bmd_image_checksum``;
-4. ``POST bmd_callback_url`` with the JSON body below, reporting success or what went wrong.
+   it is in deploy mode and take two kernel arguments of the ``deploy`` label: ``bmd_node_uuid`` and
+   ``bmd_url`` (iPXE adds ``BOOTIF=01-<mac>``; the agent knows the MAC it booted from);
+2. look up its token: ``POST <bmd_url>/v1/agent/lookup`` with ``{"node_uuid": "<uuid>", "mac": "<mac>"}``.
+   ``200`` answers::
 
-The callback body (``Content-Type: application/json``)::
+       {"node_uuid": "...", "deployment_id": "12", "token": "<random, 43 chars>",
+        "image_url": "<bmd_url>/v1/agent/nodes/<uuid>/image", "image_checksum": "sha256:<hex>",
+        "root_mb": 10240, "swap_mb": 512,
+        "heartbeat_url": "<bmd_url>/v1/agent/nodes/<uuid>/heartbeat",
+        "callback_url": "<bmd_url>/v1/nodes/<uuid>/vendor_passthru/pass_deploy_info"}
 
-    {"deployment_id": "<deployment_id kernel arg>",
-     "key": "<deployment_key kernel arg>",
-     "address": "<the agent's IP address>",
-     "error": null}                      # or "<message>" when the deploy failed on the node
-
-bmd answers 2xx when it accepts the report, 403 for a wrong key (nothing changes), 404 for an unknown
-deployment and 409 when the node is not waiting for a callback. The agent returns whatever status it got.
+   bmd issues the token only while the node waits for an agent in a boot bmd started (``wait_callback``)
+   and after bmd powered it on, only once per boot, and with ``agent.lookup_source = "pxe_ip"`` only to the
+   node's PXE address. Refusals: ``409 invalid_state`` (no boot waits for an agent, or bmd has not powered
+   the node on), ``403 agent_lookup_refused`` (not from the PXE address), ``404`` (unknown node or MAC),
+   ``409 agent_token_already_issued`` (a second lookup: bmd also fails the deploy and logs a security
+   event, so whoever lost the race is noticed);
+3. from here on every request carries ``X-Agent-Token: <token>``; without it, with a wrong one or once the
+   boot is over (success, failure, timeout, delete) bmd answers ``401 agent_token_refused`` and changes
+   nothing. Download ``image_url``, deliberately in two parts: the first request is dropped part-way and
+   the rest fetched with ``Range: bytes=<n>-``, which must come back ``206`` with a matching
+   ``Content-Range``; check the bytes against ``image_checksum``;
+4. report progress: ``POST heartbeat_url`` with ``{"message": "..."}`` (``202``);
+5. ``POST callback_url`` with ``{"deployment_id": "...", "address": "<agent IP>", "error": null}`` (or
+   ``"error": "<message>"`` when the deploy failed on the node). ``200`` when bmd accepts the report; the
+   token dies with it. The agent returns whatever status it got.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from bmd.deploy import templates as t
 from bmd.deploy.checksum import DigestSink, parse_checksum
 from bmd.deploy.spec import mac_link_name
 from bmd.errors import BmdError, DriverError
+from bmd.provision.agent import TOKEN_HEADER
 
 log = structlog.get_logger(__name__)
 
@@ -51,24 +64,36 @@ class AgentError(DriverError):
 
 
 @dataclass(frozen=True, slots=True)
-class DeployParams:
+class BootArgs:
+    """What the ramdisk knows when it starts: nothing secret."""
+
+    node_uuid: str
+    bmd_url: str
+    kernel_args: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """bmd's answer to the lookup. ``token`` is the secret: hidden from repr, never logged."""
+
+    token: str = field(repr=False)
     deployment_id: str
-    deployment_key: str = field(repr=False)
-    callback_url: str
     image_url: str
     image_checksum: str
     root_mb: int
     swap_mb: int
-    kernel_args: dict[str, str] = field(repr=False)
+    heartbeat_url: str
+    callback_url: str
 
 
 @dataclass(frozen=True, slots=True)
 class AgentResult:
-    status: int  # HTTP status of the callback
-    body: str  # the callback's response body
+    status: int  # HTTP status of the last call: the lookup's when it was refused, else the callback's
+    body: str  # that call's response body
     error: str | None  # what the agent reported: None for success
     bytes_downloaded: int
     resumed: bool  # the download was completed by a Range request answered 206
+    stage: str = "callback"  # "lookup" when bmd refused the token
 
 
 def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
@@ -91,7 +116,7 @@ def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
     return default, labels
 
 
-def read_deploy_params(tftp_root: Path, mac: str) -> DeployParams:
+def read_boot_args(tftp_root: Path, mac: str) -> BootArgs:
     """What the ramdisk learns from its kernel command line. Blocking: call from a thread."""
     link = Path(tftp_root) / "pxelinux.cfg" / mac_link_name(mac)
     try:
@@ -102,26 +127,31 @@ def read_deploy_params(tftp_root: Path, mac: str) -> DeployParams:
     if default != "deploy" or "deploy" not in labels:
         raise AgentError(f"PXE config for {mac} is not in deploy mode (default {default!r})")
     args = dict(a.split("=", 1) for a in labels["deploy"].get("append", "").split() if "=" in a)
-    names = (
-        t.ARG_DEPLOYMENT_ID,
-        t.ARG_DEPLOYMENT_KEY,
-        t.ARG_CALLBACK_URL,
-        t.ARG_IMAGE_URL,
-        t.ARG_IMAGE_CHECKSUM,
-    )
-    missing = [n for n in names if not args.get(n)]
+    missing = [n for n in (t.ARG_NODE_UUID, t.ARG_BMD_URL) if not args.get(n)]
     if missing:
         raise AgentError(f"deploy label of {mac} lacks kernel args: {', '.join(missing)}")
-    return DeployParams(
-        deployment_id=args[t.ARG_DEPLOYMENT_ID],
-        deployment_key=args[t.ARG_DEPLOYMENT_KEY],
-        callback_url=args[t.ARG_CALLBACK_URL],
-        image_url=args[t.ARG_IMAGE_URL],
-        image_checksum=args[t.ARG_IMAGE_CHECKSUM],
-        root_mb=int(args.get(t.ARG_ROOT_MB, "0")),
-        swap_mb=int(args.get(t.ARG_SWAP_MB, "0")),
-        kernel_args=args,
+    return BootArgs(node_uuid=args[t.ARG_NODE_UUID], bmd_url=args[t.ARG_BMD_URL].rstrip("/"), kernel_args=args)
+
+
+async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tuple[int, str, Lookup | None]:
+    """``POST /v1/agent/lookup``: (status, body, the answer when bmd issued a token)."""
+    url = f"{boot.bmd_url}/v1/agent/lookup"
+    async with session.post(url, json={"node_uuid": boot.node_uuid, "mac": mac}) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            return resp.status, text, None
+    got = json.loads(text)
+    answer = Lookup(
+        token=got["token"],
+        deployment_id=str(got["deployment_id"]),
+        image_url=got["image_url"],
+        image_checksum=got["image_checksum"],
+        root_mb=int(got["root_mb"]),
+        swap_mb=int(got["swap_mb"]),
+        heartbeat_url=got["heartbeat_url"],
+        callback_url=got["callback_url"],
     )
+    return 200, text, answer
 
 
 def _consume(out: IO[bytes] | None, sink: DigestSink, chunk: bytes) -> None:
@@ -140,12 +170,18 @@ async def _read_body(resp: aiohttp.ClientResponse, out: IO[bytes] | None, sink: 
 
 
 async def download_image(
-    session: aiohttp.ClientSession, url: str, sink: DigestSink, dest: Path | None, resume_at: float | None
+    session: aiohttp.ClientSession,
+    url: str,
+    sink: DigestSink,
+    dest: Path | None,
+    resume_at: float | None,
+    headers: dict[str, str] | None = None,
 ) -> bool:
     """Download ``url`` into the sink; returns True when the second half came from a 206 Range answer."""
+    headers = headers or {}
     out = await asyncio.to_thread(open, dest, "wb") if dest is not None else None
     try:
-        async with session.get(url) as resp:
+        async with session.get(url, headers=headers) as resp:
             if resp.status != 200:
                 raise AgentError(f"GET {url}: HTTP {resp.status}")
             total = resp.content_length
@@ -155,7 +191,7 @@ async def download_image(
                 return False
             resp.close()  # drop the connection mid-body, as a flaky network would
         got = sink.size
-        async with session.get(url, headers={"Range": f"bytes={got}-"}) as resp:
+        async with session.get(url, headers={**headers, "Range": f"bytes={got}-"}) as resp:
             expected_range = f"bytes {got}-{total - 1}/{total}"
             if resp.status != 206 or resp.headers.get("Content-Range") != expected_range:
                 raise AgentError(
@@ -176,44 +212,48 @@ async def run_agent(
     address: str = "127.0.0.1",
     dest: Path | None = None,
     resume_at: float | None = 0.5,
-    key: str | None = None,
+    token: str | None = None,
     fail_with: str | None = None,
     session: aiohttp.ClientSession | None = None,
     http_timeout: float = 60.0,
 ) -> AgentResult:
-    """Play the deploy ramdisk for the node booting from ``mac``; returns the callback's answer.
+    """Play the deploy ramdisk for the node booting from ``mac``; returns the callback's answer (or the
+    lookup's, when bmd issued no token).
 
-    ``key`` replaces the key from the kernel args (to test a wrong key); ``fail_with`` skips the download
+    ``token`` replaces the token from the lookup (to test a wrong one); ``fail_with`` skips the download
     and reports that message as the deploy's error; ``dest`` keeps the downloaded image.
     """
-    params = await asyncio.to_thread(read_deploy_params, tftp_root, mac)
+    boot = await asyncio.to_thread(read_boot_args, tftp_root, mac)
     own_session = session is None
     client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=http_timeout))
     try:
-        sink = DigestSink(parse_checksum(params.image_checksum, field=t.ARG_IMAGE_CHECKSUM))
+        status, text, answer = await lookup(client, boot, mac)
+        if answer is None:
+            log.info("agent_lookup_refused", node_uuid=boot.node_uuid, status=status)
+            return AgentResult(status, text, None, 0, False, stage="lookup")
+        auth = {TOKEN_HEADER: answer.token if token is None else token}
+        sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
         error, resumed = fail_with, False
         if error is None:
             try:
-                resumed = await download_image(client, params.image_url, sink, dest, resume_at)
-                sink.verify(params.image_url)
+                resumed = await download_image(client, answer.image_url, sink, dest, resume_at, auth)
+                sink.verify(answer.image_url)
             except (BmdError, aiohttp.ClientError, TimeoutError) as err:
                 error = str(err) or type(err).__name__
         log.info(
             "agent_image_done",
-            deployment_id=params.deployment_id,
+            deployment_id=answer.deployment_id,
             bytes=sink.size,
             resumed=resumed,
             error=error,
         )
-        body = {
-            "deployment_id": params.deployment_id,
-            "key": params.deployment_key if key is None else key,
-            "address": address,
-            "error": error,
-        }
-        async with client.post(params.callback_url, json=body) as resp:
+        message = {"message": f"image written: {sink.size} bytes" if error is None else "deploy failed"}
+        async with client.post(answer.heartbeat_url, json=message, headers=auth) as resp:
+            log.info("agent_heartbeat_sent", deployment_id=answer.deployment_id, status=resp.status)
+        body = {"deployment_id": answer.deployment_id, "address": address, "error": error}
+        async with client.post(answer.callback_url, json=body, headers=auth) as resp:
             text = await resp.text()
-            log.info("agent_callback_sent", deployment_id=params.deployment_id, status=resp.status)
+            log.info("agent_callback_sent", deployment_id=answer.deployment_id, status=resp.status)
             return AgentResult(resp.status, text, error, sink.size, resumed)
     finally:
         if own_session:

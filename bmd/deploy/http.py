@@ -1,4 +1,7 @@
-"""Serve ``http_root`` (kernels, ramdisks, disk images, iPXE scripts) over HTTP, with Range support.
+"""Serve ``http_root`` (iPXE scripts, kernels, ramdisks) over HTTP to anyone, with Range support.
+
+Nothing served here is secret (a booting machine cannot authenticate): disk images are not under
+``http_root`` but under ``image_root``, served to the deploy agent with its token (:mod:`bmd.api.agent`).
 
 Mount it in the main app: ``app.add_subapp("/images/", create_image_app(settings.http_root))``; then
 ``deploy.http_url`` is ``http://<bmd address>:<port>/images``.

@@ -8,13 +8,19 @@ Layout (``tftp_root`` and ``http_root`` may be the same directory)::
     <http_root>/boot.ipxe                           static: chains to ipxe/01-${mac:hexhyp}.ipxe
     <http_root>/ipxe/01-<mac-with-dashes>.ipxe      -> ../<node_uuid>/boot.ipxe  (relative symlink, per MAC)
     <http_root>/<node_uuid>/boot.ipxe               iPXE script: goto deploy|boot
-    <http_root>/<node_uuid>/{deploy_kernel,deploy_ramdisk,kernel,ramdisk,disk}
+    <http_root>/<node_uuid>/{deploy_kernel,deploy_ramdisk,kernel,ramdisk}
+    <image_root>/<node_uuid>/disk                   the instance's image: only for the deploy's agent token
+    <image_root>/<node_uuid>/disk.sha256            its checksum (sha256:<hex>), handed out by the lookup
 
 Image files are hard links into the :class:`~bmd.deploy.images.ImageCache` (a copy when the cache is on
 another filesystem): the link keeps the bytes alive for the node whatever the cache evicts, and the cache
 sees ``st_nlink > 1`` and leaves the entry alone. The boot-mode config is rendered next to the deploy-mode
 one (``.config.boot``, ``.boot.ipxe.boot``) and :meth:`PXEDeploy.switch_to_boot` renames it over, so the
-switch is one atomic rename per file and the deployment key disappears from the served files.
+switch is one atomic rename per file.
+
+Nothing under ``tftp_root``/``http_root`` is secret (TFTP and HTTP boot cannot authenticate): the deploy
+label names the node and bmd's URL, no more. The disk image lives under ``image_root``, which is never
+served anonymously; the agent fetches it with its token (:mod:`bmd.api.agent`).
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ class PXEDeploy:
         node_uuid = check_node_uuid(node_uuid)  # again here: these paths get rmtree'd
         return self.settings.tftp_root / node_uuid, self.settings.http_root / node_uuid
 
+    def image_dir(self, node_uuid: str) -> Path:
+        return self.settings.image_root / check_node_uuid(node_uuid)
+
+    def image_path(self, node_uuid: str) -> Path:
+        return self.image_dir(node_uuid) / t.DISK_IMAGE
+
     def config_path(self, node_uuid: str) -> Path:
         return self.settings.tftp_root / check_node_uuid(node_uuid) / t.PXE_CONFIG
 
@@ -120,28 +132,19 @@ class PXEDeploy:
             paths = {name: task.result() for name, task in tasks.items()}
             image_checksum = f"sha256:{self.cache.describe(paths[t.DISK_IMAGE]).sha256}"
             node_url = self.node_url(spec.node_uuid)
-            image_url = f"{node_url}/{t.DISK_IMAGE}"
             deploy_args = t.kernel_args(
-                {
-                    t.ARG_DEPLOYMENT_ID: spec.deployment_id,
-                    t.ARG_DEPLOYMENT_KEY: spec.deployment_key,
-                    t.ARG_CALLBACK_URL: spec.callback_url,
-                    t.ARG_IMAGE_URL: image_url,
-                    t.ARG_IMAGE_CHECKSUM: image_checksum,
-                    t.ARG_ROOT_MB: spec.root_mb,
-                    t.ARG_SWAP_MB: spec.swap_mb,
-                },
+                {t.ARG_NODE_UUID: spec.node_uuid, t.ARG_BMD_URL: spec.bmd_url.rstrip("/")},
                 self.settings.append_params,
             )
             boot_args = t.kernel_args({"root": spec.root_device}, "ro " + self.settings.append_params)
             params = t.BootParams(spec.node_uuid, deploy_args, boot_args, node_url)
-            links = await in_thread(self._write_node, params, paths, macs)
+            links = await in_thread(self._write_node, params, paths, macs, image_checksum)
         layout = PXELayout(
             node_dir=self._dirs(spec.node_uuid)[0],
             config_path=self.config_path(spec.node_uuid),
             ipxe_path=self.ipxe_path(spec.node_uuid),
             mac_links=links,
-            image_url=image_url,
+            image_path=self.image_path(spec.node_uuid),
             image_checksum=image_checksum,
         )
         log.info(
@@ -152,6 +155,14 @@ class PXEDeploy:
             config_path=str(layout.config_path),
         )
         return layout
+
+    async def image_checksum(self, node_uuid: str) -> str:
+        """The checksum ``prepare`` recorded for the node's disk image (NotFound when there is none)."""
+        path = self.image_dir(node_uuid) / f"{t.DISK_IMAGE}.sha256"
+        try:
+            return (await in_thread(path.read_text)).strip()
+        except FileNotFoundError:
+            raise NotFound(f"node {node_uuid} has no disk image prepared") from None
 
     async def switch_to_boot(self, node_uuid: str) -> None:
         """Make the node boot its instance next time (``default boot``). Atomic and idempotent."""
@@ -197,18 +208,26 @@ class PXEDeploy:
                 if owner not in (None, node_uuid) and (link_dir.parent / owner).is_dir():
                     raise Conflict(f"MAC {mac} already boots node {owner}; clean that node first")
 
-    def _write_node(self, params: t.BootParams, paths: dict[str, Path], macs: list[str]) -> tuple[Path, ...]:
+    def _write_node(
+        self, params: t.BootParams, paths: dict[str, Path], macs: list[str], image_checksum: str
+    ) -> tuple[Path, ...]:
         node_uuid = params.node_uuid
         tftp_dir, http_dir = self._dirs(node_uuid)
+        image_dir = self.image_dir(node_uuid)
         self._clean(node_uuid)
         try:
             for d in {tftp_dir, http_dir}:
                 d.mkdir(mode=0o755)
+            self.settings.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            image_dir.mkdir(mode=0o700)
             for name, src in paths.items():
-                if name != t.DISK_IMAGE:
-                    link_or_copy(src, tftp_dir / name)
-                if http_dir != tftp_dir or name == t.DISK_IMAGE:
+                if name == t.DISK_IMAGE:
+                    link_or_copy(src, image_dir / name)
+                    continue
+                link_or_copy(src, tftp_dir / name)
+                if http_dir != tftp_dir:
                     link_or_copy(src, http_dir / name)
+            write_atomic(image_dir / f"{t.DISK_IMAGE}.sha256", image_checksum + "\n")
             write_atomic(tftp_dir / f".{t.PXE_CONFIG}.boot", t.pxe_config(params, deploy=False))
             write_atomic(tftp_dir / t.PXE_CONFIG, t.pxe_config(params, deploy=True))
             write_atomic(http_dir / f".{t.IPXE_SCRIPT}.boot", t.ipxe_script(params, deploy=False))
@@ -252,7 +271,7 @@ class PXEDeploy:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(item.path)
                             removed += 1
-        for d in set(self._dirs(node_uuid)):
+        for d in {*self._dirs(node_uuid), self.image_dir(node_uuid)}:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(d)
         return removed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,7 +19,6 @@ from bmd.errors import ConfigError, InvalidInput
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 TOKEN = re.compile(r"^[^\s\"'$\\;`]+$")  # one kernel argument value, nothing a config could misread
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +26,28 @@ class PXESettings:
     """The ``[deploy]`` settings the writer needs.
 
     ``http_url`` is the URL at which bmd serves ``http_root`` (the :mod:`bmd.deploy.http` sub-app), as
-    the booting node sees it, e.g. ``http://10.0.0.1:6385/images``.
+    the booting node sees it, e.g. ``http://10.0.0.1:6385/images``. ``image_root`` holds each node's disk
+    image, served only to the agent holding the deploy's token: it must not be under ``tftp_root`` or
+    ``http_root``, which are served to anyone.
     """
 
     tftp_root: Path
     http_root: Path
     http_url: str
+    image_root: Path
     append_params: str = ""  # extra kernel args on both labels, e.g. "console=ttyS0,115200n8"
 
     def __post_init__(self) -> None:
-        for key in ("tftp_root", "http_root"):
+        for key in ("tftp_root", "http_root", "image_root"):
             value = Path(getattr(self, key))
             if not value.is_absolute():
                 raise ConfigError(f"deploy.{key} must be an absolute path, got {str(value)!r}")
             object.__setattr__(self, key, value)
+        private = self.image_root.resolve()
+        for key in ("tftp_root", "http_root"):
+            served = Path(getattr(self, key)).resolve()
+            if private.is_relative_to(served) or served.is_relative_to(private):
+                raise ConfigError(f"deploy.image_root ({private}) must not overlap deploy.{key} ({served})")
         url = self.http_url.rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or not TOKEN.match(url):
@@ -58,20 +65,18 @@ class ImageRef:
 
 @dataclass(frozen=True, slots=True)
 class DeploySpec:
-    """One node's deploy. ``deployment_key`` is a secret: hidden from repr, never logged."""
+    """One node's deploy. Nothing here is secret: it all ends up in files served without authentication,
+    except the disk image, which goes to ``image_root``."""
 
     node_uuid: str
     macs: Sequence[str]
     deployment_id: str
-    deployment_key: str = field(repr=False)
-    callback_url: str
+    bmd_url: str  # bmd's base URL as the node sees it: the agent looks up its token there
     deploy_kernel: ImageRef
     deploy_ramdisk: ImageRef
     kernel: ImageRef
     ramdisk: ImageRef
     image: ImageRef
-    root_mb: int = 0
-    swap_mb: int = 0
     root_device: str = "LABEL=root"  # the boot label's root= argument
 
 
@@ -83,8 +88,8 @@ class PXELayout:
     config_path: Path
     ipxe_path: Path
     mac_links: tuple[Path, ...]
-    image_url: str
-    image_checksum: str  # sha256:<hex>, as handed to the agent
+    image_path: Path  # <image_root>/<node_uuid>/disk: served only with the deploy's agent token
+    image_checksum: str  # sha256:<hex>, as handed to the agent by the lookup
 
 
 def normalize_mac(mac: object, field: str = "macs") -> str:
@@ -124,13 +129,7 @@ def validate_spec(spec: DeploySpec) -> None:
         normalize_mac(mac)
     if not isinstance(spec.deployment_id, str) or not _DEPLOYMENT_ID.match(spec.deployment_id):
         raise InvalidInput("deployment_id must be 1-64 of [A-Za-z0-9._-]", field="deployment_id")
-    if not isinstance(spec.deployment_key, str) or not _KEY.match(spec.deployment_key):
-        raise InvalidInput("deployment_key must be 16-128 of [A-Za-z0-9_-]", field="deployment_key")
-    _check_url(spec.callback_url, "callback_url")
-    for name in ("root_mb", "swap_mb"):
-        value = getattr(spec, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}", field=name)
+    _check_url(spec.bmd_url, "bmd_url")
     if not isinstance(spec.root_device, str) or not TOKEN.match(spec.root_device):
         raise InvalidInput(f"root_device must be one token, got {spec.root_device!r}", field="root_device")
     for name in ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "image"):

@@ -5,9 +5,13 @@ variables of their own. Values are checked by the caller (no whitespace, no quot
 can never add a line or a directive to the file it lands in.
 
 Both formats get two renderings per deploy: *deploy mode* (``default deploy`` / ``goto deploy``, both
-labels, the deployment key in the deploy label's kernel args) and *boot mode* (``default boot`` /
-``goto boot``, the boot label only). Boot mode is what ``switch_to_boot`` puts in place, so once a deploy is
-done the key is no longer published over TFTP/HTTP.
+labels) and *boot mode* (``default boot`` / ``goto boot``, the boot label only), which ``switch_to_boot``
+puts in place once the deploy is done.
+
+Nothing in these files is secret: TFTP and HTTP boot are unauthenticated, so the deploy label's kernel
+args carry only the node's identity (``bmd_node_uuid``; iPXE adds ``BOOTIF``, pxelinux's ``ipappend 3``
+too) and bmd's base URL (``bmd_url``). The agent gets everything else, with its token, from the lookup
+(see :mod:`bmd.deploy.agent_sim`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,9 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-# Kernel arguments of the deploy label: the wire protocol between bmd and the deploy ramdisk.
-ARG_DEPLOYMENT_ID = "deployment_id"
-ARG_DEPLOYMENT_KEY = "deployment_key"
-ARG_CALLBACK_URL = "bmd_callback_url"
-ARG_IMAGE_URL = "bmd_image_url"
-ARG_IMAGE_CHECKSUM = "bmd_image_checksum"
-ARG_ROOT_MB = "bmd_root_mb"
-ARG_SWAP_MB = "bmd_swap_mb"
+# Kernel arguments of the deploy label: all the deploy ramdisk starts with (nothing secret).
+ARG_NODE_UUID = "bmd_node_uuid"
+ARG_BMD_URL = "bmd_url"
 
 # File names inside a node's directory.
 DEPLOY_KERNEL = "deploy_kernel"
@@ -101,7 +100,7 @@ class BootParams:
     """Everything the templates need; values are already validated (single tokens)."""
 
     node_uuid: str
-    deploy_args: str  # holds the deployment key: never log this object's fields
+    deploy_args: str
     boot_args: str
     node_url: str  # http_url/<node_uuid>
 

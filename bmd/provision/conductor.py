@@ -1,23 +1,33 @@
-"""The conductor: runs spawn and destroy jobs (one per node at a time), accepts deploy callbacks, fails
-deploys that never call back, and recovers what a crash left behind. Every state change is stored (through
-bmd.states) before it is acted on."""
+"""The conductor: runs spawn and destroy jobs (one per node at a time), answers the deploy agent (token
+lookup, callback), fails deploys that never call back, and recovers what a crash left behind. Every state
+change is stored (through bmd.states) before it is acted on."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
+from bmd.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif import plug_vifs
-from bmd.errors import Conflict, Forbidden, InvalidState, NotFound
+from bmd.errors import Conflict, InvalidState, NotFound
 from bmd.provision import records
+from bmd.provision.agent import (
+    AgentLookupRefused,
+    AgentTokenAlreadyIssued,
+    authenticate,
+    new_token,
+    same_address,
+    token_digest,
+    waits_for_agent,
+)
 from bmd.provision.steps import Provisioner
 from bmd.states import Event, ProvisionState, deadline_after, transition
 
@@ -93,9 +103,10 @@ class Conductor:
                 await self.p.write_boot_config(job, dep)
                 await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
                 wait_until = deadline_after(self.p.settings.deploy.deploy_timeout)
-                await self.record(
-                    node_id, instance_uuid, Event.WAIT, {"deploy_deadline": wait_until}, {"task_state": "wait_callback"}
-                )
+                async with self.p.sessionmaker.begin() as session:  # from now on its agent may look up
+                    await records.mark_booted(session, node_id)
+                    await transition(session, node_id, Event.WAIT, holding=instance_uuid, deploy_deadline=wait_until)
+                    await records.set_instance(session, instance_uuid, task_state="wait_callback")
                 log.info("deploy_waiting_for_callback")
             except asyncio.CancelledError:
                 raise  # a delete or a shutdown: the stored state tells the next actor what to do
@@ -136,34 +147,99 @@ class Conductor:
         if not failures:
             self.freed(node.id)
 
-    # -- the deploy agent's callback -------------------------------------------------------------------
+    # -- the deploy agent: token lookup, progress, callback ---------------------------------------------
 
-    async def pass_deploy_info(self, node_ident: str, deployment_id: str, key: str, error: str | None) -> str:
-        """Accept the agent's report. A wrong key is Forbidden and changes nothing. Returns the new state."""
+    async def agent_lookup(self, node_uuid: str, mac: str | None, peer: str | None) -> dict[str, Any]:
+        """Issue the boot's agent token, once (see bmd.provision.agent). A second lookup is refused and
+        fails the deploy: whoever won the race, it cannot go unnoticed."""
+        token, refused, first_address = new_token(), False, None
         async with self.p.sessionmaker.begin() as session:
-            node = await get_node(session, node_ident, for_update=True)
+            node = await get_node(session, node_uuid, for_update=True)
+            if mac is not None:
+                macs = (await session.execute(select(Interface.address).where(Interface.bm_node_id == node.id))).all()
+                if normalize_mac(mac, field="mac") not in {normalize_mac(m) for (m,) in macs}:
+                    raise NotFound(f"node {node.uuid} has no interface {mac}")
             dep = await session.scalar(select(Deployment).where(Deployment.bm_node_id == node.id))
-            if dep is None or str(dep.id) != str(deployment_id):
-                raise NotFound(f"node {node.id} has no deployment {deployment_id}")
-            if not hmac.compare_digest(dep.key.encode(), str(key).encode()):
-                log.warning("deploy_callback_bad_key", node=node.id)
-                raise Forbidden("the deployment key does not match")
-            if node.provision_state != ProvisionState.WAIT_CALLBACK:
-                raise InvalidState(f"node {node.id} is {node.provision_state}, not waiting for a deploy callback")
-            if node.deploy_deadline is None or node.deploy_deadline < utcnow():
-                raise InvalidState(f"node {node.id}: the deploy timed out before the callback arrived")
+            if dep is None or not waits_for_agent(node):
+                raise InvalidState(f"node {node.uuid} is {node.provision_state}: no boot is waiting for an agent")
+            if dep.booted_at is None:
+                raise InvalidState(f"node {node.uuid}: bmd has not powered it on for this boot yet")
+            if self.p.settings.agent.lookup_source == "pxe_ip":
+                pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == node.id))
+                if not same_address(peer, pxe_ip):
+                    log.warning("agent_lookup_wrong_source", node=node.id, peer=peer, pxe_ip=pxe_ip)
+                    raise AgentLookupRefused(f"lookup for node {node.uuid} must come from its PXE address")
+            checksum = await self.p.deploy.image_checksum(node.uuid)  # NotFound: nothing prepared to hand out
+            issued = await session.execute(
+                update(Deployment)
+                .where(Deployment.id == dep.id, Deployment.agent_token_issued_at.is_(None))
+                .values(agent_token_hash=token_digest(token), agent_token_issued_at=utcnow(), agent_address=peer)
+            )
+            if issued.rowcount != 1:  # type: ignore[attr-defined]
+                refused, first_address = True, dep.agent_address
+                reason = f"deploy failed: a second agent token lookup came from {peer} (first from {first_address})"
+                await self.record_deploy_failure(session, node.id, node.instance_uuid or "", reason)
+        if refused:
+            log.error("agent_token_reissue_refused", node=node.id, peer=peer, first_address=first_address)
+            await self.discard_boot_files(node)
+            raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
+        log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id)
+        return {
+            "node_uuid": node.uuid,
+            "deployment_id": str(dep.id),
+            "token": token,
+            "image_checksum": checksum,
+            "root_mb": dep.root_mb,
+            "swap_mb": dep.swap_mb,
+            **self.p.agent_urls(node.uuid),
+        }
+
+    async def record_deploy_failure(self, session: AsyncSession, node_id: int, instance_uuid: str, reason: str) -> None:
+        """In the caller's transaction: the waiting node goes to error, the instance too, the token dies."""
+        failed: dict[str, Any] = {"last_error": reason, "deploy_deadline": None, "task_state": None}
+        await transition(session, node_id, Event.FAIL, holding=instance_uuid, **failed)
+        await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
+        await records.kill_agent_token(session, node_id)
+        log.error("deploy_failed", node=node_id, reason=reason)
+
+    async def discard_boot_files(self, node: BareMetalNode) -> None:
+        """After a failed deploy: nothing left would boot the node into the deploy ramdisk again."""
+        try:
+            await self.p.clean_boot_config(node.uuid)
+        except Exception as err:  # noqa: BLE001 - the failure is recorded already; a delete cleans again
+            log.warning("undo_failed", node=node.id, step="clean_boot_config", error=str(err))
+
+    async def agent_heartbeat(self, node_ident: str, token: str | None, message: str) -> str:
+        async with self.p.sessionmaker() as session:
+            boot = await authenticate(session, node_ident, token)
+        log.info("agent_heartbeat", node=boot.node.id, message=message)
+        return boot.node.provision_state
+
+    async def agent_image(self, node_ident: str, token: str | None) -> str:
+        """The path of the boot's disk image, for the holder of its token."""
+        async with self.p.sessionmaker() as session:
+            boot = await authenticate(session, node_ident, token)
+        if not boot.deployment.image_path:
+            raise NotFound(f"node {boot.node.uuid} has no disk image prepared")
+        return boot.deployment.image_path
+
+    async def pass_deploy_info(self, node_ident: str, token: str | None, error: str | None) -> str:
+        """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the
+        token dies with the report. Returns the new state."""
+        async with self.p.sessionmaker.begin() as session:
+            boot = await authenticate(session, node_ident, token, for_update=True)
+            node = boot.node
             instance_uuid = node.instance_uuid or ""
             if error:
-                reason = f"deploy failed on the node: {error}"
-                await transition(
-                    session, node.id, Event.FAIL, holding=instance_uuid, last_error=reason, deploy_deadline=None
-                )
-                await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
-                log.error("deploy_failed", node=node.id, reason=reason)
-                return ProvisionState.ERROR
-            # Taking the deadline away is the atomic hand-over: the timeout check no longer sees this node.
-            node.deploy_deadline = None
-            node.task_state = "finishing_deploy"
+                await self.record_deploy_failure(session, node.id, instance_uuid, f"deploy failed on the node: {error}")
+            else:
+                # Taking the deadline away is the atomic hand-over: the timeout check no longer sees this node.
+                node.deploy_deadline = None
+                node.task_state = "finishing_deploy"
+                await records.kill_agent_token(session, node.id)
+        if error:
+            await self.discard_boot_files(node)
+            return ProvisionState.ERROR
         ok = await self.finish_deploy(node.id, instance_uuid)
         return ProvisionState.ACTIVE if ok else ProvisionState.ERROR
 

@@ -44,6 +44,8 @@ async def release_pxe_ip(session: AsyncSession, node_id: int) -> None:
 
 
 def new_deployment_key() -> str:
+    """The seed's ``bm_deployments.key``: an internal random value now, never served to the node (the
+    agent authenticates with its token, see :mod:`bmd.provision.agent`)."""
     return secrets.token_hex(16)  # 32 characters, as the seed's deployments
 
 
@@ -65,6 +67,16 @@ async def create_deployment(
     session.add(dep)
     await session.flush()
     return dep
+
+
+async def mark_booted(session: AsyncSession, node_id: int) -> None:
+    """bmd powered the node on to boot this deployment's ramdisk: from now on its agent may look up."""
+    await session.execute(update(Deployment).where(Deployment.bm_node_id == node_id).values(booted_at=utcnow()))
+
+
+async def kill_agent_token(session: AsyncSession, node_id: int) -> None:
+    """The boot is over: its agent token is refused from now on (issued_at/address stay, as the record)."""
+    await session.execute(update(Deployment).where(Deployment.bm_node_id == node_id).values(agent_token_hash=None))
 
 
 async def delete_deployment(session: AsyncSession, node_id: int) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
-from bmd.db.models import BareMetalNode, Instance, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
 from bmd.errors import InvalidState
 from bmd.provision.conductor import Conductor, describe
 from bmd.states import ProvisionState
@@ -47,6 +47,9 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
             update(Instance)
             .where(Instance.uuid.in_([r.instance_uuid for r in rows if r.instance_uuid]))
             .values(vm_state="error", task_state=None, last_error=reason, updated_at=now)
+        )
+        await session.execute(  # the agent tokens of those boots die with them
+            update(Deployment).where(Deployment.bm_node_id.in_([r.id for r in rows])).values(agent_token_hash=None)
         )
     for r in rows:
         log.error("deploy_timed_out", node=r.id, instance=r.instance_uuid)

@@ -67,6 +67,7 @@ class Provisioner:
                 tftp_root=Path(d.tftp_root).resolve(),
                 http_root=Path(d.http_root).resolve(),
                 http_url=f"{self.base_url}/images",
+                image_root=Path(self.settings.service.state_dir, "agent-images").resolve(),
                 append_params=d.append_params,
             )
             self._deploy = PXEDeploy(pxe, self.cache)
@@ -120,6 +121,14 @@ class Provisioner:
     def callback_url(self, node_uuid: str) -> str:
         return f"{self.base_url}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
 
+    def agent_urls(self, node_uuid: str) -> dict[str, str]:
+        """Where the agent goes after its lookup; each call carries its token."""
+        return {
+            "image_url": f"{self.base_url}/v1/agent/nodes/{node_uuid}/image",
+            "heartbeat_url": f"{self.base_url}/v1/agent/nodes/{node_uuid}/heartbeat",
+            "callback_url": self.callback_url(node_uuid),
+        }
+
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
         info: dict[str, Any] = job.instance.deploy_info
         d = self.settings.deploy
@@ -134,15 +143,12 @@ class Provisioner:
             node_uuid=job.node.uuid,
             macs=job.macs,
             deployment_id=str(dep.id),
-            deployment_key=dep.key,
-            callback_url=self.callback_url(job.node.uuid),
+            bmd_url=self.base_url,
             deploy_kernel=ref("deploy_kernel", d.deploy_kernel),
             deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
             kernel=ref("kernel", d.boot_kernel),
             ramdisk=ref("ramdisk", d.boot_ramdisk),
             image=ImageRef(job.instance.image_ref or "", info.get("image_checksum") or None),
-            root_mb=dep.root_mb,
-            swap_mb=dep.swap_mb,
         )
 
     async def write_boot_config(self, job: Job, dep: Deployment) -> None:
@@ -151,7 +157,7 @@ class Provisioner:
             row = await session.get(Deployment, dep.id)
             if row is not None:
                 row.pxe_config_path = str(layout.config_path)
-                row.image_path = str(Path(layout.node_dir) / "disk")
+                row.image_path = str(layout.image_path)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
         await self.deploy.clean(node_uuid)

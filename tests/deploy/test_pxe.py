@@ -22,8 +22,7 @@ from tests.deploy.servers import ImageServer
 
 NODE_A = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 NODE_B = "6fa459ea-ee8a-3ca4-894e-db77e160355e"
-KEY = "k3yK3yk3yK3yk3yK3yk3yK3yk3yK3y01"
-CALLBACK = "http://10.0.0.1:6385/v1/nodes/1/vendor_passthru/pass_deploy_info"
+BMD_URL = "http://10.0.0.1:6385"
 
 
 @dataclass
@@ -33,6 +32,7 @@ class Env:
     server: ImageServer
     tftp: Path
     http: Path
+    private: Path
     images: dict[str, bytes]
 
     def spec(self, node_uuid: str = NODE_A, macs: tuple[str, ...] = ("AA:BB:CC:DD:EE:01",), **kw: object) -> DeploySpec:
@@ -44,10 +44,7 @@ class Env:
             node_uuid=node_uuid,
             macs=macs,
             deployment_id="42",
-            deployment_key=KEY,
-            callback_url=CALLBACK,
-            root_mb=10240,
-            swap_mb=512,
+            bmd_url=BMD_URL,
             **refs,
         )
         fields.update(kw)
@@ -72,8 +69,9 @@ def make_env(tmp_path: Path, server: ImageServer, cache: ImageCache, same_root: 
         server.add(name, data)
     tftp = tmp_path / "tftp"
     http = tftp if same_root else tmp_path / "http"
-    settings = PXESettings(tftp, http, "http://10.0.0.1:6385/images/", append_params="console=ttyS0,115200n8")
-    return Env(PXEDeploy(settings, cache), cache, server, tftp, http, images)
+    private = tmp_path / "state" / "agent-images"
+    settings = PXESettings(tftp, http, "http://10.0.0.1:6385/images/", private, append_params="console=ttyS0,115200n8")
+    return Env(PXEDeploy(settings, cache), cache, server, tftp, http, private, images)
 
 
 @pytest.fixture
@@ -94,17 +92,13 @@ async def test_config_has_both_labels_and_the_deploy_args(env: Env) -> None:
     assert labels["deploy"]["kernel"] == f"{NODE_A}/deploy_kernel"
     assert labels["deploy"]["ipappend"] == "3"
     disk_sha = hashlib.sha256(env.images["image"]).hexdigest()
-    assert layout.image_url == f"http://10.0.0.1:6385/images/{NODE_A}/disk"
-    assert layout.image_checksum == f"sha256:{disk_sha}"
+    assert layout.image_path == env.private / NODE_A / "disk"
+    assert layout.image_checksum == f"sha256:{disk_sha}" == await env.pxe.image_checksum(NODE_A)
+    # Only the node's identity and bmd's URL: nothing secret, nothing the lookup hands out.
     assert labels["deploy"]["append"].split() == [
         f"initrd={NODE_A}/deploy_ramdisk",
-        "deployment_id=42",
-        f"deployment_key={KEY}",
-        f"bmd_callback_url={CALLBACK}",
-        f"bmd_image_url={layout.image_url}",
-        f"bmd_image_checksum=sha256:{disk_sha}",
-        "bmd_root_mb=10240",
-        "bmd_swap_mb=512",
+        f"bmd_node_uuid={NODE_A}",
+        f"bmd_url={BMD_URL}",
         "console=ttyS0,115200n8",
     ]
     assert labels["boot"] == {
@@ -117,19 +111,12 @@ async def test_node_files_are_hard_links_into_the_cache(env: Env) -> None:
     await env.pxe.prepare(env.spec())
     tftp_files = {"config", ".config.boot", "deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"}
     assert {p.name for p in (env.tftp / NODE_A).iterdir()} == tftp_files
-    http_files = {
-        "boot.ipxe",
-        ".boot.ipxe.boot",
-        "deploy_kernel",
-        "deploy_ramdisk",
-        "kernel",
-        "ramdisk",
-        "disk",
-    }
+    http_files = {"boot.ipxe", ".boot.ipxe.boot", "deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"}
     assert {p.name for p in (env.http / NODE_A).iterdir()} == http_files
+    assert {p.name for p in (env.private / NODE_A).iterdir()} == {"disk", "disk.sha256"}
     for name, file in [("deploy_kernel", "deploy_kernel"), ("ramdisk", "ramdisk"), ("image", "disk")]:
         cached = await env.cache.fetch(env.server.url(name), env.spec().__getattribute__(name).checksum)
-        node_file = (env.http if file == "disk" else env.tftp) / NODE_A / file
+        node_file = (env.private if file == "disk" else env.tftp) / NODE_A / file
         assert node_file.read_bytes() == env.images[name]
         assert node_file.stat().st_ino == cached.stat().st_ino
 
@@ -155,7 +142,8 @@ async def test_ipxe_scripts(env: Env) -> None:
     assert script[0] == "#!ipxe" and "goto deploy" in script
     base = f"http://10.0.0.1:6385/images/{NODE_A}"
     kernel = next(line for line in script if line.startswith(f"kernel {base}/deploy_kernel "))
-    assert f"deployment_key={KEY}" in kernel and "initrd=deploy_ramdisk" in kernel
+    assert f"bmd_node_uuid={NODE_A} bmd_url={BMD_URL}" in kernel and "initrd=deploy_ramdisk" in kernel
+    assert kernel.endswith(" BOOTIF=01-${mac:hexhyp}")
     assert f"initrd {base}/deploy_ramdisk" in script and f"initrd {base}/ramdisk" in script
     assert ":boot" in script and any(
         line.startswith(f"kernel {base}/kernel root=LABEL=root")
@@ -165,7 +153,7 @@ async def test_ipxe_scripts(env: Env) -> None:
     assert "chain http://10.0.0.1:6385/images/ipxe/01-${mac:hexhyp}.ipxe" in chain
 
 
-async def test_switch_to_boot_is_atomic_idempotent_and_drops_the_key(env: Env) -> None:
+async def test_switch_to_boot_is_atomic_and_idempotent(env: Env) -> None:
     await env.pxe.prepare(env.spec())
     config = env.tftp / NODE_A / "config"
     before = config.stat().st_ino
@@ -174,7 +162,6 @@ async def test_switch_to_boot_is_atomic_idempotent_and_drops_the_key(env: Env) -
     assert default == "boot" and set(labels) == {"boot"}
     assert config.stat().st_ino != before  # replaced by rename, never rewritten in place
     assert "goto boot" in (env.http / NODE_A / "boot.ipxe").read_text().splitlines()
-    assert KEY not in all_text(env.tftp, env.http)
     assert not (env.tftp / NODE_A / ".config.boot").exists()
     # The MAC link now leads to the boot config.
     assert parse_pxelinux((env.tftp / "pxelinux.cfg" / "01-aa-bb-cc-dd-ee-01").read_text())[0] == "boot"
@@ -200,6 +187,7 @@ async def test_clean_is_idempotent_and_leaves_other_nodes_alone(env: Env) -> Non
     remaining = tree(env.tftp) + tree(env.http)
     assert not [p for p in remaining if NODE_A in p or "ee-01" in p]
     assert [p for p in remaining if NODE_B in p or "ee-02" in p] == before_b
+    assert tree(env.private) == [NODE_B, f"{NODE_B}/disk", f"{NODE_B}/disk.sha256"]
 
 
 @pytest.mark.parametrize("damage", ["node_dirs", "links", "half_of_each"])
@@ -221,11 +209,10 @@ async def test_clean_copes_with_half_deleted_state(env: Env, damage: str) -> Non
 
 async def test_prepare_again_replaces_everything(env: Env) -> None:
     await env.pxe.prepare(env.spec(macs=("aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02")))
-    new_key = "n" * 32
-    await env.pxe.prepare(env.spec(macs=("aa:bb:cc:dd:ee:02",), deployment_key=new_key, deployment_id="43"))
+    await env.pxe.prepare(env.spec(macs=("aa:bb:cc:dd:ee:02",), bmd_url="http://10.0.0.2:6385", deployment_id="43"))
     assert sorted(os.listdir(env.tftp / "pxelinux.cfg")) == ["01-aa-bb-cc-dd-ee-02"]
-    text = (env.tftp / NODE_A / "config").read_text()
-    assert f"deployment_key={new_key}" in text and KEY not in all_text(env.tftp, env.http)
+    text = all_text(env.tftp, env.http)
+    assert "bmd_url=http://10.0.0.2:6385" in text and f"bmd_url={BMD_URL}" not in text
 
 
 async def test_a_mac_booting_another_live_node_is_a_conflict(env: Env) -> None:
@@ -285,7 +272,7 @@ async def test_one_root_for_tftp_and_http(tmp_path: Path, image_server: ImageSer
         env = make_env(tmp_path, image_server, cache, same_root=True)
         await env.pxe.prepare(env.spec())
         names = {p.name for p in (env.tftp / NODE_A).iterdir()}
-        assert {"config", "boot.ipxe", "kernel", "disk"} <= names
+        assert {"config", "boot.ipxe", "kernel"} <= names and "disk" not in names
         await env.pxe.switch_to_boot(NODE_A)
         await env.pxe.clean(NODE_A)
         assert tree(env.tftp) == ["boot.ipxe", "ipxe", "pxelinux.cfg"]
@@ -293,14 +280,14 @@ async def test_one_root_for_tftp_and_http(tmp_path: Path, image_server: ImageSer
         await cache.close()
 
 
-async def test_the_key_is_never_logged(env: Env) -> None:
+async def test_the_verbs_log_their_events(env: Env) -> None:
     with capture_logs() as logs:
         spec = env.spec()
         await env.pxe.prepare(spec)
         await env.pxe.switch_to_boot(NODE_A)
         await env.pxe.clean(NODE_A)
     assert {"pxe_config_written", "pxe_switched_to_boot", "pxe_cleaned"} <= {e["event"] for e in logs}
-    assert KEY not in repr(logs) and KEY not in repr(spec)
+    assert tree(env.private) == []
 
 
 BAD_SPECS: list[tuple[str, dict[str, object]]] = [
@@ -315,14 +302,10 @@ BAD_SPECS: list[tuple[str, dict[str, object]]] = [
     ("macs", {"macs": ("../../../x",)}),
     ("deployment_id", {"deployment_id": "4 2"}),
     ("deployment_id", {"deployment_id": 42}),
-    ("deployment_key", {"deployment_key": "short"}),
-    ("deployment_key", {"deployment_key": "x" * 20 + " initrd=evil"}),
-    ("callback_url", {"callback_url": "ftp://10.0.0.1/cb"}),
-    ("callback_url", {"callback_url": "http://10.0.0.1/a b"}),
-    ("callback_url", {"callback_url": "http://10.0.0.1/$(reboot)"}),
-    ("callback_url", {"callback_url": "http://10.0.0.1/x\nlabel evil"}),
-    ("root_mb", {"root_mb": -1}),
-    ("swap_mb", {"swap_mb": "512"}),
+    ("bmd_url", {"bmd_url": "ftp://10.0.0.1/cb"}),
+    ("bmd_url", {"bmd_url": "http://10.0.0.1/a b initrd=evil"}),
+    ("bmd_url", {"bmd_url": "http://10.0.0.1/$(reboot)"}),
+    ("bmd_url", {"bmd_url": "http://10.0.0.1/x\nlabel evil"}),
     ("root_device", {"root_device": "/dev/sda1 init=/bin/sh"}),
     ("image", {"image": ImageRef("")}),
     ("kernel", {"kernel": "http://x/kernel"}),
@@ -359,6 +342,9 @@ async def test_clean_and_switch_validate_the_node_uuid(env: Env, node_uuid: str)
         ({"http_url": "http:///images"}, "deploy.http_url"),
         ({"http_url": "http://10.0.0.1/im ages"}, "deploy.http_url"),
         ({"append_params": "console=ttyS0 'quoted'"}, "deploy.append_params"),
+        ({"image_root": "relative"}, "deploy.image_root"),
+        ({"image_root": "SERVED/agent-images"}, "deploy.image_root"),  # served to anyone: refused
+        ({"image_root": "PARENT"}, "deploy.image_root"),
     ],
 )
 def test_settings_are_checked(tmp_path: Path, kwargs: dict[str, str], key: str) -> None:
@@ -366,6 +352,9 @@ def test_settings_are_checked(tmp_path: Path, kwargs: dict[str, str], key: str) 
         "tftp_root": tmp_path,
         "http_root": tmp_path,
         "http_url": "http://10.0.0.1/images",
+        "image_root": tmp_path.parent / "private",
     }
+    if "image_root" in kwargs:
+        kwargs = {"image_root": kwargs["image_root"].replace("SERVED", str(tmp_path)).replace("PARENT", "/")}
     with pytest.raises(ConfigError, match=key):
         PXESettings(**{**base, **kwargs})  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""The deploy agent's endpoints (the protocol is documented in :mod:`bmd.deploy.agent_sim`).
+
+``POST /v1/agent/lookup`` hands out the boot's token once; every other agent call carries it in
+``X-Agent-Token``: the disk image (``GET /v1/agent/nodes/{node}/image``, Range supported), progress
+(``POST /v1/agent/nodes/{node}/heartbeat``) and the callback
+(``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``). None of them takes the operators' bearer
+token: the agent has only its own.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bmd.api.app import ctx_of, json_response, parse_body, public
+from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
+from bmd.provision.agent import TOKEN_HEADER
+
+
+def _token(request: web.Request) -> str | None:
+    return request.headers.get(TOKEN_HEADER) or None
+
+
+@public
+async def lookup(request: web.Request) -> web.Response:
+    body = await parse_body(request, AgentLookup)
+    answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, request.remote)
+    return json_response(answer)
+
+
+async def image(request: web.Request) -> web.StreamResponse:
+    path = await ctx_of(request).conductor.agent_image(request.match_info["node"], _token(request))
+    return web.FileResponse(path, headers={"Cache-Control": "no-store"})
+
+
+@public
+async def heartbeat(request: web.Request) -> web.Response:
+    body = await parse_body(request, AgentHeartbeat) if request.can_read_body else AgentHeartbeat()
+    state = await ctx_of(request).conductor.agent_heartbeat(request.match_info["node"], _token(request), body.message)
+    return json_response({"provision_state": state}, status=202)
+
+
+@public
+async def pass_deploy_info(request: web.Request) -> web.Response:
+    body = await parse_body(request, DeployInfo)
+    state = await ctx_of(request).conductor.pass_deploy_info(request.match_info["node"], _token(request), body.error)
+    return json_response({"provision_state": state})
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/agent/lookup", lookup)
+    r.add_get("/v1/agent/nodes/{node}/image", image)  # add_get also answers HEAD
+    r.add_post("/v1/agent/nodes/{node}/heartbeat", heartbeat)
+    r.add_post("/v1/nodes/{node}/vendor_passthru/pass_deploy_info", pass_deploy_info)
