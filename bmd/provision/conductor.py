@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
 from bmd.db.nodes import get_node
+from bmd.deploy.refs import scrub_urls
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif import plug_vifs
 from bmd.errors import Conflict, Forbidden, InvalidState, NotFound
@@ -25,7 +26,8 @@ log = structlog.get_logger(__name__)
 
 
 def describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    """The error as recorded in last_error (which anonymous readers see): any URL in it redacted."""
+    return f"{type(err).__name__}: {scrub_urls(str(err))}" if str(err) else type(err).__name__
 
 
 class Conductor:
