@@ -16,6 +16,7 @@ from bmd.config import Settings
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
 from bmd.deploy.images import ImageCache
 from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from bmd.deploy.refs import open_refs
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs
@@ -121,11 +122,14 @@ class Provisioner:
         return f"{self.base_url}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
 
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
+        """The deploy as the image cache fetches it: refs that carry credentials are decrypted here (the
+        instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
         info: dict[str, Any] = job.instance.deploy_info
         d = self.settings.deploy
+        clear = open_refs(job.instance.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
 
         def ref(name: str, fallback: str) -> ImageRef:
-            value = info.get(f"{name}_ref") or fallback
+            value = clear.get(f"{name}_ref") or info.get(f"{name}_ref") or fallback
             if not value:
                 raise InvalidInput(f"{name}_ref: not given and no deploy.{name} configured", field=f"{name}_ref")
             return ImageRef(value, info.get(f"{name}_checksum") or None)
@@ -140,7 +144,7 @@ class Provisioner:
             deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
             kernel=ref("kernel", d.boot_kernel),
             ramdisk=ref("ramdisk", d.boot_ramdisk),
-            image=ImageRef(job.instance.image_ref or "", info.get("image_checksum") or None),
+            image=ImageRef(clear.get("image_ref") or job.instance.image_ref or "", info.get("image_checksum") or None),
             root_mb=dep.root_mb,
             swap_mb=dep.swap_mb,
         )
