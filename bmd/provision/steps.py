@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
+from bmd.db.boot_devices import record_boot_device
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
 from bmd.deploy.images import ImageCache
 from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
 from bmd.deploy.refs import open_refs
@@ -164,6 +165,8 @@ class Provisioner:
         """Set the boot device, then power on (reboot if it is already on)."""
         driver, access = self.power.for_node(node)
         await driver.set_boot_device(access, device, persistent)
+        async with self.sessionmaker.begin() as session:  # the last known value anonymous readers are served
+            await record_boot_device(session, node.id, device.value, persistent, utcnow())
         if await driver.get_power_state(access) == PowerState.ON:
             await driver.reboot(access)
         else:
