@@ -16,6 +16,8 @@ from typing import IO, Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from bmd.deploy.refs import scrub_urls
+
 REDACTED = "******"
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)?|secret|token|(^|_|-)key$|^key|credential|authorization", re.I)
 
@@ -26,7 +28,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any) -> Any:
-    """Return ``value`` with every secret-looking key's value replaced, at any depth."""
+    """Return ``value`` with every secret-looking key's value replaced, at any depth, and the user info and
+    query of every URL inside a string redacted (an exception message may embed a signed URL)."""
+    if isinstance(value, str):
+        return scrub_urls(value)
     if isinstance(value, Mapping):
         return {k: REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -35,11 +40,10 @@ def redact(value: Any) -> Any:
 
 
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: drop secret values whatever the key's case or nesting."""
+    """structlog processor: drop secret values whatever the key's case or nesting; scrub URLs in every
+    string, the message (``event``) and a formatted traceback (``exception``) included."""
     for key in list(event_dict):
-        if key == "event":
-            continue
-        if is_secret_key(key):
+        if key != "event" and is_secret_key(key):
             event_dict[key] = REDACTED
         else:
             event_dict[key] = redact(event_dict[key])
@@ -90,6 +94,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_secrets,  # again: the traceback format_exc_info just rendered may hold a URL
             renderer,
         ],
     )

@@ -84,10 +84,11 @@ class Placement:
 class InstanceRequest:
     flavor: FlavorRow
     spec: RequestSpec
-    image_ref: str
+    image_ref: str  # redacted: the clear ref, when it carries credentials, is in secret_refs (encrypted)
     networks: list[dict[str, Any]] = field(default_factory=list)
     deploy_info: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    secret_refs: str | None = None  # instances.secret_refs (see bmd.deploy.refs.seal_refs)
 
 
 def network_info(networks: list[dict[str, Any]]) -> list[Any]:
@@ -205,6 +206,7 @@ class HostManager:
                 "vm_state": "building",
                 "task_state": "spawning",
                 "image_ref": request.image_ref,
+                "secret_refs": request.secret_refs,
                 "image_properties": dict(request.spec.image_properties),
                 "hints": dict(request.spec.hints),
                 "network_info": network_info(request.networks),

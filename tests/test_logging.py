@@ -85,3 +85,30 @@ def test_secret_key_detection() -> None:
     for key in ("pm_user", "node", "monkey", "board_layout", "host"):
         assert not is_secret_key(key), key
     assert redact(("a", {"token": 1})) == ("a", {"token": REDACTED})
+
+
+def test_url_credentials_are_scrubbed_from_every_string() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    log = structlog.get_logger("bmd.test")
+    signed = "http://user:hunter2@10.0.0.1/img?sig=s3cr3t"
+    log.info("image_fetch_started", ref=signed, nested={"urls": [signed]})
+    log.info(f"message embedding {signed}")
+    try:
+        raise RuntimeError(f"GET {signed} failed: 404")
+    except RuntimeError:
+        log.exception("fetch_crashed")
+    logging.getLogger("aiohttp.client").warning("redirected to %s", signed)
+    try:
+        raise ValueError(signed)
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("handler crashed")
+    text = out.getvalue()
+    assert "hunter2" not in text and "s3cr3t" not in text
+    entries = lines(out)
+    shown = "http://***@10.0.0.1/img?<redacted>"
+    assert entries[0]["ref"] == shown and entries[0]["nested"] == {"urls": [shown]}
+    assert entries[1]["event"] == f"message embedding {shown}"
+    assert f"GET {shown} failed" in str(entries[2]["exception"])
+    assert entries[3]["event"] == f"redirected to {shown}"
+    assert shown in str(entries[4]["exception"])

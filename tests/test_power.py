@@ -85,7 +85,11 @@ async def test_power_verbs_through_the_api(env, lab: Lab) -> None:  # type: igno
     assert resp.status == 200
     boot = (await lab.state(name))["boot"]
     assert boot["persistent"] is True and boot["selector"] == 1  # 1: PXE in the boot flags
-    assert (await (await client.get(f"/v1/nodes/{name}/management/boot_device")).json()) == body
+    cached = await (await client.get(f"/v1/nodes/{name}/management/boot_device")).json()
+    assert cached["source"] == "cache" and {k: cached[k] for k in body} == body  # recorded by the PUT
+    resp = await client.get(f"/v1/nodes/{name}/management/boot_device?live=true", headers=auth(ctx))
+    live = await resp.json()
+    assert resp.status == 200 and live["source"] == "bmc" and {k: live[k] for k in body} == body
 
     resp = await client.put(f"/v1/nodes/{name}/states/power", json={"target": "on"}, headers=auth(ctx))
     assert resp.status == 400 and (await resp.json())["field"] == "target"

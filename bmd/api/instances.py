@@ -12,6 +12,7 @@ from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
+from bmd.deploy.refs import display_ref, seal_refs
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.chain import Selection
 from bmd.scheduler import InstanceRequest, request_spec
@@ -38,6 +39,8 @@ INSTANCE_FIELDS = (
 
 def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[str, Any]:
     out = {f: getattr(inst, f) for f in INSTANCE_FIELDS}
+    if inst.image_ref:  # stored redacted; redacted again for rows written before secret_refs existed
+        out["image_ref"] = display_ref(inst.image_ref)
     if node is not None and node.instance_uuid == inst.uuid:
         out["provision_state"] = node.provision_state
         out["power_state"] = node.power_state
@@ -78,11 +81,16 @@ async def create_instances(request: web.Request) -> web.Response:
     body = await parse_body(request, InstanceCreate)
     flavor = await _flavor(request, body.flavor)
     spec = request_spec(flavor, body.image_properties, body.num_instances, body.hints)
+    # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
+    refs, secret_refs = seal_refs(
+        {"image_ref": body.image_ref, "kernel_ref": body.kernel_ref, "ramdisk_ref": body.ramdisk_ref},
+        ctx.secret_box,
+    )
     deploy_info = {
         "image_checksum": body.image_checksum,
-        "kernel_ref": body.kernel_ref,
+        "kernel_ref": refs["kernel_ref"],
         "kernel_checksum": body.kernel_checksum,
-        "ramdisk_ref": body.ramdisk_ref,
+        "ramdisk_ref": refs["ramdisk_ref"],
         "ramdisk_checksum": body.ramdisk_checksum,
         "root_mb": flavor.root_gb * 1024,
         "swap_mb": flavor.swap,
@@ -92,7 +100,8 @@ async def create_instances(request: web.Request) -> web.Response:
         InstanceRequest(
             flavor=flavor,
             spec=spec,
-            image_ref=body.image_ref,
+            image_ref=refs["image_ref"] or "",
+            secret_refs=secret_refs,
             networks=[n.model_dump() for n in body.networks],
             deploy_info=deploy_info,
             name=body.name,

@@ -1,21 +1,33 @@
 """Power, boot device and maintenance of one node: ``/v1/nodes/{node}/states``, ``.../states/power``,
-``.../management/boot_device``, ``.../maintenance``. Every BMC call is bounded; BMC errors map to 502/504."""
+``.../management/boot_device``, ``.../maintenance``. Every BMC call is bounded; BMC errors map to 502/504.
+
+Reads are served from the database (the power state kept by sync_power_states, the last known boot device
+with its age); only an authenticated ``GET .../management/boot_device?live=true`` reads a BMC, one call in
+flight per node however many ask."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
+from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
 from bmd.db import nodes as q
+from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, utcnow
-from bmd.drivers.power.base import BootDevice, PowerState
-from bmd.errors import BMCTimeout, InvalidState
+from bmd.drivers.power.base import BootDevice, BootDeviceInfo, PowerState
+from bmd.drivers.power.registry import PowerRegistry
+from bmd.errors import BMCTimeout, InvalidInput, InvalidState
 
 BUSY_STATES = ("deploying", "deleting")
+BOOT_DEVICE_TIMEOUT = 60.0  # bounds one boot device call whatever the driver's own timeouts
 
 
 def _states(node: BareMetalNode) -> dict[str, Any]:
@@ -74,22 +86,110 @@ async def set_power(request: web.Request) -> web.Response:
     return json_response({"node": node.id, "power_state": state.value})
 
 
+class LiveBootDeviceReads:
+    """Live reads of boot devices for authenticated callers: at most one BMC call in flight per node, shared
+    by every caller that asks while it runs (coalesced), each through the node's driver and so within its
+    concurrency cap; every answer is recorded as the node's last known value. Owns its calls: ``close``
+    cancels and awaits them."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], power: PowerRegistry, timeout: float) -> None:
+        self.sessionmaker = sessionmaker
+        self.power = power
+        self.timeout = timeout
+        self._calls: dict[int, asyncio.Task[tuple[BootDeviceInfo, dt.datetime]]] = {}
+        self._waiting: Counter[int] = Counter()
+
+    def waiting(self, node_id: int) -> int:
+        """Callers waiting on the node's call in flight (0 when there is none)."""
+        return self._waiting[node_id]
+
+    async def read(self, node: BareMetalNode) -> tuple[BootDeviceInfo, dt.datetime]:
+        """The BMC's answer and when the call started; joins the node's call in flight if there is one."""
+        task = self._calls.get(node.id)
+        if task is None:
+            task = asyncio.create_task(self._read(node), name=f"boot-device-read:{node.id}")
+            self._calls[node.id] = task
+            task.add_done_callback(functools.partial(self._done, node.id))
+        self._waiting[node.id] += 1
+        try:
+            return await asyncio.shield(task)  # a caller that goes away does not cancel the others' call
+        finally:
+            self._waiting[node.id] -= 1
+            if self._waiting[node.id] <= 0:
+                del self._waiting[node.id]
+
+    def _done(self, node_id: int, task: asyncio.Task[tuple[BootDeviceInfo, dt.datetime]]) -> None:
+        if self._calls.get(node_id) is task:
+            del self._calls[node_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have gone
+
+    async def _read(self, node: BareMetalNode) -> tuple[BootDeviceInfo, dt.datetime]:
+        started = utcnow()
+        driver, access = self.power.for_node(node)
+        info: BootDeviceInfo = await _bounded(driver.get_boot_device(access), self.timeout)
+        async with self.sessionmaker.begin() as session:
+            await record_boot_device(session, node.id, _device(info), info.persistent, started)
+        return info, started
+
+    async def close(self) -> None:
+        tasks = list(self._calls.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+BOOT_READS: web.AppKey[LiveBootDeviceReads] = web.AppKey("boot_reads", LiveBootDeviceReads)
+
+
+async def _boot_reads(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    reads = app[BOOT_READS] = LiveBootDeviceReads(ctx.sessionmaker, ctx.power, BOOT_DEVICE_TIMEOUT)
+    yield
+    await reads.close()
+
+
+def _device(info: BootDeviceInfo) -> str | None:
+    return info.device.value if info.device else None
+
+
+def _boot_view(device: str | None, persistent: bool | None, at: dt.datetime | None, source: str) -> dict[str, Any]:
+    age = None if at is None else round(max(0.0, (utcnow() - at).total_seconds()), 3)
+    return {"boot_device": device, "persistent": persistent, "checked_at": at, "age_seconds": age, "source": source}
+
+
+def _live(request: web.Request) -> bool:
+    value = request.query.get("live", "false").lower()
+    if value not in ("true", "1", "false", "0"):
+        raise InvalidInput(f"live must be true or false, got {value!r}", field="live")
+    return value in ("true", "1")
+
+
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, BootDeviceBody)
     node = await _idle_node(request)
     driver, access = ctx.power.for_node(node)
-    await _bounded(driver.set_boot_device(access, BootDevice(body.boot_device), body.persistent), 60)
+    await _bounded(driver.set_boot_device(access, BootDevice(body.boot_device), body.persistent), BOOT_DEVICE_TIMEOUT)
+    async with ctx.sessionmaker.begin() as session:
+        await record_boot_device(session, node.id, body.boot_device, body.persistent, utcnow())
     return json_response({"node": node.id, "boot_device": body.boot_device, "persistent": body.persistent})
 
 
 async def get_boot_device(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    async with ctx.sessionmaker() as session:
+    """The last known boot device with its age (``"source": "cache"``), for anyone; ``?live=true`` asks the
+    BMC (``"source": "bmc"``) and needs the bearer token: an anonymous read never makes bmd talk to a BMC."""
+    live = _live(request)
+    if live and not is_authenticated(request):
+        return error_response(401, "unauthorized", "a valid bearer token is required to read the BMC live (?live=true)")
+    async with ctx_of(request).sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
-    driver, access = ctx.power.for_node(node)
-    info = await _bounded(driver.get_boot_device(access), 60)
-    return json_response({"boot_device": info.device.value if info.device else None, "persistent": info.persistent})
+    if not live:
+        return json_response(
+            _boot_view(node.boot_device, node.boot_device_persistent, node.boot_device_checked_at, "cache")
+        )
+    info, started = await request.app[BOOT_READS].read(node)
+    return json_response(_boot_view(_device(info), info.persistent, started, "bmc"))
 
 
 async def set_maintenance(request: web.Request) -> web.Response:
@@ -110,6 +210,7 @@ async def unset_maintenance(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_boot_reads)
     r = app.router
     r.add_get("/v1/nodes/{node}/states", get_states)
     r.add_put("/v1/nodes/{node}/states/power", set_power)

@@ -36,7 +36,7 @@ import aiohttp
 import structlog
 
 from bmd.deploy.checksum import Checksum, DigestSink, parse_checksum
-from bmd.deploy.refs import ImageSource, parse_image_ref
+from bmd.deploy.refs import ImageSource, parse_image_ref, scrub_urls
 from bmd.errors import DriverError, InvalidInput, NotFound
 
 log = structlog.get_logger(__name__)
@@ -311,8 +311,11 @@ class ImageCache:
                         buf.clear()
                 if buf:
                     await asyncio.to_thread(_write_chunk, out, sink, bytes(buf))
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise DriverError(f"downloading {source.display} failed: {err or type(err).__name__}") from err
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            # aiohttp's message may embed the URL it was given, credentials and all: keep only its scrubbed
+            # text, not the exception (a traceback would print the clear URL)
+            reason = scrub_urls(str(err)) or type(err).__name__
+            raise DriverError(f"downloading {source.display} failed: {reason}") from None
 
     async def _copy_local(self, source: ImageSource, out: IO[bytes], sink: DigestSink) -> None:
         try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bmd.deploy.refs import display_ref
 from bmd.errors import ConfigError, InvalidInput
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
@@ -57,10 +58,15 @@ class PXESettings:
             raise ConfigError("deploy.append_params must be plain kernel arguments (no quotes, '$' or ';')")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ImageRef:
+    """A ref as the cache fetches it: it may carry credentials, so its repr shows only the redacted form."""
+
     ref: str
     checksum: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ImageRef({display_ref(self.ref)!r}, checksum={self.checksum!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
+from bmd.deploy.refs import scrub_urls
 from bmd.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif import plug_vifs
@@ -35,7 +36,8 @@ log = structlog.get_logger(__name__)
 
 
 def describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    """The error as recorded in last_error (which anonymous readers see): any URL in it redacted."""
+    return f"{type(err).__name__}: {scrub_urls(str(err))}" if str(err) else type(err).__name__
 
 
 class Conductor:

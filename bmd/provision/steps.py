@@ -13,9 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
+from bmd.db.boot_devices import record_boot_device
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
 from bmd.deploy.images import ImageCache
 from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from bmd.deploy.refs import open_refs
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs
@@ -130,11 +132,14 @@ class Provisioner:
         }
 
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
+        """The deploy as the image cache fetches it: refs that carry credentials are decrypted here (the
+        instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
         info: dict[str, Any] = job.instance.deploy_info
         d = self.settings.deploy
+        clear = open_refs(job.instance.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
 
         def ref(name: str, fallback: str) -> ImageRef:
-            value = info.get(f"{name}_ref") or fallback
+            value = clear.get(f"{name}_ref") or info.get(f"{name}_ref") or fallback
             if not value:
                 raise InvalidInput(f"{name}_ref: not given and no deploy.{name} configured", field=f"{name}_ref")
             return ImageRef(value, info.get(f"{name}_checksum") or None)
@@ -148,7 +153,7 @@ class Provisioner:
             deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
             kernel=ref("kernel", d.boot_kernel),
             ramdisk=ref("ramdisk", d.boot_ramdisk),
-            image=ImageRef(job.instance.image_ref or "", info.get("image_checksum") or None),
+            image=ImageRef(clear.get("image_ref") or job.instance.image_ref or "", info.get("image_checksum") or None),
         )
 
     async def write_boot_config(self, job: Job, dep: Deployment) -> None:
@@ -166,6 +171,8 @@ class Provisioner:
         """Set the boot device, then power on (reboot if it is already on)."""
         driver, access = self.power.for_node(node)
         await driver.set_boot_device(access, device, persistent)
+        async with self.sessionmaker.begin() as session:  # the last known value anonymous readers are served
+            await record_boot_device(session, node.id, device.value, persistent, utcnow())
         if await driver.get_power_state(access) == PowerState.ON:
             await driver.reboot(access)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
@@ -17,6 +18,9 @@ class FakeBMC:
     failure: BMCError | None = None  # raised by every verb while set
     calls: list[str] = field(default_factory=list)
     boots: int = 0
+    gate: asyncio.Event | None = None  # while set to an unset event, every verb waits for it (a slow BMC)
+    in_flight: int = 0  # verbs running now
+    max_in_flight: int = 0  # the most that ever ran at once
 
 
 class FakePower(PowerInterface):
@@ -39,12 +43,19 @@ class FakePower(PowerInterface):
         """Make every verb on ``node_id`` raise ``error`` until called again with None."""
         self.bmc(node_id).failure = error
 
-    def _use(self, access: BMCAccess, verb: str) -> FakeBMC:
+    async def _use(self, access: BMCAccess, verb: str) -> FakeBMC:
         state = self.bmc(access.node_id)
         state.calls.append(verb)
-        if state.failure is not None:
-            raise state.failure
-        return state
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            if state.gate is not None:
+                await state.gate.wait()
+            if state.failure is not None:
+                raise state.failure
+            return state
+        finally:
+            state.in_flight -= 1
 
     def _boot(self, state: FakeBMC) -> None:
         state.boots += 1
@@ -52,23 +63,23 @@ class FakePower(PowerInterface):
             state.boot = BootDeviceInfo(device=None, persistent=False)
 
     async def get_power_state(self, access: BMCAccess) -> PowerState:
-        return self._use(access, "get_power_state").power
+        return (await self._use(access, "get_power_state")).power
 
     async def set_power_state(self, access: BMCAccess, state: PowerState) -> None:
         if state not in (PowerState.ON, PowerState.OFF):
             raise InvalidInput(f"cannot set power state {state!r}", field="target")
-        bmc = self._use(access, f"set_power_state:{state.value}")
+        bmc = await self._use(access, f"set_power_state:{state.value}")
         if state is PowerState.ON and bmc.power is not PowerState.ON:
             self._boot(bmc)
         bmc.power = state
 
     async def reboot(self, access: BMCAccess) -> None:
-        bmc = self._use(access, "reboot")
+        bmc = await self._use(access, "reboot")
         self._boot(bmc)
         bmc.power = PowerState.ON
 
     async def set_boot_device(self, access: BMCAccess, device: BootDevice, persistent: bool = False) -> None:
-        self._use(access, f"set_boot_device:{device.value}").boot = BootDeviceInfo(device, persistent)
+        (await self._use(access, f"set_boot_device:{device.value}")).boot = BootDeviceInfo(device, persistent)
 
     async def get_boot_device(self, access: BMCAccess) -> BootDeviceInfo:
-        return self._use(access, "get_boot_device").boot
+        return (await self._use(access, "get_boot_device")).boot
