@@ -35,6 +35,7 @@ from bmd.filters.host_state import Flavor, RequestSpec
 from bmd.filters.registry import build_filters, build_weighers
 from bmd.scheduling.selector import HostSelector
 from bmd.tasks.report_driver_status import TOPIC
+from bmd.tasks.steps import NodeSteps, StepFailureCounter, record_step_errors
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,9 @@ def network_info(networks: list[dict[str, Any]]) -> list[Any]:
 
 
 class HostManager:
-    def __init__(self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus) -> None:
+    def __init__(
+        self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus, failures: StepFailureCounter | None = None
+    ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
@@ -106,6 +109,9 @@ class HostManager:
         self._caps: dict[str, dict[str, Any]] = {}  # the last published capabilities of each node
         self.claims = 0
         self.lost_races = 0
+        # One node's row or dict that cannot be taken in is its failure alone (see bmd.tasks.steps).
+        self.refresh_steps = NodeSteps("scheduler_refresh", failures)
+        self.failures = self.refresh_steps.counter
 
     # -- feeding host states ---------------------------------------------------------------------------
 
@@ -115,7 +121,11 @@ class HostManager:
             by_host.setdefault(str(caps.get("host", "")), []).append(caps)
             self._caps[str(caps.get("node"))] = caps
         for host, entries in by_host.items():
-            self.selector.sync_service(host, entries)
+            self.selector.sync_service(host, entries, self._bad_capabilities)
+
+    def _bad_capabilities(self, nodename: str, err: Exception) -> None:
+        self.failures.add("scheduler_capabilities")
+        log.error("node_capabilities_rejected", node=nodename, error=str(err))
 
     def release(self, node_id: int) -> None:
         """A node of this service was given back (delete done, spawn undone): offer it again now rather
@@ -146,11 +156,16 @@ class HostManager:
             ).all()
             services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
         known = {s.nodename for s in self.selector.hosts()}
+        steps = self.refresh_steps
+        steps.start()
         for row in rows:
             if str(row.bm_node_id) in known:
-                self.selector.update_compute_node(
-                    {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
-                )
+                try:
+                    self.selector.update_compute_node(
+                        {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
+                    )
+                except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
+                    steps.fail(row.bm_node_id, err)
         for node_id, power_state, failures in health:
             if str(node_id) in known:
                 fault = power_state == "error" or bool(failures)
@@ -158,6 +173,10 @@ class HostManager:
                     self.selector.set_health(str(node_id), power_fault=fault)
         for host, heartbeat in services:
             self.selector.set_service_up(host, now - heartbeat <= down_after)
+        changes = steps.finish()
+        if changes:
+            async with self.sessionmaker.begin() as session:
+                await record_step_errors(session, changes)
 
     async def prepare_flavors(self) -> None:
         """Build the index groupings every known flavor needs now, not on its first request (at 100,000

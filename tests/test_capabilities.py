@@ -94,7 +94,7 @@ async def test_host_stats_is_a_list_with_exactly_the_seed_keys(ctx: AppContext) 
     extra = set(ctx.driver.extra_specs)
     assert extra == {"cpu_arch", "baremetal_driver"}
     for entry in stats:
-        assert set(entry) == SEED_KEYS | extra | {"maintenance"}
+        assert set(entry) == SEED_KEYS | extra | {"maintenance", "deploy_ready", "deploy_blocker"}
         assert entry["hypervisor_hostname"] == entry["node"]
         assert entry["host"] == "test-host"
         assert entry["hypervisor_type"] == "baremetal"

@@ -72,6 +72,8 @@ RESERVED_SPEC_KEYS = frozenset(
         "host_ip",
         "maintenance",
         "baremetal_driver",
+        "deploy_ready",
+        "deploy_blocker",
     }
 )
 
