@@ -72,7 +72,8 @@ async def test_schedule_is_a_dry_run(cloud: Cloud) -> None:
     resp = await cloud.client.post("/v1/schedule", json={"flavor": "bm.small", "num_instances": 2}, headers=cloud.auth)
     body = await resp.json()
     assert resp.status == 200 and body["ok"] and len(body["candidates"]) == 2
-    assert body["filter_counts"][0][0] == {"filter": "ComputeFilter", "before": 4, "after": 4}
+    assert body["filter_counts"][0][0] == {"filter": "DeployReadyFilter", "before": 4, "after": 4}
+    assert body["filter_counts"][0][1] == {"filter": "ComputeFilter", "before": 4, "after": 4}
     assert await count_claimed(cloud) == (0, 0)
     resp = await cloud.client.post("/v1/schedule", json={"flavor": "nope"}, headers=cloud.auth)
     assert resp.status == 400 and (await resp.json())["field"] == "flavor"
