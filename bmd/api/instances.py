@@ -14,6 +14,7 @@ from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.chain import Selection
+from bmd.provision.precheck import check_deploy_request, check_pxe_ips
 from bmd.scheduler import InstanceRequest, request_spec
 
 INSTANCE_FIELDS = (
@@ -88,6 +89,12 @@ async def create_instances(request: web.Request) -> web.Response:
         "swap_mb": flavor.swap,
         "name": body.name,
     }
+    # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
+    await check_deploy_request(
+        deploy_info, body.image_ref, ctx.settings.deploy, ctx.conductor.p.cache.allowed_local_roots
+    )
+    async with ctx.sessionmaker() as session:
+        await check_pxe_ips(session, body.num_instances)
     placements = await ctx.scheduler.claim(
         InstanceRequest(
             flavor=flavor,

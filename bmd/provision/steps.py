@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 from sqlalchemy import select
@@ -15,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bmd.config import Settings
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface
 from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from bmd.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs
 from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
+from bmd.provision.precheck import deploy_refs
 
 log = structlog.get_logger(__name__)
 
@@ -121,26 +121,18 @@ class Provisioner:
         return f"{self.base_url}/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info"
 
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
-        info: dict[str, Any] = job.instance.deploy_info
-        d = self.settings.deploy
-
-        def ref(name: str, fallback: str) -> ImageRef:
-            value = info.get(f"{name}_ref") or fallback
-            if not value:
-                raise InvalidInput(f"{name}_ref: not given and no deploy.{name} configured", field=f"{name}_ref")
-            return ImageRef(value, info.get(f"{name}_checksum") or None)
-
+        refs = deploy_refs(job.instance.deploy_info, job.instance.image_ref or "", self.settings.deploy)
         return DeploySpec(
             node_uuid=job.node.uuid,
             macs=job.macs,
             deployment_id=str(dep.id),
             deployment_key=dep.key,
             callback_url=self.callback_url(job.node.uuid),
-            deploy_kernel=ref("deploy_kernel", d.deploy_kernel),
-            deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
-            kernel=ref("kernel", d.boot_kernel),
-            ramdisk=ref("ramdisk", d.boot_ramdisk),
-            image=ImageRef(job.instance.image_ref or "", info.get("image_checksum") or None),
+            deploy_kernel=refs["deploy_kernel"],
+            deploy_ramdisk=refs["deploy_ramdisk"],
+            kernel=refs["kernel"],
+            ramdisk=refs["ramdisk"],
+            image=refs["image"],
             root_mb=dep.root_mb,
             swap_mb=dep.swap_mb,
         )
