@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, event, insert, select, update
 
 from bmd.context import AppContext
-from bmd.db.models import BareMetalNode, ComputeNode, utcnow
+from bmd.db.models import BareMetalNode, ComputeNode, Interface, utcnow
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NotFound
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
@@ -62,6 +62,21 @@ async def add_nodes(ctx: AppContext, count: int, host: str = "test-host", **valu
         await session.execute(insert(BareMetalNode), rows)
         ids = (await session.execute(select(BareMetalNode.id).order_by(BareMetalNode.id.desc()).limit(count))).scalars()
         return sorted(ids)
+
+
+async def add_nics(ctx: AppContext, node_ids: list[int]) -> None:
+    """One interface per node: a node without one cannot PXE boot, so the scheduler skips it."""
+    now = utcnow()
+    rows = [
+        {
+            "bm_node_id": n,
+            "address": f"52:54:01:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}",
+            "created_at": now,
+        }
+        for n in node_ids
+    ]
+    async with ctx.sessionmaker.begin() as session:
+        await session.execute(insert(Interface), [{**r, "updated_at": now} for r in rows])
 
 
 @contextmanager
@@ -280,6 +295,7 @@ async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> No
     await engine.dispose()
     async with open_context(settings) as ctx:
         ids = await add_nodes(ctx, 20)
+        await add_nics(ctx, ids)
         task = UpdateAvailableResource(ctx.driver, ctx.sessionmaker, 60.0)
         await task.run_once()
         async with ctx.sessionmaker.begin() as session:
