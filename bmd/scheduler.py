@@ -112,6 +112,7 @@ class HostManager:
         # One node's row or dict that cannot be taken in is its failure alone (see bmd.tasks.steps).
         self.refresh_steps = NodeSteps("scheduler_refresh", failures)
         self.failures = self.refresh_steps.counter
+        self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
 
     # -- feeding host states ---------------------------------------------------------------------------
 
@@ -120,12 +121,21 @@ class HostManager:
         for caps in capabilities:
             by_host.setdefault(str(caps.get("host", "")), []).append(caps)
             self._caps[str(caps.get("node"))] = caps
-        for host, entries in by_host.items():
-            self.selector.sync_service(host, entries, self._bad_capabilities)
+        rejected: dict[str, str] = {}
 
-    def _bad_capabilities(self, nodename: str, err: Exception) -> None:
-        self.failures.add("scheduler_capabilities")
-        log.error("node_capabilities_rejected", node=nodename, error=str(err))
+        def reject(nodename: str, err: Exception) -> None:
+            rejected[nodename] = str(err)
+            self.failures.add("scheduler_capabilities")
+            if self._rejected.get(nodename) != str(err):  # logged when it starts, not on every report
+                log.error("node_capabilities_rejected", node=nodename, error=str(err))
+
+        for host, entries in by_host.items():
+            self.selector.sync_service(host, entries, reject)
+        for caps in capabilities:
+            nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+            if nodename not in rejected and self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+        self._rejected.update(rejected)
 
     def release(self, node_id: int) -> None:
         """A node of this service was given back (delete done, spawn undone): offer it again now rather
@@ -136,7 +146,10 @@ class HostManager:
         free = {**caps, "vcpus_used": 0, "disk_used": 0, "disk_available": caps["disk_total"]}
         free["host_memory_free"] = caps["host_memory_total"]
         self._caps[str(node_id)] = free
-        self.selector.update_capabilities(free)
+        try:
+            self.selector.update_capabilities(free)
+        except Exception as err:  # noqa: BLE001 - a dict it refused before: the next report decides
+            log.warning("node_release_not_offered", node=node_id, error=str(err))
 
     async def consume_bus(self) -> None:
         """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the

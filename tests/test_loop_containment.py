@@ -214,11 +214,17 @@ async def test_a_bad_capability_dict_does_not_stop_the_others(cloud: Cloud) -> N
     stats = [dict(s) for s in cloud.ctx.bus.latest(TOPIC)]
     stats[0]["vcpus"] = {"not": "a number"}
     stats[1]["host_memory_free"] = 123
-    cloud.ctx.scheduler.take_capabilities(stats)
+    with capture_logs() as logs:
+        cloud.ctx.scheduler.take_capabilities(stats)
+        cloud.ctx.scheduler.take_capabilities(stats)
     selector = cloud.ctx.scheduler.selector
     assert selector.get(str(healthy[1])).free_ram_mb == 123
     assert str(healthy[0]) in selector  # kept as it was, not dropped
-    assert failures_metric(cloud, "scheduler_capabilities") == 1
+    assert failures_metric(cloud, "scheduler_capabilities") == 2
+    assert [e["node"] for e in logs if e["event"] == "node_capabilities_rejected"] == [str(healthy[0])]
+    with capture_logs() as logs:
+        cloud.ctx.scheduler.take_capabilities(cloud.ctx.bus.latest(TOPIC))
+    assert [e["node"] for e in logs if e["event"] == "node_capabilities_recovered"] == [str(healthy[0])]
 
 
 async def test_step_failures_metric_is_rendered(cloud: Cloud) -> None:
