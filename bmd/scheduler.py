@@ -188,8 +188,12 @@ class HostManager:
             self.selector.set_service_up(host, now - heartbeat <= down_after)
         changes = steps.finish()
         if changes:
-            async with self.sessionmaker.begin() as session:
-                await record_step_errors(session, changes)
+            try:
+                async with self.sessionmaker.begin() as session:
+                    await record_step_errors(session, changes)
+            except BaseException:
+                steps.unwritten(changes)
+                raise
 
     async def prepare_flavors(self) -> None:
         """Build the index groupings every known flavor needs now, not on its first request (at 100,000

@@ -18,6 +18,7 @@ from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerI
 from bmd.drivers.power.fake import FakePower
 from bmd.scheduler import SchedulerRefresh
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
+from bmd.tasks.steps import NodeSteps
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
 from tests.cloud import Cloud, make_cloud
@@ -232,3 +233,29 @@ async def test_step_failures_metric_is_rendered(cloud: Cloud) -> None:
     assert "# TYPE bmd_node_step_failures_total counter" in page
     cloud.ctx.step_failures.add("sync_power_states")
     assert failures_metric(cloud, "sync_power_states") == 1
+
+
+def test_node_steps_report_transitions_only() -> None:
+    steps = NodeSteps("t")
+    steps.start()
+    steps.fail(1, ValueError("bad"))
+    first = steps.finish()
+    assert dict(first.failed) == {1: "t: ValueError: bad"} and not first.recovered
+    steps.start()
+    steps.fail(1, ValueError("bad"))
+    assert not steps.finish()  # the same error again: nothing to write
+    steps.start()
+    steps.fail(1, ValueError("worse"))
+    changed = steps.finish()
+    assert dict(changed.failed) == {1: "t: ValueError: worse"}
+    steps.unwritten(changed)  # the write failed: offered again
+    steps.start()
+    steps.fail(1, ValueError("worse"))
+    assert dict(steps.finish().failed) == {1: "t: ValueError: worse"}
+    steps.start()
+    recovered = steps.finish()
+    assert dict(recovered.recovered) == {1: "t: ValueError: worse"} and not recovered.failed
+    steps.unwritten(recovered)
+    steps.start()
+    assert dict(steps.finish().recovered) == {1: "t: ValueError: worse"}
+    assert steps.counter.totals == {"t": 4}

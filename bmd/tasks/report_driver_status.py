@@ -38,5 +38,9 @@ class ReportDriverStatus:
         self.bus.publish(TOPIC, stats)
         changes = self.steps.finish()
         if changes:
-            async with self.driver.sessionmaker.begin() as session:
-                await record_step_errors(session, changes)
+            try:
+                async with self.driver.sessionmaker.begin() as session:
+                    await record_step_errors(session, changes)
+            except BaseException:
+                self.steps.unwritten(changes)
+                raise

@@ -52,7 +52,7 @@ def describe(err: BaseException) -> str:
 
 class NodeSteps:
     """One loop's record of which nodes' steps fail. Call ``start()`` at the top of a pass, ``fail(node, err)``
-    for each failed step, and ``finish()`` at the end for what to write."""
+    for each failed step, ``finish()`` at the end for what to write, and ``unwritten()`` when writing it failed."""
 
     def __init__(self, task: str, counter: StepFailureCounter | None = None) -> None:
         self.task = task
@@ -81,6 +81,12 @@ class NodeSteps:
         self.failing = dict(now)
         self._this_pass = {}
         return StepChanges(failed, recovered)
+
+    def unwritten(self, changes: StepChanges) -> None:
+        """The write of ``changes`` failed: offer them again at the next pass."""
+        for node_id in changes.failed:
+            self.failing.pop(node_id, None)
+        self.failing.update(changes.recovered)
 
 
 async def record_step_errors(session: AsyncSession, changes: StepChanges) -> None:

@@ -62,14 +62,18 @@ class UpdateAvailableResource:
                 new.setdefault(nodename, self.trackers[nodename])
         changes = self.steps.finish()
         try:
-            await self._write(changed, changes)
-        except IntegrityError:
-            # A node was deleted between the read and the write: drop the rows of vanished nodes and retry.
-            async with self.sessionmaker() as session:
-                alive = await existing_node_ids(session, self.driver.host)
-            changed = [(t, r) for t, r in changed if t.node_id in alive]
-            new = {n: t for n, t in new.items() if t.node_id in alive}
-            await self._write(changed, changes)
+            try:
+                await self._write(changed, changes)
+            except IntegrityError:
+                # A node was deleted between the read and the write: drop the rows of vanished nodes, retry.
+                async with self.sessionmaker() as session:
+                    alive = await existing_node_ids(session, self.driver.host)
+                changed = [(t, r) for t, r in changed if t.node_id in alive]
+                new = {n: t for n, t in new.items() if t.node_id in alive}
+                await self._write(changed, changes)
+        except BaseException:
+            self.steps.unwritten(changes)
+            raise
         self.trackers = new
 
     async def _write(self, changed: list[tuple[ResourceTracker, dict[str, object]]], changes: StepChanges) -> None:
