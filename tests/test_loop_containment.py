@@ -9,19 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select, text, update
 from structlog.testing import capture_logs
 
+from bmd.api.app import create_app
 from bmd.api.metrics import render
 from bmd.db.models import BareMetalNode, ComputeNode
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
 from bmd.drivers.power.fake import FakePower
+from bmd.lab import Lab, LabSpec
 from bmd.scheduler import SchedulerRefresh
+from bmd.service import open_context
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from bmd.tasks.steps import NodeSteps
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
 from tests.cloud import Cloud, make_cloud
+from tests.conftest import make_settings
 from tests.test_capabilities import add_nodes
 
 
@@ -259,3 +264,29 @@ def test_node_steps_report_transitions_only() -> None:
     steps.start()
     assert dict(steps.finish().recovered) == {1: "t: ValueError: worse"}
     assert steps.counter.totals == {"t": 4}
+
+
+async def test_real_lab_bmcs_are_read_beside_poisoned_rows(tmp_path: Path, db_file: Path) -> None:
+    """The same over IPMI: three simulated BMCs on loopback, and rows no API would have written."""
+    fast = {"ipmi": {"timeout": 1.0, "retries": 1}, "tasks": {"power_sync_timeout": 2.0}}
+    async with Lab(LabSpec(count=3)) as lab, open_context(make_settings(tmp_path, **fast)) as ctx:
+        ctx.power.register("broken", BrokenPower())
+        imported = [{**entry, "cpus": 8, "memory_mb": 16384, "local_gb": 200} for entry in lab.inventory()]
+        async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
+            auth = {"Authorization": f"Bearer {ctx.api_token}"}
+            resp = await client.post("/v1/nodes/import", json={"nodes": imported}, headers=auth)
+            assert resp.status == 201, await resp.text()
+        password = ctx.secret_box.encrypt("pw")
+        poisoned = [
+            *(await add_nodes(ctx, 1, pm_driver="ipmi", pm_address="::::", pm_user="u", pm_password=password)),
+            *(await add_nodes(ctx, 1, pm_driver="broken", pm_address="h")),
+        ]
+        loop = SyncPowerStates(ctx.sessionmaker, ctx.power, "test-host", ctx.settings.tasks, failures=ctx.step_failures)
+        await loop.run_once()
+        async with ctx.sessionmaker() as session:
+            rows = {n.id: n for n in (await session.execute(select(BareMetalNode))).scalars()}
+        good = [n for i, n in rows.items() if i not in poisoned]
+        assert len(good) == 3
+        assert all(n.power_state in ("power on", "power off") and n.last_power_error is None for n in good)
+        assert all(rows[i].last_power_error for i in poisoned)
+        assert ctx.step_failures.totals == {"sync_power_states": 1}  # the driver bug; "::::" is a BMC-field error
