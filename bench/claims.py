@@ -25,7 +25,7 @@ from bmd.config import Settings
 from bmd.db.engine import make_engine
 from bmd.db.flavors import Flavor as FlavorRow
 from bmd.db.migrate import upgrade
-from bmd.db.models import BareMetalNode, Instance, InstanceType, utcnow
+from bmd.db.models import BareMetalNode, Instance, InstanceType, Interface, utcnow
 from bmd.errors import NoValidHost
 from bmd.scheduler import InstanceRequest, request_spec
 from bmd.service import open_context
@@ -56,6 +56,11 @@ async def enroll(settings: Settings, n: int) -> None:
     ]
     async with engine.begin() as conn:
         await conn.execute(insert(BareMetalNode), rows)
+        ids = (await conn.execute(select(BareMetalNode.id))).scalars().all()
+        nics = [  # one interface each: a node without one cannot PXE boot (DeployReadyFilter skips it)
+            {"bm_node_id": i, "address": f"52:54:02:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"} for i in ids
+        ]
+        await conn.execute(insert(Interface), [{**nic, "created_at": now, "updated_at": now} for nic in nics])
         await conn.execute(
             insert(InstanceType).values(
                 name="bm.small",

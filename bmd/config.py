@@ -116,6 +116,7 @@ class SecretsSettings(_Section):
 class SchedulerSettings(_Section):
     filters: list[str] = Field(
         default_factory=lambda: [
+            "DeployReadyFilter",
             "ComputeFilter",
             "ImagePropertiesFilter",
             "ComputeCapabilitiesFilter",

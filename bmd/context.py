@@ -12,6 +12,7 @@ from bmd.bus import Bus
 from bmd.config import Settings
 from bmd.secrets import SecretBox
 from bmd.tasks.runner import Runner
+from bmd.tasks.steps import StepFailureCounter
 
 if TYPE_CHECKING:
     from bmd.drivers.baremetal import BareMetalDriver
@@ -33,5 +34,6 @@ class AppContext:
     power: PowerRegistry
     conductor: Conductor
     scheduler: HostManager
+    step_failures: StepFailureCounter = field(default_factory=StepFailureCounter)
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -35,6 +35,7 @@ from bmd.filters.host_state import Flavor, RequestSpec
 from bmd.filters.registry import build_filters, build_weighers
 from bmd.scheduling.selector import HostSelector
 from bmd.tasks.report_driver_status import TOPIC
+from bmd.tasks.steps import NodeSteps, StepFailureCounter, record_step_errors
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +98,9 @@ def network_info(networks: list[dict[str, Any]]) -> list[Any]:
 
 
 class HostManager:
-    def __init__(self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus) -> None:
+    def __init__(
+        self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus, failures: StepFailureCounter | None = None
+    ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
@@ -107,6 +110,10 @@ class HostManager:
         self._caps: dict[str, dict[str, Any]] = {}  # the last published capabilities of each node
         self.claims = 0
         self.lost_races = 0
+        # One node's row or dict that cannot be taken in is its failure alone (see bmd.tasks.steps).
+        self.refresh_steps = NodeSteps("scheduler_refresh", failures)
+        self.failures = self.refresh_steps.counter
+        self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
 
     # -- feeding host states ---------------------------------------------------------------------------
 
@@ -115,8 +122,21 @@ class HostManager:
         for caps in capabilities:
             by_host.setdefault(str(caps.get("host", "")), []).append(caps)
             self._caps[str(caps.get("node"))] = caps
+        rejected: dict[str, str] = {}
+
+        def reject(nodename: str, err: Exception) -> None:
+            rejected[nodename] = str(err)
+            self.failures.add("scheduler_capabilities")
+            if self._rejected.get(nodename) != str(err):  # logged when it starts, not on every report
+                log.error("node_capabilities_rejected", node=nodename, error=str(err))
+
         for host, entries in by_host.items():
-            self.selector.sync_service(host, entries)
+            self.selector.sync_service(host, entries, reject)
+        for caps in capabilities:
+            nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+            if nodename not in rejected and self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+        self._rejected.update(rejected)
 
     def release(self, node_id: int) -> None:
         """A node of this service was given back (delete done, spawn undone): offer it again now rather
@@ -127,7 +147,10 @@ class HostManager:
         free = {**caps, "vcpus_used": 0, "disk_used": 0, "disk_available": caps["disk_total"]}
         free["host_memory_free"] = caps["host_memory_total"]
         self._caps[str(node_id)] = free
-        self.selector.update_capabilities(free)
+        try:
+            self.selector.update_capabilities(free)
+        except Exception as err:  # noqa: BLE001 - a dict it refused before: the next report decides
+            log.warning("node_release_not_offered", node=node_id, error=str(err))
 
     async def consume_bus(self) -> None:
         """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
@@ -147,11 +170,16 @@ class HostManager:
             ).all()
             services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
         known = {s.nodename for s in self.selector.hosts()}
+        steps = self.refresh_steps
+        steps.start()
         for row in rows:
             if str(row.bm_node_id) in known:
-                self.selector.update_compute_node(
-                    {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
-                )
+                try:
+                    self.selector.update_compute_node(
+                        {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
+                    )
+                except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
+                    steps.fail(row.bm_node_id, err)
         for node_id, power_state, failures in health:
             if str(node_id) in known:
                 fault = power_state == "error" or bool(failures)
@@ -159,6 +187,14 @@ class HostManager:
                     self.selector.set_health(str(node_id), power_fault=fault)
         for host, heartbeat in services:
             self.selector.set_service_up(host, now - heartbeat <= down_after)
+        changes = steps.finish()
+        if changes:
+            try:
+                async with self.sessionmaker.begin() as session:
+                    await record_step_errors(session, changes)
+            except BaseException:
+                steps.unwritten(changes)
+                raise
 
     async def prepare_flavors(self) -> None:
         """Build the index groupings every known flavor needs now, not on its first request (at 100,000

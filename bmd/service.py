@@ -39,6 +39,7 @@ from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from bmd.tasks.runner import Runner
+from bmd.tasks.steps import StepFailureCounter
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
 
@@ -58,9 +59,10 @@ class Endpoint:
 def build_runner(ctx: AppContext) -> None:
     s = ctx.settings
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
-    ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval))
-    ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval))
-    ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks))
+    failures = ctx.step_failures
+    ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval, failures))
+    ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval, failures))
+    ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks, failures=failures))
     ctx.runner.add(DeployTimeouts(ctx.conductor, s.deploy.deploy_timeout_check_interval))
     ctx.runner.add(SchedulerRefresh(ctx.scheduler, s.tasks.host_state_interval))
 
@@ -91,6 +93,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         secret_box = load_secret_box(settings.secrets.key_file)
         power = PowerRegistry(settings, secret_box)
         bus = Bus()
+        failures = StepFailureCounter()
         ctx = AppContext(
             settings=settings,
             engine=engine,
@@ -99,10 +102,11 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
             secret_box=secret_box,
             api_token=load_api_token(settings.api.token_file),
-            driver=BareMetalDriver(settings, sessionmaker),
+            driver=BareMetalDriver(settings, sessionmaker, power),
             power=power,
             conductor=build_conductor(settings, sessionmaker, power),
-            scheduler=HostManager(settings, sessionmaker, bus),
+            scheduler=HostManager(settings, sessionmaker, bus, failures),
+            step_failures=failures,
         )
         ctx.conductor.on_freed = ctx.scheduler.release
         async with sessionmaker.begin() as session:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, event, insert, select, update
 
 from bmd.context import AppContext
-from bmd.db.models import BareMetalNode, ComputeNode, utcnow
+from bmd.db.models import BareMetalNode, ComputeNode, Interface, utcnow
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NotFound
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
@@ -64,6 +64,21 @@ async def add_nodes(ctx: AppContext, count: int, host: str = "test-host", **valu
         return sorted(ids)
 
 
+async def add_nics(ctx: AppContext, node_ids: list[int]) -> None:
+    """One interface per node: a node without one cannot PXE boot, so the scheduler skips it."""
+    now = utcnow()
+    rows = [
+        {
+            "bm_node_id": n,
+            "address": f"52:54:01:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}",
+            "created_at": now,
+        }
+        for n in node_ids
+    ]
+    async with ctx.sessionmaker.begin() as session:
+        await session.execute(insert(Interface), [{**r, "updated_at": now} for r in rows])
+
+
 @contextmanager
 def count_statements(ctx: AppContext) -> Iterator[list[str]]:
     seen: list[str] = []
@@ -94,7 +109,7 @@ async def test_host_stats_is_a_list_with_exactly_the_seed_keys(ctx: AppContext) 
     extra = set(ctx.driver.extra_specs)
     assert extra == {"cpu_arch", "baremetal_driver"}
     for entry in stats:
-        assert set(entry) == SEED_KEYS | extra | {"maintenance"}
+        assert set(entry) == SEED_KEYS | extra | {"maintenance", "deploy_ready", "deploy_blocker"}
         assert entry["hypervisor_hostname"] == entry["node"]
         assert entry["host"] == "test-host"
         assert entry["hypervisor_type"] == "baremetal"
@@ -280,6 +295,7 @@ async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> No
     await engine.dispose()
     async with open_context(settings) as ctx:
         ids = await add_nodes(ctx, 20)
+        await add_nics(ctx, ids)
         task = UpdateAvailableResource(ctx.driver, ctx.sessionmaker, 60.0)
         await task.run_once()
         async with ctx.sessionmaker.begin() as session:

@@ -47,6 +47,7 @@ async def test_200_concurrent_requests_50_nodes(cloud: Cloud) -> None:
 
 async def test_no_valid_host_names_the_filter(cloud: Cloud) -> None:
     await cloud.enroll(3)
+    await cloud.add_pxe_ips(1)
     await cloud.client.put(
         "/v1/flavors/bm.small/extra_specs/capabilities:cpu_arch", json={"value": "aarch64"}, headers=cloud.auth
     )
@@ -72,7 +73,8 @@ async def test_schedule_is_a_dry_run(cloud: Cloud) -> None:
     resp = await cloud.client.post("/v1/schedule", json={"flavor": "bm.small", "num_instances": 2}, headers=cloud.auth)
     body = await resp.json()
     assert resp.status == 200 and body["ok"] and len(body["candidates"]) == 2
-    assert body["filter_counts"][0][0] == {"filter": "ComputeFilter", "before": 4, "after": 4}
+    assert body["filter_counts"][0][0] == {"filter": "DeployReadyFilter", "before": 4, "after": 4}
+    assert body["filter_counts"][0][1] == {"filter": "ComputeFilter", "before": 4, "after": 4}
     assert await count_claimed(cloud) == (0, 0)
     resp = await cloud.client.post("/v1/schedule", json={"flavor": "nope"}, headers=cloud.auth)
     assert resp.status == 400 and (await resp.json())["field"] == "flavor"
@@ -150,14 +152,29 @@ async def test_agent_reported_failure_goes_to_error(cloud: Cloud) -> None:
 
 
 async def test_no_pxe_ip_fails_the_spawn_cleanly(cloud: Cloud) -> None:
+    """The API refuses a request the pool cannot serve (test_precheck.py); a request that loses the last
+    address to a concurrent one — here a claim made past the API, as another scheduler would — still
+    fails its spawn cleanly."""
+    from bmd.db.flavors import get_flavor
+    from bmd.scheduler import InstanceRequest, request_spec
+
     (node_id,) = await cloud.enroll(1)
-    status, body = await cloud.create(networks=[{"id": "n1"}])
-    assert status == 202
+    async with cloud.ctx.sessionmaker() as session:
+        flavor = await get_flavor(session, "bm.small")
+    request = InstanceRequest(
+        flavor=flavor,
+        spec=request_spec(flavor, {}, 1, {}),
+        image_ref=cloud.image_ref,
+        networks=[{"id": "n1"}],
+        deploy_info={"image_checksum": cloud.image_checksum, "root_mb": 1024, "swap_mb": 0},
+    )
+    (placement,) = await cloud.ctx.scheduler.claim(request)
+    cloud.ctx.conductor.spawn(placement.node_id, placement.instance_uuid)
     await cloud.settle()
     node = await cloud.node(node_id)
     assert node.provision_state == "available" and node.instance_uuid is None
     assert "no more PXE IPs" in (node.last_error or "")
-    inst = await cloud.instance(body["instances"][0]["uuid"])
+    inst = await cloud.instance(placement.instance_uuid)
     assert inst.vm_state == "error" and "no more PXE IPs" in (inst.last_error or "")
     async with cloud.ctx.sessionmaker() as session:
         assert (await session.execute(select(Interface.vif_uuid))).scalars().all() == [None]

@@ -15,6 +15,7 @@ from bmd.db.models import BareMetalNode, Instance
 from bmd.deploy.refs import display_ref, seal_refs
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.chain import Selection
+from bmd.provision.precheck import check_deploy_request, check_pxe_ips
 from bmd.scheduler import InstanceRequest, request_spec
 
 INSTANCE_FIELDS = (
@@ -81,21 +82,28 @@ async def create_instances(request: web.Request) -> web.Response:
     body = await parse_body(request, InstanceCreate)
     flavor = await _flavor(request, body.flavor)
     spec = request_spec(flavor, body.image_properties, body.num_instances, body.hints)
-    # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
-    refs, secret_refs = seal_refs(
-        {"image_ref": body.image_ref, "kernel_ref": body.kernel_ref, "ramdisk_ref": body.ramdisk_ref},
-        ctx.secret_box,
-    )
-    deploy_info = {
+    clear = {"image_ref": body.image_ref, "kernel_ref": body.kernel_ref, "ramdisk_ref": body.ramdisk_ref}
+    checksums = {
         "image_checksum": body.image_checksum,
-        "kernel_ref": refs["kernel_ref"],
         "kernel_checksum": body.kernel_checksum,
-        "ramdisk_ref": refs["ramdisk_ref"],
         "ramdisk_checksum": body.ramdisk_checksum,
+    }
+    # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
+    await check_deploy_request(
+        {**clear, **checksums}, body.image_ref, ctx.settings.deploy, ctx.conductor.p.cache.allowed_local_roots
+    )
+    # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
+    refs, secret_refs = seal_refs(clear, ctx.secret_box)
+    deploy_info = {
+        **checksums,
+        "kernel_ref": refs["kernel_ref"],
+        "ramdisk_ref": refs["ramdisk_ref"],
         "root_mb": flavor.root_gb * 1024,
         "swap_mb": flavor.swap,
         "name": body.name,
     }
+    async with ctx.sessionmaker() as session:
+        await check_pxe_ips(session, body.num_instances)
     placements = await ctx.scheduler.claim(
         InstanceRequest(
             flavor=flavor,

@@ -47,6 +47,12 @@ def render(ctx: AppContext) -> str:
         "When each loop last succeeded (0: never).",
         [({"task": r.name}, r.last_success or 0.0) for r in records],
     )
+    metric(
+        "bmd_node_step_failures_total",
+        "counter",
+        "Per-node steps of a loop that failed (the node's error is recorded, the pass went on).",
+        [({"task": task}, n) for task, n in sorted(ctx.step_failures.totals.items())],
+    )
     metric("bmd_claims_total", "counter", "Nodes claimed by this scheduler.", [({}, ctx.scheduler.claims)])
     metric(
         "bmd_claim_lost_races_total",

@@ -24,6 +24,15 @@ def check_power_driver(name: str) -> None:
         raise InvalidInput(f"pm_driver: unknown power driver {name!r}; known: {', '.join(known)}", "pm_driver")
 
 
+def check_pm_address(ctx: AppContext, pm_driver: str, pm_address: str | None) -> None:
+    """The power driver's own check of the address (cheap, no I/O); a driver without one accepts."""
+    if pm_address is None:
+        return
+    validate = getattr(ctx.power.get(pm_driver), "validate_address", None)
+    if validate is not None:
+        validate(pm_address)
+
+
 def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
@@ -46,6 +55,7 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
     settings = ctx.settings
     pm_driver = body.pm_driver or settings.driver.default_power_driver
     check_power_driver(pm_driver)
+    check_pm_address(ctx, pm_driver, body.pm_address)
     return BareMetalNode(
         uuid=body.uuid or str(uuidlib.uuid4()),
         name=body.name,
@@ -150,6 +160,8 @@ def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None
             raise InvalidInput(f"{required}: cannot be null", field=required)
     if "pm_driver" in changes:
         check_power_driver(changes["pm_driver"])
+    if "pm_driver" in changes or "pm_address" in changes:
+        check_pm_address(ctx, changes.get("pm_driver", node.pm_driver), changes.get("pm_address", node.pm_address))
     if "pm_password" in changes:
         pw = changes.pop("pm_password")
         node.pm_password = ctx.secret_box.encrypt(pw) if pw else None

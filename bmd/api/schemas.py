@@ -7,7 +7,17 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$")
@@ -41,10 +51,15 @@ def check_name(value: str) -> str:
 
 
 def check_ip(value: str) -> str:
+    """The canonical text of an IP address; an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is the IPv4
+    address it maps, so one address is stored one way and a duplicate is seen as one."""
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError as err:
         raise ValueError(f"{value!r} is not an IP address") from err
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def check_spec_key(value: str) -> str:
@@ -72,6 +87,8 @@ RESERVED_SPEC_KEYS = frozenset(
         "host_ip",
         "maintenance",
         "baremetal_driver",
+        "deploy_ready",
+        "deploy_blocker",
     }
 )
 
@@ -152,6 +169,13 @@ class CapabilityValue(Body):
 class PxeIpCreate(Body):
     address: IPAddr
     server_address: IPAddr
+
+    @field_validator("server_address")
+    @classmethod
+    def _not_the_address(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("address"):
+            raise ValueError(f"{value} is the address itself: a node cannot be its own PXE server")
+        return value
 
 
 _FLAVOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")

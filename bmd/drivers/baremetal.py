@@ -4,20 +4,34 @@ The seed's contract holds: ``get_available_nodes()`` lists the nodenames (``str(
 service's nodes; ``get_available_resource(nodename)`` gives one node's resources; ``get_host_stats()``
 returns a *list*, one capability dict per node. Each call reads the nodes in one batched statement
 (columns only, no ORM objects), whatever the number of nodes.
+
+Each node's capability dict carries the driver's verdict on whether it can take a deploy at all
+(``deploy_ready``, and ``deploy_blocker`` saying why not): it has an interface (PXE needs a MAC) and its
+power driver is known and accepts its BMC fields (the driver's ``validate``, no I/O). The scheduler's
+DeployReadyFilter skips the nodes that cannot.
+
+One node's row that cannot be turned into its dict or resources (a value the API would never have written)
+is that node's failure alone: passed to ``on_error`` and left out of the result; the others go on.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
-from bmd.db.models import BareMetalNode
-from bmd.errors import NotFound
+from bmd.db.models import BareMetalNode, Interface
+from bmd.errors import BmdError, NotFound
+
+if TYPE_CHECKING:
+    from bmd.drivers.power.registry import PowerRegistry
+
+OnError = Callable[[int, Exception], object]
+"""Called with a node id and the unexpected exception its step raised (see ``bmd.tasks.steps``)."""
 
 HYPERVISOR_TYPE = "baremetal"
 HYPERVISOR_VERSION = 1
@@ -34,7 +48,19 @@ _COLUMNS = (
     BareMetalNode.instance_uuid,
     BareMetalNode.provision_state,
     BareMetalNode.maintenance,
-    cast(BareMetalNode.extra_specs, Text),
+    cast(BareMetalNode.extra_specs, Text).label("extra_specs"),
+)
+# What the capability view adds: the node's interface count and BMC fields, for the deploy readiness.
+_INTERFACES = (
+    select(func.count(Interface.id)).where(Interface.bm_node_id == BareMetalNode.id).scalar_subquery()
+).label("interface_count")
+_STATS_COLUMNS = (
+    *_COLUMNS,
+    _INTERFACES,
+    BareMetalNode.pm_driver,
+    BareMetalNode.pm_address,
+    BareMetalNode.pm_user,
+    BareMetalNode.pm_password,
 )
 
 RESOURCE_KEYS = (
@@ -60,7 +86,7 @@ def node_is_free(instance_uuid: str | None, provision_state: str, maintenance: b
 
 def resource_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """One node's resources in RESOURCE_KEYS order: one instance per node, so all or nothing is used."""
-    node_id, host, cpus, memory_mb, local_gb, instance_uuid, provision_state, maintenance, _ = row
+    node_id, host, cpus, memory_mb, local_gb, instance_uuid, provision_state, maintenance = row[:8]
     if node_is_free(instance_uuid, provision_state, maintenance):
         used = (0, 0, 0)
     else:
@@ -98,8 +124,14 @@ def merge_specs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 class BareMetalDriver:
     """The compute driver for one service host. Power, deploy and vif interfaces hang off it."""
 
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        power: PowerRegistry | None = None,
+    ) -> None:
         self.settings = settings
+        self.power = power  # None: the readiness checks interfaces only
         self.host = settings.service.host
         self.sessionmaker = sessionmaker
         self.extra_specs = parse_extra_specs(
@@ -129,8 +161,8 @@ class BareMetalDriver:
             found = self._supported[cpu_arch] = [(cpu_arch, HYPERVISOR_TYPE, HYPERVISOR_TYPE)]
         return found
 
-    async def _rows(self) -> Sequence[Any]:
-        stmt = select(*_COLUMNS).where(BareMetalNode.service_host == self.host).order_by(BareMetalNode.id)
+    async def _rows(self, columns: Sequence[Any] = _COLUMNS) -> Sequence[Any]:
+        stmt = select(*columns).where(BareMetalNode.service_host == self.host).order_by(BareMetalNode.id)
         async with self.sessionmaker() as session:
             return (await session.execute(stmt)).all()
 
@@ -149,11 +181,22 @@ class BareMetalDriver:
             raise NotFound(f"node {nodename} is not managed by service {self.host}")
         return resources_of(row)
 
-    async def get_available_resources(self) -> dict[str, dict[str, Any]]:
+    async def get_available_resources(self, on_error: OnError | None = None) -> dict[str, dict[str, Any]]:
         """``get_available_resource`` for every node of this service, in one statement."""
-        return {str(row[0]): resources_of(row) for row in await self._rows()}
+        return _each(await self._rows(), lambda row: (str(row[0]), resources_of(row)), on_error)
 
-    def host_stats_of(self, row: tuple[Any, ...]) -> dict[str, Any]:
+    def deploy_blocker(self, row: Any) -> str:
+        """Why this node cannot take a deploy whatever the request ('' when it can). Cheap, no I/O."""
+        if not row.interface_count:
+            return "no interface: PXE boot needs a MAC"
+        if self.power is not None:
+            try:
+                self.power.for_node(row)
+            except BmdError as err:
+                return f"power: {err}"
+        return ""
+
+    def host_stats_of(self, row: Any) -> dict[str, Any]:
         vcpus, memory_mb, local_gb, vcpus_used, memory_used, disk_used, *_ = resource_values(row)
         specs = self.specs_of(row[8])
         nodename = str(row[0])
@@ -175,8 +218,27 @@ class BareMetalDriver:
             "node": nodename,
             "maintenance": bool(row[7]),
         }
+        blocker = self.deploy_blocker(row)
+        stats["deploy_ready"] = not blocker
+        stats["deploy_blocker"] = blocker
         return stats
 
-    async def get_host_stats(self, refresh: bool = False) -> list[dict[str, Any]]:
+    async def get_host_stats(self, refresh: bool = False, on_error: OnError | None = None) -> list[dict[str, Any]]:
         """One capability dict per node of this service (the seed returns a list, not a dict)."""
-        return [self.host_stats_of(row) for row in await self._rows()]
+        rows = await self._rows(_STATS_COLUMNS)
+        return list(_each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error).values())
+
+
+def _each(rows: Sequence[Any], step: Callable[[Any], tuple[Any, Any]], on_error: OnError | None) -> dict[Any, Any]:
+    """``step`` on every row, into a dict; a row whose step raises goes to ``on_error`` (raised without one)."""
+    out: dict[Any, Any] = {}
+    for row in rows:
+        try:
+            key, value = step(row)
+        except Exception as err:
+            if on_error is None:
+                raise
+            on_error(int(row[0]), err)
+            continue
+        out[key] = value
+    return out

@@ -24,6 +24,7 @@ from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = [
     "CORES",
+    "DEPLOY_READY",
     "DISK",
     "HEALTH",
     "MISSING",
@@ -79,6 +80,7 @@ class AttributeFacet(Facet):
 
 
 HEALTH: Final = AttributeFacet("health", ("maintenance", "power_fault", "service_up"))
+DEPLOY_READY: Final = AttributeFacet("deploy_ready", ("deploy_ready",))
 RAM: Final = AttributeFacet("ram", ("total_usable_ram_mb", "free_ram_mb"))
 DISK: Final = AttributeFacet("disk", ("total_usable_disk_gb", "free_disk_mb"))
 CORES: Final = AttributeFacet("cores", ("vcpus_total", "vcpus_used"))

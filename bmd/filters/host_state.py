@@ -71,6 +71,8 @@ class BaremetalNodeState:
     maintenance: bool = False
     power_fault: bool = False
     service_up: bool = True
+    deploy_ready: bool = True  # the driver's verdict: it has an interface, its BMC fields are valid
+    deploy_blocker: str = ""  # why not, when not
     updated: datetime | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +100,8 @@ class BaremetalNodeState:
             host_ip=caps.get("host_ip", self.host_ip),
             hypervisor_type=str(caps.get("hypervisor_type", self.hypervisor_type)),
             maintenance=bool(caps.get("maintenance", False)),
+            deploy_ready=bool(caps.get("deploy_ready", True)),
+            deploy_blocker=str(caps.get("deploy_blocker") or ""),
             updated=at or datetime.now(UTC),
         )
 

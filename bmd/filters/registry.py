@@ -40,6 +40,7 @@ FILTERS_GROUP = "bmd.filters"
 WEIGHERS_GROUP = "bmd.weighers"
 
 BUILTIN_FILTERS: Mapping[str, str] = {
+    "DeployReadyFilter": "bmd.filters.deploy_ready:DeployReadyFilter",
     "ComputeFilter": "bmd.filters.compute:ComputeFilter",
     "ComputeCapabilitiesFilter": "bmd.filters.compute_capabilities:ComputeCapabilitiesFilter",
     "ImagePropertiesFilter": "bmd.filters.image_props:ImagePropertiesFilter",
@@ -58,6 +59,7 @@ BUILTIN_WEIGHERS: Mapping[str, str] = {
 }
 
 DEFAULT_FILTERS: tuple[str, ...] = (
+    "DeployReadyFilter",
     "ComputeFilter",
     "ImagePropertiesFilter",
     "ComputeCapabilitiesFilter",

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 from sqlalchemy import select
@@ -16,13 +15,14 @@ from bmd.config import Settings
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
 from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from bmd.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
 from bmd.deploy.refs import open_refs
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs
 from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
+from bmd.provision.precheck import deploy_refs
 
 log = structlog.get_logger(__name__)
 
@@ -134,26 +134,20 @@ class Provisioner:
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
         """The deploy as the image cache fetches it: refs that carry credentials are decrypted here (the
         instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
-        info: dict[str, Any] = job.instance.deploy_info
-        d = self.settings.deploy
-        clear = open_refs(job.instance.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
-
-        def ref(name: str, fallback: str) -> ImageRef:
-            value = clear.get(f"{name}_ref") or info.get(f"{name}_ref") or fallback
-            if not value:
-                raise InvalidInput(f"{name}_ref: not given and no deploy.{name} configured", field=f"{name}_ref")
-            return ImageRef(value, info.get(f"{name}_checksum") or None)
-
+        inst = job.instance
+        clear = open_refs(inst.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
+        info = {**inst.deploy_info, **clear}
+        refs = deploy_refs(info, clear.get("image_ref") or inst.image_ref or "", self.settings.deploy)
         return DeploySpec(
             node_uuid=job.node.uuid,
             macs=job.macs,
             deployment_id=str(dep.id),
             bmd_url=self.base_url,
-            deploy_kernel=ref("deploy_kernel", d.deploy_kernel),
-            deploy_ramdisk=ref("deploy_ramdisk", d.deploy_ramdisk),
-            kernel=ref("kernel", d.boot_kernel),
-            ramdisk=ref("ramdisk", d.boot_ramdisk),
-            image=ImageRef(clear.get("image_ref") or job.instance.image_ref or "", info.get("image_checksum") or None),
+            deploy_kernel=refs["deploy_kernel"],
+            deploy_ramdisk=refs["deploy_ramdisk"],
+            kernel=refs["kernel"],
+            ramdisk=refs["ramdisk"],
+            image=refs["image"],
         )
 
     async def write_boot_config(self, job: Job, dep: Deployment) -> None:

@@ -140,10 +140,25 @@ class HostSelector:
         self._as_published.discard(nodename)
         return self._upsert(nodename, host, lambda state: state.update_from_compute_node(row))
 
-    def sync_service(self, host: str, capabilities: Sequence[Mapping[str, Any]]) -> list[str]:
+    def sync_service(
+        self,
+        host: str,
+        capabilities: Sequence[Mapping[str, Any]],
+        on_error: Callable[[str, Exception], object] | None = None,
+    ) -> list[str]:
         """A service's whole published list: update each node, drop the service's nodes that are gone.
-        Returns the nodenames dropped."""
-        seen = {self.update_capabilities(caps).nodename for caps in capabilities}
+        Returns the nodenames dropped. With ``on_error``, a dict that cannot be taken in is passed to it
+        (nodename, error) and that node keeps the state it had; the others are taken in."""
+        seen: set[str] = set()
+        for caps in capabilities:
+            try:
+                seen.add(self.update_capabilities(caps).nodename)
+            except Exception as err:
+                if on_error is None:
+                    raise
+                nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+                seen.add(nodename)
+                on_error(nodename, err)
         gone = [state.nodename for state in self._nodes_of(host) if state.nodename not in seen]
         for nodename in gone:
             self.remove(nodename)

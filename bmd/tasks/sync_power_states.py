@@ -25,6 +25,7 @@ from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
 from bmd.drivers.power.base import PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BmdError
+from bmd.tasks.steps import NodeSteps, StepFailureCounter, describe
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,7 @@ class SyncPowerStates:
         host: str,
         settings: TaskSettings,
         release_after: float = 0.25,
+        failures: StepFailureCounter | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.power = power
@@ -79,6 +81,9 @@ class SyncPowerStates:
         self.interval = settings.power_sync_interval
         self.release_after = min(release_after, settings.power_sync_timeout)
         self.last_pass: dict[str, int] = {}
+        # A BMC error is the node's power error, as always; anything else (a malformed address, a driver
+        # bug, a password that does not decrypt) is also that node's alone, counted and logged on change.
+        self.steps = NodeSteps(self.name, failures)
 
     async def _nodes(self) -> list[Any]:
         stmt = (
@@ -98,6 +103,8 @@ class SyncPowerStates:
             return Reading(node, error=f"BMCTimeout: no answer within {self.settings.power_sync_timeout:g} s")
         except BmdError as err:
             return Reading(node, error=f"{type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
+            return Reading(node, error=self.steps.fail(node.id, err))
 
     async def _poll(self, node: Any, slots: asyncio.Semaphore) -> Reading:
         async with slots:
@@ -115,8 +122,12 @@ class SyncPowerStates:
                 log.info("power_state_forced", node=reading.node.id, state=target.value)
             except (TimeoutError, BmdError) as err:
                 log.warning("power_state_force_failed", node=reading.node.id, error=str(err) or type(err).__name__)
+            except Exception as err:  # noqa: BLE001 - contained like a read
+                self.steps.fail(reading.node.id, err)  # the read succeeded: its state stands
+                log.warning("power_state_force_failed", node=reading.node.id, error=describe(err))
 
     async def run_once(self) -> None:
+        self.steps.start()
         nodes = await self._nodes()
         slots = asyncio.Semaphore(self.settings.power_sync_workers)
         async with asyncio.TaskGroup() as group:
@@ -140,6 +151,7 @@ class SyncPowerStates:
                 for r, want in forced:
                     group.create_task(self._force(r, want, slots))
         await self._record(readings)
+        self.steps.finish()  # the errors themselves are in last_power_error, written by _record
 
     async def _record(self, readings: list[Reading]) -> None:
         now = utcnow()

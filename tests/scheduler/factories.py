@@ -17,6 +17,7 @@ def make_caps(
     cpu_arch: str = "x86_64",
     host: str = "svc1",
     maintenance: bool = False,
+    deploy_ready: bool = True,
     **extra_specs: Any,
 ) -> dict[str, Any]:
     """What ``report_driver_status`` publishes for one node (``used``: it holds an instance)."""
@@ -39,6 +40,8 @@ def make_caps(
         "node": str(node_id),
         "host_ip": "10.0.0.1",
         "maintenance": maintenance,
+        "deploy_ready": deploy_ready,
+        "deploy_blocker": "" if deploy_ready else "no interface: PXE boot needs a MAC",
     }
     caps.update(extra_specs)
     return caps

@@ -59,6 +59,7 @@ def test_reason_names_the_filter_that_removed_the_last_hosts(mode: str) -> None:
     assert not result.ok and result.candidates == ()
     assert result.filter_counts == (
         (
+            FilterCount("DeployReadyFilter", 4, 4),
             FilterCount("ComputeFilter", 4, 4),
             FilterCount("ImagePropertiesFilter", 4, 4),
             FilterCount("ComputeCapabilitiesFilter", 4, 0),
@@ -76,11 +77,13 @@ def test_counts_record_every_filter_in_order(mode: str) -> None:
         make_caps(4, memory_mb=1024),
         make_caps(5, gpu="a100"),
         make_caps(6),
+        make_caps(7, deploy_ready=False),
     ]
     spec = make_spec(memory_mb=2048, image_properties={"architecture": "amd64"})
     result = run(selector(nodes), mode, spec)
     counts = [(c.filter, c.removed) for c in result.filter_counts[0]]
     assert counts == [
+        ("DeployReadyFilter", 1),
         ("ComputeFilter", 1),
         ("ImagePropertiesFilter", 1),
         ("ComputeCapabilitiesFilter", 0),
@@ -91,6 +94,11 @@ def test_counts_record_every_filter_in_order(mode: str) -> None:
         ("DifferentCapabilityFilter", 0),
     ]
     assert sorted(c.nodename for c in result.candidates[0]) == ["5", "6"]
+
+
+def test_only_unready_nodes_name_the_readiness_filter(mode: str) -> None:
+    result = run(selector([make_caps(1, deploy_ready=False), make_caps(2, deploy_ready=False)]), mode, make_spec())
+    assert result.reason == "DeployReadyFilter removed the last 2 hosts"
 
 
 def test_no_hosts_at_all(mode: str) -> None:

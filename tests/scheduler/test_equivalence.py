@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bmd.filters.base import CORES, BaseHostFilter
 from bmd.filters.compute import ComputeFilter
 from bmd.filters.compute_capabilities import ComputeCapabilitiesFilter
+from bmd.filters.deploy_ready import DeployReadyFilter
 from bmd.filters.grouping import DifferentCapabilityFilter, SameCapabilityFilter
 from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 from bmd.filters.image_props import ImagePropertiesFilter
@@ -46,6 +47,7 @@ class NodeIdWeigher(BaseWeigher):
 
 
 FILTERS = [
+    DeployReadyFilter,
     ComputeFilter,
     ImagePropertiesFilter,
     ComputeCapabilitiesFilter,
@@ -122,6 +124,7 @@ node = st.fixed_dictionaries(
         "used": st.booleans(),
         "cpu_arch": st.sampled_from(["x86_64", "aarch64", "AMD64", "i386"]),
         "maintenance": st.sampled_from([False, False, False, True]),
+        "deploy_ready": st.sampled_from([True, True, True, False]),
         "host": st.sampled_from(["svc1", "svc2"]),
     },
     optional={

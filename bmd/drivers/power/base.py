@@ -53,10 +53,17 @@ class PowerInterface(abc.ABC):
 
     name: str = ""
 
+    def validate_address(self, address: str) -> None:
+        """Cheap, no I/O: InvalidInput naming ``pm_address`` when this driver could never use ``address``.
+        The API calls it at enroll and on change; ``validate`` calls it before every use. Accepts anything
+        by default (a third-party driver that does not say)."""
+        return None
+
     def validate(self, access: BMCAccess) -> None:
         """Cheap, no I/O: raise InvalidInput naming the field when the node cannot be driven."""
         if not access.address:
             raise InvalidInput(f"pm_address is required for power driver {self.name!r}", field="pm_address")
+        self.validate_address(access.address)
 
     @abc.abstractmethod
     async def get_power_state(self, access: BMCAccess) -> PowerState: ...

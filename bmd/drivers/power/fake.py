@@ -30,6 +30,11 @@ class FakePower(PowerInterface):
         self.initial = initial
         self._bmcs: dict[int, FakeBMC] = {}
 
+    def validate_address(self, address: str) -> None:
+        """Any non-empty text will do."""
+        if not address.strip():
+            raise InvalidInput("pm_address must not be empty", field="pm_address")
+
     def validate(self, access: BMCAccess) -> None:
         """The fake needs nothing: any node can use it."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,32 +26,69 @@ _TO_TARGET = {
 _FROM_TARGET = {v: k for k, v in _TO_TARGET.items()}
 
 
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _check_host(host: str, address: str, ipv6: bool) -> None:
+    """An IPv6 literal where ``ipv6``, else an IPv4 literal or a DNS host name (RFC 1123 labels)."""
+    if ipv6:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as err:
+            raise InvalidInput(f"pm_address {address!r}: {host!r} is not an IPv6 address", "pm_address") from err
+        return
+    labels = host.rstrip(".").split(".") if len(host) <= 253 else []
+    if not labels or not all(_LABEL.match(label) for label in labels):
+        raise InvalidInput(f"pm_address {address!r}: {host!r} is not a host name or address", "pm_address")
+    if all(label.isdigit() for label in labels):  # all numeric: it can only mean an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError as err:
+            raise InvalidInput(f"pm_address {address!r}: {host!r} is not an IPv4 address", "pm_address") from err
+
+
 def parse_pm_address(address: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (a bare IPv6 address takes the default port)."""
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (a bare IPv6 address takes the default port).
+
+    ``host`` is a DNS name or an IPv4 literal; the port is 1-65535. The one parser of IPMI addresses:
+    the API validates with it at enroll, the drivers use it to reach the BMC. Cheap, no I/O.
+    """
     text = address.strip()
     port_text = ""
+    ipv6 = True
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise InvalidInput(f"pm_address {address!r}: expected [ipv6]:port", field="pm_address")
         port_text = rest[1:]
+        if rest and not port_text:
+            raise InvalidInput(f"pm_address {address!r}: port must be 1-65535", field="pm_address")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
+        ipv6 = False
+        if not port_text:
+            raise InvalidInput(f"pm_address {address!r}: port must be 1-65535", field="pm_address")
     else:
         host = text
+        ipv6 = ":" in text
     if not host:
         raise InvalidInput(f"pm_address {address!r} has no host", field="pm_address")
+    _check_host(host, address, ipv6)
     if not port_text:
         return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or not 0 < int(port_text) < 65536:
         raise InvalidInput(f"pm_address {address!r}: port must be 1-65535", field="pm_address")
     return host, int(port_text)
 
 
-def validate_ipmi_access(access: BMCAccess, driver: str) -> None:
-    if not access.address:
+def validate_ipmi_address(address: str, driver: str) -> None:
+    if not address:
         raise InvalidInput(f"pm_address is required for power driver {driver!r}", field="pm_address")
-    parse_pm_address(access.address)
+    parse_pm_address(address)
+
+
+def validate_ipmi_access(access: BMCAccess, driver: str) -> None:
+    validate_ipmi_address(access.address, driver)
     if access.username is None:
         raise InvalidInput(f"pm_user is required for power driver {driver!r}", field="pm_user")
     if len(access.username.encode()) > 16:
@@ -125,6 +164,9 @@ class IPMIPower(PowerInterface):
         if self._client is None:  # created lazily: it needs the running loop
             self._client = IPMIClient(self.settings.client)
         return self._client
+
+    def validate_address(self, address: str) -> None:
+        validate_ipmi_address(address, self.name)
 
     def validate(self, access: BMCAccess) -> None:
         validate_ipmi_access(access, self.name)

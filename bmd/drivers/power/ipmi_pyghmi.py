@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
-from bmd.drivers.power.ipmi import CommandThrottle, parse_pm_address, validate_ipmi_access
+from bmd.drivers.power.ipmi import CommandThrottle, parse_pm_address, validate_ipmi_access, validate_ipmi_address
 from bmd.errors import BMCAuthError, BMCError, BMCTimeout, BMCUnreachable, ConfigError, InvalidInput
 
 log = structlog.get_logger(__name__)
@@ -102,6 +102,9 @@ class PyghmiPower(PowerInterface):
         self._commands: dict[tuple[str, int, str, bytes], Any] = {}  # only touched on the pyghmi thread
         self._throttle = CommandThrottle(self.settings.min_command_interval)
         patch_pyghmi()
+
+    def validate_address(self, address: str) -> None:
+        validate_ipmi_address(address, self.name)
 
     def validate(self, access: BMCAccess) -> None:
         validate_ipmi_access(access, self.name)

@@ -121,19 +121,27 @@ class RedfishPower(PowerInterface):
         self._system_urls: dict[tuple[str, str | None], str] = {}
 
     # -- contract -------------------------------------------------------------------------------------
-    def validate(self, access: BMCAccess) -> None:
-        super().validate(access)
-        url = urlsplit(access.address)
+    def validate_address(self, address: str) -> None:
+        try:
+            url = urlsplit(address.strip())
+            url.port  # noqa: B018 - raises ValueError when the port is not a number in 0-65535
+        except ValueError as err:
+            raise InvalidInput(f"pm_address is not a valid URL: {err}", field="pm_address") from err
         if url.scheme not in ("http", "https") or not url.hostname:
             raise InvalidInput(
-                f"pm_address must be an http:// or https:// Redfish URL, got {access.address!r}",
+                f"pm_address must be an http:// or https:// Redfish URL with a host, got {address!r}",
                 field="pm_address",
             )
+        if url.port == 0:
+            raise InvalidInput("pm_address: port must be 1-65535", field="pm_address")
         path = url.path.rstrip("/")
         if not _is_system_url(path) and path not in ("", "/redfish/v1"):
             raise InvalidInput(
                 "pm_address must be a Redfish service root or a .../Systems/<id> URL", field="pm_address"
             )
+
+    def validate(self, access: BMCAccess) -> None:
+        super().validate(access)
         if access.username is not None and ":" in access.username:
             raise InvalidInput("pm_user must not contain ':' (HTTP Basic auth)", field="pm_user")
         if access.username is not None and access.password is None:
