@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.body import takes
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, utcnow
@@ -57,6 +58,7 @@ async def _idle_node(request: web.Request) -> BareMetalNode:
     return node
 
 
+@takes(PowerTarget)
 async def set_power(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, PowerTarget)
@@ -74,6 +76,7 @@ async def set_power(request: web.Request) -> web.Response:
     return json_response({"node": node.id, "power_state": state.value})
 
 
+@takes(BootDeviceBody)
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, BootDeviceBody)
@@ -92,6 +95,7 @@ async def get_boot_device(request: web.Request) -> web.Response:
     return json_response({"boot_device": info.device.value if info.device else None, "persistent": info.persistent})
 
 
+@takes(MaintenanceBody)
 async def set_maintenance(request: web.Request) -> web.Response:
     body = await parse_body(request, MaintenanceBody) if request.can_read_body else MaintenanceBody()
     async with ctx_of(request).sessionmaker.begin() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import uuid
 from typing import Annotated, Any, Literal
@@ -76,6 +77,18 @@ RESERVED_SPEC_KEYS = frozenset(
 )
 
 
+def _check_finite(key: str, item: Any) -> None:
+    """NaN and Infinity are not JSON: a capability holding one would make ``/v1/nodes`` unparseable."""
+    if isinstance(item, float) and not math.isfinite(item):
+        raise ValueError(f"capability {key!r} must be a finite number, not {item}")
+    if isinstance(item, list):
+        for element in item:
+            _check_finite(key, element)
+    if isinstance(item, dict):
+        for element in item.values():
+            _check_finite(key, element)
+
+
 def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:
     for key, item in value.items():
         check_spec_key(key)
@@ -85,6 +98,13 @@ def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:
             check_specs(item, top=False)
         elif not isinstance(item, str | int | float | bool | list):
             raise ValueError(f"capability {key!r} must be a string, number, boolean, list or object")
+        else:
+            _check_finite(key, item)
+    return value
+
+
+def check_finite_value(value: Any) -> Any:
+    _check_finite("value", value)
     return value
 
 
@@ -145,8 +165,13 @@ class NodeImport(Body):
     nodes: list[NodeCreate] = Field(max_length=100_000)
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class CapabilityValue(Body):
-    value: StrictStr | StrictInt | float | StrictBool | list[Any] | Specs
+    value: Annotated[
+        StrictStr | StrictInt | FiniteFloat | StrictBool | list[Any] | Specs, AfterValidator(check_finite_value)
+    ]
 
 
 class PxeIpCreate(Body):
