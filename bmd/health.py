@@ -1,6 +1,7 @@
 """Service health, read from state the loops keep: nothing here awaits the database or anything else.
 
-The database is probed by a periodic loop (:class:`DatabaseProbe`, run by the runner like every other loop),
+The database is probed by a periodic loop (:class:`DatabaseProbe`, run by the runner like every other loop,
+the probe itself in a worker thread with its own event loop),
 so ``/healthz`` answers from memory however loaded the database or the API is.
 
 ``ok``: the last database probe succeeded recently and every loop succeeded within twice its interval.
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bmd.context import AppContext
-from bmd.tasks.runner import TaskRecord
 
 DB_PROBE = "database_probe"
 DB_PROBE_INTERVAL = 2.0
@@ -26,9 +27,20 @@ DB_PROBE_TIMEOUT = 2.0
 STALE_FACTOR = 2.0
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe's outcome, stamped by the probing thread when the database answered (or failed)."""
+
+    at: float
+    ok: bool
+    latency_ms: float | None = None
+    error: str | None = None
+
+
 class DatabaseProbe:
-    """``SELECT 1`` on its own connection every ``interval`` seconds; a pass fails when the database does not
-    answer within ``timeout``. The runner's record of this loop is the database check of ``/healthz``."""
+    """``SELECT 1`` every ``interval`` seconds on a fresh connection, in a worker thread with its own event
+    loop: neither a request pool saturated by clients nor a busy API loop delays the probe or its verdict.
+    ``last`` is what ``/healthz`` reads; a pass fails (and the runner records it) when the probe failed."""
 
     name = DB_PROBE
 
@@ -36,29 +48,48 @@ class DatabaseProbe:
         self.engine = engine
         self.interval = interval
         self.timeout = timeout
+        self.last: ProbeResult | None = None
+        self.last_ok: ProbeResult | None = None
 
-    async def run_once(self) -> None:
+    async def _select_one(self) -> ProbeResult:
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
-        except TimeoutError as err:
-            raise TimeoutError(f"no answer within {self.timeout:g} s") from err
+        except TimeoutError:
+            return ProbeResult(time.time(), False, error=f"no answer within {self.timeout:g} s")
+        except Exception as err:  # noqa: BLE001 - any driver error means the same thing here
+            return ProbeResult(time.time(), False, error=f"{type(err).__name__}: {err}")
+        return ProbeResult(time.time(), True, latency_ms=round((time.perf_counter() - start) * 1000, 2))
+
+    def probe_blocking(self) -> ProbeResult:
+        """One probe on a private event loop (the engine is unpooled: no connection outlives its loop)."""
+        result = asyncio.run(self._select_one())
+        self.last = result
+        if result.ok:
+            self.last_ok = result
+        return result
+
+    async def run_once(self) -> None:
+        result = await asyncio.to_thread(self.probe_blocking)
+        if not result.ok:
+            raise ConnectionError(result.error)
 
 
-def database_check(rec: TaskRecord | None, now: float) -> dict[str, Any]:
-    """The database check from the probe loop's record (None: no probe registered)."""
-    if rec is None:
+def probe_check(probe: DatabaseProbe | None, now: float) -> dict[str, Any]:
+    """The database check from the probe's own record (None: no probe registered)."""
+    if probe is None:
         return {"status": "failing", "error": "no database probe is running"}
-    if rec.failing:
-        return {"status": "failing", "error": rec.last_error, "last_success": rec.last_success}
-    if rec.last_success is None:
-        return {"status": "failing", "error": "the database has not been probed yet"}
-    age = now - rec.last_success
-    if age > STALE_FACTOR * rec.interval + DB_PROBE_TIMEOUT:
+    last, ok = probe.last, probe.last_ok
+    if last is None or ok is None:
+        return {"status": "failing", "error": last.error if last else "the database has not been probed yet"}
+    if not last.ok:
+        return {"status": "failing", "error": last.error, "last_success": ok.at}
+    age = now - ok.at
+    if age > STALE_FACTOR * probe.interval + probe.timeout:
         return {"status": "failing", "error": f"the last successful probe is {age:.1f} s old"}
-    latency = None if rec.last_duration is None else round(rec.last_duration * 1000, 2)
-    return {"status": "ok", "latency_ms": latency, "last_success_age": round(age, 3)}
+    return {"status": "ok", "latency_ms": ok.latency_ms, "last_success_age": round(age, 3)}
 
 
 class HealthChecker:
@@ -66,7 +97,8 @@ class HealthChecker:
         self.ctx = ctx
 
     def database(self, now: float) -> dict[str, Any]:
-        return database_check(self.ctx.runner.records.get(DB_PROBE), now)
+        probe = self.ctx.runner.tasks.get(DB_PROBE)
+        return probe_check(probe if isinstance(probe, DatabaseProbe) else None, now)
 
     def tasks(self, now: float) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -58,7 +58,8 @@ class Endpoint:
 
 def build_runner(ctx: AppContext) -> None:
     s = ctx.settings
-    ctx.runner.add(DatabaseProbe(ctx.engine))
+    # its own unpooled engine: a pool saturated by requests is load, not a dead database
+    ctx.runner.add(DatabaseProbe(make_engine(s.database, pooled=False)))
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval))
     ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval))
