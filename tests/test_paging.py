@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bmd.cli import main
 from bmd.config import Settings
 from bmd.context import AppContext
 from bmd.db.models import Instance
@@ -94,3 +97,14 @@ async def test_capabilities_page_by_node(client: TestClient[Any, Any], auth: dic
         assert await ctx.runner.run_pass(name)
     nodes = await walk(client, "/v1/capabilities", "capabilities", "node")
     assert len(nodes) == len(set(nodes)) == ROWS and nodes == sorted(nodes)
+
+
+async def test_cli_lists_follow_next_through_every_page(
+    client: TestClient[Any, Any], auth: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    await enroll(client, auth)
+    base = ["--url", str(client.make_url("")).rstrip("/")]
+    code = await asyncio.to_thread(main, [*base, "node", "list", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert sorted(n["name"] for n in json.loads(out)) == sorted(f"node-{i}" for i in range(ROWS))
