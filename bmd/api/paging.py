@@ -79,6 +79,9 @@ async def stream_page(
         response.headers["X-Request-Id"] = request[REQUEST_ID]
     response.enable_chunked_encoding()
     await response.prepare(request)
+    if request.method == "HEAD":  # headers only: body bytes after a HEAD answer would corrupt the connection
+        await response.write_eof()
+        return response
     buf: list[str] = [f'{{"{items}": [']
     size = 0
     for index, row in enumerate(rows):
