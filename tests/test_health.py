@@ -13,7 +13,7 @@ from bmd.api.app import create_app
 from bmd.config import DatabaseSettings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine
-from bmd.health import DB_PROBE, DatabaseProbe
+from bmd.health import DB_PROBE, STALE_FACTOR, DatabaseProbe, probe_check
 from bmd.tasks.runner import Runner
 
 
@@ -114,3 +114,15 @@ async def test_metrics_in_prometheus_text(client, ctx: AppContext) -> None:  # t
     assert 'bmd_task_passes_total{task="report_driver_status"} 1' in text
     assert "# TYPE bmd_claims_total counter" in text and "bmd_claims_total 0" in text
     assert ctx.api_token not in text
+
+
+async def test_stale_probe_is_failing(ctx: AppContext) -> None:
+    """/healthz never probes itself: when the probe loop stops, the last success ages into failing."""
+    probe = ctx.runner.tasks[DB_PROBE]
+    assert isinstance(probe, DatabaseProbe)
+    assert await ctx.runner.run_pass(DB_PROBE)
+    assert probe.last_ok is not None
+    fresh = probe_check(probe, probe.last_ok.at + probe.interval)
+    assert fresh["status"] == "ok" and fresh["latency_ms"] is not None
+    stale = probe_check(probe, probe.last_ok.at + STALE_FACTOR * probe.interval + probe.timeout + 1)
+    assert stale["status"] == "failing" and "old" in stale["error"]

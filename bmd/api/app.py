@@ -84,7 +84,8 @@ def check_request_text(request: web.Request) -> None:
 def _fault(ctx: AppContext, err: Exception) -> BmdError | None:
     if isinstance(err, SQLAlchemyError):
         return db_fault(err, ctx.engine.url)
-    if isinstance(err, RecursionError):  # a bug somewhere that recursed on input; never a 500 for the caller
+    if isinstance(err, RecursionError):  # the body bounds should make this unreachable: log it as the bug it is
+        log.error("request_recursion", error=str(err))
         return InvalidInput("the request is nested too deeply to process", field="body")
     return None
 
