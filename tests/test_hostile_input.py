@@ -181,3 +181,21 @@ async def test_full_disk_is_507_naming_the_database(
         assert (await client.get("/v1/nodes/node-1")).status == 200  # reads still work
     finally:
         event.remove(ctx.engine.sync_engine, "connect", cap_pages)
+
+
+async def test_hostile_request_id_is_replaced_not_echoed(client: TestClient[Any, Any]) -> None:
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nX-Request-Id: \xff\xfe<x>\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 200")
+    rid = next(line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("x-request-id"))
+    assert len(rid) == 32 and rid.isalnum()
+    resp = await client.get("/healthz", headers={"X-Request-Id": "trace-42.a"})
+    assert resp.headers["X-Request-Id"] == "trace-42.a"  # a well-formed id from a proxy is kept

@@ -108,3 +108,13 @@ async def test_cli_lists_follow_next_through_every_page(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert sorted(n["name"] for n in json.loads(out)) == sorted(f"node-{i}" for i in range(ROWS))
+
+
+async def test_head_of_a_list_sends_no_body(client: TestClient[Any, Any], auth: dict[str, str]) -> None:
+    """A HEAD answer with body bytes would be read as the next response on a keep-alive connection."""
+    await enroll(client, auth)
+    for path in ("/v1/nodes", "/v1/pxe_ips", "/v1/flavors", "/v1/instances", "/v1/nodes/node-0/interfaces"):
+        head = await client.head(path)
+        assert head.status == 200 and await head.read() == b""
+        follow = await client.get(path)  # same pooled connection
+        assert follow.status == 200 and "next" in await follow.json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 CTX: web.AppKey[AppContext] = web.AppKey("ctx", AppContext)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
@@ -92,7 +94,8 @@ def _fault(ctx: AppContext, err: Exception) -> BmdError | None:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given_id = request.headers.get("X-Request-Id", "")
+    request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex  # never echo hostile bytes
     request[REQUEST_ID] = request_id
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
