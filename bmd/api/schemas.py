@@ -125,7 +125,7 @@ class Body(BaseModel):
 class InterfaceCreate(Body):
     address: Mac
     datapath_id: Annotated[StrictStr, Field(max_length=255)] | None = None
-    port_no: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    port_no: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None  # the column is a 32-bit signed int
 
 
 class NodeFields(Body):

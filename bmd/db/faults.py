@@ -1,14 +1,15 @@
 """Database faults a request can meet, named: a full disk is 507, a database that cannot answer is 503,
-a unique value taken by a concurrent writer is 409. Anything else stays unexpected."""
+a unique value taken by a concurrent writer is 409, a value its column cannot hold is 400. Anything else
+stays unexpected."""
 
 from __future__ import annotations
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bmd.db.nodes import conflict_from
-from bmd.errors import BmdError, DatabaseUnavailable, StorageFull
+from bmd.errors import BmdError, DatabaseUnavailable, InvalidInput, StorageFull
 
 DISK_FULL_SQLSTATE = "53100"  # PostgreSQL disk_full
 SQLITE_FULL_TEXT = "database or disk is full"
@@ -28,6 +29,8 @@ def db_fault(err: SQLAlchemyError, url: URL) -> BmdError | None:
     where = url.render_as_string(hide_password=True)
     if isinstance(err, IntegrityError):
         return conflict_from(err)
+    if isinstance(err, DataError):  # a value the schema let through but the column cannot hold (PostgreSQL)
+        return InvalidInput(f"a value does not fit its database column: {err.orig}", field=None)
     if isinstance(err, DBAPIError):
         if SQLITE_FULL_TEXT in str(err.orig).lower() or _sqlstate(err) == DISK_FULL_SQLSTATE:
             return StorageFull(f"{SQLITE_FULL_TEXT}: the database {where} refused the write; nothing was stored")
