@@ -97,6 +97,8 @@ class ApiSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 6385
     token_file: str = "./var/api-token"
     public_url: str = ""
+    max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    keepalive_timeout: PositiveSeconds = 15.0
 
 
 class LoggingSettings(_Section):

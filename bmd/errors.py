@@ -36,9 +36,21 @@ class NotFound(BmdError):
     code = "not_found"
 
 
+class PayloadTooLarge(BmdError):
+    http_status = 413
+    code = "payload_too_large"
+    field = "body"
+
+
 class Conflict(BmdError):
+    """A unique value is taken or the stored data forbids the change; ``field`` names the culprit when known."""
+
     http_status = 409
     code = "conflict"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidState(Conflict):
@@ -60,6 +72,20 @@ class DatabaseError(BmdError):
     """The database is unreachable, un-migrated, or newer than this code."""
 
     code = "database_error"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database did not complete a request (locked, unreachable, refused): 503 naming the database."""
+
+    http_status = 503
+    code = "database_unavailable"
+
+
+class StorageFull(DatabaseError):
+    """The database refused a write because its storage is full (SQLITE_FULL, PostgreSQL 53100)."""
+
+    http_status = 507
+    code = "storage_full"
 
 
 class DriverError(BmdError):

@@ -29,6 +29,7 @@ from bmd.deploy.images import ImageCache
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import DatabaseError
+from bmd.health import DB_PROBE, DatabaseProbe
 from bmd.plugins import VIF_GROUP, load_plugin
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
@@ -58,6 +59,8 @@ class Endpoint:
 
 def build_runner(ctx: AppContext) -> None:
     s = ctx.settings
+    # its own unpooled engine: a pool saturated by requests is load, not a dead database
+    ctx.runner.add(DatabaseProbe(make_engine(s.database, pooled=False)))
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
     failures = ctx.step_failures
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval, failures))
@@ -124,7 +127,9 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
 
 
 async def warm_scheduler(ctx: AppContext) -> None:
-    """One pass of the capability loops before the first request, so a restarted bmd schedules at once."""
+    """One pass of the capability loops before the first request, so a restarted bmd schedules at once
+    (and one database probe, so /healthz is ok from the first request)."""
+    await ctx.runner.run_pass(DB_PROBE)
     for name in ("update_available_resource", "report_driver_status"):
         await ctx.runner.run_pass(name)
     ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
@@ -168,7 +173,10 @@ async def serve(
     notifier = notifier or Notifier()
     async with open_context(settings) as ctx:
         web_runner = web.AppRunner(
-            create_app(ctx), access_log=None, shutdown_timeout=settings.service.graceful_timeout / 2
+            create_app(ctx),
+            access_log=None,
+            shutdown_timeout=settings.service.graceful_timeout / 2,
+            keepalive_timeout=settings.api.keepalive_timeout,
         )
         await web_runner.setup()
         try:

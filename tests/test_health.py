@@ -1,4 +1,5 @@
-"""/healthz: database probe, task freshness and failures, status codes, no secrets."""
+"""/healthz: database probe (a loop; /healthz reads its record), task freshness and failures, status codes,
+no secrets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from bmd.api.app import create_app
 from bmd.config import DatabaseSettings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine
+from bmd.health import DB_PROBE, STALE_FACTOR, DatabaseProbe, probe_check
+from bmd.tasks.runner import Runner
 
 
 class Flaky:
@@ -74,6 +77,7 @@ async def test_failing_task_degrades_and_loop_recovers(client, ctx: AppContext) 
 
 async def test_never_run_task_becomes_late(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
     ctx.started_at -= 10_000
+    assert await ctx.runner.run_pass(DB_PROBE)  # the database is fine; only the other loops never ran
     body = await (await client.get("/healthz")).json()
     assert body["status"] == "degraded"
     assert {t["status"] for t in body["tasks"].values()} == {"late"}
@@ -83,8 +87,10 @@ async def test_database_down_is_503(ctx: AppContext, tmp_path: Any) -> None:
     where = tmp_path / "x" / "db.sqlite"
     broken = make_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{where}"))
     where.mkdir()  # a directory where the database file should be: it cannot be opened
-    bad_ctx = dataclasses.replace(ctx, engine=broken)
+    bad_ctx = dataclasses.replace(ctx, engine=broken, runner=Runner())
+    bad_ctx.runner.add(DatabaseProbe(broken))
     try:
+        assert not await bad_ctx.runner.run_pass(DB_PROBE)
         async with TestClient(TestServer(create_app(bad_ctx), host="127.0.0.1", port=0)) as c:
             resp = await c.get("/healthz")
             body = await resp.json()
@@ -95,6 +101,7 @@ async def test_database_down_is_503(ctx: AppContext, tmp_path: Any) -> None:
 
 
 async def test_concurrent_pollers_share_one_probe(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    assert await ctx.runner.run_pass(DB_PROBE)
     statuses = await asyncio.gather(*(client.get("/healthz") for _ in range(50)))
     assert {r.status for r in statuses} <= {200}
 
@@ -107,3 +114,15 @@ async def test_metrics_in_prometheus_text(client, ctx: AppContext) -> None:  # t
     assert 'bmd_task_passes_total{task="report_driver_status"} 1' in text
     assert "# TYPE bmd_claims_total counter" in text and "bmd_claims_total 0" in text
     assert ctx.api_token not in text
+
+
+async def test_stale_probe_is_failing(ctx: AppContext) -> None:
+    """/healthz never probes itself: when the probe loop stops, the last success ages into failing."""
+    probe = ctx.runner.tasks[DB_PROBE]
+    assert isinstance(probe, DatabaseProbe)
+    assert await ctx.runner.run_pass(DB_PROBE)
+    assert probe.last_ok is not None
+    fresh = probe_check(probe, probe.last_ok.at + probe.interval)
+    assert fresh["status"] == "ok" and fresh["latency_ms"] is not None
+    stale = probe_check(probe, probe.last_ok.at + STALE_FACTOR * probe.interval + probe.timeout + 1)
+    assert stale["status"] == "failing" and "old" in stale["error"]

@@ -54,7 +54,7 @@ async def test_no_valid_host_names_the_filter(cloud: Cloud) -> None:
     status, body = await cloud.create()
     assert status == 409
     reason = "ComputeCapabilitiesFilter removed the last 3 hosts"
-    assert body == {"error": "no_valid_host", "message": reason, "reason": reason}
+    assert body == {"error": "no_valid_host", "message": reason, "field": None}  # one error shape
 
 
 async def test_multi_instance_is_all_or_nothing(cloud: Cloud) -> None:

@@ -137,7 +137,7 @@ async def test_only_nodes_that_cannot_deploy_is_no_valid_host_naming_the_filter(
     before = await snapshot(cloud)
     status, body = await cloud.create()
     assert status == 409 and body["error"] == "no_valid_host"
-    assert body["reason"] == "DeployReadyFilter removed the last 2 hosts"
+    assert body["message"] == "DeployReadyFilter removed the last 2 hosts"
     assert await snapshot(cloud) == before
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body, public
+from bmd.api.body import takes
 from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
 from bmd.provision.agent import TOKEN_HEADER
 
@@ -21,6 +22,7 @@ def _token(request: web.Request) -> str | None:
 
 
 @public
+@takes(AgentLookup)
 async def lookup(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentLookup)
     answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, request.remote)
@@ -33,6 +35,7 @@ async def image(request: web.Request) -> web.StreamResponse:
 
 
 @public
+@takes(AgentHeartbeat)
 async def heartbeat(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentHeartbeat) if request.can_read_body else AgentHeartbeat()
     state = await ctx_of(request).conductor.agent_heartbeat(request.match_info["node"], _token(request), body.message)
@@ -40,6 +43,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 @public
+@takes(DeployInfo)
 async def pass_deploy_info(request: web.Request) -> web.Response:
     body = await parse_body(request, DeployInfo)
     state = await ctx_of(request).conductor.pass_deploy_info(request.match_info["node"], _token(request), body.error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,15 +13,20 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
+from bmd.api.body import MAX_BODY_BYTES, read_json
 from bmd.context import AppContext
-from bmd.errors import BmdError, InvalidInput, NoValidHost
+from bmd.db.faults import db_fault
+from bmd.errors import BmdError, InvalidInput
 
 log = structlog.get_logger(__name__)
 
 CTX: web.AppKey[AppContext] = web.AppKey("ctx", AppContext)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,32 +41,41 @@ def ctx_of(request: web.Request) -> AppContext:
     return request.app[CTX]
 
 
+def carries_token(request: web.Request, token: str) -> bool:
+    """The request's ``Authorization`` is ``Bearer <token>`` (constant-time compare; a header with
+    non-ASCII bytes, which aiohttp keeps as surrogates, never matches)."""
+    try:
+        given = request.headers.get("Authorization", "").encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
 def is_authenticated(request: web.Request) -> bool:
-    """True when the request carries the API's bearer token (constant-time compare). For the handlers of
-    safe methods, which bearer_auth lets through anonymously, that do more for an authenticated caller."""
-    expected = f"Bearer {ctx_of(request).api_token}".encode()
-    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, expected)
+    """For the handlers of safe methods, which bearer_auth lets through anonymously, that do more for an
+    authenticated caller."""
+    return carries_token(request, ctx_of(request).api_token)
+
+
+def _dumps(data: Any) -> str:
+    # strict JSON: NaN/Infinity are refused at input, and a response never carries them either
+    return json.dumps(data, default=str, allow_nan=False)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+    return web.json_response(data, status=status, dumps=_dumps)
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"error": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}
-    return json_response(body, status=status)
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    """Every error body has exactly these three keys; ``field`` is null when no one field is to blame."""
+    return json_response({"error": code, "message": message, "field": field}, status=status)
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body; any problem is InvalidInput naming the field."""
-    if not request.can_read_body:
-        raise InvalidInput("request body is required (JSON object)", field="body")
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"request body is not valid JSON: {err}", field="body") from err
-    return validate_model(model, data)
+    """Parse (bounded: size, nesting, numbers) and validate a JSON body; any problem names the field.
+
+    The handler declares the same model with ``@takes(model)`` (see bmd/api/body.py)."""
+    return validate_model(model, await read_json(request))
 
 
 def validate_model(model: type[M], data: Any, prefix: str = "") -> M:
@@ -75,43 +90,63 @@ def validate_model(model: type[M], data: Any, prefix: str = "") -> M:
         raise InvalidInput(f"{field}: {msg}", field=field) from err
 
 
+def check_request_text(request: web.Request) -> None:
+    """Refuse a path or query no database can store (NUL characters) before any handler sees it."""
+    if "\x00" in request.path:
+        raise InvalidInput("the request path holds a NUL character", field="path")
+    for key, value in request.query.items():
+        if "\x00" in key or "\x00" in value:
+            raise InvalidInput(f"query parameter {key!r} holds a NUL character", field=key)
+
+
+def _fault(ctx: AppContext, err: Exception) -> BmdError | None:
+    if isinstance(err, SQLAlchemyError):
+        return db_fault(err, ctx.engine.url)
+    if isinstance(err, RecursionError):  # the body bounds should make this unreachable: log it as the bug it is
+        log.error("request_recursion", error=str(err))
+        return InvalidInput("the request is nested too deeply to process", field="body")
+    return None
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given_id = request.headers.get("X-Request-Id", "")
+    request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex  # never echo hostile bytes
+    request[REQUEST_ID] = request_id
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
-            response = await handler(request)
+            try:
+                check_request_text(request)
+                response = await handler(request)
+            except (SQLAlchemyError, RecursionError) as err:
+                named = _fault(request.config_dict[CTX], err)
+                if named is None:
+                    raise
+                raise named from err
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
                 response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+                response.headers.extend((k, v) for k, v in exc.headers.items() if k == "Allow")
             else:
                 raise
         except BmdError as err:
             if err.http_status >= 500:
                 log.error("request_failed", method=request.method, path=request.path, error=str(err))
-            response = error_response(
-                err.http_status,
-                err.code,
-                str(err),
-                field=getattr(err, "field", None),
-                reason=str(err) if isinstance(err, NoValidHost) else None,
-            )
+            response = error_response(err.http_status, err.code, str(err), field=getattr(err, "field", None))
         except Exception:
             log.exception("request_crashed", method=request.method, path=request.path)
             response = error_response(500, "internal_error", "internal error; see the service log")
-        response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # a streamed list set it before sending its headers
+            response.headers["X-Request-Id"] = request_id
         return response
 
 
 def bearer_auth(token: str) -> Callable[..., Any]:
-    expected = f"Bearer {token}".encode()
-
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method in SAFE_METHODS or getattr(handler, "_bmd_public", False):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not carries_token(request, token):
             return error_response(401, "unauthorized", "a valid bearer token is required for this call")
         return await handler(request)
 
@@ -122,7 +157,7 @@ def create_app(ctx: AppContext) -> web.Application:
     from bmd.api import agent, capabilities, flavors, health, instances, metrics, nodes, power, pxe_ips
     from bmd.deploy.http import create_image_app
 
-    app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=1024**2)
+    app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     health.setup(app)
     metrics.setup(app)

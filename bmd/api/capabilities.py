@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.body import takes
+from bmd.api.paging import name_marker, page_limit, split_page
 from bmd.api.schemas import RESERVED_SPEC_KEYS, CapabilityValue, check_spec_key
 from bmd.db import nodes as q
 from bmd.errors import InvalidInput, NotFound
@@ -23,10 +27,23 @@ def check_capability_key(key: str) -> str:
 
 
 async def get_capabilities(request: web.Request) -> web.Response:
-    latest = ctx_of(request).bus.latest(TOPIC)
-    return json_response({"capabilities": latest or [], "published": latest is not None})
+    """The last published list, paged by node name (``next``: the last node of the page)."""
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = name_marker(request)
+    latest = ctx.bus.latest(TOPIC)
+    rows = sorted(latest or [], key=_node_of)
+    if marker is not None:
+        rows = [r for r in rows if _node_of(r) > marker]
+    page, next_marker = split_page(rows[: limit + 1], limit, _node_of)
+    return json_response({"capabilities": list(page), "published": latest is not None, "next": next_marker})
 
 
+def _node_of(stats: dict[str, Any]) -> str:
+    return str(stats.get("node", ""))
+
+
+@takes(CapabilityValue)
 async def set_capability(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     key = check_capability_key(request.match_info["key"])

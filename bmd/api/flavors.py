@@ -9,6 +9,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.body import takes
+from bmd.api.paging import name_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import ExtraSpecsBody, ExtraSpecValueBody, FlavorCreate, check_extra_spec_key
 from bmd.db import flavors as q
 from bmd.db.models import InstanceType, InstanceTypeExtraSpec
@@ -16,6 +18,7 @@ from bmd.db.nodes import conflict_from
 from bmd.errors import Conflict, InvalidInput, NotFound
 
 
+@takes(FlavorCreate)
 async def create_flavor(request: web.Request) -> web.Response:
     body = await parse_body(request, FlavorCreate)
     async with ctx_of(request).sessionmaker.begin() as session:
@@ -46,10 +49,13 @@ async def create_flavor(request: web.Request) -> web.Response:
     return json_response(flavor.as_dict(), status=201)
 
 
-async def list_flavors(request: web.Request) -> web.Response:
-    async with ctx_of(request).sessionmaker() as session:
-        flavors = await q.list_flavors(session)
-    return json_response({"flavors": [f.as_dict() for f in flavors]})
+async def list_flavors(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    async with ctx.sessionmaker() as session:
+        flavors = await q.list_flavors(session, limit=limit + 1, marker=name_marker(request))
+    page, next_marker = split_page(flavors, limit, lambda f: f.name)
+    return await stream_page(request, "flavors", page, q.Flavor.as_dict, next_marker)
 
 
 async def show_flavor(request: web.Request) -> web.Response:
@@ -72,6 +78,7 @@ async def get_extra_specs(request: web.Request) -> web.Response:
     return json_response({"extra_specs": flavor.extra_specs})
 
 
+@takes(ExtraSpecsBody)
 async def add_extra_specs(request: web.Request) -> web.Response:
     body = await parse_body(request, ExtraSpecsBody)
     async with ctx_of(request).sessionmaker.begin() as session:
@@ -89,6 +96,7 @@ def _key(request: web.Request) -> str:
         raise InvalidInput(f"key: {err}", field="key") from err
 
 
+@takes(ExtraSpecValueBody)
 async def set_extra_spec(request: web.Request) -> web.Response:
     key = _key(request)
     body = await parse_body(request, ExtraSpecValueBody)

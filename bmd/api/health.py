@@ -11,7 +11,7 @@ CHECKER: web.AppKey[HealthChecker] = web.AppKey("health", HealthChecker)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    report = await request.app[CHECKER].report()
+    report = request.app[CHECKER].report()
     return json_response(report, status=503 if report["status"] == "failing" else 200)
 
 

@@ -9,6 +9,8 @@ from aiohttp import web
 from sqlalchemy import select
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.body import takes
+from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
@@ -71,12 +73,14 @@ async def _flavor(request: web.Request, name: str) -> fq.Flavor:
             raise InvalidInput(f"flavor: {err}", field="flavor") from err
 
 
+@takes(ScheduleRequest)
 async def schedule(request: web.Request) -> web.Response:
     body = await parse_body(request, ScheduleRequest)
     spec = request_spec(await _flavor(request, body.flavor), body.image_properties, body.num_instances, body.hints)
     return json_response(selection_to_dict(ctx_of(request).scheduler.select(spec)))
 
 
+@takes(InstanceCreate)
 async def create_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, InstanceCreate)
@@ -125,13 +129,20 @@ async def create_instances(request: web.Request) -> web.Response:
     return json_response({"reservation_id": instances[0]["reservation_id"], "instances": instances}, status=202)
 
 
-async def list_instances(request: web.Request) -> web.Response:
-    stmt = select(Instance).order_by(Instance.id)
-    if request.query.get("deleted", "false").lower() not in ("true", "1"):
+async def list_instances(request: web.Request) -> web.StreamResponse:
+    """Instances by creation; ``next`` is an opaque keyset marker (the last row's internal id)."""
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = id_marker(request)
+    stmt = select(Instance)
+    if not bool_param(request, "deleted"):
         stmt = stmt.where(Instance.vm_state != "deleted")
-    async with ctx_of(request).sessionmaker() as session:
-        rows = (await session.execute(stmt)).scalars().all()
-    return json_response({"instances": [instance_to_dict(i) for i in rows]})
+    if marker is not None:
+        stmt = stmt.where(Instance.id > marker)
+    async with ctx.sessionmaker() as session:
+        rows = (await session.execute(stmt.order_by(Instance.id).limit(limit + 1))).scalars().all()
+    page, next_marker = split_page(rows, limit, lambda i: i.id)
+    return await stream_page(request, "instances", page, instance_to_dict, next_marker)
 
 
 async def show_instance(request: web.Request) -> web.Response:

@@ -6,15 +6,18 @@ import uuid as uuidlib
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete, select
+from sqlalchemy import delete, false, select
 from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body, validate_model
+from bmd.api.body import takes
+from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
 from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
+from bmd.ids import is_id_text, parse_id
 from bmd.plugins import POWER_GROUP, known_names
 
 
@@ -31,24 +34,6 @@ def check_pm_address(ctx: AppContext, pm_driver: str, pm_address: str | None) ->
     validate = getattr(ctx.power.get(pm_driver), "validate_address", None)
     if validate is not None:
         validate(pm_address)
-
-
-def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise InvalidInput(f"query parameter {name} must be an integer in [{lo}, {hi}]", field=name)
-    return int(raw)
-
-
-def _bool_param(request: web.Request, name: str) -> bool | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise InvalidInput(f"query parameter {name} must be true or false", field=name)
-    return raw.lower() in ("true", "1")
 
 
 def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
@@ -80,6 +65,7 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
     )
 
 
+@takes(NodeCreate)
 async def create_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, NodeCreate)
@@ -98,6 +84,7 @@ async def create_node(request: web.Request) -> web.Response:
     return json_response(q.node_to_dict(node, ifaces), status=201)
 
 
+@takes(NodeImport)
 async def import_nodes(request: web.Request) -> web.Response:
     """Enroll a whole inventory in one transaction: every entry is valid and new, or nothing is written."""
     ctx = ctx_of(request)
@@ -128,21 +115,21 @@ async def import_nodes(request: web.Request) -> web.Response:
     )
 
 
-async def list_nodes(request: web.Request) -> web.Response:
+async def list_nodes(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
-    limit = _int_param(request, "limit", 1000, 1, 100_000)
-    assert limit is not None
+    limit = page_limit(request, ctx.settings.api.max_page_size)
     async with ctx.sessionmaker() as session:
         nodes = await q.list_nodes(
             session,
             service_host=request.query.get("service_host"),
             provision_state=request.query.get("provision_state"),
-            maintenance=_bool_param(request, "maintenance"),
-            associated=_bool_param(request, "associated"),
-            limit=limit,
-            marker=_int_param(request, "marker", None, 0, 2**62),
+            maintenance=bool_param(request, "maintenance"),
+            associated=bool_param(request, "associated"),
+            limit=limit + 1,
+            marker=id_marker(request),
         )
-    return json_response({"nodes": [q.node_to_dict(n) for n in nodes]})
+    page, next_marker = split_page(nodes, limit, lambda n: n.id)
+    return await stream_page(request, "nodes", page, q.node_to_dict, next_marker)
 
 
 async def show_node(request: web.Request) -> web.Response:
@@ -183,6 +170,7 @@ def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None
         setattr(node, key, value)
 
 
+@takes(NodeUpdate)
 async def update_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, NodeUpdate)
@@ -211,14 +199,21 @@ async def delete_node(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def list_interfaces(request: web.Request) -> web.Response:
+async def list_interfaces(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = id_marker(request)
     async with ctx.sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
-        ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
-    return json_response({"interfaces": [q.interface_to_dict(i) for i in ifaces]})
+        stmt = select(Interface).where(Interface.bm_node_id == node.id)
+        if marker is not None:
+            stmt = stmt.where(Interface.id > marker)
+        ifaces = (await session.execute(stmt.order_by(Interface.id).limit(limit + 1))).scalars().all()
+    page, next_marker = split_page(ifaces, limit, lambda i: i.id)
+    return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
 
 
+@takes(InterfaceCreate)
 async def add_interface(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, InterfaceCreate)
@@ -250,8 +245,9 @@ async def delete_interface(request: web.Request) -> web.Response:
 
 
 def _iface_lookup(ident: str) -> Any:
-    if ident.isdigit():
-        return Interface.id == int(ident)
+    if is_id_text(ident):
+        iface_id = parse_id(ident)
+        return Interface.id == iface_id if iface_id is not None else false()
     try:
         mac = validate_model(InterfaceCreate, {"address": ident}).address
     except InvalidInput as err:

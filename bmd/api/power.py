@@ -18,6 +18,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
+from bmd.api.body import takes
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
 from bmd.db import nodes as q
 from bmd.db.boot_devices import record_boot_device
@@ -69,6 +70,7 @@ async def _idle_node(request: web.Request) -> BareMetalNode:
     return node
 
 
+@takes(PowerTarget)
 async def set_power(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, PowerTarget)
@@ -165,6 +167,7 @@ def _live(request: web.Request) -> bool:
     return value in ("true", "1")
 
 
+@takes(BootDeviceBody)
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, BootDeviceBody)
@@ -192,6 +195,7 @@ async def get_boot_device(request: web.Request) -> web.Response:
     return json_response(_boot_view(_device(info), info.persistent, started, "bmc"))
 
 
+@takes(MaintenanceBody)
 async def set_maintenance(request: web.Request) -> web.Response:
     body = await parse_body(request, MaintenanceBody) if request.can_read_body else MaintenanceBody()
     async with ctx_of(request).sessionmaker.begin() as session:

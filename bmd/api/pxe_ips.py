@@ -7,18 +7,29 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.body import takes
+from bmd.api.paging import id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import PxeIpCreate
 from bmd.db import nodes as q
 from bmd.db.models import PxeIp
-from bmd.errors import Conflict, InvalidInput, NotFound
+from bmd.errors import Conflict, NotFound
+from bmd.ids import parse_id
 
 
-async def list_pxe_ips(request: web.Request) -> web.Response:
-    async with ctx_of(request).sessionmaker() as session:
-        ips = (await session.execute(select(PxeIp).order_by(PxeIp.id))).scalars().all()
-    return json_response({"pxe_ips": [q.pxe_ip_to_dict(ip) for ip in ips]})
+async def list_pxe_ips(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = id_marker(request)
+    stmt = select(PxeIp)
+    if marker is not None:
+        stmt = stmt.where(PxeIp.id > marker)
+    async with ctx.sessionmaker() as session:
+        ips = (await session.execute(stmt.order_by(PxeIp.id).limit(limit + 1))).scalars().all()
+    page, next_marker = split_page(ips, limit, lambda ip: ip.id)
+    return await stream_page(request, "pxe_ips", page, q.pxe_ip_to_dict, next_marker)
 
 
+@takes(PxeIpCreate)
 async def create_pxe_ip(request: web.Request) -> web.Response:
     body = await parse_body(request, PxeIpCreate)
     async with ctx_of(request).sessionmaker.begin() as session:
@@ -40,10 +51,11 @@ async def create_pxe_ip(request: web.Request) -> web.Response:
 
 async def delete_pxe_ip(request: web.Request) -> web.Response:
     ident = request.match_info["id"]
-    if not ident.isdigit():
-        raise InvalidInput("pxe_ip id must be an integer", field="id")
+    pxe_id = parse_id(ident)
+    if pxe_id is None:
+        raise NotFound(f"pxe_ip {ident} not found")
     async with ctx_of(request).sessionmaker.begin() as session:
-        ip = await session.get(PxeIp, int(ident), with_for_update=True)
+        ip = await session.get(PxeIp, pxe_id, with_for_update=True)
         if ip is None:
             raise NotFound(f"pxe_ip {ident} not found")
         if ip.bm_node_id is not None:

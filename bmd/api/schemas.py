@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import uuid
 from typing import Annotated, Any, Literal
@@ -93,6 +94,18 @@ RESERVED_SPEC_KEYS = frozenset(
 )
 
 
+def _check_finite(key: str, item: Any) -> None:
+    """NaN and Infinity are not JSON: a capability holding one would make ``/v1/nodes`` unparseable."""
+    if isinstance(item, float) and not math.isfinite(item):
+        raise ValueError(f"capability {key!r} must be a finite number, not {item}")
+    if isinstance(item, list):
+        for element in item:
+            _check_finite(key, element)
+    if isinstance(item, dict):
+        for element in item.values():
+            _check_finite(key, element)
+
+
 def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:
     for key, item in value.items():
         check_spec_key(key)
@@ -102,6 +115,13 @@ def check_specs(value: dict[str, Any], top: bool = True) -> dict[str, Any]:
             check_specs(item, top=False)
         elif not isinstance(item, str | int | float | bool | list):
             raise ValueError(f"capability {key!r} must be a string, number, boolean, list or object")
+        else:
+            _check_finite(key, item)
+    return value
+
+
+def check_finite_value(value: Any) -> Any:
+    _check_finite("value", value)
     return value
 
 
@@ -122,7 +142,7 @@ class Body(BaseModel):
 class InterfaceCreate(Body):
     address: Mac
     datapath_id: Annotated[StrictStr, Field(max_length=255)] | None = None
-    port_no: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    port_no: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None  # the column is a 32-bit signed int
 
 
 class NodeFields(Body):
@@ -162,8 +182,13 @@ class NodeImport(Body):
     nodes: list[NodeCreate] = Field(max_length=100_000)
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class CapabilityValue(Body):
-    value: StrictStr | StrictInt | float | StrictBool | list[Any] | Specs
+    value: Annotated[
+        StrictStr | StrictInt | FiniteFloat | StrictBool | list[Any] | Specs, AfterValidator(check_finite_value)
+    ]
 
 
 class PxeIpCreate(Body):

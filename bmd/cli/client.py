@@ -72,6 +72,20 @@ class Client:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
+    def get_all(self, path: str, items: str) -> list[Any]:
+        """Every row of a paged list: follow ``next`` from the first page until it is null."""
+        rows: list[Any] = []
+        marker: Any = None
+        seen: set[str] = set()
+        while True:
+            sep = "&" if "?" in path else "?"
+            page = self.get(path if marker is None else f"{path}{sep}marker={q(str(marker))}")
+            rows.extend(page[items])
+            marker = page.get("next")
+            if marker is None or str(marker) in seen:  # a repeated marker would loop forever
+                return rows
+            seen.add(str(marker))
+
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)
 

@@ -17,7 +17,7 @@ def create(app: Any) -> None:
 
 
 def list_(app: Any) -> None:
-    app.print(app.client.get("/v1/flavors")["flavors"])
+    app.print(app.client.get_all("/v1/flavors", "flavors"))
 
 
 def show(app: Any) -> None:

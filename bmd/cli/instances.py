@@ -85,7 +85,7 @@ def create(app: Any) -> int:
 
 
 def list_(app: Any) -> None:
-    for inst in app.client.get("/v1/instances")["instances"]:
+    for inst in app.client.get_all("/v1/instances", "instances"):
         print(_line(inst))
 
 

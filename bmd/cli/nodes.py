@@ -80,7 +80,7 @@ def update(app: Any) -> None:
 
 
 def list_(app: Any) -> None:
-    nodes = app.client.get("/v1/nodes")["nodes"]
+    nodes = app.client.get_all("/v1/nodes", "nodes")
     if app.args.json:
         app.print(nodes)
         return
@@ -128,7 +128,7 @@ def pxe_add(app: Any) -> None:
 
 
 def pxe_list(app: Any) -> None:
-    app.print(app.client.get("/v1/pxe_ips")["pxe_ips"])
+    app.print(app.client.get_all("/v1/pxe_ips", "pxe_ips"))
 
 
 def pxe_delete(app: Any) -> None:

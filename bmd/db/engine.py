@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from bmd.config import DatabaseSettings
 
@@ -45,15 +45,19 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
 
-def make_engine(settings: DatabaseSettings) -> AsyncEngine:
+def make_engine(settings: DatabaseSettings, *, pooled: bool = True) -> AsyncEngine:
+    """The engine; ``pooled=False``: a fresh connection per use, none held between (the health probe's, so it
+    never queues behind requests for a pooled connection)."""
     url = make_url(settings.url)
     kwargs: dict[str, Any] = {"echo": settings.echo}
     if url.drivername.startswith("sqlite"):
         assert url.database
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout}
-    else:
+    elif pooled:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    if not pooled:
+        kwargs["poolclass"] = NullPool
     engine = create_async_engine(url, **kwargs)
     if url.drivername.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout))

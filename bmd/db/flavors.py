@@ -83,16 +83,12 @@ async def get_flavor(session: AsyncSession, name: str) -> Flavor:
     return to_flavor(row, (await spec_rows(session, [row.id]))[row.id])
 
 
-async def list_flavors(session: AsyncSession) -> list[Flavor]:
-    rows = (
-        (
-            await session.execute(
-                select(InstanceType).where(InstanceType.disabled.is_(False)).order_by(InstanceType.name)
-            )
-        )
-        .scalars()
-        .all()
-    )
+async def list_flavors(session: AsyncSession, *, limit: int | None = None, marker: str | None = None) -> list[Flavor]:
+    """Enabled flavors by name; ``marker``: only names after it (keyset paging), at most ``limit``."""
+    stmt = select(InstanceType).where(InstanceType.disabled.is_(False))
+    if marker is not None:
+        stmt = stmt.where(InstanceType.name > marker)
+    rows = (await session.execute(stmt.order_by(InstanceType.name).limit(limit))).scalars().all()
     specs = await spec_rows(session, [r.id for r in rows])
     return [to_flavor(r, specs[r.id]) for r in rows]
 

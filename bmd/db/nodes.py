@@ -6,12 +6,13 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, false, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, Interface, PxeIp
 from bmd.errors import Conflict, NotFound
+from bmd.ids import is_id_text, parse_id
 
 SECRET_MASK = "******"
 
@@ -69,9 +70,10 @@ def pxe_ip_to_dict(ip: PxeIp) -> dict[str, Any]:
 
 
 def node_lookup(ident: str) -> Any:
-    """A WHERE clause for a node named by id, uuid or name."""
-    if ident.isdigit():
-        return BareMetalNode.id == int(ident)
+    """A WHERE clause for a node named by id (ASCII digits, at most 2**63-1), uuid or name."""
+    if is_id_text(ident):
+        node_id = parse_id(ident)
+        return BareMetalNode.id == node_id if node_id is not None else false()
     if re.fullmatch(r"[0-9a-fA-F-]{36}", ident):
         return BareMetalNode.uuid == ident.lower()
     return BareMetalNode.name == ident
@@ -130,7 +132,23 @@ async def check_unique(
     macs: Sequence[str] = (),
     prov_mac: str | None = None,
 ) -> None:
-    """Raise Conflict naming the field when a unique value is already taken (by another node)."""
+    """Raise Conflict naming the field when a unique value is already taken (by another node).
+
+    Runs without autoflush: a PATCH has already set the new values on the node, and flushing them here
+    would raise the IntegrityError this check exists to turn into a 409."""
+    with session.no_autoflush:
+        await _check_unique(session, node_id=node_id, uuid=uuid, name=name, macs=macs, prov_mac=prov_mac)
+
+
+async def _check_unique(
+    session: AsyncSession,
+    *,
+    node_id: int | None,
+    uuid: str | None,
+    name: str | None,
+    macs: Sequence[str],
+    prov_mac: str | None,
+) -> None:
     others = BareMetalNode.id != (node_id if node_id is not None else -1)
     checks: list[tuple[str, Any, Any]] = []
     if uuid:
@@ -142,16 +160,19 @@ async def check_unique(
     for field, value, cond in checks:
         hit = await session.scalar(select(BareMetalNode.id).where(cond, others))
         if hit is not None:
-            raise Conflict(f"{field} {value} is already used by node {hit}")
+            raise Conflict(f"{field} {value} is already used by node {hit}", field=field)
     dup = _first_duplicate(macs)
     if dup:
-        raise Conflict(f"interfaces: MAC {dup} is listed twice")
+        raise Conflict(f"interfaces: MAC {dup} is listed twice", field="interfaces")
     if macs:
         hit_iface = (
             await session.execute(select(Interface).where(Interface.address.in_(list(macs))).limit(1))
         ).scalar_one_or_none()
         if hit_iface is not None:
-            raise Conflict(f"interface address {hit_iface.address} is already used by node {hit_iface.bm_node_id}")
+            raise Conflict(
+                f"interface address {hit_iface.address} is already used by node {hit_iface.bm_node_id}",
+                field="address",
+            )
 
 
 async def check_unique_many(session: AsyncSession, nodes: Sequence[BareMetalNode], macs: Sequence[str]) -> None:
@@ -160,15 +181,15 @@ async def check_unique_many(session: AsyncSession, nodes: Sequence[BareMetalNode
         values = [getattr(n, field) for n in nodes if getattr(n, field)]
         dup = _first_duplicate(values)
         if dup:
-            raise Conflict(f"{field} {dup} appears twice in the inventory")
+            raise Conflict(f"{field} {dup} appears twice in the inventory", field=field)
         column = getattr(BareMetalNode, field)
         for chunk in _chunks(values):
             hit = (await session.execute(select(column, BareMetalNode.id).where(column.in_(chunk)).limit(1))).first()
             if hit is not None:
-                raise Conflict(f"{field} {hit[0]} is already used by node {hit[1]}")
+                raise Conflict(f"{field} {hit[0]} is already used by node {hit[1]}", field=field)
     dup_mac = _first_duplicate(macs)
     if dup_mac:
-        raise Conflict(f"interface address {dup_mac} appears twice in the inventory")
+        raise Conflict(f"interface address {dup_mac} appears twice in the inventory", field="interfaces.address")
     for chunk in _chunks(list(macs)):
         hit = (
             await session.execute(
@@ -176,7 +197,7 @@ async def check_unique_many(session: AsyncSession, nodes: Sequence[BareMetalNode
             )
         ).first()
         if hit is not None:
-            raise Conflict(f"interface address {hit[0]} is already used by node {hit[1]}")
+            raise Conflict(f"interface address {hit[0]} is already used by node {hit[1]}", field="interfaces.address")
 
 
 def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
@@ -200,5 +221,5 @@ def conflict_from(err: IntegrityError) -> Conflict:
     match = _UNIQUE.search(str(err.orig))
     if match:
         table, column = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
-        return Conflict(f"{table}.{column}: the value is already in use")
+        return Conflict(f"{table}.{column}: the value is already in use", field=column)
     return Conflict(f"the change conflicts with stored data: {err.orig}")

@@ -24,7 +24,13 @@ async def enroll_inventory(url: str, token: str, nodes: list[dict[str, Any]]) ->
                     raise BmdError(f"{method} /{path}: HTTP {resp.status}: {data.get('message', data)}")
                 return data
 
-        existing = {n["name"]: n for n in (await call("GET", "v1/nodes?limit=100000"))["nodes"] if n["name"]}
+        existing: dict[str, Any] = {}
+        page = await call("GET", "v1/nodes")
+        while True:  # every page: follow "next" until it is null
+            existing.update((n["name"], n) for n in page["nodes"] if n["name"])
+            if page["next"] is None:
+                break
+            page = await call("GET", f"v1/nodes?marker={page['next']}")
         new = [n for n in nodes if n["name"] not in existing]
         updated = 0
         for node in nodes:

@@ -80,6 +80,11 @@ class Runner:
         self._tasks: dict[str, PeriodicTask] = {}
         self.records: dict[str, TaskRecord] = {}
 
+    @property
+    def tasks(self) -> dict[str, PeriodicTask]:
+        """The registered loops by name (read-only use: /healthz reads the state some of them keep)."""
+        return dict(self._tasks)
+
     def add(self, task: PeriodicTask) -> None:
         if task.name in self._tasks:
             raise ValueError(f"a periodic task named {task.name!r} is already registered")
