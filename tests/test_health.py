@@ -85,7 +85,7 @@ async def test_never_run_task_becomes_late(client, ctx: AppContext) -> None:  # 
 
 async def test_database_down_is_503(ctx: AppContext, tmp_path: Any) -> None:
     where = tmp_path / "x" / "db.sqlite"
-    broken = make_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{where}"))
+    broken = make_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{where}"), pooled=False)  # as the service probes
     where.mkdir()  # a directory where the database file should be: it cannot be opened
     bad_ctx = dataclasses.replace(ctx, engine=broken, runner=Runner())
     bad_ctx.runner.add(DatabaseProbe(broken))
