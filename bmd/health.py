@@ -1,7 +1,7 @@
 """Service health, read from state the loops keep: nothing here awaits the database or anything else.
 
 The database is probed by a periodic loop (:class:`DatabaseProbe`, run by the runner like every other loop,
-the probe itself in a worker thread with its own event loop),
+the probe itself in a worker thread),
 so ``/healthz`` answers from memory however loaded the database or the API is.
 
 ``ok``: the last database probe succeeded recently and every loop succeeded within twice its interval.
@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
 
 from bmd.context import AppContext
 
@@ -38,9 +39,13 @@ class ProbeResult:
 
 
 class DatabaseProbe:
-    """``SELECT 1`` every ``interval`` seconds on a fresh connection, in a worker thread with its own event
-    loop: neither a request pool saturated by clients nor a busy API loop delays the probe or its verdict.
-    ``last`` is what ``/healthz`` reads; a pass fails (and the runner records it) when the probe failed."""
+    """``SELECT 1`` every ``interval`` seconds on a fresh connection, in a worker thread: neither a request
+    pool saturated by clients nor a busy API loop delays the probe or its verdict. ``last`` is what
+    ``/healthz`` reads; a pass fails (and the runner records it) when the probe failed.
+
+    SQLite is probed through the standard library's driver straight from the thread (aiosqlite's own
+    thread would report a failed connect to the probe's loop after it closed); PostgreSQL through the
+    unpooled async engine on a private event loop."""
 
     name = DB_PROBE
 
@@ -50,22 +55,35 @@ class DatabaseProbe:
         self.timeout = timeout
         self.last: ProbeResult | None = None
         self.last_ok: ProbeResult | None = None
+        self._sqlite: Engine | None = None
+        if engine.dialect.name == "sqlite":
+            self._sqlite = create_engine(
+                engine.url.set(drivername="sqlite"), poolclass=NullPool, connect_args={"timeout": timeout}
+            )
 
-    async def _select_one(self) -> ProbeResult:
-        start = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-        except TimeoutError:
-            return ProbeResult(time.time(), False, error=f"no answer within {self.timeout:g} s")
-        except Exception as err:  # noqa: BLE001 - any driver error means the same thing here
-            return ProbeResult(time.time(), False, error=f"{type(err).__name__}: {err}")
-        return ProbeResult(time.time(), True, latency_ms=round((time.perf_counter() - start) * 1000, 2))
+    async def _select_one(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+    def _select_one_sqlite(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def probe_blocking(self) -> ProbeResult:
-        """One probe on a private event loop (the engine is unpooled: no connection outlives its loop)."""
-        result = asyncio.run(self._select_one())
+        """One probe, blocking (the engines are unpooled: no connection outlives its probe)."""
+        start = time.perf_counter()
+        try:
+            if self._sqlite is not None:
+                self._select_one_sqlite(self._sqlite)
+            else:
+                asyncio.run(self._select_one())
+        except TimeoutError:
+            result = ProbeResult(time.time(), False, error=f"no answer within {self.timeout:g} s")
+        except Exception as err:  # noqa: BLE001 - any driver error means the same thing here
+            result = ProbeResult(time.time(), False, error=f"{type(err).__name__}: {err}")
+        else:
+            result = ProbeResult(time.time(), True, latency_ms=round((time.perf_counter() - start) * 1000, 2))
         self.last = result
         if result.ok:
             self.last_ok = result
