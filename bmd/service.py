@@ -25,8 +25,8 @@ from bmd.config import Settings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
-from bmd.deploy.images import ImageCache
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.drivers.deploy.images import ImageCache
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe

@@ -14,7 +14,7 @@ from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
-from bmd.deploy.refs import display_ref, seal_refs
+from bmd.drivers.deploy.refs import display_ref, seal_refs
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.chain import Selection
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips

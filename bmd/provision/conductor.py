@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
-from bmd.deploy.refs import scrub_urls
-from bmd.deploy.spec import normalize_mac
+from bmd.drivers.deploy.refs import scrub_urls
+from bmd.drivers.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif import plug_vifs
 from bmd.errors import Conflict, InvalidState, NotFound

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.config import DeploySettings
 from bmd.db.models import PxeIp
-from bmd.deploy.checksum import parse_checksum
-from bmd.deploy.refs import parse_image_ref
-from bmd.deploy.spec import ImageRef
+from bmd.drivers.deploy.checksum import parse_checksum
+from bmd.drivers.deploy.refs import parse_image_ref
+from bmd.drivers.deploy.spec import ImageRef
 from bmd.errors import InvalidInput
 from bmd.provision.records import NoMorePxeIps
 

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bmd.config import Settings
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
-from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
-from bmd.deploy.refs import open_refs
+from bmd.drivers.deploy.images import ImageCache
+from bmd.drivers.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
+from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif import VifDriver, unplug_vifs

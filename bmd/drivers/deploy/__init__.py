@@ -1,8 +1,8 @@
 """Deploy leaf components: the image cache, the PXE/iPXE writer, the HTTP file server and a test agent.
 
-- ``images``: :class:`~bmd.deploy.images.ImageCache`, a size-bounded LRU of verified images
+- ``images``: :class:`~bmd.drivers.deploy.images.ImageCache`, a size-bounded LRU of verified images
   (``checksum`` parses and verifies digests, ``refs`` parses image refs).
-- ``pxe``: :class:`~bmd.deploy.pxe.PXEDeploy`, per-node pxelinux and iPXE files (``spec`` holds the settings,
+- ``pxe``: :class:`~bmd.drivers.deploy.pxe.PXEDeploy`, per-node pxelinux and iPXE files (``spec`` holds the settings,
   the deploy spec and their checks; ``templates`` the file formats and kernel-arg names; ``fsutil`` atomic
   file operations).
 - ``http``: an aiohttp sub-app serving ``http_root`` (nothing secret) with Range support.
