@@ -78,7 +78,8 @@ def build_conductor(settings: Settings, sessionmaker: Any, power: PowerRegistry)
         d.image_cache_max_bytes,
         allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots],
     )
-    return Conductor(Provisioner(settings, sessionmaker, power, vif_cls(settings), cache))
+    vif = vif_cls.from_settings(settings) if hasattr(vif_cls, "from_settings") else vif_cls()
+    return Conductor(Provisioner(settings, sessionmaker, power, vif, cache))
 
 
 @contextlib.asynccontextmanager

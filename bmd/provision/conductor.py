@@ -17,7 +17,7 @@ from bmd.db.nodes import get_node
 from bmd.drivers.deploy.refs import scrub_urls
 from bmd.drivers.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
-from bmd.drivers.vif import plug_vifs
+from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidState, NotFound
 from bmd.provision import records
 from bmd.provision.agent import (

@@ -19,7 +19,8 @@ from bmd.drivers.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
-from bmd.drivers.vif import VifDriver, unplug_vifs
+from bmd.drivers.vif.base import VifDriver
+from bmd.drivers.vif.binding import unplug_vifs
 from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
