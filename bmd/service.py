@@ -72,7 +72,7 @@ def build_runner(ctx: AppContext) -> None:
 
 def build_conductor(settings: Settings, sessionmaker: Any, power: PowerRegistry) -> Conductor:
     d = settings.deploy
-    vif_cls = load_plugin(VIF_GROUP, settings.driver.vif_driver, what="driver.vif_driver")
+    vif_cls: Any = load_plugin(VIF_GROUP, settings.driver.vif_driver, what="driver.vif_driver")
     cache = ImageCache(
         Path(d.image_cache_dir).resolve(),
         d.image_cache_max_bytes,
