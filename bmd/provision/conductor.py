@@ -99,6 +99,7 @@ class Conductor:
             try:
                 job = await self.p.load(node_id, instance_uuid)
                 node = job.node
+                self.p.validate(job)
                 await plug_vifs(self.p.sessionmaker, self.p.vif, node_id, job.instance.network_info)
                 await self.p.allocate_pxe_ip(job)
                 dep = await self.p.create_deployment(job)
