@@ -120,3 +120,57 @@ async def test_the_service_fails_to_start_on_an_unknown_deploy_driver(tmp_path: 
     with pytest.raises(ConfigError, match=r"driver.deploy_driver: unknown name 'iscsi'; known deploy drivers: pxe"):
         async with open_context(settings):
             pass
+
+
+DEPLOY_PLUGIN = '''
+from bmd.drivers.base import DeployInterface
+
+
+class NullDeploy(DeployInterface):
+    """A third party's deploy interface, built with from_settings like bmd's own."""
+
+    name = "null"
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings)
+
+    async def prepare(self, spec): ...
+    async def image_checksum(self, node_uuid): ...
+    async def switch_to_boot(self, node_uuid): ...
+    async def clean(self, node_uuid): ...
+
+
+class NotADeploy:
+    pass
+'''
+
+
+def install_deploy_plugin(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution on sys.path, as pip would leave it, without pip."""
+    (root / "acme_deploy.py").write_text(DEPLOY_PLUGIN)
+    dist = root / "acme_deploy-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme_deploy\nVersion: 1.0\n")
+    entries = "[bmd.drivers.deploy]\nnull = acme_deploy:NullDeploy\nodd = acme_deploy:NotADeploy\n"
+    (dist / "entry_points.txt").write_text(entries)
+    monkeypatch.syspath_prepend(str(root))
+
+
+async def test_a_deploy_driver_from_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    install_deploy_plugin(site, monkeypatch)
+    drivers = factory(tmp_path, driver={"deploy_driver": "null"})
+    try:
+        assert type(drivers.deploy).__name__ == "NullDeploy"
+        assert drivers.deploy.settings is drivers.settings  # type: ignore[attr-defined]
+        composed = drivers.for_node(NodeFacts(id=1, pm_driver="fake", pm_address="x", interfaces=0))
+        assert composed.deploy is drivers.deploy and composed.blocker(NodeFacts(1, "fake", "x")) == ""
+    finally:
+        await drivers.close()
+    with pytest.raises(ConfigError, match=r"driver.deploy_driver: deploy driver 'odd': .* is not a DeployInterface"):
+        factory(tmp_path, driver={"deploy_driver": "odd"})
