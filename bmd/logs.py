@@ -16,7 +16,7 @@ from typing import IO, Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from bmd.deploy.refs import scrub_urls
+from bmd.drivers.deploy.refs import scrub_urls
 
 REDACTED = "******"
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)?|secret|token|(^|_|-)key$|^key|credential|authorization", re.I)

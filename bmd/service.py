@@ -13,8 +13,6 @@ import inspect
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -25,12 +23,10 @@ from bmd.config import Settings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
-from bmd.deploy.images import ImageCache
 from bmd.drivers.baremetal import BareMetalDriver
-from bmd.drivers.power.registry import PowerRegistry
+from bmd.drivers.factory import DriverFactory
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
-from bmd.plugins import VIF_GROUP, load_plugin
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
@@ -70,17 +66,6 @@ def build_runner(ctx: AppContext) -> None:
     ctx.runner.add(SchedulerRefresh(ctx.scheduler, s.tasks.host_state_interval))
 
 
-def build_conductor(settings: Settings, sessionmaker: Any, power: PowerRegistry) -> Conductor:
-    d = settings.deploy
-    vif_cls = load_plugin(VIF_GROUP, settings.driver.vif_driver, what="driver.vif_driver")
-    cache = ImageCache(
-        Path(d.image_cache_dir).resolve(),
-        d.image_cache_max_bytes,
-        allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots],
-    )
-    return Conductor(Provisioner(settings, sessionmaker, power, vif_cls(settings), cache))
-
-
 @contextlib.asynccontextmanager
 async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
     """Build the service's parts (checking the schema first); dispose the database on exit."""
@@ -94,7 +79,8 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
         sessionmaker = make_sessionmaker(engine)
         secret_box = load_secret_box(settings.secrets.key_file)
-        power = PowerRegistry(settings, secret_box)
+        drivers = DriverFactory(settings, secret_box)
+        power = drivers.power
         bus = Bus()
         failures = StepFailureCounter()
         ctx = AppContext(
@@ -105,9 +91,9 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
             secret_box=secret_box,
             api_token=load_api_token(settings.api.token_file),
-            driver=BareMetalDriver(settings, sessionmaker, power),
+            driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
-            conductor=build_conductor(settings, sessionmaker, power),
+            conductor=Conductor(Provisioner(settings, sessionmaker, drivers)),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             step_failures=failures,
         )
@@ -119,9 +105,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             yield ctx
         finally:
             await ctx.conductor.close()
-            await ctx.conductor.p.vif.close()
-            await ctx.conductor.p.cache.close()
-            await power.close()
+            await drivers.close()
     finally:
         await engine.dispose()
 

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
 from bmd.db.models import BareMetalNode, Deployment, utcnow
-from bmd.deploy.agent_sim import run_agent
+from bmd.drivers.deploy.agent_sim import run_agent
 from bmd.drivers.power.base import BMCAccess, PowerState
 from bmd.drivers.power.fake import FakePower
 from bmd.provision.agent import same_address

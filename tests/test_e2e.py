@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bmd.deploy.agent_sim import run_agent
+from bmd.drivers.deploy.agent_sim import run_agent
 from bmd.lab import Lab, LabSpec
 from bmd.lab.enroll import enroll_inventory
 from bmd.lab.faults import Fault

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from bmd.db.models import BareMetalNode, Deployment, Interface, PxeIp, utcnow
-from bmd.deploy.agent_sim import run_agent
+from bmd.drivers.deploy.agent_sim import run_agent
 from bmd.drivers.power.base import BootDevice, PowerState
 from tests.cloud import Cloud, make_cloud
 

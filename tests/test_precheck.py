@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
-from bmd.db.models import BareMetalNode, Instance, PxeIp
+from bmd.db.models import BareMetalNode, Instance, Interface, PxeIp
 from tests.cloud import Cloud, make_cloud
 
 
@@ -211,3 +211,27 @@ async def test_an_ipv4_mapped_address_is_the_ipv4_address(cloud: Cloud, first: s
     assert status == 409, body
     rows = (await (await cloud.client.get("/v1/pxe_ips", headers=cloud.auth)).json())["pxe_ips"]
     assert [r["address"] for r in rows] == ["10.0.0.1"]
+
+
+async def test_the_deploy_interface_names_why_a_node_is_skipped(cloud: Cloud) -> None:
+    (bare,) = await cloud.enroll(1, nics=0)
+    assert cloud.ctx.scheduler.selector.get(str(bare)).deploy_blocker == "deploy: no interface: PXE boot needs a MAC"
+
+
+async def test_the_spawn_runs_the_same_validate_before_it_acts(cloud: Cloud) -> None:
+    """A node that changed after the scheduler last saw it (its NIC removed behind bmd's back) is refused by
+    its driver's validate at spawn, before any VIF, PXE address, boot file or power action."""
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    async with cloud.ctx.sessionmaker.begin() as session:
+        await session.execute(delete(Interface).where(Interface.bm_node_id == node_id))
+    status, body = await cloud.create()
+    assert status == 202, body  # the scheduler's view was still the old one
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.provision_state == "available" and node.instance_uuid is None
+    assert node.last_error is not None and "no interface: PXE boot needs a MAC" in node.last_error
+    assert cloud.fake.bmc(node_id).calls == []  # no power action was taken
+    async with cloud.ctx.sessionmaker() as session:
+        assert (await session.execute(select(PxeIp.bm_node_id))).scalars().all() == [None]
+    assert not list(cloud.tftp_root.glob("*/*"))  # no boot file was written

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from bmd.db.models import Deployment
-from bmd.deploy.refs import open_refs
+from bmd.drivers.deploy.refs import open_refs
 from tests.cloud import make_cloud
 from tests.test_service import Daemon, bmd, write_config
 

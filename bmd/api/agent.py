@@ -1,4 +1,4 @@
-"""The deploy agent's endpoints (the protocol is documented in :mod:`bmd.deploy.agent_sim`).
+"""The deploy agent's endpoints (the protocol is documented in :mod:`bmd.drivers.deploy.agent_sim`).
 
 ``POST /v1/agent/lookup`` hands out the boot's token once; every other agent call carries it in
 ``X-Agent-Token``: the disk image (``GET /v1/agent/nodes/{node}/image``, Range supported), progress

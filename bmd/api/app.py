@@ -155,7 +155,7 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 def create_app(ctx: AppContext) -> web.Application:
     from bmd.api import agent, capabilities, flavors, health, instances, metrics, nodes, power, pxe_ips
-    from bmd.deploy.http import create_image_app
+    from bmd.drivers.deploy.http import create_image_app
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx

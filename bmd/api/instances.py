@@ -3,6 +3,7 @@ deploy them. The deploy agent's calls (lookup, image, callback) are in :mod:`bmd
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
-from bmd.deploy.refs import display_ref, seal_refs
+from bmd.drivers.deploy.refs import display_ref, seal_refs
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.chain import Selection
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
@@ -94,7 +95,10 @@ async def create_instances(request: web.Request) -> web.Response:
     }
     # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
     await check_deploy_request(
-        {**clear, **checksums}, body.image_ref, ctx.settings.deploy, ctx.conductor.p.cache.allowed_local_roots
+        {**clear, **checksums},
+        body.image_ref,
+        ctx.settings.deploy,
+        [Path(root) for root in ctx.settings.deploy.allowed_image_roots],
     )
     # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
     refs, secret_refs = seal_refs(clear, ctx.secret_box)

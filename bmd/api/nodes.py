@@ -18,13 +18,13 @@ from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
 from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
 from bmd.ids import is_id_text, parse_id
-from bmd.plugins import POWER_GROUP, known_names
+from bmd.plugins import KINDS, POWER_GROUP, is_known, known_names
 
 
 def check_power_driver(name: str) -> None:
-    known = known_names(POWER_GROUP)
-    if name not in known:
-        raise InvalidInput(f"pm_driver: unknown power driver {name!r}; known: {', '.join(known)}", "pm_driver")
+    if not is_known(POWER_GROUP, name):
+        known = ", ".join(known_names(POWER_GROUP))
+        raise InvalidInput(f"pm_driver: unknown name {name!r}; known {KINDS[POWER_GROUP]}s: {known}", "pm_driver")
 
 
 def check_pm_address(ctx: AppContext, pm_driver: str, pm_address: str | None) -> None:

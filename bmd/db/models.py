@@ -155,7 +155,7 @@ class Deployment(Timestamps, Base):
     bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), unique=True)
     instance_uuid: Mapped[str | None] = mapped_column(String(36))
     image_ref: Mapped[str | None] = mapped_column(Text)  # redacted: never credentials
-    # The agent-token protocol (see bmd.deploy): bmd powered the node on at booted_at; the token's SHA-256,
+    # The agent-token protocol (see bmd.drivers.deploy): bmd powered the node on at booted_at; the token's SHA-256,
     # when it was issued and to which address. A token is issued once per boot and dies with the row.
     booted_at: Mapped[dt.datetime | None]
     agent_token_hash: Mapped[str | None] = mapped_column(String(64))

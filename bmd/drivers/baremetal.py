@@ -5,10 +5,12 @@ service's nodes; ``get_available_resource(nodename)`` gives one node's resources
 returns a *list*, one capability dict per node. Each call reads the nodes in one batched statement
 (columns only, no ORM objects), whatever the number of nodes.
 
-Each node's capability dict carries the driver's verdict on whether it can take a deploy at all
-(``deploy_ready``, and ``deploy_blocker`` saying why not): it has an interface (PXE needs a MAC) and its
-power driver is known and accepts its BMC fields (the driver's ``validate``, no I/O). The scheduler's
-DeployReadyFilter skips the nodes that cannot.
+Each node's capability dict carries its driver's verdict on whether it can take a deploy at all
+(``deploy_ready``, and ``deploy_blocker`` saying why not, ``<slot>: <reason>``): the node's composed driver
+(:class:`~bmd.drivers.base.NodeDriver`, from :class:`~bmd.drivers.factory.DriverFactory`) runs every
+interface's ``validate`` (power: the driver is known and accepts the BMC fields; deploy: the node has a MAC
+to PXE boot and the deploy config is complete; vif), no I/O. The scheduler's DeployReadyFilter skips the
+nodes that cannot; the spawn runs the same ``validate`` before it acts.
 
 One node's row that cannot be turned into its dict or resources (a value the API would never have written)
 is that node's failure alone: passed to ``on_error`` and left out of the result; the others go on.
@@ -18,17 +20,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
 from bmd.db.models import BareMetalNode, Interface
-from bmd.errors import BmdError, NotFound
-
-if TYPE_CHECKING:
-    from bmd.drivers.power.registry import PowerRegistry
+from bmd.drivers.base import NodeFacts
+from bmd.drivers.factory import DriverFactory
+from bmd.errors import NotFound
 
 OnError = Callable[[int, Exception], object]
 """Called with a node id and the unexpected exception its step raised (see ``bmd.tasks.steps``)."""
@@ -50,7 +51,7 @@ _COLUMNS = (
     BareMetalNode.maintenance,
     cast(BareMetalNode.extra_specs, Text).label("extra_specs"),
 )
-# What the capability view adds: the node's interface count and BMC fields, for the deploy readiness.
+# What the capability view adds: the node's interface count and BMC fields, the facts its driver validates.
 _INTERFACES = (
     select(func.count(Interface.id)).where(Interface.bm_node_id == BareMetalNode.id).scalar_subquery()
 ).label("interface_count")
@@ -122,16 +123,17 @@ def merge_specs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 
 
 class BareMetalDriver:
-    """The compute driver for one service host. Power, deploy and vif interfaces hang off it."""
+    """The compute driver for one service host: every node's resources and capabilities, each with the
+    verdict of the node's own driver (a composition of power, deploy, vif, ... built by ``drivers``)."""
 
     def __init__(
         self,
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
-        power: PowerRegistry | None = None,
+        drivers: DriverFactory,
     ) -> None:
         self.settings = settings
-        self.power = power  # None: the readiness checks interfaces only
+        self.drivers = drivers
         self.host = settings.service.host
         self.sessionmaker = sessionmaker
         self.extra_specs = parse_extra_specs(
@@ -186,15 +188,9 @@ class BareMetalDriver:
         return _each(await self._rows(), lambda row: (str(row[0]), resources_of(row)), on_error)
 
     def deploy_blocker(self, row: Any) -> str:
-        """Why this node cannot take a deploy whatever the request ('' when it can). Cheap, no I/O."""
-        if not row.interface_count:
-            return "no interface: PXE boot needs a MAC"
-        if self.power is not None:
-            try:
-                self.power.for_node(row)
-            except BmdError as err:
-                return f"power: {err}"
-        return ""
+        """Why this node cannot take a deploy whatever the request ('' when it can): its composed driver's
+        ``validate`` (one definition, shared with the spawn path). Cheap, no I/O."""
+        return self.drivers.blocker(NodeFacts.of_row(row))
 
     def host_stats_of(self, row: Any) -> dict[str, Any]:
         vcpus, memory_mb, local_gb, vcpus_used, memory_used, disk_used, *_ = resource_values(row)

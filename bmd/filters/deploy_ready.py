@@ -1,9 +1,10 @@
 """DeployReadyFilter: only nodes that could take a deploy at all, whatever the request.
 
-The driver publishes its verdict with each node's capabilities (``deploy_ready``, ``deploy_blocker``): the
-node has an interface (PXE needs a MAC) and its power driver accepts its BMC fields (``validate``, no
-I/O). A node that cannot is skipped here and counted in the chain's record, so the next candidate is
-tried and the node is never claimed.
+Each node's capabilities carry its composed driver's verdict (``deploy_ready``, ``deploy_blocker``): every
+interface's ``validate`` accepted the node (``NodeDriver.validate`` in :mod:`bmd.drivers.base`: power
+accepts its BMC fields, deploy finds a MAC to PXE boot and a complete deploy config, vif, ...; no I/O).
+A node that cannot is skipped here and counted in the chain's record, so the next candidate is tried and
+the node is never claimed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _accepts(key: Hashable) -> bool:
 
 
 class DeployReadyFilter(BaseHostFilter):
-    """Drops nodes their driver says cannot be deployed (no interface, BMC fields its power driver refuses)."""
+    """Drops nodes their driver's ``validate`` refuses (no interface, BMC fields its power driver refuses, ...)."""
 
     def host_passes(self, host_state: BaremetalNodeState, spec: RequestSpec) -> bool:
         return host_state.deploy_ready

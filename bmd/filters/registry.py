@@ -1,25 +1,24 @@
-"""Filters and weighers by short name, through entry points (groups ``bmd.filters``, ``bmd.weighers``).
+"""Filters and weighers by short name (groups ``bmd.filters``, ``bmd.weighers``), through the one plugin
+loader, :mod:`bmd.plugins`, with the same rules as the drivers.
 
 A third party adds a filter by installing a package that declares, e.g.::
 
     [project.entry-points."bmd.filters"]
     RackPowerFilter = "acme_bmd.filters:RackPowerFilter"
 
-bmd's own are declared the same way in its ``pyproject.toml``, and also listed here so that a source
-checkout that is not pip-installed finds them (a test keeps both lists equal). Names are loaded once, at
-start-up: an unknown name, a name two packages claim differently, or constructor options the class does not
-take fail with ``ConfigError`` naming the known names or the offending key.
+Names are loaded once, at start-up: an unknown name, a name two packages claim differently, or constructor
+options the class does not take fail with ``ConfigError`` naming the known names or the offending key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from bmd.errors import ConfigError
 from bmd.filters.base import BaseHostFilter
 from bmd.filters.weighers import BaseWeigher
+from bmd.plugins import BUILTIN, FILTER_GROUP, WEIGHER_GROUP, build_plugin, known_names, load_plugin
 
 __all__ = [
     "BUILTIN_FILTERS",
@@ -36,27 +35,11 @@ __all__ = [
     "load_weigher",
 ]
 
-FILTERS_GROUP = "bmd.filters"
-WEIGHERS_GROUP = "bmd.weighers"
+FILTERS_GROUP = FILTER_GROUP
+WEIGHERS_GROUP = WEIGHER_GROUP
 
-BUILTIN_FILTERS: Mapping[str, str] = {
-    "DeployReadyFilter": "bmd.filters.deploy_ready:DeployReadyFilter",
-    "ComputeFilter": "bmd.filters.compute:ComputeFilter",
-    "ComputeCapabilitiesFilter": "bmd.filters.compute_capabilities:ComputeCapabilitiesFilter",
-    "ImagePropertiesFilter": "bmd.filters.image_props:ImagePropertiesFilter",
-    "RamFilter": "bmd.filters.resources:RamFilter",
-    "DiskFilter": "bmd.filters.resources:DiskFilter",
-    "CoreFilter": "bmd.filters.resources:CoreFilter",
-    "ExactRamFilter": "bmd.filters.resources:ExactRamFilter",
-    "ExactDiskFilter": "bmd.filters.resources:ExactDiskFilter",
-    "ExactCoreFilter": "bmd.filters.resources:ExactCoreFilter",
-    "SameCapabilityFilter": "bmd.filters.grouping:SameCapabilityFilter",
-    "DifferentCapabilityFilter": "bmd.filters.grouping:DifferentCapabilityFilter",
-}
-BUILTIN_WEIGHERS: Mapping[str, str] = {
-    "RAMWeigher": "bmd.filters.weighers:RAMWeigher",
-    "LeastWasteWeigher": "bmd.filters.weighers:LeastWasteWeigher",
-}
+BUILTIN_FILTERS: Mapping[str, str] = BUILTIN[FILTER_GROUP]
+BUILTIN_WEIGHERS: Mapping[str, str] = BUILTIN[WEIGHER_GROUP]
 
 DEFAULT_FILTERS: tuple[str, ...] = (
     "DeployReadyFilter",
@@ -72,46 +55,20 @@ DEFAULT_FILTERS: tuple[str, ...] = (
 DEFAULT_WEIGHERS: tuple[str, ...] = ("LeastWasteWeigher",)
 
 
-def _available(group: str, builtin: Mapping[str, str]) -> dict[str, list[EntryPoint]]:
-    """Name -> the distinct entry points claiming it (more than one is a conflict)."""
-    found: dict[str, list[EntryPoint]] = {name: [EntryPoint(name, value, group)] for name, value in builtin.items()}
-    for entry in entry_points(group=group):
-        claims = found.setdefault(entry.name, [])
-        if all(entry.value != claim.value for claim in claims):
-            claims.append(entry)
-    return found
-
-
 def available_filters() -> list[str]:
-    return sorted(_available(FILTERS_GROUP, BUILTIN_FILTERS))
+    return known_names(FILTER_GROUP)
 
 
 def available_weighers() -> list[str]:
-    return sorted(_available(WEIGHERS_GROUP, BUILTIN_WEIGHERS))
-
-
-def _load(kind: str, group: str, builtin: Mapping[str, str], base: type, name: str) -> type[Any]:
-    known = _available(group, builtin)
-    claims = known.get(name)
-    if not claims:
-        raise ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")
-    if len(claims) > 1:
-        raise ConfigError(f"{kind} {name!r} is registered twice: {', '.join(c.value for c in claims)}")
-    try:
-        loaded = claims[0].load()
-    except Exception as err:
-        raise ConfigError(f"{kind} {name!r}: cannot load {claims[0].value}: {err}") from err
-    if not isinstance(loaded, type) or not issubclass(loaded, base):
-        raise ConfigError(f"{kind} {name!r}: {claims[0].value} is not a {base.__name__}")
-    return loaded
+    return known_names(WEIGHER_GROUP)
 
 
 def load_filter(name: str) -> type[BaseHostFilter]:
-    return _load("filter", FILTERS_GROUP, BUILTIN_FILTERS, BaseHostFilter, name)
+    return load_plugin(FILTER_GROUP, name, BaseHostFilter, what="scheduler.filters")
 
 
 def load_weigher(name: str) -> type[BaseWeigher]:
-    return _load("weigher", WEIGHERS_GROUP, BUILTIN_WEIGHERS, BaseWeigher, name)
+    return load_plugin(WEIGHER_GROUP, name, BaseWeigher, what="scheduler.weighers")
 
 
 def _build(
@@ -128,7 +85,7 @@ def _build(
     for name in names:
         cls = load(name)
         try:
-            built.append(cls(**options.get(name, {})))
+            built.append(build_plugin(cls, None, options.get(name, {})))
         except TypeError as err:
             raise ConfigError(f"scheduler.{kind}_options.{name}: {err}") from err
     return built

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
-from bmd.deploy.refs import scrub_urls
-from bmd.deploy.spec import normalize_mac
+from bmd.drivers.deploy.refs import scrub_urls
+from bmd.drivers.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
-from bmd.drivers.vif import plug_vifs
+from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidState, NotFound
 from bmd.provision import records
 from bmd.provision.agent import (
@@ -99,6 +99,7 @@ class Conductor:
             try:
                 job = await self.p.load(node_id, instance_uuid)
                 node = job.node
+                self.p.validate(job)
                 await plug_vifs(self.p.sessionmaker, self.p.vif, node_id, job.instance.network_info)
                 await self.p.allocate_pxe_ip(job)
                 dep = await self.p.create_deployment(job)

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.config import DeploySettings
 from bmd.db.models import PxeIp
-from bmd.deploy.checksum import parse_checksum
-from bmd.deploy.refs import parse_image_ref
-from bmd.deploy.spec import ImageRef
+from bmd.drivers.deploy.checksum import parse_checksum
+from bmd.drivers.deploy.refs import parse_image_ref
+from bmd.drivers.deploy.spec import ImageRef
 from bmd.errors import InvalidInput
 from bmd.provision.records import NoMorePxeIps
 
@@ -53,14 +53,15 @@ async def check_deploy_request(
     info: Mapping[str, Any], image_ref: str, deploy: DeploySettings, allowed_local_roots: Sequence[Path]
 ) -> None:
     """Every ref and checksum of the request as the image cache will read them; InvalidInput naming the
-    field (``image_ref``, ``kernel_checksum``, ...). Local refs are resolved in a thread."""
+    field (``image_ref``, ``kernel_checksum``, ...). Local refs (and the allowed roots) are resolved in a thread."""
     refs = deploy_refs(info, image_ref, deploy)
     for role, ref in refs.items():
         parse_checksum(ref.checksum, field=f"{role}_checksum")
 
     def parse_all() -> None:
+        roots = [Path(root).resolve() for root in allowed_local_roots]  # as the image cache resolves them
         for role, ref in refs.items():
-            parse_image_ref(ref.ref, allowed_local_roots, field=f"{role}_ref")
+            parse_image_ref(ref.ref, roots, field=f"{role}_ref")
 
     await asyncio.to_thread(parse_all)
 

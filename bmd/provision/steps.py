@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
@@ -14,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bmd.config import Settings
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
-from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, PXEDeploy, PXESettings
-from bmd.deploy.refs import open_refs
+from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
+from bmd.drivers.deploy.refs import open_refs
+from bmd.drivers.deploy.spec import DeploySpec
+from bmd.drivers.factory import DriverFactory
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
-from bmd.drivers.vif import VifDriver, unplug_vifs
+from bmd.drivers.vif.base import VifDriver
+from bmd.drivers.vif.binding import unplug_vifs
 from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
@@ -40,19 +41,28 @@ class Job:
 
 @dataclass
 class Provisioner:
-    """Holds the drivers and the database; the spawn/destroy/callback flows are built from its verbs.
+    """Holds the node drivers' factory and the database; the spawn/destroy/callback flows are built from its
+    verbs. The deploy and vif interfaces are the factory's (``driver.deploy_driver``, ``driver.vif_driver``).
 
-    ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound); the
-    PXE writer is built on first use, once it is known.
+    ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
     """
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
-    power: PowerRegistry
-    vif: VifDriver
-    cache: ImageCache
+    drivers: DriverFactory
     public_url: str = ""
-    _deploy: PXEDeploy | None = None
+
+    @property
+    def power(self) -> PowerRegistry:
+        return self.drivers.power
+
+    @property
+    def deploy(self) -> DeployInterface:
+        return self.drivers.deploy
+
+    @property
+    def vif(self) -> VifDriver:
+        return self.drivers.vif
 
     @property
     def base_url(self) -> str:
@@ -61,19 +71,10 @@ class Provisioner:
             raise InvalidInput("api.public_url is unknown: deploy agents could not reach bmd", field="api.public_url")
         return base.rstrip("/")
 
-    @property
-    def deploy(self) -> PXEDeploy:
-        if self._deploy is None:
-            d = self.settings.deploy
-            pxe = PXESettings(
-                tftp_root=Path(d.tftp_root).resolve(),
-                http_root=Path(d.http_root).resolve(),
-                http_url=f"{self.base_url}/images",
-                image_root=Path(self.settings.service.state_dir, "agent-images").resolve(),
-                append_params=d.append_params,
-            )
-            self._deploy = PXEDeploy(pxe, self.cache)
-        return self._deploy
+    def validate(self, job: Job) -> NodeDriver:
+        """The node's driver accepts the node (every interface's ``validate``, the check selection made):
+        run before a spawn acts, so a node changed since it was selected fails before anything is done."""
+        return self.drivers.validate(NodeFacts.of_node(job.node, len(job.macs)))
 
     async def load(self, node_id: int, instance_uuid: str | None = None) -> Job:
         async with self.sessionmaker() as session:

@@ -8,12 +8,16 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
 from bmd.errors import BMCTimeout, ConfigError, InvalidInput
 from bmd.ipmi import BMCTarget, BootTarget, ChassisControl, IPMIClient, IPMISettings
+
+if TYPE_CHECKING:
+    from bmd.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -152,6 +156,13 @@ class IPMIPower(PowerInterface):
     """
 
     name = "ipmi"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IPMIPower:
+        """From the ``[ipmi]`` section."""
+        s = settings.ipmi
+        client = IPMISettings(timeout=s.timeout, retries=s.retries, max_in_flight=s.max_in_flight)
+        return cls(IPMIPowerSettings(client=client, min_command_interval=s.min_command_interval))
 
     def __init__(self, settings: IPMIPowerSettings | None = None, client: IPMIClient | None = None) -> None:
         self.settings = settings or IPMIPowerSettings()

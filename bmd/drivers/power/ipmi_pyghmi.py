@@ -22,13 +22,16 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
 from bmd.drivers.power.ipmi import CommandThrottle, parse_pm_address, validate_ipmi_access, validate_ipmi_address
 from bmd.errors import BMCAuthError, BMCError, BMCTimeout, BMCUnreachable, ConfigError, InvalidInput
+
+if TYPE_CHECKING:
+    from bmd.config import Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -95,6 +98,12 @@ class PyghmiPowerSettings:
 
 class PyghmiPower(PowerInterface):
     name = "ipmi-pyghmi"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PyghmiPower:
+        """From the ``[ipmi]`` section (pyghmi's own retries make one command take up to twice the timeout)."""
+        s = settings.ipmi
+        return cls(PyghmiPowerSettings(timeout=s.timeout * 2, min_command_interval=s.min_command_interval))
 
     def __init__(self, settings: PyghmiPowerSettings | None = None) -> None:
         self.settings = settings or PyghmiPowerSettings()

@@ -20,7 +20,7 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
@@ -35,6 +35,9 @@ from bmd.errors import (
     InvalidInput,
     UnsupportedOperation,
 )
+
+if TYPE_CHECKING:
+    from bmd.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +117,11 @@ class RedfishPower(PowerInterface):
     """Power and boot control of one Redfish ComputerSystem per node, through one shared ClientSession."""
 
     name = "redfish"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedfishPower:
+        """From the ``[redfish]`` section."""
+        return cls(RedfishSettings(timeout=settings.redfish.timeout, verify_tls=settings.redfish.verify_tls))
 
     def __init__(self, settings: RedfishSettings | None = None) -> None:
         self.settings = settings or RedfishSettings()

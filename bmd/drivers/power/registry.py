@@ -1,8 +1,10 @@
 """Power drivers by name (``pm_driver``), built once from the settings and shared by every node.
 
-Drivers are entry points of group ``bmd.drivers.power``. A driver class with a ``from_settings(settings)``
-classmethod is built with it, any other with no arguments. ``for_node`` also builds the node's
-``BMCAccess``, decrypting its BMC password (which never leaves this path in clear text).
+Drivers are entry points of group ``bmd.drivers.power``, loaded and built by the one plugin loader
+(:mod:`bmd.plugins`: ``from_settings(settings)`` when the class has it, else no arguments). ``for_node``
+also builds the node's ``BMCAccess``, decrypting its BMC password (which never leaves this path in clear
+text). :class:`~bmd.drivers.factory.DriverFactory` owns the registry and puts its drivers in each node's
+composition.
 """
 
 from __future__ import annotations
@@ -12,33 +14,8 @@ from typing import Any
 from bmd.config import Settings
 from bmd.db.models import BareMetalNode
 from bmd.drivers.power.base import BMCAccess, PowerInterface
-from bmd.plugins import POWER_GROUP, load_plugin
+from bmd.plugins import POWER_GROUP, build_plugin, load_plugin
 from bmd.secrets import SecretBox
-
-
-def _ipmi(cls: Any, s: Settings) -> PowerInterface:
-    from bmd.drivers.power.ipmi import IPMIPowerSettings
-    from bmd.ipmi import IPMISettings
-
-    client = IPMISettings(timeout=s.ipmi.timeout, retries=s.ipmi.retries, max_in_flight=s.ipmi.max_in_flight)
-    return cls(IPMIPowerSettings(client=client, min_command_interval=s.ipmi.min_command_interval))  # type: ignore[no-any-return]
-
-
-def _pyghmi(cls: Any, s: Settings) -> PowerInterface:
-    from bmd.drivers.power.ipmi_pyghmi import PyghmiPowerSettings
-
-    return cls(PyghmiPowerSettings(timeout=s.ipmi.timeout * 2, min_command_interval=s.ipmi.min_command_interval))  # type: ignore[no-any-return]
-
-
-def _redfish(cls: Any, s: Settings) -> PowerInterface:
-    from bmd.drivers.power.redfish import RedfishSettings
-
-    return cls(RedfishSettings(timeout=s.redfish.timeout, verify_tls=s.redfish.verify_tls))  # type: ignore[no-any-return]
-
-
-# bmd's own drivers take their settings from the config sections; a third-party driver class provides
-# ``from_settings(settings)`` or takes no arguments.
-BUILDERS = {"ipmi": _ipmi, "ipmi-pyghmi": _pyghmi, "redfish": _redfish}
 
 
 class PowerRegistry:
@@ -52,14 +29,8 @@ class PowerRegistry:
     def get(self, name: str) -> PowerInterface:
         driver = self._drivers.get(name)
         if driver is None:
-            cls: Any = load_plugin(POWER_GROUP, name, what="pm_driver")
-            if name in BUILDERS:
-                driver = BUILDERS[name](cls, self.settings)
-            elif hasattr(cls, "from_settings"):
-                driver = cls.from_settings(self.settings)
-            else:
-                driver = cls()
-            self._drivers[name] = driver
+            cls = load_plugin(POWER_GROUP, name, PowerInterface, what="pm_driver")
+            driver = self._drivers[name] = build_plugin(cls, self.settings)
         return driver
 
     def register(self, name: str, driver: PowerInterface) -> None:

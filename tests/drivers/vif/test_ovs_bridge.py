@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bmd.drivers.vif.ovs_bridge import OVSBridge, OVSSettings, vif_cookie
 from bmd.errors import DriverError, InvalidInput
-from bmd.network.ovs import OVSBridge, OVSSettings, vif_cookie
 
 BINARIES = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovs-appctl")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")

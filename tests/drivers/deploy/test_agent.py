@@ -17,11 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from bmd.deploy.agent_sim import AgentError, read_boot_args, run_agent
-from bmd.deploy.http import create_image_app
-from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
-from tests.deploy.servers import ImageServer
+from bmd.drivers.deploy.agent_sim import AgentError, read_boot_args, run_agent
+from bmd.drivers.deploy.http import create_image_app
+from bmd.drivers.deploy.images import ImageCache
+from bmd.drivers.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from tests.drivers.deploy.servers import ImageServer
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -269,7 +269,7 @@ async def test_command_line(world: World) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bmd.deploy.agent_sim",
+        "bmd.drivers.deploy.agent_sim",
         "--tftp-root",
         str(world.tftp),
         "--mac",

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.deploy.servers import ImageServer, start_image_server, stop_image_server
+from tests.drivers.deploy.servers import ImageServer, start_image_server, stop_image_server
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ Layout (``tftp_root`` and ``http_root`` may be the same directory)::
     <image_root>/<node_uuid>/disk                   the instance's image: only for the deploy's agent token
     <image_root>/<node_uuid>/disk.sha256            its checksum (sha256:<hex>), handed out by the lookup
 
-Image files are hard links into the :class:`~bmd.deploy.images.ImageCache` (a copy when the cache is on
+Image files are hard links into the :class:`~bmd.drivers.deploy.images.ImageCache` (a copy when the cache is on
 another filesystem): the link keeps the bytes alive for the node whatever the cache evicts, and the cache
 sees ``st_nlink > 1`` and leaves the entry alone. The boot-mode config is rendered next to the deploy-mode
 one (``.config.boot``, ``.boot.ipxe.boot``) and :meth:`PXEDeploy.switch_to_boot` renames it over, so the
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import structlog
 
-from bmd.deploy import templates as t
-from bmd.deploy.fsutil import in_thread, link_or_copy, symlink_atomic, write_atomic
-from bmd.deploy.images import ImageCache
-from bmd.deploy.spec import (
+from bmd.drivers.deploy import templates as t
+from bmd.drivers.deploy.fsutil import in_thread, link_or_copy, symlink_atomic, write_atomic
+from bmd.drivers.deploy.images import ImageCache
+from bmd.drivers.deploy.spec import (
     DeploySpec,
     ImageRef,
     PXELayout,

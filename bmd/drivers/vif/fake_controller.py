@@ -1,7 +1,7 @@
 """A loopback OpenFlow-controller stand-in that serves the vifinfo REST API from an in-memory table.
 
-It speaks the same protocol as the real controller (see :mod:`bmd.network.vifinfo`) and is used by tests
-and by the lab/demo: ``python -m bmd.network.fake_controller --port 8090``. Faults can be injected:
+It speaks the same protocol as the real controller (see :mod:`bmd.drivers.vif.vifinfo`) and is used by tests
+and by the lab/demo: ``python -m bmd.drivers.vif.fake_controller --port 8090``. Faults can be injected:
 ``fail_next`` answers the next requests with the given 5xx statuses.
 """
 

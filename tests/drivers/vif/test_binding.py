@@ -11,10 +11,12 @@ from sqlalchemy import select
 
 from bmd.context import AppContext
 from bmd.db.models import Interface
-from bmd.drivers.vif import GenericVif, NoFreeInterface, OpenFlowVif, plug_vifs, unplug_vifs
+from bmd.drivers.vif.binding import NoFreeInterface, plug_vifs, unplug_vifs
+from bmd.drivers.vif.fake_controller import FakeVifController, serve
+from bmd.drivers.vif.generic import GenericVif
+from bmd.drivers.vif.openflow import OpenFlowVif
+from bmd.drivers.vif.vifinfo import VifConflict
 from bmd.errors import Conflict, DriverError
-from bmd.network.fake_controller import FakeVifController, serve
-from bmd.network.vifinfo import VifConflict
 from tests.conftest import make_settings, node_body
 
 
@@ -78,7 +80,7 @@ def openflow(tmp_path: Any, url: str) -> OpenFlowVif:
     settings = make_settings(
         tmp_path, network={"controller_url": url, "controller_timeout": 1.0, "controller_retries": 1}
     )
-    return OpenFlowVif(settings)
+    return OpenFlowVif.from_settings(settings)
 
 
 async def test_openflow_maps_ports_at_the_controller(client, auth, ctx, controller, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ puts in place once the deploy is done.
 Nothing in these files is secret: TFTP and HTTP boot are unauthenticated, so the deploy label's kernel
 args carry only the node's identity (``bmd_node_uuid``; iPXE adds ``BOOTIF``, pxelinux's ``ipappend 3``
 too) and bmd's base URL (``bmd_url``). The agent gets everything else, with its token, from the lookup
-(see :mod:`bmd.deploy.agent_sim`).
+(see :mod:`bmd.drivers.deploy.agent_sim`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from bmd.deploy.http import create_image_app, locate
+from bmd.drivers.deploy.http import create_image_app, locate
 
 DATA = os.urandom(1000)
 

@@ -20,7 +20,7 @@ from bmd.errors import (
     InvalidInput,
     UnsupportedOperation,
 )
-from tests.redfish.conftest import PASSWORD, USER, Emulator
+from tests.drivers.power.redfish.conftest import PASSWORD, USER, Emulator
 
 # The fake driver applies a power change 1-11 s after accepting it.
 POWER_WAIT = 20.0

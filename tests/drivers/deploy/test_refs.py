@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bmd.deploy.refs import display_ref, has_secret, open_refs, scrub_urls, seal_refs
+from bmd.drivers.deploy.refs import display_ref, has_secret, open_refs, scrub_urls, seal_refs
 from bmd.errors import BmdError
 from bmd.secrets import load_secret_box
 

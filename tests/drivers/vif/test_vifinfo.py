@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bmd.errors import Conflict, InvalidInput
-from bmd.network.fake_controller import FakeVifController, serve
-from bmd.network.vifinfo import (
+from bmd.drivers.vif.fake_controller import FakeVifController, serve
+from bmd.drivers.vif.vifinfo import (
     VifConflict,
     VifInfoClient,
     VifInfoError,
@@ -20,6 +19,7 @@ from bmd.network.vifinfo import (
     VifInfoUnavailable,
     VifMapping,
 )
+from bmd.errors import Conflict, InvalidInput
 
 VIF = "3f1c2d4e-0000-4000-8000-00000000beef"
 DPID = "000000000000000a"

@@ -1,9 +1,9 @@
 """A simulated deploy ramdisk: plays the node's side of a PXE deploy over the real wire protocol.
 
 It lives in the package, not under ``tests/``, because it is the executable statement of the protocol:
-it parses the kernel arguments with the very names :mod:`bmd.deploy.templates` writes (the two cannot
+it parses the kernel arguments with the very names :mod:`bmd.drivers.deploy.templates` writes (the two cannot
 drift), end-to-end tests in any directory import it without path tricks, and ``python -m
-bmd.deploy.agent_sim`` drives a real bmd from the lab. It imports nothing the daemon does not already have.
+bmd.drivers.deploy.agent_sim`` drives a real bmd from the lab. It imports nothing the daemon does not already have.
 
 It speaks the agent-token protocol (Ironic's model): nothing the node reads over TFTP/HTTP boot is
 secret, so it starts with only its identity and bmd's URL and asks bmd for a token, once per boot.
@@ -50,9 +50,9 @@ from typing import IO
 import aiohttp
 import structlog
 
-from bmd.deploy import templates as t
-from bmd.deploy.checksum import DigestSink, parse_checksum
-from bmd.deploy.spec import mac_link_name
+from bmd.drivers.deploy import templates as t
+from bmd.drivers.deploy.checksum import DigestSink, parse_checksum
+from bmd.drivers.deploy.spec import mac_link_name
 from bmd.errors import BmdError, DriverError
 from bmd.provision.agent import TOKEN_HEADER
 

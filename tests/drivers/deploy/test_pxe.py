@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from bmd.deploy.agent_sim import parse_pxelinux
-from bmd.deploy.images import ImageCache
-from bmd.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
+from bmd.drivers.deploy.agent_sim import parse_pxelinux
+from bmd.drivers.deploy.images import ImageCache
+from bmd.drivers.deploy.pxe import DeploySpec, ImageRef, PXEDeploy, PXESettings
 from bmd.errors import ConfigError, Conflict, DriverError, InvalidInput, NotFound
-from tests.deploy.servers import ImageServer
+from tests.drivers.deploy.servers import ImageServer
 
 NODE_A = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 NODE_B = "6fa459ea-ee8a-3ca4-894e-db77e160355e"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bmd.deploy.refs import display_ref
+from bmd.drivers.deploy.refs import display_ref
 from bmd.errors import ConfigError, InvalidInput
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
@@ -26,7 +26,7 @@ _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 class PXESettings:
     """The ``[deploy]`` settings the writer needs.
 
-    ``http_url`` is the URL at which bmd serves ``http_root`` (the :mod:`bmd.deploy.http` sub-app), as
+    ``http_url`` is the URL at which bmd serves ``http_root`` (the :mod:`bmd.drivers.deploy.http` sub-app), as
     the booting node sees it, e.g. ``http://10.0.0.1:6385/images``. ``image_root`` holds each node's disk
     image, served only to the agent holding the deploy's token: it must not be under ``tftp_root`` or
     ``http_root``, which are served to anyone.

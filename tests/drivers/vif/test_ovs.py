@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bmd.drivers.vif import OVSVif, plug_vifs, unplug_vifs
+from bmd.drivers.vif.binding import plug_vifs, unplug_vifs
+from bmd.drivers.vif.ovs import OVSVif
 from tests.conftest import make_settings, node_body
-from tests.network.test_ovs import BRIDGE, PORTS, PrivateOVS, ovs  # noqa: F401 - the fixture
-from tests.test_vifs import net, vifs
+from tests.drivers.vif.test_binding import net, vifs
+from tests.drivers.vif.test_ovs_bridge import BRIDGE, PORTS, PrivateOVS, ovs  # noqa: F401 - the fixture
 
 
 async def test_ovs_flows_follow_plug_and_unplug(client, auth, ctx, ovs: PrivateOVS, tmp_path: Any) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -19,7 +20,7 @@ async def test_ovs_flows_follow_plug_and_unplug(client, auth, ctx, ovs: PrivateO
     settings = make_settings(
         tmp_path, network={"ovs_bridge": BRIDGE, "ovs_db": str(ovs.db_sock), "ovs_run_dir": str(ovs.run_dir)}
     )
-    driver = OVSVif(settings)
+    driver = OVSVif.from_settings(settings)
     await plug_vifs(ctx.sessionmaker, driver, node, [net("vif-a", vlan=100), net("vif-b", vlan=200)])
     flows = ovs.flows()
     assert any(f"in_port={PORTS['node1']}" in f and "push_vlan" in f for f in flows), flows

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from bmd.deploy.images import ImageCache
+from bmd.drivers.deploy.images import ImageCache
 from bmd.errors import DriverError, InvalidInput, NotFound
-from tests.deploy.servers import ImageServer
+from tests.drivers.deploy.servers import ImageServer
 
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:

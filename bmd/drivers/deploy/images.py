@@ -13,7 +13,7 @@ than the whole budget is kept while in use and logged as ``image_cache_over_budg
 
 Local refs (``/path`` or ``file://``) are copied, not linked: the copy is what was verified, and the
 operator's file can change later without changing what the cache serves. They must resolve under one of
-``allowed_local_roots`` (see :mod:`bmd.deploy.refs`).
+``allowed_local_roots`` (see :mod:`bmd.drivers.deploy.refs`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import IO
 import aiohttp
 import structlog
 
-from bmd.deploy.checksum import Checksum, DigestSink, parse_checksum
-from bmd.deploy.refs import ImageSource, parse_image_ref, scrub_urls
+from bmd.drivers.deploy.checksum import Checksum, DigestSink, parse_checksum
+from bmd.drivers.deploy.refs import ImageSource, parse_image_ref, scrub_urls
 from bmd.errors import DriverError, InvalidInput, NotFound
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,49 @@
+"""What the structure promises, checked by reading the source tree (cheap): ``Settings`` is built only by
+the service and the CLI; there is one plugin loader; the packages that moved under ``bmd/drivers/`` left
+nothing behind; every builtin plugin is declared as an entry point."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from bmd.plugins import BUILTIN
+
+ROOT = Path(__file__).resolve().parents[1]
+BMD = ROOT / "bmd"
+
+
+def sources() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text() for p in sorted(BMD.rglob("*.py"))}
+
+
+def where(pattern: str) -> set[str]:
+    found = re.compile(pattern)
+    return {path for path, text in sources().items() if found.search(text)}
+
+
+def test_settings_are_built_only_by_the_service_and_the_cli() -> None:
+    builders = where(r"(?<![\w])Settings\(|Settings\.model_validate\(")
+    allowed = {"bmd/config.py", "bmd/service.py"}
+    assert {p for p in builders if p not in allowed and not p.startswith("bmd/cli/")} == set()
+
+
+def test_there_is_one_plugin_loader() -> None:
+    assert where(r"\bentry_points\b|importlib\.metadata|importlib\.import_module|__import__\(") == {"bmd/plugins.py"}
+    assert where(r"\bfrom_settings\(\w+\.settings\)|\bBUILDERS\b") == set()  # one construction protocol
+
+
+def test_the_moved_packages_left_nothing_behind() -> None:
+    for gone in ("bmd/deploy", "bmd/network", "bmd/drivers/vif.py", "tests/deploy", "tests/network", "tests/redfish"):
+        assert not (ROOT / gone).exists(), gone
+    assert where(r"(?m)^\s*(from|import) bmd\.(deploy|network)\b|[\"']bmd\.(deploy|network)\b") == set()
+
+
+def test_every_builtin_plugin_is_an_entry_point() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert {group: dict(names) for group, names in BUILTIN.items()} == {g: declared[g] for g in BUILTIN}
+
+
+def test_the_seed_plug_vifs_is_found_where_a_newcomer_looks() -> None:
+    assert "async def plug_vifs(" in (BMD / "drivers" / "vif" / "binding.py").read_text()
