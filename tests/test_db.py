@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
@@ -125,6 +127,62 @@ async def test_same_migrations_on_postgresql(postgres_url: str) -> None:
     try:
         await upgrade(engine)
         await check_schema(engine)
+        await assert_migrated_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _insert_node(conn: Any, name: str) -> int:
+    now = "2026-01-01 00:00:00"
+    result = await conn.execute(
+        text(
+            "INSERT INTO bm_nodes (uuid, name, service_host, cpus, memory_mb, local_gb, pm_driver, "
+            "registration_status, power_failures, provision_state, maintenance, extra_specs, created_at, updated_at) "
+            "VALUES (:uuid, :name, 'h', 1, 1, 1, 'fake', 'done', 0, 'available', 0, '{}', :now, :now)"
+        ),
+        {"uuid": str(uuid.uuid4()), "name": name, "now": now},
+    )
+    return int(result.lastrowid)
+
+
+async def test_ids_are_never_reused(db_file: Path) -> None:
+    """Deleting the newest node does not give its id to the next one (SQLite would, without AUTOINCREMENT)."""
+    engine = make_engine(sqlite_settings(db_file))
+    try:
+        async with engine.begin() as conn:
+            first = await _insert_node(conn, "a")
+            newest = await _insert_node(conn, "b")
+            await conn.execute(text("DELETE FROM bm_nodes WHERE id = :id"), {"id": newest})
+            after = await _insert_node(conn, "c")
+        assert first < newest < after
+        async with engine.connect() as conn:
+            tables = dict((await conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))).all())
+        for table in Base.metadata.sorted_tables:
+            assert "AUTOINCREMENT" in tables[table.name], table.name
+    finally:
+        await engine.dispose()
+
+
+async def test_rebuilding_tables_keeps_every_row_and_reference(tmp_path: Path) -> None:
+    """The AUTOINCREMENT migration rebuilds parent tables: no child row is cascaded away, every id is kept,
+    and foreign keys are enforced again afterwards."""
+    engine = make_engine(sqlite_settings(tmp_path / "db.sqlite"))
+    try:
+        await upgrade(engine, "0002")
+        async with engine.begin() as conn:
+            node = await _insert_node(conn, "a")
+            await conn.execute(
+                text(
+                    "INSERT INTO bm_interfaces (bm_node_id, address, created_at, updated_at) "
+                    "VALUES (:n, 'aa:bb:cc:dd:ee:01', '2026-01-01', '2026-01-01')"
+                ),
+                {"n": node},
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT bm_node_id FROM bm_interfaces"))).scalars().all() == [node]
+            assert (await conn.execute(text("SELECT id FROM bm_nodes"))).scalars().all() == [node]
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
         await assert_migrated_schema(engine)
     finally:
         await engine.dispose()

@@ -39,13 +39,39 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate to ``revision``. On SQLite foreign-key enforcement is off while the migrations run (a table
+    rebuild drops and recreates a parent table: with enforcement on, dropping it would cascade its deletes
+    to every child row), and every reference is checked before the migrations commit."""
+
     def run(conn: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+        if conn.dialect.name == "sqlite":
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise DatabaseError(f"the migration left {len(broken)} broken references, e.g. {tuple(broken[0])}")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+    async with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:  # a pragma that only takes effect outside a transaction: sent before the BEGIN
+            await conn.run_sync(_set_foreign_keys, False)
+        try:
+            async with conn.begin():
+                await conn.run_sync(run)
+        finally:
+            if sqlite:
+                await conn.run_sync(_set_foreign_keys, True)
+
+
+def _set_foreign_keys(conn: Connection, on: bool) -> None:
+    # Straight to the driver: Connection.execute would open a transaction first, inside which SQLite
+    # ignores this pragma.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
 
 
 async def check_schema(engine: AsyncEngine) -> None:

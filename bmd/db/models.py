@@ -68,6 +68,11 @@ timestamp = Annotated[dt.datetime, mapped_column(UTCDateTime, default=utcnow)]
 JSONDict = Annotated[dict[str, Any], mapped_column(JSON, default=dict)]
 
 
+# SQLite's AUTOINCREMENT: the id of a deleted row is never handed out again (without it SQLite reuses the
+# highest one), so an id in an old log line names one machine for ever. PostgreSQL's sequences never reuse.
+NEVER_REUSE_IDS: dict[str, Any] = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
@@ -80,6 +85,7 @@ class Timestamps:
 
 class BareMetalNode(Timestamps, Base):
     __tablename__ = "bm_nodes"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     uuid: Mapped[str36] = mapped_column(unique=True)
@@ -123,6 +129,7 @@ class BareMetalNode(Timestamps, Base):
 
 class Interface(Timestamps, Base):
     __tablename__ = "bm_interfaces"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     bm_node_id: Mapped[int] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), index=True)
@@ -136,6 +143,7 @@ class Interface(Timestamps, Base):
 
 class PxeIp(Timestamps, Base):
     __tablename__ = "bm_pxe_ips"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     address: Mapped[str] = mapped_column(String(255), unique=True)
@@ -145,6 +153,7 @@ class PxeIp(Timestamps, Base):
 
 class Deployment(Timestamps, Base):
     __tablename__ = "bm_deployments"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     key: Mapped[str] = mapped_column(String(255))
@@ -165,6 +174,7 @@ class Deployment(Timestamps, Base):
 
 class InstanceType(Timestamps, Base):
     __tablename__ = "instance_types"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     name: Mapped[str] = mapped_column(String(255), unique=True)
@@ -185,7 +195,7 @@ class InstanceType(Timestamps, Base):
 
 class InstanceTypeExtraSpec(Timestamps, Base):
     __tablename__ = "instance_type_extra_specs"
-    __table_args__ = (UniqueConstraint("instance_type_id", "key"),)
+    __table_args__ = (UniqueConstraint("instance_type_id", "key"), NEVER_REUSE_IDS)
 
     id: Mapped[intpk]
     instance_type_id: Mapped[int] = mapped_column(ForeignKey("instance_types.id", ondelete="CASCADE"))
@@ -195,6 +205,7 @@ class InstanceTypeExtraSpec(Timestamps, Base):
 
 class Instance(Timestamps, Base):
     __tablename__ = "instances"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     uuid: Mapped[str36] = mapped_column(unique=True)
@@ -219,6 +230,7 @@ class Instance(Timestamps, Base):
 
 class ComputeNode(Base):
     __tablename__ = "compute_nodes"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     bm_node_id: Mapped[int] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"), unique=True)
@@ -241,6 +253,7 @@ class ComputeNode(Base):
 
 class Service(Base):
     __tablename__ = "services"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[intpk]
     host: Mapped[str] = mapped_column(String(255), unique=True)
