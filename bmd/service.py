@@ -34,7 +34,7 @@ from bmd.plugins import VIF_GROUP, load_plugin
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
-from bmd.scheduler import HostManager, SchedulerRefresh
+from bmd.scheduler.manager import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service

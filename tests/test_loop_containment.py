@@ -19,7 +19,7 @@ from bmd.db.models import BareMetalNode, ComputeNode
 from bmd.drivers.power.base import BMCAccess, BootDevice, BootDeviceInfo, PowerInterface, PowerState
 from bmd.drivers.power.fake import FakePower
 from bmd.lab import Lab, LabSpec
-from bmd.scheduler import SchedulerRefresh
+from bmd.scheduler.manager import SchedulerRefresh
 from bmd.service import open_context
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from bmd.tasks.steps import NodeSteps

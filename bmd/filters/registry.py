@@ -19,7 +19,7 @@ from typing import Any
 
 from bmd.errors import ConfigError
 from bmd.filters.base import BaseHostFilter
-from bmd.filters.weighers import BaseWeigher
+from bmd.scheduler.weighers import BaseWeigher
 
 __all__ = [
     "BUILTIN_FILTERS",
@@ -54,8 +54,8 @@ BUILTIN_FILTERS: Mapping[str, str] = {
     "DifferentCapabilityFilter": "bmd.filters.grouping:DifferentCapabilityFilter",
 }
 BUILTIN_WEIGHERS: Mapping[str, str] = {
-    "RAMWeigher": "bmd.filters.weighers:RAMWeigher",
-    "LeastWasteWeigher": "bmd.filters.weighers:LeastWasteWeigher",
+    "RAMWeigher": "bmd.scheduler.weighers:RAMWeigher",
+    "LeastWasteWeigher": "bmd.scheduler.weighers:LeastWasteWeigher",
 }
 
 DEFAULT_FILTERS: tuple[str, ...] = (

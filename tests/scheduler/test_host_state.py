@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bmd.errors import InvalidInput
-from bmd.filters.host_state import BaremetalNodeState, Flavor, RequestSpec
+from bmd.flavors import Flavor
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 from .factories import make_caps, make_host, make_spec
 

@@ -1,6 +1,6 @@
 """HostSelector: the scheduler's in-memory core. It holds the node states, keeps them indexed, and answers
-``select(spec)`` exactly as Nova's algorithm would (``select_brute_force``), touching groups of hosts rather
-than hosts.
+``select(spec)`` exactly as Nova's algorithm would (``bmd.scheduler.reference``), touching groups of hosts
+rather than hosts.
 
 How a selection runs, per instance of the request (Nova's loop):
 
@@ -34,19 +34,11 @@ from typing import Any
 
 from bmd.errors import ConfigError, InvalidInput, NotFound
 from bmd.filters.base import AttributeFacet, BaseHostFilter, Constraint, Facet
-from bmd.filters.chain import (
-    NO_HOSTS,
-    Candidate,
-    FilterCount,
-    Selection,
-    candidate,
-    no_host_reason,
-    select_brute_force,
-)
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
-from bmd.filters.weighers import BaseWeigher, combine_weights, weigh_hosts
-from bmd.scheduling.bitset import bit_positions, lowest_bit, lowest_bits, mask_of
-from bmd.scheduling.index import HostIndex
+from bmd.scheduler.bitset import bit_positions, lowest_bit, lowest_bits, mask_of
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.index import HostIndex
+from bmd.scheduler.selection import NO_HOSTS, Candidate, FilterCount, Selection, candidate, no_host_reason
+from bmd.scheduler.weighers import BaseWeigher, combine_weights, weigh_hosts
 
 __all__ = ["CombinedFacet", "HostSelector"]
 
@@ -202,10 +194,6 @@ class HostSelector:
             self._index.facet(self._weigh_facet)
 
     # -- selection ------------------------------------------------------------------------------------
-
-    def select_brute_force(self, spec: RequestSpec) -> Selection:
-        """Nova's algorithm over ``hosts()``: the reference ``select`` must equal."""
-        return select_brute_force(self.hosts(), self.filters, self.weighers, spec, self.candidates_per_instance)
 
     def select(self, spec: RequestSpec) -> Selection:
         """Ordered candidates per instance, the chain's counts, and the reason when nothing fits."""

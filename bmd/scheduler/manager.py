@@ -1,5 +1,5 @@
-"""The scheduler: a HostManager fed by the bus, ``select_destinations`` through the filter chain, and
-atomic claims in SQL.
+"""The host manager: host states fed by the bus, ``select_destinations`` through the filter chain, and
+atomic claims in SQL (the instance rows come from provisioning, ``bmd.provision.instances``).
 
 Host states come from the ``capabilities`` topic (every service's published list), from ``compute_nodes``
 rows and from node health (power faults, service heartbeats), refreshed by the ``scheduler_refresh`` loop.
@@ -15,25 +15,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy import select
 
 from bmd.bus import Bus
-from bmd.claims import ClaimWriter
 from bmd.config import Settings
 from bmd.db.engine import Sessionmaker
-from bmd.db.flavors import Flavor as FlavorRow
 from bmd.db.flavors import list_flavors
 from bmd.db.models import BareMetalNode, ComputeNode, Service, utcnow
 from bmd.errors import NoValidHost
-from bmd.filters.chain import Selection
-from bmd.filters.host_state import Flavor, RequestSpec
 from bmd.filters.registry import build_filters, build_weighers
-from bmd.scheduling.selector import HostSelector
+from bmd.scheduler.claims import ClaimWriter
+from bmd.scheduler.host_state import RequestSpec
+from bmd.scheduler.selection import Selection
+from bmd.scheduler.selector import HostSelector
 from bmd.tasks.report_driver_status import TOPIC
 from bmd.tasks.steps import NodeSteps, StepFailureCounter, record_step_errors
 
@@ -56,21 +55,6 @@ def build_selector(settings: Settings) -> HostSelector:
     )
 
 
-def request_spec(
-    flavor: FlavorRow, image_properties: Mapping[str, Any], num: int, hints: Mapping[str, Any]
-) -> RequestSpec:
-    f = Flavor(
-        name=flavor.name,
-        memory_mb=flavor.memory_mb,
-        vcpus=flavor.vcpus,
-        root_gb=flavor.root_gb,
-        ephemeral_gb=flavor.ephemeral_gb,
-        swap=flavor.swap,
-        extra_specs=flavor.extra_specs,
-    )
-    return RequestSpec(flavor=f, image_properties=image_properties, num_instances=num, hints=hints)
-
-
 @dataclass
 class Placement:
     """One claimed node and the instance row that holds it."""
@@ -81,20 +65,8 @@ class Placement:
     host: str
 
 
-@dataclass
-class InstanceRequest:
-    flavor: FlavorRow
-    spec: RequestSpec
-    image_ref: str  # redacted: the clear ref, when it carries credentials, is in secret_refs (encrypted)
-    networks: list[dict[str, Any]] = field(default_factory=list)
-    deploy_info: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    secret_refs: str | None = None  # instances.secret_refs (see bmd.deploy.refs.seal_refs)
-
-
-def network_info(networks: list[dict[str, Any]]) -> list[Any]:
-    """The seed's network_info for one instance: (network, mapping) pairs, a fresh VIF uuid each."""
-    return [[{"id": n["id"], "vlan": n.get("vlan")}, {"vif_uuid": str(uuid.uuid4())}] for n in networks]
+InstanceRows = Callable[[list[Placement]], list[dict[str, Any]]]
+"""Builds the instance rows for the placements of one claim (``bmd.provision.instances``)."""
 
 
 class HostManager:
@@ -202,57 +174,32 @@ class HostManager:
         async with self.sessionmaker() as session:
             flavors = await list_flavors(session)
         for flavor in flavors:
-            self.selector.prepare(request_spec(flavor, {}, 1, {}))
+            self.selector.prepare(RequestSpec(flavor))
 
     # -- selection and claims ------------------------------------------------------------------------
 
-    def select(self, spec: RequestSpec) -> Selection:
+    def select_destinations(self, spec: RequestSpec) -> Selection:
+        """The seed's name: the ordered candidates for each instance of ``spec`` (nothing is consumed)."""
         return self.selector.select(spec)
 
-    async def claim(self, request: InstanceRequest) -> list[Placement]:
-        """Select and claim ``num_instances`` nodes, all or nothing; record the instances."""
-        reservation = str(uuid.uuid4())
+    async def claim(self, spec: RequestSpec, instances: InstanceRows) -> list[Placement]:
+        """Select and claim ``spec.num_instances`` nodes, all or nothing, writing the instance rows that
+        ``instances`` (provisioning's) builds for the placements in the same transaction."""
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._lock:
-                selection = self.selector.select(request.spec)
+                selection = self.selector.select(spec)
                 chosen = selection.require()  # NoValidHost with the chain's reason
                 for c in chosen:
-                    self.selector.consume(c.nodename, request.spec)
+                    self.selector.consume(c.nodename, spec)
             placements = [Placement(str(uuid.uuid4()), int(c.nodename), c.nodename, c.host) for c in chosen]
-            lost = await self._claim_in_db(request, placements, reservation)
+            rows = instances(placements)
+            lost = await self.writer.claim([p.node_id for p in placements], [p.instance_uuid for p in placements], rows)
             if lost is None:
                 self.claims += len(placements)
                 return placements
             self.lost_races += 1
             log.info("claim_lost_race", node=lost)
         raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
-
-    async def _claim_in_db(self, request: InstanceRequest, placements: list[Placement], reservation: str) -> int | None:
-        """Claim every node and insert every instance, all or nothing. Returns the node lost to a race."""
-        now = utcnow()
-        rows = [
-            {
-                "uuid": p.instance_uuid,
-                "instance_type_id": request.flavor.id,
-                "flavor_name": request.flavor.name,
-                "reservation_id": reservation,
-                "host": p.host,
-                "node": p.nodename,
-                "bm_node_id": p.node_id,
-                "vm_state": "building",
-                "task_state": "spawning",
-                "image_ref": request.image_ref,
-                "secret_refs": request.secret_refs,
-                "image_properties": dict(request.spec.image_properties),
-                "hints": dict(request.spec.hints),
-                "network_info": network_info(request.networks),
-                "deploy_info": request.deploy_info,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for p in placements
-        ]
-        return await self.writer.claim([p.node_id for p in placements], [p.instance_uuid for p in placements], rows)
 
 
 class SchedulerRefresh:

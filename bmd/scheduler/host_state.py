@@ -19,8 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from bmd.errors import InvalidInput
+from bmd.flavors import Flavor
 
-__all__ = ["BaremetalNodeState", "Flavor", "RequestSpec", "SupportedInstance"]
+__all__ = ["BaremetalNodeState", "RequestSpec", "SupportedInstance"]
 
 SupportedInstance = tuple[str, ...]
 """One ``(cpu_arch, hypervisor_type, vm_mode)`` triple a node can run."""
@@ -135,34 +136,6 @@ class BaremetalNodeState:
 
     def __repr__(self) -> str:
         return f"BaremetalNodeState({self.host!r}, {self.nodename!r})"
-
-
-@dataclass(frozen=True)
-class Flavor:
-    """An instance type. ``swap`` is in MB, disks in GB, as in Nova."""
-
-    name: str
-    memory_mb: int
-    vcpus: int
-    root_gb: int
-    ephemeral_gb: int = 0
-    swap: int = 0
-    extra_specs: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("memory_mb", "vcpus", "root_gb", "ephemeral_gb", "swap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidInput(f"{name} must be a non-negative integer, not {value!r}", field=name)
-        for key, req in self.extra_specs.items():
-            if not isinstance(key, str) or not isinstance(req, str):
-                raise InvalidInput(f"extra spec {key!r} must map a string to a string", field="extra_specs")
-        object.__setattr__(self, "extra_specs", MappingProxyType(dict(self.extra_specs)))
-
-    @property
-    def disk_mb(self) -> int:
-        """Disk the flavor asks for, in MB: root and ephemeral disks plus swap (Nova's DiskFilter)."""
-        return 1024 * (self.root_gb + self.ephemeral_gb) + self.swap
 
 
 HINTS = ("same_capability", "different_capability")
