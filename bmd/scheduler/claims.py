@@ -1,7 +1,7 @@
 """Atomic claims in SQL, written in groups.
 
-A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND instance_uuid IS NULL AND
-provision_state = 'available' AND NOT maintenance`` for every node of a request, plus its instance rows, all
+A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND <free>`` (``bmd.db.nodes.FREE``:
+no instance, available, not in maintenance) for every node of a request, plus its instance rows, all
 in one transaction: all or nothing. On SQLite every write transaction holds the database's single write
 lock, so concurrent requests are written as a group (group commit): whoever finds the writer free takes
 every request waiting so far and writes them in one transaction with two executemany statements. If any
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
+from bmd.db.nodes import FREE
 
 _T = bm_nodes_table
 
@@ -41,12 +42,7 @@ class _LostRace(Exception):
 def _claim_statement() -> Any:
     return (
         update(_T)
-        .where(
-            _T.c.id == bindparam("b_id"),
-            _T.c.instance_uuid.is_(None),
-            _T.c.provision_state == "available",
-            _T.c.maintenance.is_(False),
-        )
+        .where(_T.c.id == bindparam("b_id"), FREE)
         .values(
             instance_uuid=bindparam("b_uuid"),
             provision_state="deploying",

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import TaskSettings
 from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
+from bmd.db.nodes import is_free
 from bmd.drivers.power.base import PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BmdError
@@ -50,7 +51,7 @@ def expected_power(row: Any) -> PowerState | None:
     deploy or delete is moving it (those flows own the power)."""
     if row.provision_state == "active" and row.instance_uuid is not None:
         return PowerState.ON
-    if row.provision_state == "available" and row.instance_uuid is None and not row.maintenance:
+    if is_free(row.instance_uuid, row.provision_state, row.maintenance):
         return PowerState.OFF
     return None
 
