@@ -30,6 +30,7 @@ from bmd.drivers.baremetal import BareMetalDriver
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
+from bmd.node_events import NodeEvents
 from bmd.plugins import VIF_GROUP, load_plugin
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
@@ -92,10 +93,10 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             raise
         except Exception as err:
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
-        sessionmaker = make_sessionmaker(engine)
+        bus = Bus()
+        sessionmaker = make_sessionmaker(engine, NodeEvents(bus))  # bm_nodes writes publish on bus "nodes"
         secret_box = load_secret_box(settings.secrets.key_file)
         power = PowerRegistry(settings, secret_box)
-        bus = Bus()
         failures = StepFailureCounter()
         ctx = AppContext(
             settings=settings,
@@ -111,7 +112,6 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             step_failures=failures,
         )
-        ctx.conductor.on_freed = ctx.scheduler.release
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
         build_runner(ctx)

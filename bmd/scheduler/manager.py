@@ -1,13 +1,20 @@
-"""The host manager: host states fed by the bus, ``select_destinations`` through the filter chain, and
-atomic claims in SQL (the instance rows come from provisioning, ``bmd.provision.instances``).
+"""The host manager: host states, ``select_destinations`` through the filter chain, and atomic claims in SQL
+(the instance rows come from provisioning, ``bmd.provision.instances``).
 
-Host states come from the ``capabilities`` topic (every service's published list), from ``compute_nodes``
-rows and from node health (power faults, service heartbeats), refreshed by the ``scheduler_refresh`` loop.
+Where a host state comes from: its capabilities (sizes, cpu_arch, extra specs) from the ``capabilities``
+topic, what every service publishes (``report_driver_status``); whether it is free, in maintenance or has
+a power fault from ``bm_nodes`` only, as ``NodeView``s (``bmd.node_events``) — the change events its
+writers publish after each commit (the topic ``nodes``, taken in before every selection) and the periodic
+resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's ``version``;
+a view not newer than the one held is ignored, so a resync that read a row before a claim cannot make the
+claimed node free again. Service heartbeats mark a service's nodes up or down. ``compute_nodes`` is the
+resource tracker's output, not read here.
+
 A selection consumes its picks in memory at once, under a lock, so concurrent requests in this process
-never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND instance_uuid
-IS NULL`` per node, inside one transaction per request (all or nothing), so two schedulers — in this
-process or another sharing the database — can never put two instances on one node. A lost race retries
-the whole selection with the lost node marked used.
+never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND <free>``
+(``bmd.db.nodes.FREE``) per node, inside one transaction per request (all or nothing), so two schedulers —
+in this process or another sharing the database — can never put two instances on one node. A lost race
+marks the lost node as its row now says, gives the request's other picks back, and selects again.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,19 +33,22 @@ from bmd.bus import Bus
 from bmd.config import Settings
 from bmd.db.engine import Sessionmaker
 from bmd.db.flavors import list_flavors
-from bmd.db.models import BareMetalNode, ComputeNode, Service, utcnow
+from bmd.db.models import Service, utcnow
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
+from bmd.node_events import TOPIC as NODES
+from bmd.node_events import NodeView, read_views
 from bmd.scheduler.claims import ClaimWriter
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
 from bmd.scheduler.selector import HostSelector
 from bmd.tasks.report_driver_status import TOPIC
-from bmd.tasks.steps import NodeSteps, StepFailureCounter, record_step_errors
+from bmd.tasks.steps import StepFailureCounter
 
 log = structlog.get_logger(__name__)
 
 CLAIM_ATTEMPTS = 3
+NODE_EVENTS_QUEUE = 10_000  # batches of views; when it overflows, the resync catches up
 
 
 def build_selector(settings: Settings) -> HostSelector:
@@ -79,21 +89,21 @@ class HostManager:
         self.selector = build_selector(settings)
         self._lock = asyncio.Lock()
         self.writer = ClaimWriter(sessionmaker)
-        self._caps: dict[str, dict[str, Any]] = {}  # the last published capabilities of each node
         self.claims = 0
         self.lost_races = 0
-        # One node's row or dict that cannot be taken in is its failure alone (see bmd.tasks.steps).
-        self.refresh_steps = NodeSteps("scheduler_refresh", failures)
-        self.failures = self.refresh_steps.counter
+        self.failures = failures if failures is not None else StepFailureCounter()
         self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
+        self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE)
+        self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
+        self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
 
     # -- feeding host states ---------------------------------------------------------------------------
 
     def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
+        self.take_node_events()
         by_host: dict[str, list[dict[str, Any]]] = {}
         for caps in capabilities:
             by_host.setdefault(str(caps.get("host", "")), []).append(caps)
-            self._caps[str(caps.get("node"))] = caps
         rejected: dict[str, str] = {}
 
         def reject(nodename: str, err: Exception) -> None:
@@ -108,21 +118,36 @@ class HostManager:
             nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
             if nodename not in rejected and self._rejected.pop(nodename, None) is not None:
                 log.info("node_capabilities_recovered", node=nodename)
+            if nodename.isdigit() and nodename in self.selector and self.selector.get(nodename).node_free is None:
+                self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
         self._rejected.update(rejected)
 
-    def release(self, node_id: int) -> None:
-        """A node of this service was given back (delete done, spawn undone): offer it again now rather
-        than at the next capability report. Its last published capabilities, with nothing used."""
-        caps = self._caps.get(str(node_id))
-        if caps is None or str(node_id) not in self.selector:
+    def take_node_views(self, views: Iterable[NodeView]) -> int:
+        """Keep each view newer than the one held (older or equal ones are ignored) and apply it to the
+        node's state, unless a claim on the node is in flight. Returns how many were newer."""
+        newer = 0
+        for view in views:
+            if not view.newer_than(self._views.get(view.node_id)):
+                continue
+            newer += 1
+            self._views[view.node_id] = view
+            if view.node_id not in self._claiming:
+                self._apply(view.node_id)
+        return newer
+
+    def take_node_events(self) -> None:
+        """The views the writers published since the last call (the ``nodes`` topic), without waiting."""
+        for views in self._events.drain():
+            self.take_node_views(views)
+
+    def _apply(self, node_id: int) -> None:
+        view, nodename = self._views.get(node_id), str(node_id)
+        if view is None or nodename not in self.selector:
             return
-        free = {**caps, "vcpus_used": 0, "disk_used": 0, "disk_available": caps["disk_total"]}
-        free["host_memory_free"] = caps["host_memory_total"]
-        self._caps[str(node_id)] = free
-        try:
-            self.selector.update_capabilities(free)
-        except Exception as err:  # noqa: BLE001 - a dict it refused before: the next report decides
-            log.warning("node_release_not_offered", node=node_id, error=str(err))
+        if view.deleted:
+            self.selector.remove(nodename)
+            return
+        self.selector.set_node(nodename, free=view.free, maintenance=view.maintenance, power_fault=view.power_fault)
 
     async def consume_bus(self) -> None:
         """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
@@ -132,41 +157,16 @@ class HostManager:
                 self.take_capabilities(capabilities)
 
     async def refresh(self) -> None:
-        """compute_nodes rows, power faults and service liveness (one batched read each)."""
+        """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
         down_after = dt.timedelta(seconds=self.settings.service.service_down_time)
         now = utcnow()
         async with self.sessionmaker() as session:
-            rows = (await session.execute(select(ComputeNode))).scalars().all()
-            health = (
-                await session.execute(select(BareMetalNode.id, BareMetalNode.power_state, BareMetalNode.power_failures))
-            ).all()
+            views = await read_views(session)
             services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
-        known = {s.nodename for s in self.selector.hosts()}
-        steps = self.refresh_steps
-        steps.start()
-        for row in rows:
-            if str(row.bm_node_id) in known:
-                try:
-                    self.selector.update_compute_node(
-                        {c: getattr(row, c) for c in ComputeNode.__table__.columns.keys()}, host=row.service_host
-                    )
-                except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
-                    steps.fail(row.bm_node_id, err)
-        for node_id, power_state, failures in health:
-            if str(node_id) in known:
-                fault = power_state == "error" or bool(failures)
-                if self.selector.get(str(node_id)).power_fault != fault:
-                    self.selector.set_health(str(node_id), power_fault=fault)
+        self.take_node_events()
+        self.take_node_views(views)
         for host, heartbeat in services:
             self.selector.set_service_up(host, now - heartbeat <= down_after)
-        changes = steps.finish()
-        if changes:
-            try:
-                async with self.sessionmaker.begin() as session:
-                    await record_step_errors(session, changes)
-            except BaseException:
-                steps.unwritten(changes)
-                raise
 
     async def prepare_flavors(self) -> None:
         """Build the index groupings every known flavor needs now, not on its first request (at 100,000
@@ -180,30 +180,58 @@ class HostManager:
 
     def select_destinations(self, spec: RequestSpec) -> Selection:
         """The seed's name: the ordered candidates for each instance of ``spec`` (nothing is consumed)."""
+        self.take_node_events()
         return self.selector.select(spec)
 
     async def claim(self, spec: RequestSpec, instances: InstanceRows) -> list[Placement]:
         """Select and claim ``spec.num_instances`` nodes, all or nothing, writing the instance rows that
-        ``instances`` (provisioning's) builds for the placements in the same transaction."""
+        ``instances`` (provisioning's) builds for the placements in the same transaction.
+
+        The picks are consumed in memory at once (other requests of this process skip them) and held so
+        until the claim's outcome is known. Claimed: their state is the claim's view. Lost to another
+        writer on one node: that node takes its current row, the other picks are given back as bm_nodes
+        last said, and the selection runs again."""
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._lock:
-                selection = self.selector.select(spec)
-                chosen = selection.require()  # NoValidHost with the chain's reason
+                self.take_node_events()
+                chosen = self.selector.select(spec).require()  # NoValidHost with the chain's reason
                 for c in chosen:
                     self.selector.consume(c.nodename, spec)
             placements = [Placement(str(uuid.uuid4()), int(c.nodename), c.nodename, c.host) for c in chosen]
-            rows = instances(placements)
-            lost = await self.writer.claim([p.node_id for p in placements], [p.instance_uuid for p in placements], rows)
-            if lost is None:
+            node_ids = [p.node_id for p in placements]
+            self._hold(node_ids)
+            try:
+                outcome = await self.writer.claim(
+                    node_ids, [p.instance_uuid for p in placements], instances(placements)
+                )
+                self.take_node_views(outcome.views)
+            finally:
+                self._release(node_ids)
+            if outcome.lost is None:
                 self.claims += len(placements)
                 return placements
             self.lost_races += 1
-            log.info("claim_lost_race", node=lost)
+            log.info("claim_lost_race", node=outcome.lost, given_back=[n for n in node_ids if n != outcome.lost])
         raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
+
+    def _hold(self, node_ids: list[int]) -> None:
+        for node_id in node_ids:
+            self._claiming[node_id] = self._claiming.get(node_id, 0) + 1
+
+    def _release(self, node_ids: list[int]) -> None:
+        """The claim is decided and its views (claimed rows, or the lost node's row) are taken: every
+        node it held shows what bm_nodes last said — claimed, taken by another, or free again."""
+        self.take_node_events()
+        for node_id in node_ids:
+            left = self._claiming.pop(node_id) - 1
+            if left:
+                self._claiming[node_id] = left
+            else:
+                self._apply(node_id)
 
 
 class SchedulerRefresh:
-    """Periodic loop: compute_nodes rows, power faults and service heartbeats into the host states."""
+    """Periodic loop: the resync of every node's view from bm_nodes, and service heartbeats."""
 
     name = "scheduler_refresh"
 

@@ -20,9 +20,9 @@ How a selection runs, per instance of the request (Nova's loop):
 
 Claiming: call ``consume(nodename)`` for the candidate you are about to claim right after ``select``, with
 no ``await`` in between, so that other requests in this process stop seeing the node; then await the atomic
-SQL claim. A claim lost to another scheduler leaves the node consumed, which is the truth. After any other
-failure, refresh the node from its ``compute_nodes`` row (``update_compute_node``); the next capability
-report would also restore it.
+SQL claim. When the claim is decided, give every consumed node the view of its bm_nodes row (``set_node``):
+the claimed ones and the one lost to another scheduler stay used, the others of the request are free again
+(``bmd.scheduler.manager.HostManager.claim`` does this).
 """
 
 from __future__ import annotations
@@ -126,12 +126,6 @@ class HostSelector:
         self._as_published.add(nodename)
         return state
 
-    def update_compute_node(self, row: Mapping[str, Any], *, host: str = "") -> BaremetalNodeState:
-        """One ``compute_nodes`` row (keyed by ``hypervisor_hostname``); adds the node when new."""
-        nodename = str(row["hypervisor_hostname"])
-        self._as_published.discard(nodename)
-        return self._upsert(nodename, host, lambda state: state.update_from_compute_node(row))
-
     def sync_service(
         self,
         host: str,
@@ -155,6 +149,13 @@ class HostSelector:
         for nodename in gone:
             self.remove(nodename)
         return gone
+
+    def set_node(self, nodename: str, *, free: bool, maintenance: bool, power_fault: bool) -> None:
+        """What the node's bm_nodes row says (see ``BaremetalNodeState.set_node``) and its power health."""
+        state = self.get(nodename)
+        state.set_node(free=free, maintenance=maintenance)
+        state.power_fault = power_fault
+        self._index.reindex(nodename)
 
     def set_health(self, nodename: str, *, power_fault: bool | None = None, service_up: bool | None = None) -> None:
         state = self.get(nodename)
