@@ -206,7 +206,7 @@ class HostManager:
                 )
                 self.take_node_views(outcome.views)
             finally:
-                self._release(node_ids)
+                self._settle(node_ids)
             if outcome.lost is None:
                 self.claims += len(placements)
                 return placements
@@ -218,7 +218,7 @@ class HostManager:
         for node_id in node_ids:
             self._claiming[node_id] = self._claiming.get(node_id, 0) + 1
 
-    def _release(self, node_ids: list[int]) -> None:
+    def _settle(self, node_ids: list[int]) -> None:
         """The claim is decided and its views (claimed rows, or the lost node's row) are taken: every
         node it held shows what bm_nodes last said — claimed, taken by another, or free again."""
         self.take_node_events()

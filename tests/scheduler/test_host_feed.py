@@ -4,13 +4,14 @@ share one database and race for the same node."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from structlog.testing import capture_logs
 
 from bmd.context import AppContext
@@ -208,3 +209,31 @@ async def test_a_deleted_instance_frees_its_node_through_the_state_machine_event
     assert not free(cloud.ctx.scheduler, node_id)  # events are taken in before a selection, not pushed
     cloud.ctx.scheduler.take_node_events()
     assert free(cloud.ctx.scheduler, node_id)  # no resync: the transition's event gave it back
+
+
+async def test_a_view_arriving_during_a_claim_waits_for_its_outcome(ctx: AppContext) -> None:
+    """A resync row read while the claim is in flight says the node is free (the claim has not committed);
+    it must not free the consumed node meanwhile, and the claim's own row wins afterwards."""
+    (node_id,) = await enroll(ctx, 1)
+    flavor = await add_flavor(ctx)
+    await feed([ctx.scheduler], [node_id])
+    (current,) = await views(ctx, node_id)
+    loop = asyncio.get_running_loop()
+    async with ctx.sessionmaker.begin() as session:  # holds this process's SQLite write lock: the claim waits
+        claim = asyncio.create_task(
+            claim_instances(ctx.scheduler, InstanceRequest(flavor, RequestSpec(flavor), image_ref="x"))
+        )
+        deadline = loop.time() + 5
+        while free(ctx.scheduler, node_id):  # until the claim has consumed the node in memory
+            assert loop.time() < deadline
+            await asyncio.sleep(0)
+        # Another write of the row meanwhile (a power check), read as a resync would: newer, and free.
+        await session.execute(update(BareMetalNode).where(BareMetalNode.id == node_id).values(power_failures=0))
+        (meanwhile,) = await read_views(session, [node_id])
+        assert meanwhile.version == current.version + 1 and meanwhile.free
+        assert ctx.scheduler.take_node_views([meanwhile]) == 1
+        assert not free(ctx.scheduler, node_id)  # held for the claim
+    (placed,) = await claim
+    assert placed.node_id == node_id and not free(ctx.scheduler, node_id)
+    (claimed,) = await views(ctx, node_id)
+    assert claimed.version == current.version + 2 and not claimed.free
