@@ -142,10 +142,14 @@ class HostManager:
 
     def _apply(self, node_id: int) -> None:
         view, nodename = self._views.get(node_id), str(node_id)
-        if view is None or nodename not in self.selector:
+        if view is not None and view.deleted:
+            # Forgotten, not kept as a tombstone: SQLite may give the id to the next node enrolled, whose
+            # row starts again at version 1.
+            del self._views[node_id]
+            if nodename in self.selector:
+                self.selector.remove(nodename)
             return
-        if view.deleted:
-            self.selector.remove(nodename)
+        if view is None or nodename not in self.selector:
             return
         self.selector.set_node(nodename, free=view.free, maintenance=view.maintenance, power_fault=view.power_fault)
 
