@@ -76,7 +76,7 @@ async def delete_flavor(request: web.Request) -> web.Response:
 async def get_extra_specs(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         flavor = await q.get_flavor(session, request.match_info["name"])
-    return json_response({"extra_specs": flavor.extra_specs})
+    return json_response({"extra_specs": dict(flavor.extra_specs)})
 
 
 @takes(ExtraSpecsBody)
@@ -86,7 +86,7 @@ async def add_extra_specs(request: web.Request) -> web.Response:
         row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
         await q.set_extra_specs(session, row, body.extra_specs)
         flavor = await q.get_flavor(session, row.name)
-    return json_response({"extra_specs": flavor.extra_specs})
+    return json_response({"extra_specs": dict(flavor.extra_specs)})
 
 
 def _key(request: web.Request) -> str:
