@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bmd.config import Settings
 from bmd.db.engine import make_engine
-from bmd.db.flavors import Flavor as FlavorRow
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode, Instance, InstanceType, Interface, utcnow
 from bmd.errors import NoValidHost
-from bmd.scheduler import InstanceRequest, request_spec
+from bmd.flavors import Flavor
+from bmd.provision.instances import InstanceRequest, claim_instances
+from bmd.scheduler.host_state import RequestSpec
 from bmd.service import open_context
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 
@@ -95,7 +96,7 @@ async def measure(n: int, clients: int, db_url: str | None) -> None:
         async with open_context(settings) as ctx:
             await ReportDriverStatus(ctx.driver, ctx.bus, "127.0.0.1", 60).run_once()
             ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC))
-            flavor = FlavorRow(
+            flavor = Flavor(
                 id=1,
                 name="bm.small",
                 flavorid="1",
@@ -106,7 +107,7 @@ async def measure(n: int, clients: int, db_url: str | None) -> None:
                 swap=0,
                 extra_specs={"capabilities:cpu_arch": "x86_64"},
             )
-            request = InstanceRequest(flavor, request_spec(flavor, {}, 1, {}), image_ref="http://images/disk.img")
+            request = InstanceRequest(flavor, RequestSpec(flavor), image_ref="http://images/disk.img")
             ctx.scheduler.selector.prepare(request.spec)
             claimed = 0
 
@@ -114,7 +115,7 @@ async def measure(n: int, clients: int, db_url: str | None) -> None:
                 nonlocal claimed
                 while True:
                     try:
-                        placed = await ctx.scheduler.claim(request)
+                        placed = await claim_instances(ctx.scheduler, request)
                         claimed += len(placed)
                     except NoValidHost:
                         return

@@ -27,10 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bmd.filters.chain import Candidate
-from bmd.filters.host_state import Flavor, RequestSpec
 from bmd.filters.registry import DEFAULT_FILTERS, DEFAULT_WEIGHERS, build_filters, build_weighers
-from bmd.scheduling import HostSelector
+from bmd.flavors import Flavor
+from bmd.scheduler.host_state import RequestSpec
+from bmd.scheduler.reference import reference_select
+from bmd.scheduler.selection import Candidate
+from bmd.scheduler.selector import HostSelector
 
 MEMORY_CLASSES = [(65536, 16, 480), (131072, 32, 960), (262144, 64, 1920), (524288, 128, 3840)]
 
@@ -112,12 +114,12 @@ def report(size: int, runs: int, brute_runs: int, spec: RequestSpec, label: str,
     selector.prepare(spec)
     first = selector.select(spec)
     warm_ms = (time.perf_counter() - started) * 1000
-    brute = selector.select_brute_force(spec)
+    brute = reference_select(selector, spec)
     assert first == brute, "indexed and brute-force answers differ"
     matching = first.filter_counts[0][-1].after
     gc.collect()
     indexed = timed(selector.select, spec, runs)
-    baseline = timed(selector.select_brute_force, spec, brute_runs)
+    baseline = timed(lambda s: reference_select(selector, s), spec, brute_runs)
     p50, p99 = percentile(indexed, 0.5), percentile(indexed, 0.99)
     b50, b99 = percentile(baseline, 0.5), percentile(baseline, 0.99)
     print(

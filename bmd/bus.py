@@ -47,6 +47,14 @@ class Subscription:
             raise StopAsyncIteration
         return item
 
+    def drain(self) -> list[Any]:
+        """Every item queued now, without waiting (empty once closed)."""
+        items = [item for item in self._items if item is not _CLOSED]
+        if len(items) != len(self._items):
+            self.closed = True
+        self._items.clear()
+        return items
+
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from bmd.drivers.baremetal import BareMetalDriver
     from bmd.drivers.power.registry import PowerRegistry
     from bmd.provision.conductor import Conductor
-    from bmd.scheduler import HostManager
+    from bmd.scheduler.manager import HostManager
 
 
 @dataclass

@@ -76,8 +76,8 @@ BUILTIN: Mapping[str, Mapping[str, str]] = {
         "DifferentCapabilityFilter": "bmd.filters.grouping:DifferentCapabilityFilter",
     },
     WEIGHER_GROUP: {
-        "RAMWeigher": "bmd.filters.weighers:RAMWeigher",
-        "LeastWasteWeigher": "bmd.filters.weighers:LeastWasteWeigher",
+        "RAMWeigher": "bmd.scheduler.weighers:RAMWeigher",
+        "LeastWasteWeigher": "bmd.scheduler.weighers:LeastWasteWeigher",
     },
 }
 

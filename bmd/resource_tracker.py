@@ -1,6 +1,8 @@
 """One ResourceTracker per node (nodename), as in the seed: it turns the driver's view of the node into the
-``compute_nodes`` row the scheduler reads. Trackers remember what they last wrote, so a pass only writes
-the rows that changed; the writes of all trackers go to the database in one bulk statement.
+``compute_nodes`` row (the resource tracker's output, as in the seed; the scheduler does not read it: its
+used/free comes from ``bm_nodes``, see ``bmd.scheduler.manager``). Trackers remember what they last wrote,
+so a pass only writes the rows that changed; the writes of all trackers go to the database in one bulk
+statement.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ from bmd.drivers.baremetal import BareMetalDriver
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
+from bmd.node_events import NodeEvents
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
-from bmd.scheduler import HostManager, SchedulerRefresh
+from bmd.scheduler.manager import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
@@ -77,11 +78,11 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             raise
         except Exception as err:
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
-        sessionmaker = make_sessionmaker(engine)
+        bus = Bus()
+        sessionmaker = make_sessionmaker(engine, NodeEvents(bus))  # bm_nodes writes publish on bus "nodes"
         secret_box = load_secret_box(settings.secrets.key_file)
         drivers = DriverFactory(settings, secret_box)
         power = drivers.power
-        bus = Bus()
         failures = StepFailureCounter()
         ctx = AppContext(
             settings=settings,
@@ -97,7 +98,6 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             step_failures=failures,
         )
-        ctx.conductor.on_freed = ctx.scheduler.release
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
         build_runner(ctx)

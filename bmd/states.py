@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, utcnow
 from bmd.errors import InvalidState, NotFound
+from bmd.node_events import note_nodes
 
 
 class ProvisionState(enum.StrEnum):
@@ -101,6 +102,7 @@ async def transition(
             update(BareMetalNode).where(*conds).values(provision_state=new.value, provision_updated_at=now, **values)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
+            await note_nodes(session, [node_id])  # the scheduler's view of the node, once this commits
             return new
     row = (
         await session.execute(

@@ -156,19 +156,20 @@ async def test_no_pxe_ip_fails_the_spawn_cleanly(cloud: Cloud) -> None:
     address to a concurrent one — here a claim made past the API, as another scheduler would — still
     fails its spawn cleanly."""
     from bmd.db.flavors import get_flavor
-    from bmd.scheduler import InstanceRequest, request_spec
+    from bmd.provision.instances import InstanceRequest, claim_instances
+    from bmd.scheduler.host_state import RequestSpec
 
     (node_id,) = await cloud.enroll(1)
     async with cloud.ctx.sessionmaker() as session:
         flavor = await get_flavor(session, "bm.small")
     request = InstanceRequest(
         flavor=flavor,
-        spec=request_spec(flavor, {}, 1, {}),
+        spec=RequestSpec(flavor),
         image_ref=cloud.image_ref,
         networks=[{"id": "n1"}],
         deploy_info={"image_checksum": cloud.image_checksum, "root_mb": 1024, "swap_mb": 0},
     )
-    (placement,) = await cloud.ctx.scheduler.claim(request)
+    (placement,) = await claim_instances(cloud.ctx.scheduler, request)
     cloud.ctx.conductor.spawn(placement.node_id, placement.instance_uuid)
     await cloud.settle()
     node = await cloud.node(node_id)

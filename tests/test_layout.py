@@ -35,9 +35,24 @@ def test_there_is_one_plugin_loader() -> None:
 
 
 def test_the_moved_packages_left_nothing_behind() -> None:
-    for gone in ("bmd/deploy", "bmd/network", "bmd/drivers/vif.py", "tests/deploy", "tests/network", "tests/redfish"):
+    gone_paths = (
+        "bmd/deploy",
+        "bmd/network",
+        "bmd/drivers/vif.py",
+        "bmd/scheduler.py",
+        "bmd/claims.py",
+        "bmd/scheduling",
+        "bmd/filters/host_state.py",
+        "bmd/filters/chain.py",
+        "bmd/filters/weighers.py",
+        "tests/deploy",
+        "tests/network",
+        "tests/redfish",
+    )
+    for gone in gone_paths:
         assert not (ROOT / gone).exists(), gone
-    assert where(r"(?m)^\s*(from|import) bmd\.(deploy|network)\b|[\"']bmd\.(deploy|network)\b") == set()
+    old = r"bmd\.(deploy|network|scheduling|claims|filters\.(host_state|chain|weighers))\b"
+    assert where(rf"(?m)^\s*(from|import) {old}|[\"']{old}") == set()
 
 
 def test_every_builtin_plugin_is_an_entry_point() -> None:

@@ -16,6 +16,7 @@ from bmd.db import flavors as q
 from bmd.db.models import InstanceType, InstanceTypeExtraSpec
 from bmd.db.nodes import conflict_from
 from bmd.errors import Conflict, InvalidInput, NotFound
+from bmd.flavors import Flavor
 
 
 @takes(FlavorCreate)
@@ -55,7 +56,7 @@ async def list_flavors(request: web.Request) -> web.StreamResponse:
     async with ctx.sessionmaker() as session:
         flavors = await q.list_flavors(session, limit=limit + 1, marker=name_marker(request))
     page, next_marker = split_page(flavors, limit, lambda f: f.name)
-    return await stream_page(request, "flavors", page, q.Flavor.as_dict, next_marker)
+    return await stream_page(request, "flavors", page, Flavor.as_dict, next_marker)
 
 
 async def show_flavor(request: web.Request) -> web.Response:
@@ -75,7 +76,7 @@ async def delete_flavor(request: web.Request) -> web.Response:
 async def get_extra_specs(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         flavor = await q.get_flavor(session, request.match_info["name"])
-    return json_response({"extra_specs": flavor.extra_specs})
+    return json_response({"extra_specs": dict(flavor.extra_specs)})
 
 
 @takes(ExtraSpecsBody)
@@ -85,7 +86,7 @@ async def add_extra_specs(request: web.Request) -> web.Response:
         row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
         await q.set_extra_specs(session, row, body.extra_specs)
         flavor = await q.get_flavor(session, row.name)
-    return json_response({"extra_specs": flavor.extra_specs})
+    return json_response({"extra_specs": dict(flavor.extra_specs)})
 
 
 def _key(request: web.Request) -> str:

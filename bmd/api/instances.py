@@ -17,9 +17,11 @@ from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
 from bmd.drivers.deploy.refs import display_ref, seal_refs
 from bmd.errors import InvalidInput, NotFound
-from bmd.filters.chain import Selection
+from bmd.flavors import Flavor
+from bmd.provision.instances import InstanceRequest, claim_instances
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
-from bmd.scheduler import InstanceRequest, request_spec
+from bmd.scheduler.host_state import RequestSpec
+from bmd.scheduler.selection import Selection
 
 INSTANCE_FIELDS = (
     "uuid",
@@ -66,7 +68,7 @@ def selection_to_dict(sel: Selection) -> dict[str, Any]:
     }
 
 
-async def _flavor(request: web.Request, name: str) -> fq.Flavor:
+async def _flavor(request: web.Request, name: str) -> Flavor:
     async with ctx_of(request).sessionmaker() as session:
         try:
             return await fq.get_flavor(session, name)
@@ -77,8 +79,8 @@ async def _flavor(request: web.Request, name: str) -> fq.Flavor:
 @takes(ScheduleRequest)
 async def schedule(request: web.Request) -> web.Response:
     body = await parse_body(request, ScheduleRequest)
-    spec = request_spec(await _flavor(request, body.flavor), body.image_properties, body.num_instances, body.hints)
-    return json_response(selection_to_dict(ctx_of(request).scheduler.select(spec)))
+    spec = RequestSpec(await _flavor(request, body.flavor), body.image_properties, body.num_instances, body.hints)
+    return json_response(selection_to_dict(ctx_of(request).scheduler.select_destinations(spec)))
 
 
 @takes(InstanceCreate)
@@ -86,7 +88,7 @@ async def create_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, InstanceCreate)
     flavor = await _flavor(request, body.flavor)
-    spec = request_spec(flavor, body.image_properties, body.num_instances, body.hints)
+    spec = RequestSpec(flavor, body.image_properties, body.num_instances, body.hints)
     clear = {"image_ref": body.image_ref, "kernel_ref": body.kernel_ref, "ramdisk_ref": body.ramdisk_ref}
     checksums = {
         "image_checksum": body.image_checksum,
@@ -112,7 +114,8 @@ async def create_instances(request: web.Request) -> web.Response:
     }
     async with ctx.sessionmaker() as session:
         await check_pxe_ips(session, body.num_instances)
-    placements = await ctx.scheduler.claim(
+    placements = await claim_instances(
+        ctx.scheduler,
         InstanceRequest(
             flavor=flavor,
             spec=spec,
@@ -121,7 +124,7 @@ async def create_instances(request: web.Request) -> web.Response:
             networks=[n.model_dump() for n in body.networks],
             deploy_info=deploy_info,
             name=body.name,
-        )
+        ),
     )
     for p in placements:
         ctx.conductor.spawn(p.node_id, p.instance_uuid)

@@ -18,6 +18,7 @@ from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
 from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
 from bmd.ids import is_id_text, parse_id
+from bmd.node_events import note_deleted, note_nodes
 from bmd.plugins import KINDS, POWER_GROUP, is_known, known_names
 
 
@@ -81,6 +82,7 @@ async def create_node(request: web.Request) -> web.Response:
             await session.flush()
         except IntegrityError as err:
             raise q.conflict_from(err) from err
+        await note_nodes(session, [node.id])
     return json_response(q.node_to_dict(node, ifaces), status=201)
 
 
@@ -109,6 +111,7 @@ async def import_nodes(request: web.Request) -> web.Response:
             await session.flush()
         except IntegrityError as err:
             raise q.conflict_from(err) from err
+        await note_nodes(session, [n.id for n in nodes])
     return json_response(
         {"created": len(nodes), "nodes": [{"id": n.id, "uuid": n.uuid, "name": n.name} for n in nodes]},
         status=201,
@@ -182,6 +185,7 @@ async def update_node(request: web.Request) -> web.Response:
             await session.flush()
         except IntegrityError as err:
             raise q.conflict_from(err) from err
+        await note_nodes(session, [node.id])
         ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
     return json_response(q.node_to_dict(node, ifaces))
 
@@ -194,6 +198,7 @@ async def delete_node(request: web.Request) -> web.Response:
             raise InvalidState(f"node {node.id} holds instance {node.instance_uuid}; delete the instance first")
         if node.provision_state not in ("available", "error", "enroll", "manageable"):
             raise InvalidState(f"node {node.id} is {node.provision_state}; it cannot be deleted now")
+        await note_deleted(session, [node.id])
         await session.execute(delete(Interface).where(Interface.bm_node_id == node.id))
         await session.delete(node)
     return web.Response(status=204)

@@ -26,6 +26,7 @@ from bmd.db.models import BareMetalNode, utcnow
 from bmd.drivers.power.base import BootDevice, BootDeviceInfo, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BMCTimeout, InvalidInput, InvalidState
+from bmd.node_events import note_nodes
 
 BUSY_STATES = ("deploying", "deleting")
 BOOT_DEVICE_TIMEOUT = 60.0  # bounds one boot device call whatever the driver's own timeouts
@@ -202,6 +203,7 @@ async def set_maintenance(request: web.Request) -> web.Response:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
         node.maintenance, node.maintenance_set_by = True, "operator"
         node.maintenance_reason = body.reason or "set by an operator"
+        await note_nodes(session, [node.id])
     return json_response(_states(node))
 
 
@@ -210,6 +212,7 @@ async def unset_maintenance(request: web.Request) -> web.Response:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
         node.maintenance, node.maintenance_set_by, node.maintenance_reason = False, None, None
         node.power_failures = 0
+        await note_nodes(session, [node.id])
     return json_response(_states(node))
 
 

@@ -74,8 +74,8 @@ class Sessionmaker(async_sessionmaker[AsyncSession]):
     busy timeout. A write transaction must not open another one (that would wait for itself): it raises.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, expire_on_commit=False)
+    def __init__(self, engine: AsyncEngine, info: dict[str, Any] | None = None) -> None:
+        super().__init__(engine, expire_on_commit=False, info=info)
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._serialize = engine.dialect.name == "sqlite"
         self._lock = asyncio.Lock()
@@ -100,8 +100,9 @@ class Sessionmaker(async_sessionmaker[AsyncSession]):
         return self(bind=self._writer)._maker_context_manager()
 
 
-def make_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
-    return Sessionmaker(engine)
+def make_sessionmaker(engine: AsyncEngine, node_events: Any = None) -> Sessionmaker:
+    """``node_events`` (a ``bmd.node_events.NodeEvents``): publishes the nodes each transaction notes."""
+    return Sessionmaker(engine, info=None if node_events is None else {"node_events": node_events})
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

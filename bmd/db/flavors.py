@@ -3,42 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import InstanceType, InstanceTypeExtraSpec
 from bmd.errors import NotFound
-
-
-@dataclass(frozen=True)
-class Flavor:
-    """A flavor as the scheduler sees it: sizes and extra specs, detached from the session."""
-
-    id: int
-    name: str
-    flavorid: str
-    memory_mb: int
-    vcpus: int
-    root_gb: int
-    ephemeral_gb: int
-    swap: int
-    extra_specs: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "flavorid": self.flavorid,
-            "ram": self.memory_mb,
-            "vcpus": self.vcpus,
-            "disk": self.root_gb,
-            "ephemeral": self.ephemeral_gb,
-            "swap": self.swap,
-            "extra_specs": dict(self.extra_specs),
-        }
+from bmd.flavors import Flavor
 
 
 def to_flavor(row: InstanceType, specs: Sequence[InstanceTypeExtraSpec]) -> Flavor:

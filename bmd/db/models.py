@@ -24,6 +24,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -121,6 +123,11 @@ class BareMetalNode(Timestamps, Base):
     boot_device: Mapped[str | None] = mapped_column(String(16))
     boot_device_persistent: Mapped[bool | None]
     boot_device_checked_at: Mapped[dt.datetime | None]
+    # Bumped by every UPDATE of the row (ORM flush or Core statement), so a reader can tell which of two
+    # views of a node is newer (the scheduler's host feed, bmd.node_events); timestamps can tie.
+    version: Mapped[int] = mapped_column(
+        Integer, default=1, server_default=text("1"), onupdate=literal_column("version") + 1
+    )
 
     interfaces: Mapped[list[Interface]] = relationship(
         back_populates="node", lazy="raise", cascade="all, delete-orphan", passive_deletes=True

@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import and_, false, select
+from sqlalchemy import ColumnElement, and_, false, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import BareMetalNode, Interface, PxeIp
+from bmd.db.models import BareMetalNode, Interface, PxeIp, bm_nodes_table
 from bmd.errors import Conflict, NotFound
 from bmd.ids import is_id_text, parse_id
 
 SECRET_MASK = "******"
+
+FREE_WHEN: Mapping[str, Any] = MappingProxyType(
+    {"instance_uuid": None, "provision_state": "available", "maintenance": False}
+)
+"""The one definition of a free node (one that can take an instance): the ``bm_nodes`` columns and the
+value each holds. ``FREE`` is it in SQL, ``is_free`` in Python for rows already loaded."""
+
+FREE: ColumnElement[bool] = and_(
+    *(
+        bm_nodes_table.c[column].is_(value)
+        if value is None or isinstance(value, bool)
+        else bm_nodes_table.c[column] == value
+        for column, value in FREE_WHEN.items()
+    )
+)
+
+
+def is_free(instance_uuid: str | None, provision_state: str, maintenance: bool) -> bool:
+    """``FREE`` for a row already loaded."""
+    values = {"instance_uuid": instance_uuid, "provision_state": provision_state, "maintenance": bool(maintenance)}
+    return all(values[column] == value for column, value in FREE_WHEN.items())
+
 
 NODE_FIELDS = (
     "id",

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
 from bmd.db.models import BareMetalNode, Interface
+from bmd.db.nodes import is_free
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import NotFound
@@ -82,7 +83,7 @@ RESOURCE_KEYS = (
 
 def node_is_free(instance_uuid: str | None, provision_state: str, maintenance: bool) -> bool:
     """A node offers its resources only when it holds no instance, is available and not in maintenance."""
-    return instance_uuid is None and provision_state == "available" and not maintenance
+    return is_free(instance_uuid, provision_state, maintenance)
 
 
 def resource_values(row: tuple[Any, ...]) -> tuple[Any, ...]:

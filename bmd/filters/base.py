@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = [
     "CORES",

@@ -14,7 +14,7 @@ from bmd.filters.base import (
     lookup_capability,
 )
 from bmd.filters.extra_specs_ops import equality_candidates, match
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = ["ComputeCapabilitiesFilter", "satisfies_extra_specs"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 from bmd.filters.base import DEPLOY_READY, BaseHostFilter, Constraint
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = ["DeployReadyFilter"]
 

@@ -23,7 +23,7 @@ from bmd.filters.base import (
     capability_facet,
     lookup_capability,
 )
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = ["DifferentCapabilityFilter", "SameCapabilityFilter", "hint_path"]
 

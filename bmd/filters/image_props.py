@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from bmd.filters.base import SUPPORTED_INSTANCES, BaseHostFilter, Constraint
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = [
     "ImagePropertiesFilter",

@@ -17,8 +17,8 @@ from typing import Any
 
 from bmd.errors import ConfigError
 from bmd.filters.base import BaseHostFilter
-from bmd.filters.weighers import BaseWeigher
 from bmd.plugins import BUILTIN, FILTER_GROUP, WEIGHER_GROUP, build_plugin, known_names, load_plugin
+from bmd.scheduler.weighers import BaseWeigher
 
 __all__ = [
     "BUILTIN_FILTERS",

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from bmd.errors import ConfigError
 from bmd.filters.base import CORES, DISK, RAM, BaseHostFilter, Constraint, Facet
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = [
     "CoreFilter",

@@ -5,7 +5,7 @@ change is stored (through bmd.states) before it is acted on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -41,15 +41,10 @@ def describe(err: BaseException) -> str:
 
 
 class Conductor:
-    def __init__(self, provisioner: Provisioner, on_freed: Callable[[int], None] | None = None) -> None:
+    def __init__(self, provisioner: Provisioner) -> None:
         self.p = provisioner
-        self.on_freed = on_freed  # told when a node is available again (the scheduler offers it at once)
         self.jobs: dict[int, asyncio.Task[None]] = {}
         self._closing = False
-
-    def freed(self, node_id: int) -> None:
-        if self.on_freed is not None:
-            self.on_freed(node_id)
 
     # -- job bookkeeping: every task is created here and cancelled/awaited in close() -------------------
 
@@ -147,8 +142,6 @@ class Conductor:
                 log.warning("spawn_failure_not_recorded", error=str(state_err))
             await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
         log.error("spawn_failed", reason=reason, node_state="error" if failures else "available")
-        if not failures:
-            self.freed(node.id)
 
     # -- the deploy agent: token lookup, progress, callback ---------------------------------------------
 
@@ -306,5 +299,4 @@ class Conductor:
             cleaned = {"instance_uuid": None, "task_state": None, "deploy_deadline": None, "last_error": None}
             gone = {"vm_state": "deleted", "task_state": None, "deleted_at": utcnow()}
             await self.record(node_id, instance_uuid, Event.CLEANED, cleaned, gone)
-            self.freed(node_id)
             log.info("instance_deleted")

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
 from bmd.errors import InvalidState
+from bmd.node_events import note_nodes
 from bmd.provision.conductor import Conductor, describe
 from bmd.states import ProvisionState
 
@@ -43,6 +44,7 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
                 task_state=None,
             )
         )
+        await note_nodes(session, [r.id for r in rows])
         await session.execute(
             update(Instance)
             .where(Instance.uuid.in_([r.instance_uuid for r in rows if r.instance_uuid]))
@@ -91,6 +93,7 @@ async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
             .where(BareMetalNode.id == node.id, BareMetalNode.instance_uuid == node.instance_uuid)
             .values(**values)
         )
+        await note_nodes(session, [node.id])
 
 
 async def _finish(conductor: Conductor, node_id: int, instance_uuid: str) -> None:

@@ -22,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import TaskSettings
 from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
+from bmd.db.nodes import is_free
 from bmd.drivers.power.base import PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BmdError
+from bmd.node_events import note_nodes
 from bmd.tasks.steps import NodeSteps, StepFailureCounter, describe
 
 log = structlog.get_logger(__name__)
@@ -50,7 +52,7 @@ def expected_power(row: Any) -> PowerState | None:
     deploy or delete is moving it (those flows own the power)."""
     if row.provision_state == "active" and row.instance_uuid is not None:
         return PowerState.ON
-    if row.provision_state == "available" and row.instance_uuid is None and not row.maintenance:
+    if is_free(row.instance_uuid, row.provision_state, row.maintenance):
         return PowerState.OFF
     return None
 
@@ -157,6 +159,7 @@ class SyncPowerStates:
         now = utcnow()
         limit = self.settings.power_sync_max_retries
         rows, to_maint, to_lift = [], [], []
+        changed: list[int] = []
         for r in readings:
             node = r.node
             failures = 0 if r.error is None else node.power_failures + 1
@@ -166,6 +169,10 @@ class SyncPowerStates:
                 else (PowerState.ERROR.value if failures >= limit else node.power_state)
             )
             rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
+            if (state == PowerState.ERROR.value or bool(failures)) != (
+                node.power_state == PowerState.ERROR.value or bool(node.power_failures)
+            ):
+                changed.append(node.id)  # a power fault begins or ends: the scheduler is told
             if r.error is not None and failures >= limit and not node.maintenance:
                 to_maint.append({"b_id": node.id, "reason": f"power failure: {r.error}"})
                 log.error("node_power_failure_maintenance", node=node.id, failures=failures, error=r.error)
@@ -200,6 +207,9 @@ class SyncPowerStates:
                     .values(maintenance=False, maintenance_reason=None, maintenance_set_by=None),
                     to_lift,
                 )
+            ids = {*changed, *(m["b_id"] for m in to_maint), *(m["b_id"] for m in to_lift)}
+            if ids:
+                await note_nodes(session, ids)
         self.last_pass = {
             "nodes": len(readings),
             "failed": sum(1 for r in readings if r.error is not None),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bmd.filters.host_state import BaremetalNodeState, Flavor, RequestSpec
+from bmd.flavors import Flavor
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 
 def make_caps(

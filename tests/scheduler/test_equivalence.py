@@ -16,7 +16,6 @@ from bmd.filters.compute import ComputeFilter
 from bmd.filters.compute_capabilities import ComputeCapabilitiesFilter
 from bmd.filters.deploy_ready import DeployReadyFilter
 from bmd.filters.grouping import DifferentCapabilityFilter, SameCapabilityFilter
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 from bmd.filters.image_props import ImagePropertiesFilter
 from bmd.filters.resources import (
     CoreFilter,
@@ -26,8 +25,10 @@ from bmd.filters.resources import (
     ExactRamFilter,
     RamFilter,
 )
-from bmd.filters.weighers import BaseWeigher, LeastWasteWeigher, RAMWeigher
-from bmd.scheduling import HostSelector
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.reference import reference_select
+from bmd.scheduler.selector import HostSelector
+from bmd.scheduler.weighers import BaseWeigher, LeastWasteWeigher, RAMWeigher
 
 from .factories import make_caps, make_spec
 
@@ -200,7 +201,7 @@ def apply(selector: HostSelector, operation: tuple[Any, ...]) -> None:
 
 def check(selector: HostSelector, spec: RequestSpec) -> None:
     indexed = selector.select(spec)
-    assert indexed == selector.select_brute_force(spec)
+    assert indexed == reference_select(selector, spec)
     event("placed all" if indexed.ok else "no valid host")
 
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bmd.errors import InvalidInput
-from bmd.filters.host_state import BaremetalNodeState, Flavor, RequestSpec
+from bmd.flavors import Flavor
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 from .factories import make_caps, make_host, make_spec
 
@@ -33,30 +34,17 @@ def test_capabilities_of_a_used_node() -> None:
     assert state.maintenance is True
 
 
-def test_update_from_compute_node_row() -> None:
-    at = datetime(2026, 1, 2, tzinfo=UTC)
-    state = make_host(4)
-    row = {
-        "vcpus": 32,
-        "memory_mb": 65536,
-        "local_gb": 500,
-        "vcpus_used": 32,
-        "memory_mb_used": 65536,
-        "local_gb_used": 500,
-        "free_ram_mb": 0,
-        "free_disk_gb": 0,
-        "hypervisor_type": "baremetal",
-        "hypervisor_version": 2,
-        "hypervisor_hostname": "4",
-        "cpu_info": "x",
-        "running_vms": 1,
-        "updated_at": at,
-    }
-    state.update_from_compute_node(row)
-    assert (state.total_usable_ram_mb, state.free_ram_mb) == (65536, 0)
-    assert (state.total_usable_disk_gb, state.free_disk_mb) == (500, 0)
-    assert (state.vcpus_total, state.vcpus_used, state.hypervisor_version) == (32, 32, 2)
-    assert state.updated == at
+def test_the_node_row_decides_whether_the_node_is_used() -> None:
+    state = make_host(4, memory_mb=8192, vcpus=16, disk_gb=100, used=True)
+    assert state.node_free is None and state.free_ram_mb == 0  # not known from bm_nodes: the report decides
+    state.set_node(free=True, maintenance=False)
+    assert (state.free_ram_mb, state.free_disk_mb, state.vcpus_used) == (8192, 100 * 1024, 0)
+    state.update_from_capabilities(make_caps(4, memory_mb=8192, vcpus=16, disk_gb=100, used=True))
+    assert state.free_ram_mb == 8192  # a stale report's used figures do not override the row
+    state.set_node(free=False, maintenance=True)
+    assert (state.free_ram_mb, state.free_disk_mb, state.vcpus_used, state.maintenance) == (0, 0, 16, True)
+    state.update_from_capabilities(make_caps(4, memory_mb=8192, vcpus=16, disk_gb=100))
+    assert (state.free_ram_mb, state.maintenance) == (0, True)
 
 
 def test_consume_takes_the_whole_node_whatever_the_flavor() -> None:

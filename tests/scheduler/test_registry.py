@@ -19,8 +19,9 @@ from bmd.filters.registry import (
     load_filter,
 )
 from bmd.filters.resources import RamFilter
-from bmd.filters.weighers import RAMWeigher
-from bmd.scheduling import HostSelector
+from bmd.scheduler.reference import reference_select
+from bmd.scheduler.selector import HostSelector
+from bmd.scheduler.weighers import RAMWeigher
 
 from .factories import make_caps, make_spec
 
@@ -109,7 +110,7 @@ def test_a_filter_from_an_installed_package(tmp_path: Path, monkeypatch: pytest.
         selector.update_capabilities(make_caps(node_id))
     result = selector.select(make_spec())
     assert sorted(c.nodename for c in result.candidates[0]) == ["1", "3", "5"]
-    assert result == selector.select_brute_force(make_spec())
+    assert result == reference_select(selector, make_spec())
 
 
 def test_an_entry_point_that_is_not_a_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,10 @@ import pytest
 
 from bmd.errors import InvalidInput, NotFound
 from bmd.filters.base import BaseHostFilter, Constraint
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
 from bmd.filters.registry import DEFAULT_FILTERS, DEFAULT_WEIGHERS, build_filters, build_weighers
-from bmd.scheduling import HostSelector
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.reference import reference_select
+from bmd.scheduler.selector import HostSelector
 
 from .factories import make_caps, make_spec
 
@@ -28,7 +29,7 @@ def default_selector(*node_ids: int, **caps: Any) -> HostSelector:
 
 def chosen(selector: HostSelector, spec: RequestSpec) -> list[str]:
     result = selector.select(spec)
-    assert result == selector.select_brute_force(spec)
+    assert result == reference_select(selector, spec)
     return sorted(c.nodename for c in result.candidates[0]) if result.ok else []
 
 
@@ -84,29 +85,21 @@ def test_health_changes() -> None:
     assert chosen(selector, make_spec()) == ["1", "2"]
 
 
-def test_compute_node_rows_feed_the_same_state() -> None:
+def test_the_node_row_decides_free_or_used_over_the_capability_figures() -> None:
     selector = default_selector(1, 2)
     assert chosen(selector, make_spec()) == ["1", "2"]
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    row = {
-        "hypervisor_hostname": "2",
-        "vcpus": 8,
-        "vcpus_used": 8,
-        "memory_mb": 4096,
-        "free_ram_mb": 0,
-        "local_gb": 100,
-        "free_disk_gb": 0,
-        "updated_at": at,
-    }
-    state = selector.update_compute_node(row)
-    assert state is selector.get("2") and state.updated == at
+    selector.set_node("2", free=False, maintenance=False, power_fault=False)
     assert chosen(selector, make_spec()) == ["1"]
-    new = selector.update_compute_node(
-        {**row, "hypervisor_hostname": "5", "vcpus_used": 0, "free_ram_mb": 4096, "free_disk_gb": 100},
-        host="svc1",
-    )
-    assert new.host == "svc1" and new.node_id == 5
-    assert chosen(selector, make_spec()) == ["1", "5"]
+    selector.update_capabilities(make_caps(2, memory_mb=8192))  # a report that still says free
+    assert selector.get("2").total_usable_ram_mb == 8192 and chosen(selector, make_spec()) == ["1"]
+    selector.update_capabilities(make_caps(1, used=True))  # a report that says used, of a free node
+    assert chosen(selector, make_spec()) == []  # no view of node 1 yet: the report decides
+    selector.set_node("1", free=True, maintenance=False, power_fault=False)
+    selector.set_node("2", free=True, maintenance=False, power_fault=False)
+    assert chosen(selector, make_spec()) == ["1", "2"]
+    assert selector.get("2").free_ram_mb == 8192
+    selector.set_node("1", free=True, maintenance=True, power_fault=False)
+    assert chosen(selector, make_spec()) == ["2"]
 
 
 def test_update_without_a_nodename_is_refused() -> None:
@@ -136,7 +129,7 @@ def test_a_custom_filter_after_the_indexed_ones_sees_only_their_survivors() -> N
     result = selector.select(GPU)
     assert sorted(counting.seen) == sorted(str(n) for n in range(0, 100, 10))
     counting.seen.clear()
-    assert result == selector.select_brute_force(GPU)
+    assert result == reference_select(selector, GPU)
     assert len(counting.seen) == 10
 
 
@@ -154,7 +147,7 @@ def test_the_brute_force_comparison_catches_constraints_that_disagree_with_host_
     selector = HostSelector([LyingFilter()], build_weighers(DEFAULT_WEIGHERS))
     for node_id in range(4):
         selector.update_capabilities(make_caps(node_id))
-    assert selector.select(make_spec()) != selector.select_brute_force(make_spec())
+    assert selector.select(make_spec()) != reference_select(selector, make_spec())
 
 
 def test_prepare_then_select_matches() -> None:
@@ -179,9 +172,10 @@ def test_capabilities_published_after_a_consume_still_win() -> None:
     selector.update_capabilities(make_caps(1))
     assert selector.get("1").free_ram_mb == 4096
     assert chosen(selector, make_spec()) == ["1"]
-    selector.update_compute_node({"hypervisor_hostname": "1", "free_ram_mb": 0})
+    selector.set_node("1", free=True, maintenance=False, power_fault=False)
+    selector.consume("1")  # once bm_nodes is known, a report no longer frees a consumed node
     selector.update_capabilities(make_caps(1))
-    assert chosen(selector, make_spec()) == ["1"]
+    assert chosen(selector, make_spec()) == []
 
 
 def test_a_malformed_update_changes_nothing() -> None:
@@ -190,7 +184,7 @@ def test_a_malformed_update_changes_nothing() -> None:
     with pytest.raises(InvalidInput):
         selector.update_capabilities({**make_caps(2, gpu="h100", used=True), "vcpus": "many"})
     with pytest.raises(InvalidInput):
-        selector.update_compute_node({"hypervisor_hostname": "1", "free_ram_mb": 0, "vcpus": None, "local_gb": []})
+        selector.update_capabilities({**make_caps(1, used=True), "disk_total": []})
     assert selector.get("2").capabilities["gpu"] == "a100"
     assert (selector.get("1").free_ram_mb, selector.get("2").free_ram_mb) == (4096, 4096)
     assert chosen(selector, GPU) == ["1", "2"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bmd.errors import ConfigError
-from bmd.filters.weighers import LeastWasteWeigher, RAMWeigher, combine_weights, normalize, weigh_hosts
+from bmd.scheduler.weighers import LeastWasteWeigher, RAMWeigher, combine_weights, normalize, weigh_hosts
 
 from .factories import make_host, make_spec
 

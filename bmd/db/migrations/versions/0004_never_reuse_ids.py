@@ -7,7 +7,7 @@ runs migrations with foreign-key enforcement off, so dropping the old parent tab
 and checks every reference afterwards. PostgreSQL's sequences never reuse a value: nothing to do there.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

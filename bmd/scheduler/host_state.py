@@ -1,10 +1,11 @@
 """What the scheduler knows about a node, and what a request asks for.
 
-A ``BaremetalNodeState`` is one node seen as a host that holds exactly one instance. It is fed from the
-capability dict the driver publishes on the bus (``update_from_capabilities``) and from the node's
-``compute_nodes`` row (``update_from_compute_node``); the last writer wins for the resource figures.
-``consume_from_instance`` marks the whole node as used, whatever the flavor: free RAM and disk 0, every vcpu
-used (Nova's bare-metal host state).
+A ``BaremetalNodeState`` is one node seen as a host that holds exactly one instance. Its sizes and
+capabilities come from the capability dict the driver publishes on the bus (``update_from_capabilities``);
+whether it is free comes from its ``bm_nodes`` row (``set_node``, fed by the host manager), and once that is
+known the dict's used/free figures are not: a free node offers its whole size, a node that is not free
+nothing. ``consume_from_instance`` marks the whole node as used, whatever the flavor: free RAM and disk 0,
+every vcpu used (Nova's bare-metal host state).
 
 Units follow Nova: RAM in MB, total disk in GB, free disk in MB (``free_disk_gb * 1024``), swap in MB.
 """
@@ -19,8 +20,9 @@ from types import MappingProxyType
 from typing import Any
 
 from bmd.errors import InvalidInput
+from bmd.flavors import Flavor
 
-__all__ = ["BaremetalNodeState", "Flavor", "RequestSpec", "SupportedInstance"]
+__all__ = ["BaremetalNodeState", "RequestSpec", "SupportedInstance"]
 
 SupportedInstance = tuple[str, ...]
 """One ``(cpu_arch, hypervisor_type, vm_mode)`` triple a node can run."""
@@ -74,6 +76,10 @@ class BaremetalNodeState:
     deploy_ready: bool = True  # the driver's verdict: it has an interface, its BMC fields are valid
     deploy_blocker: str = ""  # why not, when not
     updated: datetime | None = None
+    # From bm_nodes (bmd.db.nodes.FREE), once known: whether the node is free, and its maintenance flag.
+    # None: not known yet, the capability dict's figures decide (a selector fed by capabilities alone).
+    node_free: bool | None = None
+    node_maintenance: bool | None = None
 
     def __post_init__(self) -> None:
         if self.node_id is None and self.nodename.isdigit():
@@ -104,24 +110,23 @@ class BaremetalNodeState:
             deploy_blocker=str(caps.get("deploy_blocker") or ""),
             updated=at or datetime.now(UTC),
         )
+        self._apply_node()
 
-    def update_from_compute_node(self, row: Mapping[str, Any]) -> None:
-        """Take in the node's ``compute_nodes`` row (as Nova's ``BaremetalNodeState`` did). All or
-        nothing, like ``update_from_capabilities``."""
-        updated_at = row.get("updated_at")
-        self._assign(
-            {
-                "total_usable_ram_mb": _int(row, "memory_mb", self.total_usable_ram_mb),
-                "free_ram_mb": _int(row, "free_ram_mb", self.free_ram_mb),
-                "total_usable_disk_gb": _int(row, "local_gb", self.total_usable_disk_gb),
-                "free_disk_mb": _int(row, "free_disk_gb", self.free_disk_mb // 1024) * 1024,
-                "vcpus_total": _int(row, "vcpus", self.vcpus_total),
-                "vcpus_used": _int(row, "vcpus_used", self.vcpus_used),
-                "hypervisor_version": _int(row, "hypervisor_version", self.hypervisor_version),
-            },
-            hypervisor_type=str(row.get("hypervisor_type") or self.hypervisor_type),
-            updated=updated_at if isinstance(updated_at, datetime) else datetime.now(UTC),
-        )
+    def set_node(self, *, free: bool, maintenance: bool) -> None:
+        """What the node's bm_nodes row says: free or not, in maintenance or not."""
+        self.node_free = free
+        self.node_maintenance = maintenance
+        self._apply_node()
+
+    def _apply_node(self) -> None:
+        if self.node_maintenance is not None:
+            self.maintenance = self.node_maintenance
+        if self.node_free is True:
+            self.free_ram_mb = self.total_usable_ram_mb
+            self.free_disk_mb = self.total_usable_disk_gb * 1024
+            self.vcpus_used = 0
+        elif self.node_free is False:
+            self._use()
 
     def _assign(self, values: Mapping[str, Any], **more: Any) -> None:
         for name, value in {**values, **more}.items():
@@ -129,40 +134,16 @@ class BaremetalNodeState:
 
     def consume_from_instance(self, spec: RequestSpec | None = None) -> None:
         """One instance takes the whole node, whatever its flavor."""
+        self.node_free = False if self.node_free is not None else None
+        self._use()
+
+    def _use(self) -> None:
         self.free_ram_mb = 0
         self.free_disk_mb = 0
         self.vcpus_used = self.vcpus_total
 
     def __repr__(self) -> str:
         return f"BaremetalNodeState({self.host!r}, {self.nodename!r})"
-
-
-@dataclass(frozen=True)
-class Flavor:
-    """An instance type. ``swap`` is in MB, disks in GB, as in Nova."""
-
-    name: str
-    memory_mb: int
-    vcpus: int
-    root_gb: int
-    ephemeral_gb: int = 0
-    swap: int = 0
-    extra_specs: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("memory_mb", "vcpus", "root_gb", "ephemeral_gb", "swap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidInput(f"{name} must be a non-negative integer, not {value!r}", field=name)
-        for key, req in self.extra_specs.items():
-            if not isinstance(key, str) or not isinstance(req, str):
-                raise InvalidInput(f"extra spec {key!r} must map a string to a string", field="extra_specs")
-        object.__setattr__(self, "extra_specs", MappingProxyType(dict(self.extra_specs)))
-
-    @property
-    def disk_mb(self) -> int:
-        """Disk the flavor asks for, in MB: root and ephemeral disks plus swap (Nova's DiskFilter)."""
-        return 1024 * (self.root_gb + self.ephemeral_gb) + self.swap
 
 
 HINTS = ("same_capability", "different_capability")

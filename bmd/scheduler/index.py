@@ -14,8 +14,8 @@ from functools import reduce
 from operator import or_
 
 from bmd.filters.base import Constraint, Facet
-from bmd.filters.host_state import BaremetalNodeState
-from bmd.scheduling.bitset import mask_of
+from bmd.scheduler.bitset import mask_of
+from bmd.scheduler.host_state import BaremetalNodeState
 
 __all__ = ["FacetIndex", "HostIndex"]
 

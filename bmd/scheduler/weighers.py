@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from bmd.errors import ConfigError
 from bmd.filters.base import CORES, DISK, RAM, Facet
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 
 __all__ = ["BaseWeigher", "LeastWasteWeigher", "RAMWeigher", "combine_weights", "normalize", "weigh_hosts"]
 

@@ -1,6 +1,6 @@
 """HostSelector: the scheduler's in-memory core. It holds the node states, keeps them indexed, and answers
-``select(spec)`` exactly as Nova's algorithm would (``select_brute_force``), touching groups of hosts rather
-than hosts.
+``select(spec)`` exactly as Nova's algorithm would (``bmd.scheduler.reference``), touching groups of hosts
+rather than hosts.
 
 How a selection runs, per instance of the request (Nova's loop):
 
@@ -20,9 +20,9 @@ How a selection runs, per instance of the request (Nova's loop):
 
 Claiming: call ``consume(nodename)`` for the candidate you are about to claim right after ``select``, with
 no ``await`` in between, so that other requests in this process stop seeing the node; then await the atomic
-SQL claim. A claim lost to another scheduler leaves the node consumed, which is the truth. After any other
-failure, refresh the node from its ``compute_nodes`` row (``update_compute_node``); the next capability
-report would also restore it.
+SQL claim. When the claim is decided, give every consumed node the view of its bm_nodes row (``set_node``):
+the claimed ones and the one lost to another scheduler stay used, the others of the request are free again
+(``bmd.scheduler.manager.HostManager.claim`` does this).
 """
 
 from __future__ import annotations
@@ -34,19 +34,11 @@ from typing import Any
 
 from bmd.errors import ConfigError, InvalidInput, NotFound
 from bmd.filters.base import AttributeFacet, BaseHostFilter, Constraint, Facet
-from bmd.filters.chain import (
-    NO_HOSTS,
-    Candidate,
-    FilterCount,
-    Selection,
-    candidate,
-    no_host_reason,
-    select_brute_force,
-)
-from bmd.filters.host_state import BaremetalNodeState, RequestSpec
-from bmd.filters.weighers import BaseWeigher, combine_weights, weigh_hosts
-from bmd.scheduling.bitset import bit_positions, lowest_bit, lowest_bits, mask_of
-from bmd.scheduling.index import HostIndex
+from bmd.scheduler.bitset import bit_positions, lowest_bit, lowest_bits, mask_of
+from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
+from bmd.scheduler.index import HostIndex
+from bmd.scheduler.selection import NO_HOSTS, Candidate, FilterCount, Selection, candidate, no_host_reason
+from bmd.scheduler.weighers import BaseWeigher, combine_weights, weigh_hosts
 
 __all__ = ["CombinedFacet", "HostSelector"]
 
@@ -134,12 +126,6 @@ class HostSelector:
         self._as_published.add(nodename)
         return state
 
-    def update_compute_node(self, row: Mapping[str, Any], *, host: str = "") -> BaremetalNodeState:
-        """One ``compute_nodes`` row (keyed by ``hypervisor_hostname``); adds the node when new."""
-        nodename = str(row["hypervisor_hostname"])
-        self._as_published.discard(nodename)
-        return self._upsert(nodename, host, lambda state: state.update_from_compute_node(row))
-
     def sync_service(
         self,
         host: str,
@@ -163,6 +149,13 @@ class HostSelector:
         for nodename in gone:
             self.remove(nodename)
         return gone
+
+    def set_node(self, nodename: str, *, free: bool, maintenance: bool, power_fault: bool) -> None:
+        """What the node's bm_nodes row says (see ``BaremetalNodeState.set_node``) and its power health."""
+        state = self.get(nodename)
+        state.set_node(free=free, maintenance=maintenance)
+        state.power_fault = power_fault
+        self._index.reindex(nodename)
 
     def set_health(self, nodename: str, *, power_fault: bool | None = None, service_up: bool | None = None) -> None:
         state = self.get(nodename)
@@ -202,10 +195,6 @@ class HostSelector:
             self._index.facet(self._weigh_facet)
 
     # -- selection ------------------------------------------------------------------------------------
-
-    def select_brute_force(self, spec: RequestSpec) -> Selection:
-        """Nova's algorithm over ``hosts()``: the reference ``select`` must equal."""
-        return select_brute_force(self.hosts(), self.filters, self.weighers, spec, self.candidates_per_instance)
 
     def select(self, spec: RequestSpec) -> Selection:
         """Ordered candidates per instance, the chain's counts, and the reason when nothing fits."""

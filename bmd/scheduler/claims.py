@@ -1,7 +1,7 @@
 """Atomic claims in SQL, written in groups.
 
-A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND instance_uuid IS NULL AND
-provision_state = 'available' AND NOT maintenance`` for every node of a request, plus its instance rows, all
+A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND <free>`` (``bmd.db.nodes.FREE``:
+no instance, available, not in maintenance) for every node of a request, plus its instance rows, all
 in one transaction: all or nothing. On SQLite every write transaction holds the database's single write
 lock, so concurrent requests are written as a group (group commit): whoever finds the writer free takes
 every request waiting so far and writes them in one transaction with two executemany statements. If any
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
@@ -21,8 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
+from bmd.db.nodes import FREE
+from bmd.node_events import NodeView, note_views, read_views
 
 _T = bm_nodes_table
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """``lost``: the node another writer took first (nothing was written), or None: all claimed.
+    ``views``: the nodes' rows as the claim left them (read in its transaction), or the lost node's row
+    as it is now."""
+
+    lost: int | None
+    views: list[NodeView] = field(default_factory=list)
 
 
 @dataclass
@@ -30,7 +42,7 @@ class ClaimRequest:
     node_ids: list[int]
     instance_uuids: list[str]
     instances: list[dict[str, Any]]  # the instance rows to insert
-    result: asyncio.Future[int | None]
+    result: asyncio.Future[ClaimOutcome]
 
 
 class _LostRace(Exception):
@@ -41,12 +53,7 @@ class _LostRace(Exception):
 def _claim_statement() -> Any:
     return (
         update(_T)
-        .where(
-            _T.c.id == bindparam("b_id"),
-            _T.c.instance_uuid.is_(None),
-            _T.c.provision_state == "available",
-            _T.c.maintenance.is_(False),
-        )
+        .where(_T.c.id == bindparam("b_id"), FREE)
         .values(
             instance_uuid=bindparam("b_uuid"),
             provision_state="deploying",
@@ -58,7 +65,8 @@ def _claim_statement() -> Any:
     )
 
 
-async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> None:
+async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> dict[int, NodeView]:
+    """Claim and insert; the claimed rows' views, published to the other writers' readers on commit."""
     now = utcnow()
     params: list[dict[str, Any]] = [
         {"b_id": node_id, "b_uuid": inst, "b_now": now}
@@ -66,7 +74,7 @@ async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> Non
         for node_id, inst in zip(r.node_ids, r.instance_uuids, strict=True)
     ]
     stmt = _claim_statement()
-    if len(params) == 1 or session.get_bind().dialect.name != "sqlite":
+    if len(requests) == 1 or session.get_bind().dialect.name != "sqlite":
         for p in params:  # per-row rowcount tells exactly which node was lost
             if (await session.execute(stmt, p)).rowcount != 1:  # type: ignore[attr-defined]
                 raise _LostRace(int(p["b_id"]))
@@ -75,6 +83,13 @@ async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> Non
         if done != len(params):
             raise _LostRace(None)
     await session.execute(insert(Instance), [row for r in requests for row in r.instances])
+    views = await read_views(session, [node_id for r in requests for node_id in r.node_ids])
+    note_views(session, views)
+    return {view.node_id: view for view in views}
+
+
+def _outcome(request: ClaimRequest, views: dict[int, NodeView]) -> ClaimOutcome:
+    return ClaimOutcome(None, [views[node_id] for node_id in request.node_ids if node_id in views])
 
 
 class ClaimWriter:
@@ -88,8 +103,8 @@ class ClaimWriter:
 
     async def claim(
         self, node_ids: list[int], instance_uuids: list[str], instances: list[dict[str, Any]]
-    ) -> int | None:
-        """Claim the nodes and insert the instances, all or nothing. Returns the node lost to a race."""
+    ) -> ClaimOutcome:
+        """Claim the nodes and insert the instances, all or nothing."""
         request = ClaimRequest(node_ids, instance_uuids, instances, asyncio.get_running_loop().create_future())
         if not self.grouped:
             return await self._one(request)
@@ -104,26 +119,29 @@ class ClaimWriter:
                 await asyncio.shield(task)
         return await request.result
 
-    async def _one(self, request: ClaimRequest) -> int | None:
+    async def _one(self, request: ClaimRequest) -> ClaimOutcome:
         try:
             async with self.sessionmaker.begin() as session:
-                await _write(session, [request])
+                views = await _write(session, [request])
         except _LostRace as lost:
-            return lost.node_id
-        return None
+            if lost.node_id is None:  # not reached: one request's statements are checked row by row
+                raise RuntimeError("a lost claim did not name its node") from lost
+            async with self.sessionmaker() as session:
+                return ClaimOutcome(lost.node_id, await read_views(session, [lost.node_id]))
+        return _outcome(request, views)
 
     async def _write_group(self, group: list[ClaimRequest]) -> None:
         try:
             try:
                 async with self.sessionmaker.begin() as session:
-                    await _write(session, group)
+                    views = await _write(session, group)
             except _LostRace:
                 for request in group:  # someone else took a node: each request on its own
                     request.result.set_result(await self._one(request))
             else:
                 self.groups_written += 1
                 for request in group:
-                    request.result.set_result(None)
+                    request.result.set_result(_outcome(request, views))
         except BaseException as err:
             for request in group:
                 if not request.result.done():

@@ -1,0 +1,157 @@
+"""Node change events: what the scheduler reads of a ``bm_nodes`` row, published after the write commits.
+
+A writer of ``bm_nodes`` (the claim, the state machine's ``transition``, the API's enrol / patch / delete /
+maintenance, power sync) calls ``note_nodes(session, ids)`` inside its transaction, after its writes: the
+nodes' ``NodeView`` (id, ``version``, the few fields the scheduler uses) is read in that transaction, and
+published on the bus topic ``nodes`` (a list of views) once the transaction commits; nothing is published
+if it rolls back. The sessionmaker carries the ``NodeEvents`` that publishes (``make_sessionmaker``); a
+session without one notes nothing.
+
+``version`` is bumped by every write of the row (``bmd.db.models.BareMetalNode.version``), so a reader keeps
+the newest view of each node whatever order views arrive in (events, the periodic resync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from bmd.bus import Bus
+from bmd.db.models import bm_nodes_table
+from bmd.db.nodes import is_free
+
+__all__ = ["TOPIC", "NodeEvents", "NodeView", "note_deleted", "note_nodes", "note_views", "read_views"]
+
+TOPIC = "nodes"
+_T = bm_nodes_table
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as the scheduler reads it from ``bm_nodes``, at one ``version`` of the row."""
+
+    node_id: int
+    version: int
+    instance_uuid: str | None = None
+    provision_state: str = "available"
+    maintenance: bool = False
+    power_state: str | None = None
+    power_failures: int = 0
+    deleted: bool = False
+
+    @property
+    def free(self) -> bool:
+        return not self.deleted and is_free(self.instance_uuid, self.provision_state, self.maintenance)
+
+    @property
+    def power_fault(self) -> bool:
+        return self.power_state == "error" or bool(self.power_failures)
+
+    def newer_than(self, other: NodeView | None) -> bool:
+        return other is None or self.version > other.version
+
+
+_COLUMNS = (
+    _T.c.id,
+    _T.c.version,
+    _T.c.instance_uuid,
+    _T.c.provision_state,
+    _T.c.maintenance,
+    _T.c.power_state,
+    _T.c.power_failures,
+)
+
+
+def _view(row: Any) -> NodeView:
+    return NodeView(
+        node_id=row.id,
+        version=row.version,
+        instance_uuid=row.instance_uuid,
+        provision_state=row.provision_state,
+        maintenance=bool(row.maintenance),
+        power_state=row.power_state,
+        power_failures=row.power_failures or 0,
+    )
+
+
+async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = None) -> list[NodeView]:
+    """The views of ``node_ids`` (every node when None), one statement per 500 ids."""
+    if node_ids is None:
+        return [_view(row) for row in await session.execute(select(*_COLUMNS).order_by(_T.c.id))]
+    ids = sorted(set(node_ids))
+    views: list[NodeView] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        views.extend(_view(row) for row in await session.execute(select(*_COLUMNS).where(_T.c.id.in_(chunk))))
+    return views
+
+
+class NodeEvents:
+    """Publishes the views noted in a transaction on ``bus`` once it commits."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._pending: weakref.WeakKeyDictionary[Session, list[NodeView]] = weakref.WeakKeyDictionary()
+
+    def note(self, session: AsyncSession, views: Sequence[NodeView]) -> None:
+        self._pending.setdefault(session.sync_session, []).extend(views)
+
+    def committed(self, session: Session) -> None:
+        views = self._pending.pop(session, None)
+        if views:
+            self.bus.publish(TOPIC, views)
+
+    def rolled_back(self, session: Session) -> None:
+        self._pending.pop(session, None)
+
+
+def _events(session: AsyncSession | Session) -> NodeEvents | None:
+    events = session.info.get("node_events")
+    return events if isinstance(events, NodeEvents) else None
+
+
+def note_views(session: AsyncSession, views: Sequence[NodeView]) -> None:
+    """Publish views read in this transaction once it commits."""
+    events = _events(session)
+    if events is not None:
+        events.note(session, views)
+
+
+async def note_nodes(session: AsyncSession, node_ids: Iterable[int]) -> list[NodeView]:
+    """Read the nodes' views in this transaction (after its writes) and publish them once it commits."""
+    events = _events(session)
+    if events is None:
+        return []
+    views = await read_views(session, node_ids)
+    events.note(session, views)
+    return views
+
+
+async def note_deleted(session: AsyncSession, node_ids: Iterable[int]) -> None:
+    """Call before deleting the rows: their views, marked deleted one version on, once it commits."""
+    events = _events(session)
+    if events is not None:
+        views = await read_views(session, node_ids)
+        events.note(session, [dataclasses.replace(v, version=v.version + 1, deleted=True) for v in views])
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    events = _events(session)
+    if events is not None:
+        events.committed(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    events = _events(session)
+    if events is not None:
+        events.rolled_back(session)

@@ -1,0 +1,247 @@
+"""The host manager: host states, ``select_destinations`` through the filter chain, and atomic claims in SQL
+(the instance rows come from provisioning, ``bmd.provision.instances``).
+
+Where a host state comes from: its capabilities (sizes, cpu_arch, extra specs) from the ``capabilities``
+topic, what every service publishes (``report_driver_status``); whether it is free, in maintenance or has
+a power fault from ``bm_nodes`` only, as ``NodeView``s (``bmd.node_events``) — the change events its
+writers publish after each commit (the topic ``nodes``, taken in before every selection) and the periodic
+resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's ``version``;
+a view not newer than the one held is ignored, so a resync that read a row before a claim cannot make the
+claimed node free again. Service heartbeats mark a service's nodes up or down. ``compute_nodes`` is the
+resource tracker's output, not read here.
+
+A selection consumes its picks in memory at once, under a lock, so concurrent requests in this process
+never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND <free>``
+(``bmd.db.nodes.FREE``) per node, inside one transaction per request (all or nothing), so two schedulers —
+in this process or another sharing the database — can never put two instances on one node. A lost race
+marks the lost node as its row now says, gives the request's other picks back, and selects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from bmd.bus import Bus
+from bmd.config import Settings
+from bmd.db.engine import Sessionmaker
+from bmd.db.flavors import list_flavors
+from bmd.db.models import Service, utcnow
+from bmd.errors import NoValidHost
+from bmd.filters.registry import build_filters, build_weighers
+from bmd.node_events import TOPIC as NODES
+from bmd.node_events import NodeView, read_views
+from bmd.scheduler.claims import ClaimWriter
+from bmd.scheduler.host_state import RequestSpec
+from bmd.scheduler.selection import Selection
+from bmd.scheduler.selector import HostSelector
+from bmd.tasks.report_driver_status import TOPIC
+from bmd.tasks.steps import StepFailureCounter
+
+log = structlog.get_logger(__name__)
+
+CLAIM_ATTEMPTS = 3
+NODE_EVENTS_QUEUE = 10_000  # batches of views; when it overflows, the resync catches up
+
+
+def build_selector(settings: Settings) -> HostSelector:
+    s = settings.scheduler
+    filter_options = {
+        "RamFilter": {"allocation_ratio": s.ram_allocation_ratio},
+        "CoreFilter": {"allocation_ratio": s.cpu_allocation_ratio},
+        "DiskFilter": {"allocation_ratio": s.disk_allocation_ratio},
+    }
+    weigher_options = {"RAMWeigher": {"multiplier": s.ram_weight_multiplier}}
+    return HostSelector(
+        build_filters(s.filters, {k: v for k, v in filter_options.items() if k in s.filters}),
+        build_weighers(s.weighers, {k: v for k, v in weigher_options.items() if k in s.weighers}),
+    )
+
+
+@dataclass
+class Placement:
+    """One claimed node and the instance row that holds it."""
+
+    instance_uuid: str
+    node_id: int
+    nodename: str
+    host: str
+
+
+InstanceRows = Callable[[list[Placement]], list[dict[str, Any]]]
+"""Builds the instance rows for the placements of one claim (``bmd.provision.instances``)."""
+
+
+class HostManager:
+    def __init__(
+        self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus, failures: StepFailureCounter | None = None
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.bus = bus
+        self.selector = build_selector(settings)
+        self._lock = asyncio.Lock()
+        self.writer = ClaimWriter(sessionmaker)
+        self.claims = 0
+        self.lost_races = 0
+        self.failures = failures if failures is not None else StepFailureCounter()
+        self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
+        self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE)
+        self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
+        self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
+
+    # -- feeding host states ---------------------------------------------------------------------------
+
+    def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
+        self.take_node_events()
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for caps in capabilities:
+            by_host.setdefault(str(caps.get("host", "")), []).append(caps)
+        rejected: dict[str, str] = {}
+
+        def reject(nodename: str, err: Exception) -> None:
+            rejected[nodename] = str(err)
+            self.failures.add("scheduler_capabilities")
+            if self._rejected.get(nodename) != str(err):  # logged when it starts, not on every report
+                log.error("node_capabilities_rejected", node=nodename, error=str(err))
+
+        for host, entries in by_host.items():
+            self.selector.sync_service(host, entries, reject)
+        for caps in capabilities:
+            nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+            if nodename not in rejected and self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+            if nodename.isdigit() and nodename in self.selector and self.selector.get(nodename).node_free is None:
+                self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
+        self._rejected.update(rejected)
+
+    def take_node_views(self, views: Iterable[NodeView]) -> int:
+        """Keep each view newer than the one held (older or equal ones are ignored) and apply it to the
+        node's state, unless a claim on the node is in flight. Returns how many were newer."""
+        newer = 0
+        for view in views:
+            if not view.newer_than(self._views.get(view.node_id)):
+                continue
+            newer += 1
+            self._views[view.node_id] = view
+            if view.node_id not in self._claiming:
+                self._apply(view.node_id)
+        return newer
+
+    def take_node_events(self) -> None:
+        """The views the writers published since the last call (the ``nodes`` topic), without waiting."""
+        for views in self._events.drain():
+            self.take_node_views(views)
+
+    def _apply(self, node_id: int) -> None:
+        view, nodename = self._views.get(node_id), str(node_id)
+        if view is not None and view.deleted:
+            # Forgotten, not kept as a tombstone: SQLite may give the id to the next node enrolled, whose
+            # row starts again at version 1.
+            del self._views[node_id]
+            if nodename in self.selector:
+                self.selector.remove(nodename)
+            return
+        if view is None or nodename not in self.selector:
+            return
+        self.selector.set_node(nodename, free=view.free, maintenance=view.maintenance, power_fault=view.power_fault)
+
+    async def consume_bus(self) -> None:
+        """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
+        bus closes."""
+        async with self.bus.subscribe(TOPIC) as sub:
+            async for capabilities in sub:
+                self.take_capabilities(capabilities)
+
+    async def refresh(self) -> None:
+        """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
+        down_after = dt.timedelta(seconds=self.settings.service.service_down_time)
+        now = utcnow()
+        async with self.sessionmaker() as session:
+            views = await read_views(session)
+            services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
+        self.take_node_events()
+        self.take_node_views(views)
+        for host, heartbeat in services:
+            self.selector.set_service_up(host, now - heartbeat <= down_after)
+
+    async def prepare_flavors(self) -> None:
+        """Build the index groupings every known flavor needs now, not on its first request (at 100,000
+        nodes a new grouping takes about a second of CPU)."""
+        async with self.sessionmaker() as session:
+            flavors = await list_flavors(session)
+        for flavor in flavors:
+            self.selector.prepare(RequestSpec(flavor))
+
+    # -- selection and claims ------------------------------------------------------------------------
+
+    def select_destinations(self, spec: RequestSpec) -> Selection:
+        """The seed's name: the ordered candidates for each instance of ``spec`` (nothing is consumed)."""
+        self.take_node_events()
+        return self.selector.select(spec)
+
+    async def claim(self, spec: RequestSpec, instances: InstanceRows) -> list[Placement]:
+        """Select and claim ``spec.num_instances`` nodes, all or nothing, writing the instance rows that
+        ``instances`` (provisioning's) builds for the placements in the same transaction.
+
+        The picks are consumed in memory at once (other requests of this process skip them) and held so
+        until the claim's outcome is known. Claimed: their state is the claim's view. Lost to another
+        writer on one node: that node takes its current row, the other picks are given back as bm_nodes
+        last said, and the selection runs again."""
+        for _attempt in range(CLAIM_ATTEMPTS):
+            async with self._lock:
+                self.take_node_events()
+                chosen = self.selector.select(spec).require()  # NoValidHost with the chain's reason
+                for c in chosen:
+                    self.selector.consume(c.nodename, spec)
+            placements = [Placement(str(uuid.uuid4()), int(c.nodename), c.nodename, c.host) for c in chosen]
+            node_ids = [p.node_id for p in placements]
+            self._hold(node_ids)
+            try:
+                outcome = await self.writer.claim(
+                    node_ids, [p.instance_uuid for p in placements], instances(placements)
+                )
+                self.take_node_views(outcome.views)
+            finally:
+                self._settle(node_ids)
+            if outcome.lost is None:
+                self.claims += len(placements)
+                return placements
+            self.lost_races += 1
+            log.info("claim_lost_race", node=outcome.lost, given_back=[n for n in node_ids if n != outcome.lost])
+        raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
+
+    def _hold(self, node_ids: list[int]) -> None:
+        for node_id in node_ids:
+            self._claiming[node_id] = self._claiming.get(node_id, 0) + 1
+
+    def _settle(self, node_ids: list[int]) -> None:
+        """The claim is decided and its views (claimed rows, or the lost node's row) are taken: every
+        node it held shows what bm_nodes last said — claimed, taken by another, or free again."""
+        self.take_node_events()
+        for node_id in node_ids:
+            left = self._claiming.pop(node_id) - 1
+            if left:
+                self._claiming[node_id] = left
+            else:
+                self._apply(node_id)
+
+
+class SchedulerRefresh:
+    """Periodic loop: the resync of every node's view from bm_nodes, and service heartbeats."""
+
+    name = "scheduler_refresh"
+
+    def __init__(self, manager: HostManager, interval: float) -> None:
+        self.manager = manager
+        self.interval = interval
+
+    async def run_once(self) -> None:
+        await self.manager.refresh()
