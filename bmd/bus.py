@@ -27,7 +27,8 @@ class Subscription:
     dropped: int = 0
     closed: bool = False
 
-    def _put(self, item: Any) -> None:
+    def put(self, item: Any) -> None:
+        """Queue an item (the bus delivers through this); the oldest is dropped and counted when full."""
         if len(self._items) >= self.maxlen:
             self._items.popleft()
             self.dropped += 1
@@ -63,7 +64,7 @@ class Subscription:
 
     def close(self) -> None:
         if not self.closed:
-            self._bus._unsubscribe(self)
+            self._bus.unsubscribe(self)
             self._items.append(_CLOSED)
             self._ready.set()
 
@@ -87,7 +88,7 @@ class Bus:
         self._latest[topic] = payload
         self.published[topic] += 1
         for sub in self._subs.get(topic, ()):
-            sub._put(payload)
+            sub.put(payload)
 
     def latest(self, topic: str) -> Any:
         return self._latest.get(topic)
@@ -95,11 +96,11 @@ class Bus:
     def subscribe(self, topic: str, *, replay: bool = True, queue_size: int | None = None) -> Subscription:
         sub = Subscription(topic=topic, maxlen=queue_size or self.queue_size, _bus=self)
         if replay and topic in self._latest:
-            sub._put(self._latest[topic])
+            sub.put(self._latest[topic])
         self._subs[topic].append(sub)
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)
         if subs and sub in subs:
             subs.remove(sub)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -68,8 +69,10 @@ def build_runner(ctx: AppContext) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
-    """Build the service's parts (checking the schema first); dispose the database on exit."""
+async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIterator[AppContext]:
+    """Build the service's parts (checking the schema first), each given everything it needs; on exit close
+    what was built here and dispose the database. ``public_url`` is how deploy agents reach this service
+    when ``api.public_url`` is not set (the address of the socket the API serves on)."""
     engine = make_engine(settings.database)
     try:
         try:
@@ -94,7 +97,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
-            conductor=Conductor(Provisioner(settings, sessionmaker, drivers)),
+            conductor=Conductor(Provisioner(settings, sessionmaker, drivers, public_url=public_url)),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             step_failures=failures,
         )
@@ -106,6 +109,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         finally:
             await ctx.conductor.close()
             await drivers.close()
+            bus.close()
     finally:
         await engine.dispose()
 
@@ -155,37 +159,45 @@ async def serve(
     notifier: Notifier | None = None,
 ) -> None:
     notifier = notifier or Notifier()
-    async with open_context(settings) as ctx:
-        web_runner = web.AppRunner(
-            create_app(ctx),
-            access_log=None,
-            shutdown_timeout=settings.service.graceful_timeout / 2,
-            keepalive_timeout=settings.api.keepalive_timeout,
-        )
-        await web_runner.setup()
-        try:
-            site = web.TCPSite(web_runner, settings.api.host, settings.api.port, reuse_address=True)
-            await site.start()
-            port = web_runner.addresses[0][1] if web_runner.addresses else settings.api.port
-            endpoint = Endpoint(settings.api.host, port)
-            ctx.conductor.p.public_url = f"http://{settings.service.my_ip}:{port}"
-            await recover(ctx.conductor)
-            await warm_scheduler(ctx)
-            log.info("service_started", host=settings.service.host, api=endpoint.url)
-            notifier.ready()
-            if on_ready is not None:
-                result = on_ready(ctx, endpoint)
-                if inspect.isawaitable(result):
-                    await result
-            await _run_until(ctx, stop, notifier)
-        finally:
+    # The socket first: its port is in the URL the deploy agents are given, so every part is built knowing it.
+    sock = bind_api_socket(settings.api.host, settings.api.port)
+    port = sock.getsockname()[1]
+    endpoint = Endpoint(settings.api.host, port)
+    try:
+        async with open_context(settings, public_url=f"http://{settings.service.my_ip}:{port}") as ctx:
+            web_runner = web.AppRunner(
+                create_app(ctx),
+                access_log=None,
+                shutdown_timeout=settings.service.graceful_timeout / 2,
+                keepalive_timeout=settings.api.keepalive_timeout,
+            )
+            await web_runner.setup()
             try:
-                async with asyncio.timeout(settings.service.graceful_timeout):
-                    await web_runner.cleanup()
-            except TimeoutError:
-                log.warning("api_stop_timed_out", timeout=settings.service.graceful_timeout)
-            ctx.bus.close()
+                await web.SockSite(web_runner, sock).start()
+                await recover(ctx.conductor)
+                await warm_scheduler(ctx)
+                log.info("service_started", host=settings.service.host, api=endpoint.url)
+                notifier.ready()
+                if on_ready is not None:
+                    result = on_ready(ctx, endpoint)
+                    if inspect.isawaitable(result):
+                        await result
+                await _run_until(ctx, stop, notifier)
+            finally:
+                try:
+                    async with asyncio.timeout(settings.service.graceful_timeout):
+                        await web_runner.cleanup()
+                except TimeoutError:
+                    log.warning("api_stop_timed_out", timeout=settings.service.graceful_timeout)
+    finally:
+        sock.close()
     log.info("service_stopped")
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free one), SO_REUSEADDR as aiohttp's sites set."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=128)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ from bmd.api.app import create_app
 from bmd.context import AppContext
 from bmd.db.models import BareMetalNode, Instance
 from bmd.drivers.power.fake import FakePower
-from bmd.service import open_context
+from bmd.service import bind_api_socket, open_context
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from tests.conftest import make_settings
 
@@ -133,11 +133,14 @@ async def make_cloud(tmp: Path, **sections: dict[str, Any]) -> AsyncIterator[Clo
         **sections.pop("deploy", {}),
     }
     settings = make_settings(tmp, deploy=deploy, **sections)
-    async with open_context(settings) as ctx:
+    # Bound first, as the service does: the conductor is built knowing the URL the agents are given.
+    sock = bind_api_socket("127.0.0.1", 0)
+    public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with open_context(settings, public_url=public_url) as ctx:
         fake = FakePower()
         ctx.power.register("fake", fake)
-        async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
-            ctx.conductor.p.public_url = str(client.make_url("")).rstrip("/")
+        server = TestServer(create_app(ctx), host="127.0.0.1", port=0, socket_factory=lambda *_: sock)
+        async with TestClient(server) as client:
             cloud = Cloud(ctx, client, fake, tmp, str(images / "disk.img"), checksum)
             resp = await client.post("/v1/flavors", json=FLAVOR, headers=cloud.auth)
             assert resp.status == 201

@@ -62,3 +62,21 @@ def test_every_builtin_plugin_is_an_entry_point() -> None:
 
 def test_the_seed_plug_vifs_is_found_where_a_newcomer_looks() -> None:
     assert "async def plug_vifs(" in (BMD / "drivers" / "vif" / "binding.py").read_text()
+
+
+def test_the_service_wires_by_constructor() -> None:
+    """service.py builds each part with what it needs: it never sets another object's attribute afterwards
+    (``ctx.conductor.p.public_url = ...`` was the pattern)."""
+    service = (BMD / "service.py").read_text()
+    assert re.findall(r"(?m)^\s+\w+(?:\.\w+)+\s*=(?!=)", service) == []
+
+
+def test_no_module_calls_another_objects_private_method() -> None:
+    """``obj._method(`` on anything but ``self``/``cls`` (recovery called ``conductor._destroy``). The lab's
+    BMC drives pyghmi's server session by its one packet entry point, which pyghmi keeps private."""
+    offenders = {
+        path: hits
+        for path, text in sources().items()
+        if (hits := re.findall(r"\b(?!self\b|cls\b|super\(\))[a-z_]\w*\._[a-z]\w*\(", text))
+    }
+    assert offenders == {"bmd/lab/bmc.py": ["session._handle_ipmi2_packet("]}

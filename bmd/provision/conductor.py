@@ -280,6 +280,10 @@ class Conductor:
         await self.record(node.id, instance_uuid, Event.DELETE, deleting, deleting)
         return self.start(node.id, "destroy", self._destroy(node.id, instance_uuid))
 
+    def resume_destroy(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
+        """Finish a delete that a restart interrupted (the node is already ``deleting``)."""
+        return self.start(node_id, "destroy", self._destroy(node_id, instance_uuid))
+
     async def _destroy(self, node_id: int, instance_uuid: str) -> None:
         with structlog.contextvars.bound_contextvars(node=node_id, instance=instance_uuid):
             try:

@@ -138,7 +138,7 @@ async def recover(conductor: Conductor) -> dict[str, int]:
                 await conductor.fail_spawn(node, inst.uuid, "spawn interrupted by a restart of bmd")
                 counts["spawns_failed"] += 1
             elif node.provision_state == ProvisionState.DELETING:
-                conductor.start(node.id, "destroy", conductor._destroy(node.id, inst.uuid))
+                conductor.resume_destroy(node.id, inst.uuid)
                 counts["deletes_resumed"] += 1
             elif node.provision_state == ProvisionState.WAIT_CALLBACK and node.deploy_deadline is None:
                 conductor.start(node.id, "finish_deploy", _finish(conductor, node.id, inst.uuid))
