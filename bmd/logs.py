@@ -59,9 +59,49 @@ def _logger_name(logger: WrappedLogger, _: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+class NodeNames:
+    """Node id → (uuid, name), for the log: an event that names a node by its id (``node=7``) also gets
+    ``node_uuid`` and ``node_name``, so a line still names one machine after the node is renamed or gone.
+    The service loads it at start-up and the node change feed (``bmd.node_events``) keeps it current."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[str, str | None]] = {}
+
+    def set(self, node_id: int, uuid: str, name: str | None) -> None:
+        self._by_id[node_id] = (uuid, name)
+
+    def forget(self, node_id: int) -> None:
+        self._by_id.pop(node_id, None)
+
+    def get(self, node_id: int) -> tuple[str, str | None] | None:
+        return self._by_id.get(node_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+_node_names: NodeNames | None = None
+
+
+def use_node_names(names: NodeNames | None) -> None:
+    """Name nodes in log events from ``names`` (the service's; None: stop)."""
+    global _node_names
+    _node_names = names
+
+
+def add_node_names(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    node = event_dict.get("node")
+    if _node_names is not None and isinstance(node, int) and "node_uuid" not in event_dict:
+        known = _node_names.get(node)
+        if known is not None:
+            event_dict["node_uuid"], event_dict["node_name"] = known
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_node_names,
         structlog.stdlib.add_log_level,
         _logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

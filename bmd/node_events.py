@@ -26,8 +26,18 @@ from sqlalchemy.orm import Session
 from bmd.bus import Bus
 from bmd.db.models import bm_nodes_table
 from bmd.db.nodes import is_free
+from bmd.logs import NodeNames
 
-__all__ = ["TOPIC", "NodeEvents", "NodeView", "note_deleted", "note_nodes", "note_views", "read_views"]
+__all__ = [
+    "TOPIC",
+    "NodeEvents",
+    "NodeView",
+    "note_deleted",
+    "note_nodes",
+    "note_views",
+    "read_views",
+    "remember_names",
+]
 
 TOPIC = "nodes"
 _T = bm_nodes_table
@@ -40,6 +50,8 @@ class NodeView:
 
     node_id: int
     version: int
+    uuid: str = ""
+    name: str | None = None
     instance_uuid: str | None = None
     provision_state: str = "available"
     maintenance: bool = False
@@ -62,6 +74,8 @@ class NodeView:
 _COLUMNS = (
     _T.c.id,
     _T.c.version,
+    _T.c.uuid,
+    _T.c.name,
     _T.c.instance_uuid,
     _T.c.provision_state,
     _T.c.maintenance,
@@ -74,6 +88,8 @@ def _view(row: Any) -> NodeView:
     return NodeView(
         node_id=row.id,
         version=row.version,
+        uuid=row.uuid,
+        name=row.name,
         instance_uuid=row.instance_uuid,
         provision_state=row.provision_state,
         maintenance=bool(row.maintenance),
@@ -95,10 +111,12 @@ async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = Non
 
 
 class NodeEvents:
-    """Publishes the views noted in a transaction on ``bus`` once it commits."""
+    """Publishes the views noted in a transaction on ``bus`` once it commits, and keeps ``names`` (the
+    log's node directory) current."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, names: NodeNames | None = None) -> None:
         self.bus = bus
+        self.names = names
         self._pending: weakref.WeakKeyDictionary[Session, list[NodeView]] = weakref.WeakKeyDictionary()
 
     def note(self, session: AsyncSession, views: Sequence[NodeView]) -> None:
@@ -107,10 +125,20 @@ class NodeEvents:
     def committed(self, session: Session) -> None:
         views = self._pending.pop(session, None)
         if views:
+            if self.names is not None:
+                remember_names(self.names, views)
             self.bus.publish(TOPIC, views)
 
     def rolled_back(self, session: Session) -> None:
         self._pending.pop(session, None)
+
+
+def remember_names(names: NodeNames, views: Iterable[NodeView]) -> None:
+    for view in views:
+        if view.deleted:
+            names.forget(view.node_id)
+        else:
+            names.set(view.node_id, view.uuid, view.name)
 
 
 def _events(session: AsyncSession | Session) -> NodeEvents | None:

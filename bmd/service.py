@@ -28,7 +28,8 @@ from bmd.drivers.baremetal import BareMetalDriver
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
-from bmd.node_events import NodeEvents
+from bmd.logs import NodeNames, use_node_names
+from bmd.node_events import NodeEvents, read_views, remember_names
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
@@ -82,7 +83,10 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         except Exception as err:
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
         bus = Bus()
-        sessionmaker = make_sessionmaker(engine, NodeEvents(bus))  # bm_nodes writes publish on bus "nodes"
+        names = NodeNames()  # node id -> uuid and name in every log event that names a node
+        sessionmaker = make_sessionmaker(engine, NodeEvents(bus, names))  # bm_nodes writes publish on "nodes"
+        async with sessionmaker() as session:
+            remember_names(names, await read_views(session))
         secret_box = load_secret_box(settings.secrets.key_file)
         drivers = DriverFactory(settings, secret_box)
         power = drivers.power
@@ -104,9 +108,11 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
         build_runner(ctx)
+        use_node_names(names)
         try:
             yield ctx
         finally:
+            use_node_names(None)
             await ctx.conductor.close()
             await drivers.close()
             bus.close()

@@ -112,3 +112,41 @@ def test_url_credentials_are_scrubbed_from_every_string() -> None:
     assert f"GET {shown} failed" in str(entries[2]["exception"])
     assert entries[3]["event"] == f"redirected to {shown}"
     assert shown in str(entries[4]["exception"])
+
+
+async def test_events_that_name_a_node_by_id_carry_its_uuid_and_name(client, auth) -> None:  # type: ignore[no-untyped-def]
+    """The service's node directory is loaded at start and kept by the node change feed: enrol, rename,
+    delete — a log line names one machine, even when the id is all the caller had."""
+    from tests.conftest import node_body
+
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    log = structlog.get_logger("bmd.test")
+    resp = await client.post("/v1/nodes", json=node_body(1), headers=auth)
+    node = await resp.json()
+    assert resp.status == 201, node
+    log.info("power_state_changed", node=node["id"])
+    with structlog.contextvars.bound_contextvars(node=node["id"]):
+        log.info("deploy_waiting_for_callback")
+    assert (await client.patch(f"/v1/nodes/{node['id']}", json={"name": "renamed"}, headers=auth)).status == 200
+    log.info("power_state_changed", node=node["id"])
+    assert (await client.delete(f"/v1/nodes/{node['id']}", headers=auth)).status == 204
+    log.info("node_gone", node=node["id"])
+    first, bound, renamed, gone = [e for e in lines(out) if e.get("logger") == "bmd.test"]
+    for entry in (first, bound):
+        assert (entry["node_uuid"], entry["node_name"]) == (node["uuid"], "node-1"), entry
+    assert (renamed["node_uuid"], renamed["node_name"]) == (node["uuid"], "renamed")
+    assert "node_uuid" not in gone and gone["node"] == node["id"]
+
+
+async def test_the_node_directory_is_loaded_at_start(client, auth, settings) -> None:  # type: ignore[no-untyped-def]
+    from bmd.service import open_context
+    from tests.conftest import node_body
+
+    node = await (await client.post("/v1/nodes", json=node_body(2), headers=auth)).json()
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    async with open_context(settings):  # a restarted service: nothing enrolled since it started
+        structlog.get_logger("bmd.test").info("power_state_changed", node=node["id"])
+    (entry,) = [e for e in lines(out) if e.get("logger") == "bmd.test"]
+    assert (entry["node_uuid"], entry["node_name"]) == (node["uuid"], "node-2")
