@@ -1,6 +1,18 @@
-"""The provision state machine of a node: one table of allowed transitions, applied atomically in SQL.
+"""The provision state machine of a node, and the only writer of provisioning state.
 
-    available --deploy--> deploying --wait--> wait_callback --done--> active
+One table of allowed transitions (``TRANSITIONS``), applied atomically in SQL, and one table of what each
+event writes besides the state (``OUTCOMES``: the node's ``task_state`` and the instance's
+``vm_state``/``task_state`` in lockstep). Callers use the verbs below (``claim_statement``, ``advance``,
+``fail``, ``fail_many``, ``release``, ``forget``, ``lose_instances``) and pass events and reasons, never
+column values; no other module writes ``provision_state``, ``vm_state`` or ``task_state``
+(tests/test_states.py checks it). Every node write is published to the scheduler (``note_nodes``).
+
+The link between an instance and its node is ``bm_nodes.instance_uuid``: a node holds an instance, and
+whatever decides something reads that. ``instances.bm_node_id``, ``instances.node``, ``instances.host``
+and ``bm_deployments.instance_uuid`` are the seed's copies, written once with the claim (or the deployment)
+and read only for display.
+
+    available --deploy--> deploying --wait--> wait_callback --callback--> wait_callback --done--> active
     active/error/wait_callback/deploying --delete--> deleting --cleaned--> available
     deploying/wait_callback/deleting --fail--> error        deploying --undo--> available
 
@@ -13,12 +25,15 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import BareMetalNode, utcnow
+from bmd.db.models import BareMetalNode, Instance, bm_nodes_table, utcnow
+from bmd.db.nodes import FREE
 from bmd.errors import InvalidState, NotFound
 from bmd.node_events import note_nodes
 
@@ -35,6 +50,7 @@ class ProvisionState(enum.StrEnum):
 class Event(enum.StrEnum):
     DEPLOY = "deploy"
     WAIT = "wait"
+    CALLBACK = "callback"  # the agent reported success: the finish (disk boot, reboot) is under way
     DONE = "done"
     DELETE = "delete"
     CLEANED = "cleaned"
@@ -48,6 +64,7 @@ S, E = ProvisionState, Event
 TRANSITIONS: dict[tuple[Event, ProvisionState], ProvisionState] = {
     (E.DEPLOY, S.AVAILABLE): S.DEPLOYING,
     (E.WAIT, S.DEPLOYING): S.WAIT_CALLBACK,
+    (E.CALLBACK, S.WAIT_CALLBACK): S.WAIT_CALLBACK,
     (E.DONE, S.WAIT_CALLBACK): S.ACTIVE,
     (E.DELETE, S.ACTIVE): S.DELETING,
     (E.DELETE, S.ERROR): S.DELETING,
@@ -118,3 +135,192 @@ async def transition(
 
 def deadline_after(seconds: float) -> dt.datetime:
     return utcnow() + dt.timedelta(seconds=seconds)
+
+
+# -- what each event writes besides the state -----------------------------------------------------------
+
+
+class _Reason:
+    """Placeholder in OUTCOMES: the reason the caller gives (``last_error``)."""
+
+
+class _Now:
+    """Placeholder in OUTCOMES: the time of the write."""
+
+
+REASON, NOW = _Reason(), _Now()
+
+
+def _frozen(**values: Any) -> Mapping[str, Any]:
+    return MappingProxyType(values)
+
+
+# event -> (node columns, instance columns), written with the transition, in its transaction.
+OUTCOMES: Mapping[Event, tuple[Mapping[str, Any], Mapping[str, Any]]] = MappingProxyType(
+    {
+        E.DEPLOY: (
+            _frozen(task_state="spawning", last_error=None),
+            _frozen(vm_state="building", task_state="spawning"),
+        ),
+        E.WAIT: (_frozen(task_state="wait_callback"), _frozen(task_state="wait_callback")),
+        # Taking the deadline away is the atomic hand-over: the timeout check no longer sees this node.
+        E.CALLBACK: (_frozen(task_state="finishing_deploy", deploy_deadline=None), _frozen()),
+        E.DONE: (
+            _frozen(task_state=None, last_error=None),
+            _frozen(vm_state="active", task_state=None, last_error=None),
+        ),
+        E.DELETE: (_frozen(task_state="deleting"), _frozen(task_state="deleting")),
+        E.CLEANED: (
+            _frozen(instance_uuid=None, task_state=None, deploy_deadline=None, last_error=None),
+            _frozen(vm_state="deleted", task_state=None, deleted_at=NOW),
+        ),
+        E.FAIL: (
+            _frozen(task_state=None, deploy_deadline=None, last_error=REASON),
+            _frozen(vm_state="error", task_state=None, last_error=REASON),
+        ),
+        E.UNDO: (  # a spawn undone: the node is free again, the instance shows why
+            _frozen(instance_uuid=None, task_state=None, deploy_deadline=None, last_error=REASON),
+            _frozen(vm_state="error", task_state=None, last_error=REASON),
+        ),
+    }
+)
+assert set(OUTCOMES) == set(Event)
+
+
+def _fill(values: Mapping[str, Any], reason: str | None, now: dt.datetime) -> dict[str, Any]:
+    return {k: reason if v is REASON else now if v is NOW else v for k, v in values.items()}
+
+
+def node_values(event: Event, reason: str | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+    return _fill(OUTCOMES[event][0], reason, now or utcnow())
+
+
+def instance_values(event: Event, reason: str | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+    return _fill(OUTCOMES[event][1], reason, now or utcnow())
+
+
+async def _write_instances(session: AsyncSession, uuids: Sequence[str], values: Mapping[str, Any]) -> None:
+    if uuids and values:
+        await session.execute(
+            update(Instance).where(Instance.uuid.in_(list(uuids))).values(updated_at=utcnow(), **values)
+        )
+
+
+# -- the verbs ----------------------------------------------------------------------------------------
+
+
+def claim_statement() -> Any:
+    """The scheduler's claim, one node per parameter set (``b_id``, ``b_uuid``, ``b_now``; executemany):
+    a free node (``bmd.db.nodes.FREE``) takes the instance and is deploying. Its instance rows are
+    inserted with ``claimed_instance()`` in the same transaction."""
+    t = bm_nodes_table
+    return (
+        update(t)
+        .where(t.c.id == bindparam("b_id"), FREE)
+        .values(
+            instance_uuid=bindparam("b_uuid"),
+            provision_state=target(E.DEPLOY, S.AVAILABLE).value,
+            provision_updated_at=bindparam("b_now"),
+            updated_at=bindparam("b_now"),
+            **node_values(E.DEPLOY),
+        )
+    )
+
+
+def claimed_instance() -> dict[str, Any]:
+    """The state columns of an instance row inserted with its claim."""
+    return instance_values(E.DEPLOY)
+
+
+async def advance(
+    session: AsyncSession,
+    node_id: int,
+    instance_uuid: str,
+    event: Event,
+    *,
+    deadline: dt.datetime | None = None,
+) -> ProvisionState:
+    """Apply ``event`` to the node while it holds the instance, and write both sides' outcome (OUTCOMES).
+    ``deadline``: the callback deadline a WAIT sets."""
+    extra: dict[str, Any] = {"deploy_deadline": deadline} if event is E.WAIT else {}
+    new = await transition(session, node_id, event, holding=instance_uuid, **node_values(event), **extra)
+    await _write_instances(session, [instance_uuid], instance_values(event))
+    return new
+
+
+async def fail(
+    session: AsyncSession, node_id: int | None, instance_uuid: str, reason: str, *, free: bool = False
+) -> ProvisionState | None:
+    """The node goes to error (``free``: back to available, the spawn undone) with the reason; the instance
+    shows the error. ``node_id`` None: the instance never reached a node, only it is marked."""
+    event = E.UNDO if free else E.FAIL
+    new = None
+    if node_id is not None:
+        new = await transition(session, node_id, event, holding=instance_uuid, **node_values(event, reason))
+    await _write_instances(session, [instance_uuid], instance_values(event, reason))
+    return new
+
+
+async def fail_many(
+    session: AsyncSession,
+    nodes: Sequence[tuple[int, str | None]],
+    reason: str,
+    *,
+    where: ColumnElement[bool] | None = None,
+) -> list[int]:
+    """Fail many (node, instance) pairs in constant SQL: each node that may fail (and matches ``where``,
+    rechecked in the statement) goes to error, and its instance too. Returns the nodes that failed."""
+    if not nodes:
+        return []
+    ids = [n for n, _ in nodes]
+    conds: list[ColumnElement[bool]] = [
+        BareMetalNode.id.in_(ids),
+        BareMetalNode.provision_state.in_([s.value for s in sources(E.FAIL)]),
+    ]
+    if where is not None:
+        conds.append(where)
+    now = utcnow()
+    failed = [
+        row.id
+        for row in await session.execute(
+            update(BareMetalNode)
+            .where(*conds)
+            .values(
+                provision_state=target(E.FAIL, S.DEPLOYING).value,
+                provision_updated_at=now,
+                **node_values(E.FAIL, reason, now),
+            )
+            .returning(BareMetalNode.id)
+        )
+    ]
+    await note_nodes(session, failed)
+    holders = dict(nodes)
+    await _write_instances(session, [u for n in failed if (u := holders.get(n))], instance_values(E.FAIL, reason, now))
+    return failed
+
+
+async def release(session: AsyncSession, node_id: int, instance_uuid: str, *, failure: str | None = None) -> None:
+    """Give back a node whose instance is gone (an orphan): a delete and its end, in this transaction:
+    available, or error with ``failure`` when its cleanup failed. The instance (gone) is not written."""
+    await transition(session, node_id, E.DELETE, holding=instance_uuid, **node_values(E.DELETE))
+    if failure is None:
+        await transition(session, node_id, E.CLEANED, holding=instance_uuid, **node_values(E.CLEANED))
+    else:
+        values = node_values(E.FAIL, failure) | {"instance_uuid": None}
+        await transition(session, node_id, E.FAIL, holding=instance_uuid, **values)
+
+
+async def forget(session: AsyncSession, instance_uuid: str) -> None:
+    """An instance no node holds (never placed, or given back already) is deleted."""
+    await _write_instances(session, [instance_uuid], instance_values(E.CLEANED))
+
+
+async def lose_instances(session: AsyncSession, host: str, reason: str) -> int:
+    """Instances of ``host`` that believe they are placed (building, active) but no node holds: error."""
+    held = select(BareMetalNode.instance_uuid).where(BareMetalNode.instance_uuid.is_not(None))
+    result = await session.execute(
+        update(Instance)
+        .where(Instance.vm_state.in_(("building", "active")), Instance.host == host, Instance.uuid.not_in(held))
+        .values(updated_at=utcnow(), **instance_values(E.FAIL, reason))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

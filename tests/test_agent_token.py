@@ -126,7 +126,8 @@ async def test_replaying_anything_bmd_serves_never_completes_the_deploy(cloud: C
     assert node.provision_state == "wait_callback" and node.deploy_deadline is not None
     assert (await deployment(cloud, w.node_id)).agent_token_issued_at is None  # type: ignore[union-attr]
     # ...while the real agent, which looks up its token, still deploys.
-    assert (await run_agent(cloud.tftp_root, MAC)).status == 200
+    assert (await run_agent(cloud.tftp_root, MAC)).status == 202
+    await cloud.settle()  # the finish runs as the node's job after the callback's answer
     assert (await cloud.node(w.node_id)).provision_state == "active"
 
 
@@ -225,9 +226,10 @@ async def test_a_deploys_image_wants_that_deploys_token(cloud: Cloud) -> None:
 
 async def end_boot(cloud: Cloud, w: Waiting, token: str, how: str) -> str:
     if how == "success":
-        assert await callback_status(cloud, w, token) == 200
+        assert await callback_status(cloud, w, token) == 202
+        await cloud.settle()  # the finish is the node's job, started by the callback
     elif how == "failure":
-        assert await callback_status(cloud, w, token, error="disk /dev/sda not found") == 200
+        assert await callback_status(cloud, w, token, error="disk /dev/sda not found") == 202
     elif how == "timeout":
         async with cloud.ctx.sessionmaker.begin() as session:  # the clock moves past the deadline
             late = {"deploy_deadline": utcnow() - dt.timedelta(seconds=1)}

@@ -308,6 +308,7 @@ async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> No
         ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC))
         from bmd.flavors import Flavor
         from bmd.provision.instances import InstanceRequest, claim_instances
+        from bmd.provision.request import DeployRequest
         from bmd.scheduler.host_state import RequestSpec
 
         flavor = Flavor(id=0, name="f", flavorid="f", memory_mb=16384, vcpus=8, root_gb=200, ephemeral_gb=0, swap=0)
@@ -319,7 +320,7 @@ async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> No
             from bmd.db.flavors import get_flavor
 
             flavor = await get_flavor(session, "f")
-        request = InstanceRequest(flavor, RequestSpec(flavor), image_ref="http://x/disk.img")
+        request = InstanceRequest(flavor, RequestSpec(flavor), deploy=DeployRequest("http://x/disk.img"))
         placed = await asyncio.gather(*(claim_instances(ctx.scheduler, request) for _ in range(10)))
         nodes = [p.node_id for batch in placed for p in batch]
         assert len(nodes) == len(set(nodes)) == 10 and ids[0] not in nodes

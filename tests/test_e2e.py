@@ -203,7 +203,7 @@ async def test_instance_lifecycle_with_the_real_daemon(env: Env) -> None:
     assert (status, refused["error"]) == (401, "agent_token_refused")
 
     result = await run_agent(e.tmp / "tftp", mac_of(e, node))
-    assert result.status == 200, result.body
+    assert result.status == 202, result.body
     inst = await e.wait("active", lambda: _vm(e, uuid, "active"))
     assert inst["provision_state"] == "active"
     state = await e.lab.state(lab_name)
@@ -240,7 +240,7 @@ async def test_sigkill_in_every_state_then_restart(env: Env) -> None:
     # active: another instance taken to the end
     active = await e.create()
     inst = await e.wait("wait_callback", lambda: _task(e, active, "wait_callback"))
-    assert (await run_agent(e.tmp / "tftp", mac_of(e, inst["node"]))).status == 200
+    assert (await run_agent(e.tmp / "tftp", mac_of(e, inst["node"]))).status == 202
     await e.wait("active", lambda: _vm(e, active, "active"))
     # deploying: the third node's BMC is slow, so the spawn is mid-way when bmd dies
     third = next(n for n in ("1", "2", "3") if n not in (waiting_node, inst["node"]))
@@ -257,7 +257,7 @@ async def test_sigkill_in_every_state_then_restart(env: Env) -> None:
     assert e.db(f"SELECT provision_state, instance_uuid FROM bm_nodes WHERE id = {third}") == [("available", None)]
     assert (await e.instance(active))["vm_state"] == "active"
     assert (await e.instance(waiting))["task_state"] == "wait_callback"
-    assert (await run_agent(e.tmp / "tftp", mac_of(e, waiting_node))).status == 200
+    assert (await run_agent(e.tmp / "tftp", mac_of(e, waiting_node))).status == 202
     await e.wait("active after restart", lambda: _vm(e, waiting, "active"))
 
     # deleting: the BMC is slow again, bmd dies half-way through the delete; the restart finishes it

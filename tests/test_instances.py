@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -101,7 +101,9 @@ async def test_deploy_end_to_end_in_process(cloud: Cloud, tmp_path: Path) -> Non
     assert (await cloud.node(node_id)).provision_state == "wait_callback"
 
     result = await run_agent(cloud.tftp_root, mac, dest=tmp_path / "written.img")
-    assert result.status == 200, result.body
+    assert result.status == 202, result.body
+    assert json.loads(result.body) == {"provision_state": "wait_callback"}  # answered before the finish runs
+    await cloud.settle()
     written, source = tmp_path / "written.img", Path(cloud.image_ref)
     assert result.resumed and await asyncio.to_thread(written.read_bytes) == await asyncio.to_thread(source.read_bytes)
     node = await cloud.node(node_id)
@@ -140,7 +142,7 @@ async def test_agent_reported_failure_goes_to_error(cloud: Cloud) -> None:
     _, body = await cloud.create()
     await cloud.settle()
     result = await run_agent(cloud.tftp_root, "52:54:00:00:01:00", fail_with="disk /dev/sda not found")
-    assert result.status == 200
+    assert result.status == 202 and json.loads(result.body) == {"provision_state": "error"}
     node = await cloud.node(node_id)
     assert node.provision_state == "error" and "disk /dev/sda not found" in (node.last_error or "")
     inst = await cloud.instance(body["instances"][0]["uuid"])
@@ -157,6 +159,7 @@ async def test_no_pxe_ip_fails_the_spawn_cleanly(cloud: Cloud) -> None:
     fails its spawn cleanly."""
     from bmd.db.flavors import get_flavor
     from bmd.provision.instances import InstanceRequest, claim_instances
+    from bmd.provision.request import DeployRequest
     from bmd.scheduler.host_state import RequestSpec
 
     (node_id,) = await cloud.enroll(1)
@@ -165,9 +168,8 @@ async def test_no_pxe_ip_fails_the_spawn_cleanly(cloud: Cloud) -> None:
     request = InstanceRequest(
         flavor=flavor,
         spec=RequestSpec(flavor),
-        image_ref=cloud.image_ref,
+        deploy=DeployRequest(cloud.image_ref, image_checksum=cloud.image_checksum, root_mb=1024),
         networks=[{"id": "n1"}],
-        deploy_info={"image_checksum": cloud.image_checksum, "root_mb": 1024, "swap_mb": 0},
     )
     (placement,) = await claim_instances(cloud.ctx.scheduler, request)
     cloud.ctx.conductor.spawn(placement.node_id, placement.instance_uuid)
@@ -334,3 +336,71 @@ async def test_a_deleted_instance_frees_its_node_for_the_scheduler_at_once(cloud
     await cloud.settle()
     status, again = await cloud.create()  # no capability report in between
     assert status == 202 and again["instances"][0]["bm_node_id"] == node_id
+
+
+async def until(what: str, predicate: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``predicate`` (cheap, in-process) until it holds; fail naming ``what`` after 10 s."""
+    try:
+        async with asyncio.timeout(10):
+            while not await predicate():  # noqa: ASYNC110 - polls in-process state another task changes
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"never: {what}")
+
+
+async def test_a_node_runs_one_action_at_a_time_and_the_callback_answers_at_once(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    bmc = cloud.fake.bmc(node_id)
+    power, boot = f"/v1/nodes/{node_id}/states/power", f"/v1/nodes/{node_id}/management/boot_device"
+
+    async def held() -> bool:
+        return bmc.in_flight == 1
+
+    async def put_power() -> tuple[int, str]:
+        resp = await cloud.client.put(power, json={"target": "power on"}, headers=cloud.auth)
+        return resp.status, (await resp.json()).get("message", "")
+
+    # Eight power requests at once on an idle node: one takes the node's lock, seven are told what runs.
+    bmc.gate = asyncio.Event()
+    calls = [asyncio.create_task(put_power()) for _ in range(8)]
+    await until("seven refused", lambda: _done(calls, 7))
+    await until("one at the BMC", held)
+    refused = [c.result() for c in calls if c.done()]
+    assert all(status == 409 and "set_power runs" in message for status, message in refused), refused
+    put = await cloud.client.put(boot, json={"boot_device": "disk", "persistent": True}, headers=cloud.auth)
+    assert put.status == 409 and "set_power runs" in (await put.json())["message"]
+    live = await cloud.client.get(f"{boot}?live=true", headers=cloud.auth)
+    assert live.status == 409 and "set_power runs" in (await live.json())["message"]
+    (winner,) = [c for c in calls if not c.done()]
+    bmc.gate.set()
+    assert (await winner)[0] == 200 and bmc.max_in_flight == 1
+
+    # A spawn held at the BMC: the node is deploying, its provisioning owns the BMC.
+    bmc.gate = asyncio.Event()
+    status, body = await cloud.create()
+    assert status == 202, body
+    await until("the spawn at the BMC", held)
+    assert await put_power() == (409, f"node {node_id} is deploying: its provisioning owns the BMC now")
+    bmc.gate.set()
+    await cloud.settle()
+    assert (await cloud.node(node_id)).provision_state == "wait_callback"
+
+    # The callback answers 202 at once; the finish (disk boot, reboot) is the node's job, held at the BMC.
+    bmc.gate = asyncio.Event()
+    result = await run_agent(cloud.tftp_root, "52:54:00:00:01:00")
+    assert (result.status, json.loads(result.body)) == (202, {"provision_state": "wait_callback"})
+    node = await cloud.node(node_id)
+    assert (node.provision_state, node.task_state, node.deploy_deadline) == ("wait_callback", "finishing_deploy", None)
+    await until("the finish at the BMC", held)
+    status, message = await put_power()
+    assert status == 409 and "finish_deploy runs" in message
+    bmc.gate.set()
+    await cloud.settle()
+    assert (await cloud.node(node_id)).provision_state == "active"
+    assert (await cloud.instance(body["instances"][0]["uuid"])).vm_state == "active"
+    assert (await put_power())[0] == 200  # idle again
+
+
+async def _done(tasks: list[asyncio.Task[tuple[int, str]]], count: int) -> bool:
+    return sum(t.done() for t in tasks) >= count

@@ -3,7 +3,8 @@
 ``POST /v1/agent/lookup`` hands out the boot's token once; every other agent call carries it in
 ``X-Agent-Token``: the disk image (``GET /v1/agent/nodes/{node}/image``, Range supported), progress
 (``POST /v1/agent/nodes/{node}/heartbeat``) and the callback
-(``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``). None of them takes the operators' bearer
+(``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``, answered ``202`` at once: the report is stored
+and the finish, disk boot and reboot, runs on as the node's conductor job). None of them takes the operators' bearer
 token: the agent has only its own.
 """
 
@@ -47,7 +48,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def pass_deploy_info(request: web.Request) -> web.Response:
     body = await parse_body(request, DeployInfo)
     state = await ctx_of(request).conductor.pass_deploy_info(request.match_info["node"], _token(request), body.error)
-    return json_response({"provision_state": state})
+    return json_response({"provision_state": state}, status=202)  # the finish runs on as the node's job
 
 
 def setup(app: web.Application) -> None:

@@ -15,11 +15,12 @@ from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
-from bmd.drivers.deploy.refs import display_ref, seal_refs
+from bmd.drivers.deploy.refs import display_ref
 from bmd.errors import InvalidInput, NotFound
 from bmd.flavors import Flavor
 from bmd.provision.instances import InstanceRequest, claim_instances
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
+from bmd.provision.request import DeployRequest
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
 
@@ -89,29 +90,22 @@ async def create_instances(request: web.Request) -> web.Response:
     body = await parse_body(request, InstanceCreate)
     flavor = await _flavor(request, body.flavor)
     spec = RequestSpec(flavor, body.image_properties, body.num_instances, body.hints)
-    clear = {"image_ref": body.image_ref, "kernel_ref": body.kernel_ref, "ramdisk_ref": body.ramdisk_ref}
-    checksums = {
-        "image_checksum": body.image_checksum,
-        "kernel_checksum": body.kernel_checksum,
-        "ramdisk_checksum": body.ramdisk_checksum,
-    }
-    # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
-    await check_deploy_request(
-        {**clear, **checksums},
-        body.image_ref,
-        ctx.settings.deploy,
-        [Path(root) for root in ctx.settings.deploy.allowed_image_roots],
+    deploy = DeployRequest(
+        image_ref=body.image_ref,
+        image_checksum=body.image_checksum,
+        kernel_ref=body.kernel_ref,
+        kernel_checksum=body.kernel_checksum,
+        ramdisk_ref=body.ramdisk_ref,
+        ramdisk_checksum=body.ramdisk_checksum,
+        root_mb=flavor.root_gb * 1024,
+        swap_mb=flavor.swap,
+        name=body.name,
     )
+    # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
+    roots = [Path(root) for root in ctx.settings.deploy.allowed_image_roots]
+    await check_deploy_request(deploy, ctx.settings.deploy, roots)
     # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
-    refs, secret_refs = seal_refs(clear, ctx.secret_box)
-    deploy_info = {
-        **checksums,
-        "kernel_ref": refs["kernel_ref"],
-        "ramdisk_ref": refs["ramdisk_ref"],
-        "root_mb": flavor.root_gb * 1024,
-        "swap_mb": flavor.swap,
-        "name": body.name,
-    }
+    stored, secret_refs = deploy.sealed(ctx.secret_box)
     async with ctx.sessionmaker() as session:
         await check_pxe_ips(session, body.num_instances)
     placements = await claim_instances(
@@ -119,11 +113,9 @@ async def create_instances(request: web.Request) -> web.Response:
         InstanceRequest(
             flavor=flavor,
             spec=spec,
-            image_ref=refs["image_ref"] or "",
+            deploy=stored,
             secret_refs=secret_refs,
             networks=[n.model_dump() for n in body.networks],
-            deploy_info=deploy_info,
-            name=body.name,
         ),
     )
     for p in placements:
@@ -157,7 +149,8 @@ async def show_instance(request: web.Request) -> web.Response:
         inst = await session.scalar(select(Instance).where(Instance.uuid == request.match_info["uuid"]))
         if inst is None:
             raise NotFound(f"instance {request.match_info['uuid']} not found")
-        node = await session.get(BareMetalNode, inst.bm_node_id) if inst.bm_node_id else None
+        # the node that holds it (bm_nodes.instance_uuid, the link's truth), not instances.bm_node_id
+        node = await session.scalar(select(BareMetalNode).where(BareMetalNode.instance_uuid == inst.uuid))
     return json_response(instance_to_dict(inst, node))
 
 

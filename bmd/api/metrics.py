@@ -61,7 +61,7 @@ def render(ctx: AppContext) -> str:
         [({}, ctx.scheduler.lost_races)],
     )
     metric("bmd_scheduler_hosts", "gauge", "Nodes the scheduler knows.", [({}, len(ctx.scheduler.selector))])
-    metric("bmd_provision_jobs", "gauge", "Spawn, destroy and finish jobs running.", [({}, len(ctx.conductor.jobs))])
+    metric("bmd_provision_jobs", "gauge", "Node jobs running (deploy, power).", [({}, len(ctx.conductor.jobs))])
     stats = ctx.bus.stats()
     metric(
         "bmd_bus_dropped_total",

@@ -60,7 +60,6 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
         maintenance=body.maintenance,
         maintenance_reason=body.maintenance_reason if body.maintenance else None,
         maintenance_set_by="operator" if body.maintenance else None,
-        provision_state="available",
         provision_updated_at=utcnow(),
         power_failures=0,
     )

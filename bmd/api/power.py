@@ -11,8 +11,8 @@ import asyncio
 import datetime as dt
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,8 +27,12 @@ from bmd.drivers.power.base import BootDevice, BootDeviceInfo, PowerState
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BMCTimeout, InvalidInput, InvalidState
 from bmd.node_events import note_nodes
+from bmd.provision.conductor import Conductor
+from bmd.states import ProvisionState
 
-BUSY_STATES = ("deploying", "deleting")
+T = TypeVar("T")
+
+BUSY_STATES = frozenset({ProvisionState.DEPLOYING, ProvisionState.DELETING})
 BOOT_DEVICE_TIMEOUT = 60.0  # bounds one boot device call whatever the driver's own timeouts
 
 
@@ -61,28 +65,35 @@ async def get_states(request: web.Request) -> web.Response:
     return json_response(_states(node))
 
 
-async def _idle_node(request: web.Request) -> BareMetalNode:
-    """The node, unless a provisioning job owns its BMC right now (409 naming its state)."""
-    ctx = ctx_of(request)
-    async with ctx.sessionmaker() as session:
-        node = await q.get_node(session, request.match_info["node"])
-    if node.provision_state in BUSY_STATES or node.id in ctx.conductor.jobs:
+async def _node(request: web.Request) -> BareMetalNode:
+    async with ctx_of(request).sessionmaker() as session:
+        return await q.get_node(session, request.match_info["node"])
+
+
+async def _on_idle_node(request: web.Request, name: str, action: Callable[[BareMetalNode], Awaitable[T]]) -> T:
+    """Run ``action`` on the node's BMC under the node's lock (``Conductor.run``): 409 naming what runs
+    when a job holds it, or naming the state when its provisioning owns the BMC."""
+    node = await _node(request)
+    if ProvisionState(node.provision_state) in BUSY_STATES:
         raise InvalidState(f"node {node.id} is {node.provision_state}: its provisioning owns the BMC now")
-    return node
+    return await ctx_of(request).conductor.run(node.id, name, functools.partial(action, node))
 
 
 @takes(PowerTarget)
 async def set_power(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, PowerTarget)
-    node = await _idle_node(request)
-    driver, access = ctx.power.for_node(node)
-    limit = ctx.settings.ipmi.timeout * 4 + ctx.settings.ipmi.min_command_interval + 30
-    if body.target == "reboot":
-        await _bounded(driver.reboot(access), limit)
-    else:
-        await _bounded(driver.set_power_state(access, PowerState(body.target)), limit)
-    state = await _bounded(driver.get_power_state(access), ctx.settings.ipmi.timeout * 2)
+
+    async def act(node: BareMetalNode) -> tuple[BareMetalNode, PowerState]:
+        driver, access = ctx.power.for_node(node)
+        limit = ctx.settings.ipmi.timeout * 4 + ctx.settings.ipmi.min_command_interval + 30
+        if body.target == "reboot":
+            await _bounded(driver.reboot(access), limit)
+        else:
+            await _bounded(driver.set_power_state(access, PowerState(body.target)), limit)
+        return node, await _bounded(driver.get_power_state(access), ctx.settings.ipmi.timeout * 2)
+
+    node, state = await _on_idle_node(request, "set_power", act)
     async with ctx.sessionmaker.begin() as session:
         row = await q.get_node(session, str(node.id))
         row.power_state, row.last_power_check = state.value, utcnow()
@@ -95,10 +106,17 @@ class LiveBootDeviceReads:
     concurrency cap; every answer is recorded as the node's last known value. Owns its calls: ``close``
     cancels and awaits them."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], power: PowerRegistry, timeout: float) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        power: PowerRegistry,
+        timeout: float,
+        conductor: Conductor,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.power = power
         self.timeout = timeout
+        self.conductor = conductor
         self._calls: dict[int, asyncio.Task[tuple[BootDeviceInfo, dt.datetime]]] = {}
         self._waiting: Counter[int] = Counter()
 
@@ -130,7 +148,9 @@ class LiveBootDeviceReads:
     async def _read(self, node: BareMetalNode) -> tuple[BootDeviceInfo, dt.datetime]:
         started = utcnow()
         driver, access = self.power.for_node(node)
-        info: BootDeviceInfo = await _bounded(driver.get_boot_device(access), self.timeout)
+        info: BootDeviceInfo = await self.conductor.run(
+            node.id, "read_boot_device", lambda: _bounded(driver.get_boot_device(access), self.timeout)
+        )
         async with self.sessionmaker.begin() as session:
             await record_boot_device(session, node.id, _device(info), info.persistent, started)
         return info, started
@@ -147,7 +167,7 @@ BOOT_READS: web.AppKey[LiveBootDeviceReads] = web.AppKey("boot_reads", LiveBootD
 
 async def _boot_reads(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX]
-    reads = app[BOOT_READS] = LiveBootDeviceReads(ctx.sessionmaker, ctx.power, BOOT_DEVICE_TIMEOUT)
+    reads = app[BOOT_READS] = LiveBootDeviceReads(ctx.sessionmaker, ctx.power, BOOT_DEVICE_TIMEOUT, ctx.conductor)
     yield
     await reads.close()
 
@@ -172,9 +192,14 @@ def _live(request: web.Request) -> bool:
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, BootDeviceBody)
-    node = await _idle_node(request)
-    driver, access = ctx.power.for_node(node)
-    await _bounded(driver.set_boot_device(access, BootDevice(body.boot_device), body.persistent), BOOT_DEVICE_TIMEOUT)
+
+    async def act(node: BareMetalNode) -> BareMetalNode:
+        driver, access = ctx.power.for_node(node)
+        device = BootDevice(body.boot_device)
+        await _bounded(driver.set_boot_device(access, device, body.persistent), BOOT_DEVICE_TIMEOUT)
+        return node
+
+    node = await _on_idle_node(request, "set_boot_device", act)
     async with ctx.sessionmaker.begin() as session:
         await record_boot_device(session, node.id, body.boot_device, body.persistent, utcnow())
     return json_response({"node": node.id, "boot_device": body.boot_device, "persistent": body.persistent})

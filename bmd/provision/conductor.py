@@ -5,13 +5,14 @@ change is stored (through bmd.states) before it is acted on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bmd import states
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
 from bmd.drivers.deploy.refs import scrub_urls
@@ -30,7 +31,7 @@ from bmd.provision.agent import (
     waits_for_agent,
 )
 from bmd.provision.steps import Provisioner
-from bmd.states import Event, ProvisionState, deadline_after, transition
+from bmd.states import Event, ProvisionState, deadline_after
 
 log = structlog.get_logger(__name__)
 
@@ -40,23 +41,60 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {scrub_urls(str(err))}" if str(err) else type(err).__name__
 
 
+T = TypeVar("T")
+
+
+async def _after(previous: asyncio.Task[Any], coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        await asyncio.wait([previous])
+    except BaseException:
+        coro.close()
+        raise
+    return await coro
+
+
 class Conductor:
     def __init__(self, provisioner: Provisioner) -> None:
         self.p = provisioner
-        self.jobs: dict[int, asyncio.Task[None]] = {}
+        self.jobs: dict[int, asyncio.Task[Any]] = {}
         self._closing = False
 
-    # -- job bookkeeping: every task is created here and cancelled/awaited in close() -------------------
+    # -- the per-node lock: every job is created here and cancelled/awaited in close() -------------------
+    #
+    # A node runs one action at a time (a spawn, a destroy, the finish of a deploy, a power or boot device
+    # call): ``jobs`` holds it. Taking the lock is checking ``jobs`` and storing the new task with no await
+    # in between, so two callers can never both get it.
 
-    def start(self, node_id: int, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        running = self.jobs.get(node_id)
-        if self._closing or (running is not None and not running.done()):
+    def running(self, node_id: int) -> str | None:
+        """The name of the action the node runs now, or None."""
+        task = self.jobs.get(node_id)
+        return None if task is None or task.done() else task.get_name().rpartition(":")[0]
+
+    def start(self, node_id: int, name: str, coro: Coroutine[Any, Any, T], *, queue: bool = False) -> asyncio.Task[T]:
+        """Run ``coro`` as the node's job. A node with a job running: Conflict (409) naming it, or, with
+        ``queue``, the new job runs once the current one ends."""
+        current = self.jobs.get(node_id)
+        busy = current is not None and not current.done()
+        if self._closing or (busy and not queue):
             coro.close()
-            raise Conflict(f"node {node_id} already has a job running" if not self._closing else "bmd is stopping")
+            if self._closing:
+                raise Conflict("bmd is stopping")
+            raise Conflict(f"node {node_id} is busy: {self.running(node_id)} runs on it")
+        if busy and current is not None:
+            coro = _after(current, coro)
         task = asyncio.create_task(coro, name=f"{name}:{node_id}")
         self.jobs[node_id] = task
         task.add_done_callback(lambda t: self.jobs.pop(node_id, None) if self.jobs.get(node_id) is t else None)
         return task
+
+    async def run(self, node_id: int, name: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` under the node's lock and return its result; Conflict (409) if the node runs
+        another action now. Cancelling the caller cancels the action."""
+
+        async def job() -> T:
+            return await action()
+
+        return await self.start(node_id, name, job())
 
     async def cancel_job(self, node_id: int) -> None:
         task = self.jobs.get(node_id)
@@ -75,13 +113,14 @@ class Conductor:
             task.cancel()
         await asyncio.gather(*list(self.jobs.values()), return_exceptions=True)
 
-    async def record(
-        self, node_id: int, instance_uuid: str, event: Event, node: dict[str, Any], instance: dict[str, Any]
-    ) -> None:
+    async def advance(self, node_id: int, instance_uuid: str, event: Event) -> None:
         """One transaction: the node's transition (while it holds the instance) and the instance's state."""
         async with self.p.sessionmaker.begin() as session:
-            await transition(session, node_id, event, holding=instance_uuid, **node)
-            await records.set_instance(session, instance_uuid, **instance)
+            await states.advance(session, node_id, instance_uuid, event)
+
+    async def fail(self, node_id: int, instance_uuid: str, reason: str) -> None:
+        async with self.p.sessionmaker.begin() as session:
+            await states.fail(session, node_id, instance_uuid, reason)
 
     # -- spawn ----------------------------------------------------------------------------------------------
 
@@ -103,8 +142,7 @@ class Conductor:
                 wait_until = deadline_after(self.p.settings.deploy.deploy_timeout)
                 async with self.p.sessionmaker.begin() as session:  # from now on its agent may look up
                     await records.mark_booted(session, node_id)
-                    await transition(session, node_id, Event.WAIT, holding=instance_uuid, deploy_deadline=wait_until)
-                    await records.set_instance(session, instance_uuid, task_state="wait_callback")
+                    await states.advance(session, node_id, instance_uuid, Event.WAIT, deadline=wait_until)
                 log.info("deploy_waiting_for_callback")
             except asyncio.CancelledError:
                 raise  # a delete or a shutdown: the stored state tells the next actor what to do
@@ -112,7 +150,7 @@ class Conductor:
                 reason = f"spawn failed: {describe(err)}"
                 if node is None:  # not even loaded: nothing was done to undo
                     async with self.p.sessionmaker.begin() as session:
-                        await records.set_instance(session, instance_uuid, vm_state="error", last_error=reason)
+                        await states.fail(session, None, instance_uuid, reason)
                     log.error("spawn_failed", reason=reason)
                 else:
                     await self.fail_spawn(node, instance_uuid, reason)
@@ -125,22 +163,10 @@ class Conductor:
             reason += "; cleanup failed: " + "; ".join(failures)
         async with self.p.sessionmaker.begin() as session:
             try:
-                if failures:
-                    await transition(session, node.id, Event.FAIL, holding=instance_uuid, last_error=reason)
-                else:
-                    await transition(
-                        session,
-                        node.id,
-                        Event.UNDO,
-                        holding=instance_uuid,
-                        instance_uuid=None,
-                        deploy_deadline=None,
-                        task_state=None,
-                        last_error=reason,
-                    )
+                await states.fail(session, node.id, instance_uuid, reason, free=not failures)
             except InvalidState as state_err:
                 log.warning("spawn_failure_not_recorded", error=str(state_err))
-            await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
+                await states.fail(session, None, instance_uuid, reason)
         log.error("spawn_failed", reason=reason, node_state="error" if failures else "available")
 
     # -- the deploy agent: token lookup, progress, callback ---------------------------------------------
@@ -192,9 +218,7 @@ class Conductor:
 
     async def record_deploy_failure(self, session: AsyncSession, node_id: int, instance_uuid: str, reason: str) -> None:
         """In the caller's transaction: the waiting node goes to error, the instance too, the token dies."""
-        failed: dict[str, Any] = {"last_error": reason, "deploy_deadline": None, "task_state": None}
-        await transition(session, node_id, Event.FAIL, holding=instance_uuid, **failed)
-        await records.set_instance(session, instance_uuid, vm_state="error", task_state=None, last_error=reason)
+        await states.fail(session, node_id, instance_uuid, reason)
         await records.kill_agent_token(session, node_id)
         log.error("deploy_failed", node=node_id, reason=reason)
 
@@ -219,25 +243,35 @@ class Conductor:
             raise NotFound(f"node {boot.node.uuid} has no disk image prepared")
         return boot.deployment.image_path
 
-    async def pass_deploy_info(self, node_ident: str, token: str | None, error: str | None) -> str:
+    async def pass_deploy_info(self, node_ident: str, token: str | None, error: str | None) -> ProvisionState:
         """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the
-        token dies with the report. Returns the new state."""
+        token dies with the report. On success the finish (disk boot, reboot) is started as the node's job
+        (queued behind the spawn's last step if that still runs) and the state now is returned."""
         async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
             instance_uuid = node.instance_uuid or ""
             if error:
                 await self.record_deploy_failure(session, node.id, instance_uuid, f"deploy failed on the node: {error}")
-            else:
-                # Taking the deadline away is the atomic hand-over: the timeout check no longer sees this node.
-                node.deploy_deadline = None
-                node.task_state = "finishing_deploy"
+            else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
+                await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
                 await records.kill_agent_token(session, node.id)
         if error:
             await self.discard_boot_files(node)
             return ProvisionState.ERROR
-        ok = await self.finish_deploy(node.id, instance_uuid)
-        return ProvisionState.ACTIVE if ok else ProvisionState.ERROR
+        self.start(node.id, "finish_deploy", self._finish(node.id, instance_uuid), queue=True)
+        return ProvisionState.WAIT_CALLBACK
+
+    async def _finish(self, node_id: int, instance_uuid: str) -> None:
+        await self.finish_deploy(node_id, instance_uuid)
+
+    def resume_finish(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
+        """Recovery: the agent reported, then bmd stopped before the finish was done."""
+        return self.start(node_id, "finish_deploy", self._finish(node_id, instance_uuid))
+
+    def resume_destroy(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
+        """Recovery: a delete that bmd stopped in the middle of."""
+        return self.start(node_id, "destroy", self._destroy(node_id, instance_uuid))
 
     async def finish_deploy(self, node_id: int, instance_uuid: str) -> bool:
         """Boot from disk from now on: switch the PXE config, persistent disk boot, reboot, active."""
@@ -249,12 +283,10 @@ class Conductor:
             raise
         except Exception as err:  # noqa: BLE001 - recorded on the node and the instance
             reason = f"finishing the deploy failed: {describe(err)}"
-            failed = {"task_state": None, "last_error": reason}
-            await self.record(node_id, instance_uuid, Event.FAIL, failed, {**failed, "vm_state": "error"})
+            await self.fail(node_id, instance_uuid, reason)
             log.error("deploy_finish_failed", node=node_id, reason=reason)
             return False
-        done = {"task_state": None, "last_error": None}
-        await self.record(node_id, instance_uuid, Event.DONE, done, {**done, "vm_state": "active"})
+        await self.advance(node_id, instance_uuid, Event.DONE)
         log.info("instance_active", node=node_id, instance=instance_uuid)
         return True
 
@@ -271,18 +303,11 @@ class Conductor:
             node = await session.scalar(select(BareMetalNode).where(BareMetalNode.instance_uuid == instance_uuid))
         if node is None:  # never placed, or its node was already given back
             async with self.p.sessionmaker.begin() as session:
-                await records.set_instance(
-                    session, instance_uuid, vm_state="deleted", task_state=None, deleted_at=utcnow()
-                )
+                await states.forget(session, instance_uuid)
             return None
         await self.cancel_job(node.id)  # a spawn still running is stopped; teardown undoes what it did
-        deleting = {"task_state": "deleting"}
-        await self.record(node.id, instance_uuid, Event.DELETE, deleting, deleting)
+        await self.advance(node.id, instance_uuid, Event.DELETE)
         return self.start(node.id, "destroy", self._destroy(node.id, instance_uuid))
-
-    def resume_destroy(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
-        """Finish a delete that a restart interrupted (the node is already ``deleting``)."""
-        return self.start(node_id, "destroy", self._destroy(node_id, instance_uuid))
 
     async def _destroy(self, node_id: int, instance_uuid: str) -> None:
         with structlog.contextvars.bound_contextvars(node=node_id, instance=instance_uuid):
@@ -296,11 +321,8 @@ class Conductor:
                 raise
             except Exception as err:  # noqa: BLE001 - the node goes to error with the reason; delete again retries
                 reason = f"delete failed: {describe(err)}"
-                failed = {"task_state": None, "last_error": reason}
-                await self.record(node_id, instance_uuid, Event.FAIL, failed, failed)
+                await self.fail(node_id, instance_uuid, reason)
                 log.error("destroy_failed", reason=reason)
                 return
-            cleaned = {"instance_uuid": None, "task_state": None, "deploy_deadline": None, "last_error": None}
-            gone = {"vm_state": "deleted", "task_state": None, "deleted_at": utcnow()}
-            await self.record(node_id, instance_uuid, Event.CLEANED, cleaned, gone)
+            await self.advance(node_id, instance_uuid, Event.CLEANED)
             log.info("instance_deleted")

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from bmd.db.models import utcnow
 from bmd.flavors import Flavor
+from bmd.provision.request import DeployRequest
 from bmd.scheduler.host_state import RequestSpec
+from bmd.states import claimed_instance
 
 if TYPE_CHECKING:
     from bmd.scheduler.manager import HostManager, Placement
@@ -25,10 +27,8 @@ __all__ = ["InstanceRequest", "build_instance_rows", "claim_instances", "network
 class InstanceRequest:
     flavor: Flavor
     spec: RequestSpec
-    image_ref: str  # redacted: the clear ref, when it carries credentials, is in secret_refs (encrypted)
+    deploy: DeployRequest  # as stored: refs redacted, the clear ones that carry credentials in secret_refs
     networks: list[dict[str, Any]] = field(default_factory=list)
-    deploy_info: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
     secret_refs: str | None = None  # instances.secret_refs (see bmd.drivers.deploy.refs.seal_refs)
 
 
@@ -51,14 +51,13 @@ def build_instance_rows(
             "host": p.host,
             "node": p.nodename,
             "bm_node_id": p.node_id,
-            "vm_state": "building",
-            "task_state": "spawning",
-            "image_ref": request.image_ref,
+            **claimed_instance(),
+            "image_ref": request.deploy.image_ref,
             "secret_refs": request.secret_refs,
             "image_properties": dict(request.spec.image_properties),
             "hints": dict(request.spec.hints),
             "network_info": network_info(request.networks),
-            "deploy_info": request.deploy_info,
+            "deploy_info": request.deploy.to_json(),
             "created_at": now,
             "updated_at": now,
         }

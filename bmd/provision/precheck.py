@@ -11,9 +11,9 @@ request can still take them first; then the spawn fails cleanly as before).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,43 +25,61 @@ from bmd.drivers.deploy.refs import parse_image_ref
 from bmd.drivers.deploy.spec import ImageRef
 from bmd.errors import InvalidInput
 from bmd.provision.records import NoMorePxeIps
+from bmd.provision.request import DeployRequest
 
-__all__ = ["check_deploy_request", "check_pxe_ips", "deploy_refs"]
+__all__ = ["check_deploy_request", "check_pxe_ips", "deploy_refs", "deploy_roles"]
 
 
-def deploy_refs(info: Mapping[str, Any], image_ref: str, deploy: DeploySettings) -> dict[str, ImageRef]:
+@dataclass(frozen=True)
+class Role:
+    """One image of a deploy: its ref and checksum (the request's, else the configured ref), and the
+    request fields an error names."""
+
+    ref: ImageRef
+    ref_field: str
+    checksum_field: str
+
+
+def _role(ref: str | None, checksum: str | None, fallback: str, setting: str, field: str) -> Role:
+    """The request's ref (``field``_ref) or the configured ``deploy.<setting>``."""
+    value = ref or fallback
+    if not value:
+        raise InvalidInput(f"{field}_ref: not given and no deploy.{setting} configured", field=f"{field}_ref")
+    return Role(ImageRef(value, checksum), f"{field}_ref", f"{field}_checksum")
+
+
+def deploy_roles(request: DeployRequest, deploy: DeploySettings) -> dict[str, Role]:
     """Every image of one deploy by role (``deploy_kernel``, ``deploy_ramdisk``, ``kernel``, ``ramdisk``,
-    ``image``): the request's ``<role>_ref`` / ``<role>_checksum`` (in ``info``), else the configured one.
-    InvalidInput naming ``<role>_ref`` when neither is there. Cheap, no I/O."""
-    fallbacks = {
-        "deploy_kernel": deploy.deploy_kernel,
-        "deploy_ramdisk": deploy.deploy_ramdisk,
-        "kernel": deploy.boot_kernel,
-        "ramdisk": deploy.boot_ramdisk,
+    ``image``): the request's ref and checksum, else the configured one. InvalidInput naming the ref's
+    field when neither is there. Cheap, no I/O."""
+    r = request
+    return {
+        "deploy_kernel": _role(None, None, deploy.deploy_kernel, "deploy_kernel", "deploy_kernel"),
+        "deploy_ramdisk": _role(None, None, deploy.deploy_ramdisk, "deploy_ramdisk", "deploy_ramdisk"),
+        "kernel": _role(r.kernel_ref, r.kernel_checksum, deploy.boot_kernel, "kernel", "kernel"),
+        "ramdisk": _role(r.ramdisk_ref, r.ramdisk_checksum, deploy.boot_ramdisk, "ramdisk", "ramdisk"),
+        "image": Role(ImageRef(r.image_ref, r.image_checksum), "image_ref", "image_checksum"),
     }
-    refs: dict[str, ImageRef] = {}
-    for role, fallback in fallbacks.items():
-        value = info.get(f"{role}_ref") or fallback
-        if not value:
-            raise InvalidInput(f"{role}_ref: not given and no deploy.{role} configured", field=f"{role}_ref")
-        refs[role] = ImageRef(value, info.get(f"{role}_checksum") or None)
-    refs["image"] = ImageRef(image_ref, info.get("image_checksum") or None)
-    return refs
+
+
+def deploy_refs(request: DeployRequest, deploy: DeploySettings) -> dict[str, ImageRef]:
+    """``deploy_roles``' refs by role."""
+    return {role: r.ref for role, r in deploy_roles(request, deploy).items()}
 
 
 async def check_deploy_request(
-    info: Mapping[str, Any], image_ref: str, deploy: DeploySettings, allowed_local_roots: Sequence[Path]
+    request: DeployRequest, deploy: DeploySettings, allowed_local_roots: Sequence[Path]
 ) -> None:
     """Every ref and checksum of the request as the image cache will read them; InvalidInput naming the
     field (``image_ref``, ``kernel_checksum``, ...). Local refs (and the allowed roots) are resolved in a thread."""
-    refs = deploy_refs(info, image_ref, deploy)
-    for role, ref in refs.items():
-        parse_checksum(ref.checksum, field=f"{role}_checksum")
+    roles = deploy_roles(request, deploy)
+    for role in roles.values():
+        parse_checksum(role.ref.checksum, field=role.checksum_field)
 
     def parse_all() -> None:
         roots = [Path(root).resolve() for root in allowed_local_roots]  # as the image cache resolves them
-        for role, ref in refs.items():
-            parse_image_ref(ref.ref, roots, field=f"{role}_ref")
+        for role in roles.values():
+            parse_image_ref(role.ref.ref, roots, field=role.ref_field)
 
     await asyncio.to_thread(parse_all)
 

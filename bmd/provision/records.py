@@ -4,12 +4,11 @@ a short transaction, safe under concurrency (atomic allocation, idempotent relea
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import Deployment, Instance, PxeIp, utcnow
+from bmd.db.models import Deployment, PxeIp, utcnow
 from bmd.errors import Conflict
 
 ALLOCATE_ATTEMPTS = 5
@@ -81,7 +80,3 @@ async def kill_agent_token(session: AsyncSession, node_id: int) -> None:
 
 async def delete_deployment(session: AsyncSession, node_id: int) -> None:
     await session.execute(delete(Deployment).where(Deployment.bm_node_id == node_id))
-
-
-async def set_instance(session: AsyncSession, instance_uuid: str, **values: Any) -> None:
-    await session.execute(update(Instance).where(Instance.uuid == instance_uuid).values(updated_at=utcnow(), **values))

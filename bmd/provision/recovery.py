@@ -3,14 +3,12 @@ instance, or holding an instance that does not exist."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from sqlalchemy import select, update
 
+from bmd import states
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
 from bmd.errors import InvalidState
-from bmd.node_events import note_nodes
 from bmd.provision.conductor import Conductor, describe
 from bmd.states import ProvisionState
 
@@ -31,31 +29,16 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
     reason = f"deploy timed out: no callback from the deploy agent within {p.settings.deploy.deploy_timeout:g} s"
     async with p.sessionmaker.begin() as session:
         rows = (await session.execute(select(BareMetalNode.id, BareMetalNode.instance_uuid).where(late))).all()
-        if not rows:
+        failed = await states.fail_many(session, [(r.id, r.instance_uuid) for r in rows], reason, where=late)
+        if not failed:
             return 0
-        await session.execute(
-            update(BareMetalNode)
-            .where(late, BareMetalNode.id.in_([r.id for r in rows]))
-            .values(
-                provision_state=ProvisionState.ERROR,
-                provision_updated_at=now,
-                last_error=reason,
-                deploy_deadline=None,
-                task_state=None,
-            )
-        )
-        await note_nodes(session, [r.id for r in rows])
-        await session.execute(
-            update(Instance)
-            .where(Instance.uuid.in_([r.instance_uuid for r in rows if r.instance_uuid]))
-            .values(vm_state="error", task_state=None, last_error=reason, updated_at=now)
-        )
         await session.execute(  # the agent tokens of those boots die with them
-            update(Deployment).where(Deployment.bm_node_id.in_([r.id for r in rows])).values(agent_token_hash=None)
+            update(Deployment).where(Deployment.bm_node_id.in_(failed)).values(agent_token_hash=None)
         )
-    for r in rows:
-        log.error("deploy_timed_out", node=r.id, instance=r.instance_uuid)
-    return len(rows)
+    holders = {r.id: r.instance_uuid for r in rows}
+    for node_id in failed:
+        log.error("deploy_timed_out", node=node_id, instance=holders[node_id])
+    return len(failed)
 
 
 class DeployTimeouts:
@@ -74,30 +57,9 @@ class DeployTimeouts:
 async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
     """The node holds an instance that is gone: give it back, clean."""
     failures = await conductor.p.teardown(node)
+    failure = "orphan cleanup failed: " + "; ".join(failures) if failures else None
     async with conductor.p.sessionmaker.begin() as session:
-        values: dict[str, Any] = {
-            "instance_uuid": None,
-            "task_state": None,
-            "deploy_deadline": None,
-            "provision_updated_at": utcnow(),
-        }
-        if failures:
-            values |= {
-                "provision_state": ProvisionState.ERROR,
-                "last_error": "orphan cleanup failed: " + "; ".join(failures),
-            }
-        else:
-            values |= {"provision_state": ProvisionState.AVAILABLE}
-        await session.execute(
-            update(BareMetalNode)
-            .where(BareMetalNode.id == node.id, BareMetalNode.instance_uuid == node.instance_uuid)
-            .values(**values)
-        )
-        await note_nodes(session, [node.id])
-
-
-async def _finish(conductor: Conductor, node_id: int, instance_uuid: str) -> None:
-    await conductor.finish_deploy(node_id, instance_uuid)
+        await states.release(session, node.id, node.instance_uuid or "", failure=failure)
 
 
 async def recover(conductor: Conductor) -> dict[str, int]:
@@ -141,20 +103,14 @@ async def recover(conductor: Conductor) -> dict[str, int]:
                 conductor.resume_destroy(node.id, inst.uuid)
                 counts["deletes_resumed"] += 1
             elif node.provision_state == ProvisionState.WAIT_CALLBACK and node.deploy_deadline is None:
-                conductor.start(node.id, "finish_deploy", _finish(conductor, node.id, inst.uuid))
+                conductor.resume_finish(node.id, inst.uuid)
                 counts["deploys_finished"] += 1
         except (InvalidState, OSError) as err:
             log.error("recovery_failed", node=node.id, error=describe(err))
     await fail_timed_out_deploys(conductor)
     # Instances that believe they are placed but whose node does not hold them.
     async with p.sessionmaker.begin() as session:
-        held = select(BareMetalNode.instance_uuid).where(BareMetalNode.instance_uuid.is_not(None))
-        result = await session.execute(
-            update(Instance)
-            .where(Instance.vm_state.in_(("building", "active")), Instance.host == host, Instance.uuid.not_in(held))
-            .values(vm_state="error", task_state=None, last_error="the node no longer holds this instance")
-        )
-        counts["instances_lost"] = result.rowcount or 0  # type: ignore[attr-defined]
+        counts["instances_lost"] = await states.lose_instances(session, host, "the node no longer holds this instance")
     if any(counts.values()):
         log.warning("recovered_after_restart", **counts)
     return counts

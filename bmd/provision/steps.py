@@ -24,6 +24,7 @@ from bmd.drivers.vif.binding import unplug_vifs
 from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
+from bmd.provision.request import stored_request
 
 log = structlog.get_logger(__name__)
 
@@ -106,15 +107,10 @@ class Provisioner:
             await records.release_pxe_ip(session, node_id)
 
     async def create_deployment(self, job: Job) -> Deployment:
-        info = job.instance.deploy_info
+        request = stored_request(job.instance)
         async with self.sessionmaker.begin() as session:
             return await records.create_deployment(
-                session,
-                job.node.id,
-                job.instance.uuid,
-                job.instance.image_ref or "",
-                int(info.get("root_mb", 0)),
-                int(info.get("swap_mb", 0)),
+                session, job.node.id, job.instance.uuid, request.image_ref, request.root_mb, request.swap_mb
             )
 
     async def delete_deployment(self, node_id: int) -> None:
@@ -137,8 +133,7 @@ class Provisioner:
         instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
         inst = job.instance
         clear = open_refs(inst.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
-        info = {**inst.deploy_info, **clear}
-        refs = deploy_refs(info, clear.get("image_ref") or inst.image_ref or "", self.settings.deploy)
+        refs = deploy_refs(stored_request(inst).with_clear(clear), self.settings.deploy)
         return DeploySpec(
             node_uuid=job.node.uuid,
             macs=job.macs,

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
-from bmd.db.nodes import FREE
 from bmd.node_events import NodeView, note_views, read_views
+from bmd.states import claim_statement
 
 _T = bm_nodes_table
 
@@ -50,21 +50,6 @@ class _LostRace(Exception):
         self.node_id = node_id
 
 
-def _claim_statement() -> Any:
-    return (
-        update(_T)
-        .where(_T.c.id == bindparam("b_id"), FREE)
-        .values(
-            instance_uuid=bindparam("b_uuid"),
-            provision_state="deploying",
-            provision_updated_at=bindparam("b_now"),
-            task_state="spawning",
-            last_error=None,
-            updated_at=bindparam("b_now"),
-        )
-    )
-
-
 async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> dict[int, NodeView]:
     """Claim and insert; the claimed rows' views, published to the other writers' readers on commit."""
     now = utcnow()
@@ -73,7 +58,7 @@ async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> dic
         for r in requests
         for node_id, inst in zip(r.node_ids, r.instance_uuids, strict=True)
     ]
-    stmt = _claim_statement()
+    stmt = claim_statement()
     if len(requests) == 1 or session.get_bind().dialect.name != "sqlite":
         for p in params:  # per-row rowcount tells exactly which node was lost
             if (await session.execute(stmt, p)).rowcount != 1:  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from bmd.errors import NoValidHost
 from bmd.flavors import Flavor
 from bmd.node_events import NodeView, read_views
 from bmd.provision.instances import InstanceRequest, build_instance_rows, claim_instances
+from bmd.provision.request import DeployRequest
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.manager import HostManager, Placement
 from bmd.service import open_context
@@ -92,7 +93,7 @@ async def views(ctx: AppContext, node_id: int) -> list[NodeView]:
 
 async def claim_directly(ctx: AppContext, flavor: Flavor, node_id: int) -> None:
     """Scheduler A takes the node with its own claim writer: B's bus hears nothing of it."""
-    request = InstanceRequest(flavor, RequestSpec(flavor), image_ref="http://images/disk.img")
+    request = InstanceRequest(flavor, RequestSpec(flavor), deploy=DeployRequest("http://images/disk.img"))
     placement = Placement(str(uuid.uuid4()), node_id, str(node_id), "svc1")
     rows = build_instance_rows(request, [placement], str(uuid.uuid4()))
     outcome = await ctx.scheduler.writer.claim([node_id], [placement.instance_uuid], rows)
@@ -112,7 +113,9 @@ async def test_a_lost_race_gives_back_the_other_pick_and_the_retry_takes_it(two:
     assert free(b.scheduler, taken)  # B has not heard of it
 
     with capture_logs() as logs:
-        placed = await claim_instances(b.scheduler, InstanceRequest(flavor, spec, image_ref="http://images/disk.img"))
+        placed = await claim_instances(
+            b.scheduler, InstanceRequest(flavor, spec, deploy=DeployRequest("http://images/disk.img"))
+        )
 
     # B lost on `taken` after consuming `first`, gave `first` back, and the retry took it with the third node:
     # without the give-back only one node would look free and the retry would fail.
@@ -145,12 +148,14 @@ async def test_a_lost_race_with_no_node_left_fails_with_the_reason_and_gives_bac
     spec = RequestSpec(flavor, num_instances=2)
     first, taken = (int(c.nodename) for c in b.scheduler.select_destinations(spec).chosen)
     await claim_directly(a, flavor, taken)
-    request = InstanceRequest(flavor, spec, image_ref="http://images/disk.img")
+    request = InstanceRequest(flavor, spec, deploy=DeployRequest("http://images/disk.img"))
     with pytest.raises(NoValidHost, match="removed the last 1 hosts"):
         await claim_instances(b.scheduler, request)
     assert b.scheduler.lost_races == 1
     assert free(b.scheduler, first) and not free(b.scheduler, taken)  # given back; the lost one is held
-    (placed,) = await claim_instances(b.scheduler, InstanceRequest(flavor, RequestSpec(flavor), image_ref="x"))
+    (placed,) = await claim_instances(
+        b.scheduler, InstanceRequest(flavor, RequestSpec(flavor), deploy=DeployRequest("x"))
+    )
     assert placed.node_id == first
 
 
@@ -221,7 +226,7 @@ async def test_a_view_arriving_during_a_claim_waits_for_its_outcome(ctx: AppCont
     loop = asyncio.get_running_loop()
     async with ctx.sessionmaker.begin() as session:  # holds this process's SQLite write lock: the claim waits
         claim = asyncio.create_task(
-            claim_instances(ctx.scheduler, InstanceRequest(flavor, RequestSpec(flavor), image_ref="x"))
+            claim_instances(ctx.scheduler, InstanceRequest(flavor, RequestSpec(flavor), deploy=DeployRequest("x")))
         )
         deadline = loop.time() + 5
         while free(ctx.scheduler, node_id):  # until the claim has consumed the node in memory

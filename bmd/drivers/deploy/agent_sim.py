@@ -33,8 +33,10 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
    ``Content-Range``; check the bytes against ``image_checksum``;
 4. report progress: ``POST heartbeat_url`` with ``{"message": "..."}`` (``202``);
 5. ``POST callback_url`` with ``{"deployment_id": "...", "address": "<agent IP>", "error": null}`` (or
-   ``"error": "<message>"`` when the deploy failed on the node). ``200`` when bmd accepts the report; the
-   token dies with it. The agent returns whatever status it got.
+   ``"error": "<message>"`` when the deploy failed on the node). ``202`` with ``{"provision_state": ...}``
+   when bmd accepts the report: the token dies with it, and bmd finishes the deploy (disk boot, reboot)
+   on its own after answering, so the state the answer names is the one at the time of the report
+   (``wait_callback``, or ``error`` for a reported failure). The agent returns whatever status it got.
 """
 
 from __future__ import annotations

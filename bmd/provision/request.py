@@ -1,0 +1,86 @@
+"""One deploy request, typed: what a deploy boots and writes, built once from the API body.
+
+Stored in ``instances.image_ref`` (the disk image) and ``instances.deploy_info`` (the rest, ``to_json``),
+read back with ``from_json``. Refs are stored in their displayed form: the clear refs of those that carry
+credentials or a signature are in ``instances.secret_refs`` (sealed and opened in
+:mod:`bmd.drivers.deploy.refs`), put back with ``with_clear`` when the deploy runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bmd.db.models import Instance
+from bmd.drivers.deploy.refs import seal_refs
+from bmd.secrets import SecretBox
+
+__all__ = ["DeployRequest", "stored_request"]
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    image_ref: str
+    image_checksum: str | None = None
+    kernel_ref: str | None = None  # None: the configured deploy.boot_kernel
+    kernel_checksum: str | None = None
+    ramdisk_ref: str | None = None  # None: the configured deploy.boot_ramdisk
+    ramdisk_checksum: str | None = None
+    root_mb: int = 0
+    swap_mb: int = 0
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``instances.deploy_info`` (the image ref has its own column)."""
+        return {
+            "image_checksum": self.image_checksum,
+            "kernel_ref": self.kernel_ref,
+            "kernel_checksum": self.kernel_checksum,
+            "ramdisk_ref": self.ramdisk_ref,
+            "ramdisk_checksum": self.ramdisk_checksum,
+            "root_mb": self.root_mb,
+            "swap_mb": self.swap_mb,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_json(cls, info: Mapping[str, Any], image_ref: str | None) -> DeployRequest:
+        """The request as ``to_json`` stored it (missing keys, from older rows, take their defaults)."""
+        return cls(
+            image_ref=image_ref or "",
+            image_checksum=info.get("image_checksum") or None,
+            kernel_ref=info.get("kernel_ref") or None,
+            kernel_checksum=info.get("kernel_checksum") or None,
+            ramdisk_ref=info.get("ramdisk_ref") or None,
+            ramdisk_checksum=info.get("ramdisk_checksum") or None,
+            root_mb=int(info.get("root_mb") or 0),
+            swap_mb=int(info.get("swap_mb") or 0),
+            name=info.get("name") or None,
+        )
+
+    def _refs(self) -> dict[str, str | None]:
+        return {"image_ref": self.image_ref, "kernel_ref": self.kernel_ref, "ramdisk_ref": self.ramdisk_ref}
+
+    def sealed(self, box: SecretBox) -> tuple[DeployRequest, str | None]:
+        """The request as stored (refs in their displayed form) and ``instances.secret_refs``."""
+        shown, secret = seal_refs(self._refs(), box)
+        stored = dataclasses.replace(
+            self, image_ref=shown["image_ref"] or "", kernel_ref=shown["kernel_ref"], ramdisk_ref=shown["ramdisk_ref"]
+        )
+        return stored, secret
+
+    def with_clear(self, clear: Mapping[str, str]) -> DeployRequest:
+        """The stored request with the clear refs that ``sealed`` took out (``open_refs``) put back."""
+        return dataclasses.replace(
+            self,
+            image_ref=clear.get("image_ref") or self.image_ref,
+            kernel_ref=clear.get("kernel_ref") or self.kernel_ref,
+            ramdisk_ref=clear.get("ramdisk_ref") or self.ramdisk_ref,
+        )
+
+
+def stored_request(instance: Instance) -> DeployRequest:
+    """The instance's deploy request as stored (refs redacted; see ``DeployRequest.with_clear``)."""
+    return DeployRequest.from_json(instance.deploy_info, instance.image_ref)
