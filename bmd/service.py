@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bmd.api.app import create_app
 from bmd.bus import Bus
@@ -56,10 +57,11 @@ class Endpoint:
         return f"http://{self.host}:{self.port}"
 
 
-def build_runner(ctx: AppContext) -> None:
+def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
+    """Every periodic loop; the database probe gets its own unpooled engine (a pool saturated by requests
+    is load, not a dead database), which the caller made and disposes."""
     s = ctx.settings
-    # its own unpooled engine: a pool saturated by requests is load, not a dead database
-    ctx.runner.add(DatabaseProbe(make_engine(s.database, pooled=False)))
+    ctx.runner.add(DatabaseProbe(probe_engine))
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
     failures = ctx.step_failures
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval, failures))
@@ -107,7 +109,8 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
-        build_runner(ctx)
+        probe_engine = make_engine(settings.database, pooled=False)
+        build_runner(ctx, probe_engine)
         use_node_names(names)
         try:
             yield ctx
@@ -116,6 +119,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             await ctx.conductor.close()
             await drivers.close()
             bus.close()
+            await probe_engine.dispose()
     finally:
         await engine.dispose()
 
