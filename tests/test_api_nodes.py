@@ -79,6 +79,10 @@ async def test_password_encrypted_at_rest_and_never_returned(client, auth, ctx: 
         ({"extra_specs": {"vcpus": 3}}, "extra_specs"),
         ({"surprise": 1}, "surprise"),
         ({"uuid": "not-a-uuid"}, "uuid"),
+        ({"boot_mode": "legacy"}, "boot_mode"),
+        ({"root_device": {"size": 0}}, "root_device.size"),
+        ({"root_device": {"name": "sda; reboot"}}, "root_device.name"),
+        ({"root_device": {"colour": "red"}}, "root_device.colour"),
     ],
 )
 async def test_bad_bodies_are_400_naming_the_field(client, auth, ctx, change, field) -> None:  # type: ignore[no-untyped-def]
@@ -184,3 +188,18 @@ async def test_import_is_all_or_nothing(client, auth, ctx: AppContext) -> None: 
     resp = await client.post("/v1/nodes/import", json={"nodes": bad}, headers=auth)
     assert resp.status == 400 and (await resp.json())["field"] == "nodes.1.cpus"
     assert await count(ctx, BareMetalNode) == 5
+
+
+async def test_boot_mode_and_root_device_hints(client, auth) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.post("/v1/nodes", json=node_body(1), headers=auth)
+    node = await resp.json()
+    assert node["boot_mode"] == "bios" and node["root_device"] is None and node["deploy_steps"] is None
+    hints = {"size": 20, "model": "QEMU HARDDISK", "serial": "disk-1"}
+    resp = await client.patch(f"/v1/nodes/{node['id']}", json={"boot_mode": "uefi", "root_device": hints}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    got = await (await client.get(f"/v1/nodes/{node['id']}")).json()
+    assert got["boot_mode"] == "uefi" and got["root_device"] == hints
+    resp = await client.patch(f"/v1/nodes/{node['id']}", json={"boot_mode": None}, headers=auth)
+    assert resp.status == 400 and (await resp.json())["field"] == "boot_mode"
+    resp = await client.patch(f"/v1/nodes/{node['id']}", json={"root_device": None}, headers=auth)
+    assert (await resp.json())["root_device"] is None

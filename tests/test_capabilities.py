@@ -109,7 +109,8 @@ async def test_host_stats_is_a_list_with_exactly_the_seed_keys(ctx: AppContext) 
     extra = set(ctx.driver.extra_specs)
     assert extra == {"cpu_arch", "baremetal_driver"}
     for entry in stats:
-        assert set(entry) == SEED_KEYS | extra | {"maintenance", "deploy_ready", "deploy_blocker"}
+        assert set(entry) == SEED_KEYS | extra | {"maintenance", "deploy_ready", "deploy_blocker", "boot_mode"}
+        assert entry["boot_mode"] == "bios"
         assert entry["hypervisor_hostname"] == entry["node"]
         assert entry["host"] == "test-host"
         assert entry["hypervisor_type"] == "baremetal"
@@ -324,3 +325,15 @@ async def test_loops_and_claims_on_postgresql(tmp_path, postgres_url: str) -> No
         placed = await asyncio.gather(*(claim_instances(ctx.scheduler, request) for _ in range(10)))
         nodes = [p.node_id for batch in placed for p in batch]
         assert len(nodes) == len(set(nodes)) == 10 and ids[0] not in nodes
+
+
+async def test_boot_mode_is_a_capability_flavors_match(ctx: AppContext) -> None:
+    from bmd.filters.compute_capabilities import satisfies_extra_specs
+
+    bios = await add_nodes(ctx, 2)
+    uefi = await add_nodes(ctx, 2, boot_mode="uefi")
+    stats = {int(s["node"]): s for s in await ctx.driver.get_host_stats(refresh=True)}
+    assert {n: stats[n]["boot_mode"] for n in bios + uefi} == {**dict.fromkeys(bios, "bios"), **dict.fromkeys(uefi, "uefi")}
+    wants_uefi = {"capabilities:boot_mode": "uefi"}
+    assert [n for n in bios + uefi if satisfies_extra_specs(stats[n], wants_uefi)] == uefi
+    assert [n for n in bios + uefi if satisfies_extra_specs(stats[n], {"capabilities:boot_mode": "bios"})] == bios

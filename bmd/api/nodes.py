@@ -57,6 +57,8 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
         prov_vlan_id=body.prov_vlan_id,
         terminal_port=body.terminal_port,
         extra_specs=dict(body.extra_specs or {}),
+        boot_mode=body.boot_mode or "bios",
+        root_device=body.root_device.model_dump(exclude_none=True) if body.root_device else None,
         maintenance=body.maintenance,
         maintenance_reason=body.maintenance_reason if body.maintenance else None,
         maintenance_set_by="operator" if body.maintenance else None,
@@ -144,7 +146,7 @@ async def show_node(request: web.Request) -> web.Response:
 
 def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None:
     changes: dict[str, Any] = {f: getattr(body, f) for f in body.model_fields_set}
-    for required in ("cpus", "memory_mb", "local_gb", "service_host", "pm_driver", "extra_specs"):
+    for required in ("cpus", "memory_mb", "local_gb", "service_host", "pm_driver", "extra_specs", "boot_mode"):
         if required in changes and changes[required] is None:
             raise InvalidInput(f"{required}: cannot be null", field=required)
     if "pm_driver" in changes:
@@ -162,6 +164,8 @@ def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None
         node.maintenance_set_by = "operator" if on else None
         if not on:
             node.maintenance_reason = None
+    if changes.get("root_device") is not None:
+        changes["root_device"] = body.root_device.model_dump(exclude_none=True) if body.root_device else None
     if "maintenance_reason" in changes:
         node.maintenance_reason = changes.pop("maintenance_reason")
     if node.instance_uuid and any(k in changes for k in ("cpus", "memory_mb", "local_gb", "service_host")):

@@ -145,6 +145,18 @@ class InterfaceCreate(Body):
     port_no: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None  # the column is a 32-bit signed int
 
 
+class RootDeviceHints(Body):
+    """Ironic's root-device hints: the deploy agent writes the first disk that matches every hint given
+    (no hint: the first disk). ``size`` is in GiB (the disk's size rounded down)."""
+
+    size: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    model: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[ -~]+$")] | None = None
+    vendor: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[ -~]+$")] | None = None
+    serial: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[ -~]+$")] | None = None
+    wwn: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[ -~]+$")] | None = None
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^(/dev/)?[a-z0-9]+$")] | None = None
+
+
 class NodeFields(Body):
     """Fields an operator may set at creation and change later."""
 
@@ -161,6 +173,8 @@ class NodeFields(Body):
     prov_vlan_id: Annotated[StrictInt, Field(ge=1, le=4094)] | None = None
     terminal_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
     extra_specs: Specs | None = None
+    boot_mode: Literal["bios", "uefi"] | None = None
+    root_device: RootDeviceHints | None = None
 
 
 class NodeCreate(NodeFields):

@@ -123,6 +123,12 @@ class BareMetalNode(Timestamps, Base):
     boot_device: Mapped[str | None] = mapped_column(String(16))
     boot_device_persistent: Mapped[bool | None]
     boot_device_checked_at: Mapped[dt.datetime | None]
+    # How the node's firmware boots: "bios" or "uefi" (chooses the PXE path; capability ``boot_mode``).
+    boot_mode: Mapped[str] = mapped_column(String(8), default="bios", server_default=text("'bios'"))
+    # Ironic's root-device hints (size in GiB, model, vendor, serial, wwn, name): which disk the agent writes.
+    root_device: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The last deploy's steps, each {"step", "started_at", "seconds", "ok"} (see bmd.provision.records).
+    deploy_steps: Mapped[list[Any] | None] = mapped_column(JSON)
     # Bumped by every UPDATE of the row (ORM flush or Core statement), so a reader can tell which of two
     # views of a node is newer (the scheduler's host feed, bmd.node_events); timestamps can tie.
     version: Mapped[int] = mapped_column(

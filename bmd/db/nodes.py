@@ -68,6 +68,9 @@ NODE_FIELDS = (
     "maintenance_set_by",
     "last_error",
     "extra_specs",
+    "boot_mode",
+    "root_device",
+    "deploy_steps",
     "created_at",
     "updated_at",
 )

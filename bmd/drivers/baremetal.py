@@ -63,6 +63,7 @@ _STATS_COLUMNS = (
     BareMetalNode.pm_address,
     BareMetalNode.pm_user,
     BareMetalNode.pm_password,
+    BareMetalNode.boot_mode,
 )
 
 RESOURCE_KEYS = (
@@ -214,6 +215,7 @@ class BareMetalDriver:
             "host": self.host,
             "node": nodename,
             "maintenance": bool(row[7]),
+            "boot_mode": row.boot_mode or "bios",  # a capability flavors match (capabilities:boot_mode)
         }
         blocker = self.deploy_blocker(row)
         stats["deploy_ready"] = not blocker
