@@ -333,7 +333,8 @@ async def test_boot_mode_is_a_capability_flavors_match(ctx: AppContext) -> None:
     bios = await add_nodes(ctx, 2)
     uefi = await add_nodes(ctx, 2, boot_mode="uefi")
     stats = {int(s["node"]): s for s in await ctx.driver.get_host_stats(refresh=True)}
-    assert {n: stats[n]["boot_mode"] for n in bios + uefi} == {**dict.fromkeys(bios, "bios"), **dict.fromkeys(uefi, "uefi")}
+    expected = {**dict.fromkeys(bios, "bios"), **dict.fromkeys(uefi, "uefi")}
+    assert {n: stats[n]["boot_mode"] for n in bios + uefi} == expected
     wants_uefi = {"capabilities:boot_mode": "uefi"}
     assert [n for n in bios + uefi if satisfies_extra_specs(stats[n], wants_uefi)] == uefi
     assert [n for n in bios + uefi if satisfies_extra_specs(stats[n], {"capabilities:boot_mode": "bios"})] == bios
