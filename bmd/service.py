@@ -216,8 +216,11 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def main(settings: Settings, lab_count: int = 0) -> None:
-    """``bmd serve``; with ``lab_count`` a simulated lab of that many BMCs runs beside it, enrolled."""
+async def main(
+    settings: Settings, lab_count: int = 0, machines: str = "sim", boot_mode: str = "bios", memory_mb: int = 256
+) -> None:
+    """``bmd serve``; with ``lab_count`` a lab of that many BMCs runs beside it, enrolled, each with a
+    machine behind it (``machines``: sim | qemu | none) that a deploy really boots (see bmd.lab.quickstart)."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     if not lab_count:
@@ -225,11 +228,27 @@ async def main(settings: Settings, lab_count: int = 0) -> None:
         return
     from bmd.lab import Lab, LabSpec
     from bmd.lab.enroll import enroll_inventory
+    from bmd.lab.quickstart import lab_dir, lab_settings, prepare_bmd
 
-    async with Lab(LabSpec(count=lab_count)) as lab:
+    if machines != "none":
+        settings = await asyncio.to_thread(lab_settings, settings, machines)
+    spec = LabSpec(
+        count=lab_count,
+        machines=machines,  # type: ignore[arg-type]  # checked by LabSpec
+        boot_mode=boot_mode,  # type: ignore[arg-type]
+        memory_mb=memory_mb,
+        machine_dir=lab_dir(settings) / "machines" if machines == "qemu" else None,
+    )
+    async with Lab(spec) as lab:
 
         async def enroll(ctx: AppContext, endpoint: Endpoint) -> None:
+            host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
+            base = settings.api.public_url or f"http://{settings.service.my_ip}:{endpoint.port}"
+            await lab.connect(boot_url=f"{base.rstrip('/')}/images", bmd_address=f"{host}:{endpoint.port}")
             result = await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory())
-            log.info("lab_enrolled", bmcs=len(lab.bmcs), **result)
+            log.info("lab_enrolled", bmcs=len(lab.bmcs), machines=machines, **result)
+            if machines != "none":
+                added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))
+                log.info("lab_ready", flavor="lab", demo_image=str(lab_dir(settings) / "images" / "demo.img"), **added)
 
         await serve(settings, stop, on_ready=enroll)

@@ -29,6 +29,7 @@ import structlog
 from pyghmi.ipmi import bmc as pyghmi_bmc
 
 from bmd.lab.faults import Fault
+from bmd.lab.machines import Machine
 from bmd.lab.session import LAB_SUITES, LabSession
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         password: str,
         suites: tuple[int, ...] = (17, 3),
         power: bool = False,
+        machine: Machine | None = None,
     ) -> None:
         # IpmiServer.__init__ is not called on purpose: it binds a socket into pyghmi's I/O thread.
         self.name = name
@@ -88,6 +90,8 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.fault: Fault | None = None
         self.fault_since = 0.0
         self.flap_steps = 0
+        # the machine behind the BMC (bmd.lab.machines): started, stopped and reset by the chassis commands
+        self.machine = machine
 
     # -- faults ------------------------------------------------------------------------------------
     def set_fault(self, fault: Fault | None) -> None:
@@ -231,8 +235,17 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.serversocket.sendto(packet, sockaddr)  # type: ignore[union-attr]
 
     # -- chassis -----------------------------------------------------------------------------------
+    def sync_power(self) -> bool:
+        """The power flag, first taken from the machine when it has a state of its own (a VM's process:
+        a guest that powered itself off is off)."""
+        if self.machine is not None:
+            running = self.machine.running()
+            if running is not None:
+                self.power = running
+        return self.power
+
     def get_power_state(self) -> str:
-        return "on" if self.power else "off"
+        return "on" if self.sync_power() else "off"
 
     def _boots(self) -> None:
         """The host (re)starts: a next-boot-only override is consumed, as firmware does."""
@@ -240,12 +253,14 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.last_boot = self.boot_selector if self.boot_valid else 0  # what the firmware booted from
         if self.boot_valid and not self.boot_persistent:
             self.boot_valid, self.boot_selector = False, 0
+        if self.machine is not None:
+            self.machine.boot(self.last_boot)
 
     def power_on(self) -> int:
         self.stats["power_on"] += 1
         if self.stuck:
             return 0
-        if not self.power:
+        if not self.sync_power():
             self._boots()
         self.power = True
         return 0
@@ -254,24 +269,28 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.stats["power_off"] += 1
         if not self.stuck:
             self.power = False
+            if self.machine is not None:
+                self.machine.power_off(soft=False)
         return 0
 
     def power_shutdown(self) -> int:
         self.stats["soft_off"] += 1
         if not self.stuck:
             self.power = False
+            if self.machine is not None:
+                self.machine.power_off(soft=True)
         return 0
 
     def power_cycle(self) -> int:
         self.stats["power_cycle"] += 1
-        if not self.power:
+        if not self.sync_power():
             return 0xD5  # not in present state: the chassis is off
         self._boots()
         return 0
 
     def power_reset(self) -> int:
         self.stats["power_reset"] += 1
-        if not self.power:
+        if not self.sync_power():
             return 0xD5
         self._boots()
         return 0
@@ -337,7 +356,8 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     # -- state for the control channel ---------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {
-            "power": self.power,
+            "power": self.sync_power(),
+            "machine": self.machine.snapshot() if self.machine is not None else None,
             "boot": {
                 "selector": self.boot_selector,
                 "valid": self.boot_valid,

@@ -9,6 +9,13 @@ From Python::
         await lab.state("lab-0003")   # {"power": bool, "boot": {...}, "stats": {...}, ...}
 
 or ``await run_lab(spec, stop_event, ready=callback)`` which serves until ``stop_event`` is set.
+
+Machines behind the BMCs (``machines="sim"|"qemu"``, see :mod:`bmd.lab.machines`)::
+
+    spec = LabSpec(count=1, machines="qemu", bmd_address="127.0.0.1:6385", machine_dir=tmp / "vms")
+    async with Lab(spec) as lab:
+        lab.machine("lab-0001")   # MachineInfo(serial_log, console, disk, boot_mode); pid via lab.state()
+        await lab.connect(bmd_address="127.0.0.1:40123")   # late-bound: where the VMs reach bmd
 Workers exit when the Lab stops, and also when the parent dies (their stdin reaches end of file).
 """
 
@@ -19,8 +26,10 @@ import inspect
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +40,7 @@ import structlog
 import bmd
 from bmd.errors import BmdError, InvalidInput
 from bmd.lab.faults import Fault, deal_faults
-from bmd.lab.inventory import node_entry, write_inventory
+from bmd.lab.inventory import mac_address, node_entry, write_inventory
 
 log = structlog.get_logger(__name__)
 # Where the ``bmd`` package lives, for the workers' PYTHONPATH.
@@ -58,6 +67,14 @@ class LabSpec:
     pm_driver: str = "ipmi"
     inventory_path: Path | None = None
     start_timeout: float = 60.0
+    # the machines behind the BMCs: "none" (the BMC alone), "sim" (an in-process agent), "qemu" (a VM each)
+    machines: Literal["none", "sim", "qemu"] = "none"
+    boot_url: str = ""  # sim: bmd's http_root URL (<bmd url>/images), or set later with Lab.connect
+    bmd_address: str = ""  # qemu: host:port the VMs' 10.0.2.100:8080 is forwarded to (or Lab.connect)
+    machine_dir: Path | None = None  # qemu: per-VM files (disk, serial log); None: a temporary directory
+    boot_mode: Literal["bios", "uefi", "mixed"] = "bios"  # mixed: odd BMCs bios, even ones uefi
+    memory_mb: int = 256  # qemu: guest memory
+    disk_mb: int = 1024  # qemu: the qcow2 disk's size
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= 60000:
@@ -73,6 +90,32 @@ class LabSpec:
         if not 0 <= self.port < 65536:
             raise InvalidInput("port out of range", field="port")
         deal_faults(self.faults, self.count, self.seed)  # raises InvalidInput naming the bad item
+        if self.machines not in ("none", "sim", "qemu"):
+            raise InvalidInput("machines must be none, sim or qemu", field="machines")
+        if self.boot_mode not in ("bios", "uefi", "mixed"):
+            raise InvalidInput("boot_mode must be bios, uefi or mixed", field="boot_mode")
+        if self.boot_url and not self.boot_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"boot_url must be an http(s) URL, got {self.boot_url!r}", field="boot_url")
+        if not 64 <= self.memory_mb <= 8192:
+            raise InvalidInput("memory_mb must be between 64 and 8192", field="memory_mb")
+        if not 16 <= self.disk_mb <= 1024 * 1024:
+            raise InvalidInput("disk_mb must be between 16 and 1048576", field="disk_mb")
+
+    def machine_boot_mode(self, index: int) -> str:
+        if self.boot_mode == "mixed":
+            return "bios" if index % 2 == 0 else "uefi"
+        return self.boot_mode
+
+
+@dataclass(frozen=True, slots=True)
+class MachineInfo:
+    """A lab machine's files and console, for tests and operators (the PID is in ``Lab.state(name)``)."""
+
+    kind: str
+    boot_mode: str
+    serial_log: Path | None = None
+    disk: Path | None = None
+    console: tuple[str, int] | None = None  # TCP (host, port) serving the serial console: terminal_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +148,14 @@ def lab_hosts(first: str, count: int, layout: str) -> list[str]:
             hosts.append(str(addr))
         n += 1
     return hosts
+
+
+def _free_tcp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _free_udp_port(host: str) -> int:
@@ -159,6 +210,9 @@ class Lab:
         self.bmcs: list[LabBMCInfo] = []
         self._workers: list[_WorkerProcess] = []
         self._owner: dict[str, _WorkerProcess] = {}
+        self.machines: dict[str, MachineInfo] = {}
+        self._machine_specs: dict[int, dict[str, Any]] = {}
+        self._tmpdir: Path | None = None
 
     async def __aenter__(self) -> Lab:
         await self.start()
@@ -172,6 +226,7 @@ class Lab:
         spec = self.spec
         faults = deal_faults(spec.faults, spec.count, spec.seed)
         hosts = lab_hosts(spec.first_address, spec.count, spec.layout)
+        self._plan_machines(hosts)
         for attempt in range(5):
             port = spec.port
             if spec.layout == "addresses" and port == 0:
@@ -186,6 +241,7 @@ class Lab:
                     "password": spec.password,
                     "power": False,
                     "fault": faults[i].to_json() if i in faults else None,
+                    "machine": self._machine_specs.get(i),
                 }
                 for i in range(spec.count)
             ]
@@ -193,7 +249,7 @@ class Lab:
                 await self._spawn(bmcs)
                 break
             except _PortTaken:
-                await self.stop()
+                await self._stop_workers()
                 if spec.port or attempt == 4:
                     raise LabError(f"port {port} is taken on the lab addresses") from None
             except BaseException:
@@ -239,11 +295,61 @@ class Lab:
                 self.bmcs.append(info)
                 self._owner[info.name] = worker
 
-    async def stop(self) -> None:
+    def _plan_machines(self, hosts: list[str]) -> None:
+        """Each BMC's machine description for its worker (qemu: its directory and console port)."""
+        spec = self.spec
+        self._machine_specs, self.machines = {}, {}
+        if spec.machines == "none":
+            return
+        names = [f"{spec.name_prefix}{i + 1:04d}" for i in range(spec.count)]
+        if spec.machines == "sim":
+            for i, name in enumerate(names):
+                self._machine_specs[i] = {"kind": "sim", "name": name, "mac": mac_address(i), "boot_url": spec.boot_url}
+                self.machines[name] = MachineInfo("sim", spec.machine_boot_mode(i))
+            return
+        from bmd.lab.qemu import QemuMissing, QemuSpec, boot_script, qemu_missing
+
+        missing = qemu_missing({spec.machine_boot_mode(i) for i in range(spec.count)})
+        if missing:
+            raise QemuMissing(f"lab machines need QEMU: {missing}")
+        root = spec.machine_dir
+        if root is None:
+            root = self._tmpdir = Path(tempfile.mkdtemp(prefix="bmd-lab-vms-"))
+        root = root.resolve()
+        tftp = root / "tftp"
+        tftp.mkdir(parents=True, exist_ok=True)
+        (tftp / "boot.ipxe").write_text(boot_script())
+        for i, name in enumerate(names):
+            workdir = root / name
+            q = QemuSpec(
+                name=name,
+                mac=mac_address(i),
+                workdir=str(workdir),
+                tftp_dir=str(tftp),
+                console_host=hosts[i],
+                console_port=_free_tcp_port(hosts[i]),
+                boot_mode=spec.machine_boot_mode(i),
+                memory_mb=spec.memory_mb,
+                disk_mb=spec.disk_mb,
+                bmd_address=spec.bmd_address,
+            )
+            self._machine_specs[i] = q.to_json()
+            self.machines[name] = MachineInfo(
+                "qemu", q.boot_mode, workdir / "serial.log", workdir / "disk.qcow2", (hosts[i], q.console_port)
+            )
+
+    async def _stop_workers(self) -> None:
         workers, self._workers = self._workers, []
         await asyncio.gather(*(w.stop() for w in workers))
         self._owner.clear()
         self.bmcs = []
+
+    async def stop(self) -> None:
+        """Stop the workers (they kill their VMs by PID) and remove the temporary machine directory."""
+        await self._stop_workers()
+        if self._tmpdir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._tmpdir, True)
+            self._tmpdir = None
 
     @property
     def pids(self) -> list[int]:
@@ -252,9 +358,27 @@ class Lab:
 
     # -- inventory ---------------------------------------------------------------------------------
     def inventory(self) -> list[dict[str, Any]]:
-        return [
+        nodes = [
             node_entry(b.index, b.name, b.host, b.port, b.username, b.password, self.spec.pm_driver) for b in self.bmcs
         ]
+        for node in nodes:
+            info = self.machines.get(node["name"])
+            if info is None:
+                continue
+            node["boot_mode"] = info.boot_mode
+            if info.kind == "qemu":  # what the VM really has; its console is the node's terminal port
+                assert info.console is not None
+                node.update(cpus=1, memory_mb=self.spec.memory_mb, local_gb=max(1, self.spec.disk_mb // 1024))
+                node["terminal_port"] = info.console[1]
+        return nodes
+
+    def machine(self, name: str) -> MachineInfo:
+        return self.machines[name]
+
+    async def connect(self, boot_url: str | None = None, bmd_address: str | None = None) -> None:
+        """Tell the machines where bmd is, once it is bound: ``boot_url`` (sim: ``<bmd url>/images``),
+        ``bmd_address`` (qemu: ``host:port`` for the guests' ``10.0.2.100:8080``)."""
+        await self._each("connect", None, boot_url=boot_url, bmd_address=bmd_address)
 
     def bmc(self, name: str) -> LabBMCInfo:
         for b in self.bmcs:

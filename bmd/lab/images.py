@@ -109,7 +109,9 @@ def uefi_tools_missing() -> str | None:
 def _run(argv: list[str], **kw: object) -> None:
     done = subprocess.run(argv, capture_output=True, timeout=120, check=False, **kw)  # type: ignore[call-overload]
     if done.returncode != 0:
-        raise BmdError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
+        raise BmdError(
+            f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}"
+        )
 
 
 def uefi_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = UEFI_IMAGE_SIZE) -> Path:
@@ -124,8 +126,7 @@ def uefi_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = UEFI
         tmp = Path(tmpdir)
         cfg = tmp / "grub.cfg"
         cfg.write_text(
-            "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n"
-            f'echo "{marker}"\nhalt\n'
+            f'serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\necho "{marker}"\nhalt\n'
         )
         efi = tmp / "BOOTX64.EFI"
         _run(

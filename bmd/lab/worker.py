@@ -2,8 +2,9 @@
 
 Started by :class:`bmd.lab.fleet.Lab` as ``python -m bmd.lab.worker``. The first stdin line is the
 configuration ``{"suites": [...], "bmcs": [{"name", "host", "port", "username", "password", "power",
-"fault"}]}``; the worker binds every BMC and prints ``{"event": "ready", "bmcs": [{"name", "host",
-"port"}]}`` (or ``{"event": "error", "message"}``). Then each stdin line is a request ``{"id", "op", ...}``
+"fault", "machine"}]}`` (``machine``: see :func:`bmd.lab.machines.make_machine`); the worker binds every
+BMC and prints ``{"event": "ready", "bmcs": [{"name", "host", "port"}]}`` (or ``{"event": "error",
+"message"}``). Then each stdin line is a request ``{"id", "op", ...}``
 answered by one stdout line ``{"id", "ok", "result"|"error"}``. End of stdin (the parent closed it or
 died) stops the worker.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from bmd.lab.bmc import LabBmc
 from bmd.lab.faults import Fault
+from bmd.lab.machines import make_machine
 
 RECEIVE_BUFFER = 1 << 20
 
@@ -65,7 +67,8 @@ class Worker:
         suites = tuple(config.get("suites", (17, 3)))
         bound = []
         for spec in config["bmcs"]:
-            bmc = LabBmc(spec["name"], spec["username"], spec["password"], suites, bool(spec.get("power")))
+            machine = make_machine(spec.get("machine"))
+            bmc = LabBmc(spec["name"], spec["username"], spec["password"], suites, bool(spec.get("power")), machine)
             if spec.get("fault"):
                 bmc.set_fault(Fault.from_json(spec["fault"]))
             transport, _ = await loop.create_datagram_endpoint(
@@ -79,6 +82,12 @@ class Worker:
     def close(self) -> None:
         for transport in self.transports:
             transport.close()
+        for bmc in self.bmcs.values():
+            if bmc.machine is not None:
+                try:
+                    bmc.machine.close()  # a VM is killed by PID
+                except Exception:  # noqa: BLE001 - the other machines still get closed
+                    traceback.print_exc(file=sys.stderr)
 
     def _select(self, msg: dict[str, Any]) -> list[LabBmc]:
         names = msg.get("names")
@@ -123,6 +132,11 @@ class Worker:
                     boot = msg["boot"]
                     b.set_boot(int(boot["selector"]), bool(boot.get("persistent")), bool(boot.get("valid", True)))
             return None
+        if op == "connect":
+            for b in bmcs:
+                if b.machine is not None:
+                    b.machine.connect(msg.get("boot_url"), msg.get("bmd_address"))
+            return None
         if op == "reset_stats":
             for b in bmcs:
                 b.stats.clear()
@@ -151,6 +165,9 @@ async def serve() -> int:
         except OSError as err:
             _write({"event": "error", "message": str(err), "errno": err.errno})
             return 1
+        except Exception as err:  # noqa: BLE001 - e.g. a machine that cannot be made: the parent says why
+            _write({"event": "error", "message": f"{type(err).__name__}: {err}"})
+            return 1
         _write({"event": "ready", "bmcs": bound})
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -175,6 +192,9 @@ async def serve() -> int:
 
 
 def main() -> None:
+    from bmd.logs import configure_logging
+
+    configure_logging("json", "info", stream=sys.stderr)  # stdout is the control channel
     sys.exit(asyncio.run(serve()))
 
 

@@ -10,7 +10,9 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
 
 1. read ``<tftp_root>/pxelinux.cfg/01-<mac-with-dashes>`` (what pxelinux fetches for that interface), check
    it is in deploy mode and take two kernel arguments of the ``deploy`` label: ``bmd_node_uuid`` and
-   ``bmd_url`` (iPXE adds ``BOOTIF=01-<mac>``; the agent knows the MAC it booted from);
+   ``bmd_url`` (iPXE adds ``BOOTIF=01-<mac>``; the agent knows the MAC it booted from). Or, as iPXE does,
+   fetch ``<http_url>/ipxe/01-<mac-with-dashes>.ipxe`` over HTTP and take them from the ``kernel`` line of
+   its ``:deploy`` section (:func:`fetch_boot_args`; the lab's simulated machines boot this way);
 2. look up its token: ``POST <bmd_url>/v1/agent/lookup`` with ``{"node_uuid": "<uuid>", "mac": "<mac>"}``.
    ``200`` answers::
 
@@ -135,6 +137,52 @@ def read_boot_args(tftp_root: Path, mac: str) -> BootArgs:
     return BootArgs(node_uuid=args[t.ARG_NODE_UUID], bmd_url=args[t.ARG_BMD_URL].rstrip("/"), kernel_args=args)
 
 
+def parse_ipxe(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
+    """``(goto target, {section: {"kernel": <args after the URL>, ...}})`` from an iPXE script bmd wrote."""
+    default: str | None = None
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(":"):
+            current = sections.setdefault(line[1:].strip(), {})
+            continue
+        word, _, rest = line.partition(" ")
+        if word == "goto" and current is None and default is None:
+            default = rest.strip()
+        elif current is not None and word in ("kernel", "initrd", "chain"):
+            current[word] = rest.strip()
+    return default, sections
+
+
+def boot_args_from_ipxe(text: str, mac: str) -> BootArgs | None:
+    """The deploy section's kernel arguments; None when the script boots the instance (``goto boot``)."""
+    default, sections = parse_ipxe(text)
+    if default == "boot":
+        return None
+    if default != "deploy" or "kernel" not in sections.get("deploy", {}):
+        raise AgentError(f"iPXE script for {mac} is neither in deploy nor in boot mode (goto {default!r})")
+    words = sections["deploy"]["kernel"].split()[1:]  # the first word is the kernel's URL
+    args = dict(a.split("=", 1) for a in words if "=" in a)
+    missing = [n for n in (t.ARG_NODE_UUID, t.ARG_BMD_URL) if not args.get(n)]
+    if missing:
+        raise AgentError(f"deploy section of {mac} lacks kernel args: {', '.join(missing)}")
+    return BootArgs(node_uuid=args[t.ARG_NODE_UUID], bmd_url=args[t.ARG_BMD_URL].rstrip("/"), kernel_args=args)
+
+
+async def fetch_boot_args(session: aiohttp.ClientSession, http_url: str, mac: str) -> tuple[int, BootArgs | None]:
+    """What iPXE would boot for ``mac``: GET ``<http_url>/ipxe/01-<mac>.ipxe``. ``(status, args)``; args is
+    None when there is no script (404: iPXE exits to the next boot device) or it boots the instance."""
+    url = f"{http_url.rstrip('/')}/ipxe/{mac_link_name(mac)}.ipxe"
+    async with session.get(url) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            return resp.status, None
+    return 200, boot_args_from_ipxe(text, mac)
+
+
 async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tuple[int, str, Lookup | None]:
     """``POST /v1/agent/lookup``: (status, body, the answer when bmd issued a token)."""
     url = f"{boot.bmd_url}/v1/agent/lookup"
@@ -226,6 +274,32 @@ async def run_agent(
     and reports that message as the deploy's error; ``dest`` keeps the downloaded image.
     """
     boot = await asyncio.to_thread(read_boot_args, tftp_root, mac)
+    return await run_deploy(
+        boot,
+        mac,
+        address=address,
+        dest=dest,
+        resume_at=resume_at,
+        token=token,
+        fail_with=fail_with,
+        session=session,
+        http_timeout=http_timeout,
+    )
+
+
+async def run_deploy(
+    boot: BootArgs,
+    mac: str,
+    *,
+    address: str = "127.0.0.1",
+    dest: Path | None = None,
+    resume_at: float | None = 0.5,
+    token: str | None = None,
+    fail_with: str | None = None,
+    session: aiohttp.ClientSession | None = None,
+    http_timeout: float = 60.0,
+) -> AgentResult:
+    """Steps 2-5 for a ramdisk that booted with ``boot`` (from pxelinux or iPXE): see :func:`run_agent`."""
     own_session = session is None
     client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=http_timeout))
     try:
