@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -43,6 +44,9 @@ from bmd.tasks.runner import Runner
 from bmd.tasks.steps import StepFailureCounter
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
+
+if TYPE_CHECKING:
+    from bmd.lab import Lab
 
 log = structlog.get_logger(__name__)
 
@@ -219,13 +223,32 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 async def main(
     settings: Settings, lab_count: int = 0, machines: str = "sim", boot_mode: str = "bios", memory_mb: int = 256
 ) -> None:
-    """``bmd serve``; with ``lab_count`` a lab of that many BMCs runs beside it, enrolled, each with a
-    machine behind it (``machines``: sim | qemu | none) that a deploy really boots (see bmd.lab.quickstart)."""
+    """``bmd serve``; with ``lab_count`` a lab of that many BMCs runs beside it (see :func:`serve_lab`)."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     if not lab_count:
         await serve(settings, stop)
         return
+    await serve_lab(settings, stop, count=lab_count, machines=machines, boot_mode=boot_mode, memory_mb=memory_mb)
+
+
+LabReady = Callable[["Lab", AppContext, Endpoint], Awaitable[None] | None]
+
+
+async def serve_lab(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    count: int,
+    machines: str = "sim",
+    boot_mode: str = "bios",
+    memory_mb: int = 256,
+    on_ready: LabReady | None = None,
+) -> None:
+    """``bmd serve --lab N``: a lab of ``count`` BMCs beside the daemon, enrolled, each with a machine behind
+    it (``machines``: sim | qemu | none) that a deploy really boots; the demo image, placeholder deploy files
+    when no ramdisk was built, PXE IPs and the flavor ``lab`` are set up (see :mod:`bmd.lab.quickstart`).
+    ``on_ready(lab, ctx, endpoint)`` runs once all that is done (tests)."""
     from bmd.lab import Lab, LabSpec
     from bmd.lab.enroll import enroll_inventory
     from bmd.lab.quickstart import lab_dir, lab_settings, prepare_bmd
@@ -233,7 +256,7 @@ async def main(
     if machines != "none":
         settings = await asyncio.to_thread(lab_settings, settings, machines)
     spec = LabSpec(
-        count=lab_count,
+        count=count,
         machines=machines,  # type: ignore[arg-type]  # checked by LabSpec
         boot_mode=boot_mode,  # type: ignore[arg-type]
         memory_mb=memory_mb,
@@ -250,5 +273,9 @@ async def main(
             if machines != "none":
                 added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))
                 log.info("lab_ready", flavor="lab", demo_image=str(lab_dir(settings) / "images" / "demo.img"), **added)
+            if on_ready is not None:
+                called = on_ready(lab, ctx, endpoint)
+                if inspect.isawaitable(called):
+                    await called
 
         await serve(settings, stop, on_ready=enroll)

@@ -366,9 +366,9 @@ class Lab:
             if info is None:
                 continue
             node["boot_mode"] = info.boot_mode
-            if info.kind == "qemu":  # what the VM really has; its console is the node's terminal port
-                assert info.console is not None
-                node.update(cpus=1, memory_mb=self.spec.memory_mb, local_gb=max(1, self.spec.disk_mb // 1024))
+            # what a VM has (a simulated machine the same): every lab machine takes the flavor "lab"
+            node.update(cpus=1, memory_mb=self.spec.memory_mb, local_gb=max(1, self.spec.disk_mb // 1024))
+            if info.console is not None:  # a VM's serial console is the node's terminal port
                 node["terminal_port"] = info.console[1]
         return nodes
 

@@ -11,7 +11,8 @@ Everything lives in a lab-owned directory, ``<service.state_dir>/lab/`` (never t
 - ``machines/``: the QEMU VMs' disks and serial logs.
 
 Once bmd answers: the lab's inventory is enrolled, the PXE IP pool gets one address per lab node, and the
-flavor ``lab`` (1 vCPU, 256 MB, 1 GB: it fits every lab node) is created when absent.
+flavor ``lab`` (1 vCPU, 256 MB, 1 GB: the shape of every lab machine, which bmd's exact filters want) is
+created when absent.
 """
 
 from __future__ import annotations

@@ -1,0 +1,322 @@
+"""Machines behind the lab BMCs: ``serve --lab`` with simulated machines deploys with zero configuration; a
+QEMU machine's power, boot device and console follow bmd's real IPMI power driver; the marker images boot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from bmd.config import Settings
+from bmd.context import AppContext
+from bmd.drivers.power.base import BMCAccess, BootDevice, PowerState
+from bmd.drivers.power.ipmi import IPMIPower, IPMIPowerSettings
+from bmd.ipmi import ChassisControl, IPMISettings
+from bmd.lab import Lab, LabSpec
+from bmd.lab.images import bios_marker_image, mbr_program, uefi_marker_image, uefi_tools_missing
+from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
+from bmd.lab.quickstart import PLACEHOLDER
+from bmd.service import Endpoint, serve_lab
+from tests.conftest import make_settings
+
+T = TypeVar("T")
+QUICK = IPMIPowerSettings(client=IPMISettings(timeout=2.0), min_command_interval=0.0, confirm_interval=0.1)
+
+
+async def until(what: str, probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float) -> T:
+    """Poll ``probe`` until ``accept`` takes its answer, within ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: T | None = None
+    while loop.time() < end:
+        last = await probe()
+        if accept(last):
+            return last
+        await asyncio.sleep(0.1)  # a live peer (daemon, VM) with nothing to wait on in-process
+    raise AssertionError(f"{what} did not happen within {deadline} s (last: {last!r})")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# -- serve --lab with simulated machines -----------------------------------------------------------------
+
+
+def lab_files(state_dir: Path) -> Path:
+    """The placeholders are labelled and the lab's own (not the default ramdisk path); the demo image's path."""
+    placeholder = state_dir / "lab" / "placeholder" / "deploy_kernel"
+    assert placeholder.read_bytes().startswith(PLACEHOLDER)
+    assert not (state_dir / "ramdisk").exists()
+    return (state_dir / "lab" / "images" / "demo.img").resolve()
+
+
+async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_path: Path, db_file: Path) -> None:
+    """No deploy kernel configured, no agent run by the test: the lab machine PXE-boots (iPXE script over
+    HTTP), runs the agent protocol, bmd reboots it from disk; delete frees the node."""
+    settings: Settings = make_settings(
+        tmp_path,
+        driver={"default_power_driver": "ipmi"},
+        ipmi={"timeout": 2.0, "min_command_interval": 0.0},
+        tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
+    )
+    assert settings.deploy.deploy_kernel == "" and settings.deploy.boot_kernel == ""
+    stop = asyncio.Event()
+    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve_lab(settings, stop, count=2, machines="sim", on_ready=lambda *a: ready.set_result(a))
+    )
+    try:
+        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 60)
+        demo = await asyncio.to_thread(lab_files, Path(settings.service.state_dir))
+        headers = {"Authorization": f"Bearer {ctx.api_token}"}
+        async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
+
+            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                async with http.request(method, path, json=body) as resp:
+                    return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
+
+            async def schedulable() -> bool:
+                status, body = await call("POST", "/v1/schedule", {"flavor": "lab"})
+                return status == 200 and bool(body["ok"])
+
+            await until("lab nodes schedulable", schedulable, bool, 30)
+            status, body = await call("POST", "/v1/instances", {"flavor": "lab", "image_ref": str(demo)})
+            assert status == 202, body
+            uuid = body["instances"][0]["uuid"]
+
+            async def instance() -> dict[str, Any]:
+                return (await call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
+
+            def settled(vm_state: str) -> Callable[[dict[str, Any]], bool]:
+                def accept(inst: dict[str, Any]) -> bool:
+                    if inst["vm_state"] == "error":
+                        raise AssertionError(f"instance failed: {inst['last_error']}")
+                    return inst["vm_state"] == vm_state and not inst.get("task_state")
+
+                return accept
+
+            inst = await until("active", instance, settled("active"), 60)
+            name = f"lab-{int(inst['node']):04d}"
+            state = await lab.state(name)
+            assert state["machine"]["deploys"] == 1 and state["machine"]["last"]["status"] == 202
+            assert state["machine"]["state"] == "disk"  # rebooted from its disk: persistent disk boot
+            assert state["boot"] == {"selector": 2, "valid": True, "persistent": True, "efi": False}
+            assert state["power"] is True
+
+            status, _ = await call("DELETE", f"/v1/instances/{uuid}")
+            assert status == 202
+            await until("deleted", instance, settled("deleted"), 60)
+            _, node = await call("GET", f"/v1/nodes/{inst['node']}")
+            assert node["provision_state"] == "available" and node["instance_uuid"] is None
+            assert (await lab.state(name))["power"] is False
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+# -- QEMU machines ---------------------------------------------------------------------------------------
+
+
+def needs_qemu(*modes: str) -> None:
+    missing = qemu_missing(set(modes))
+    if missing:
+        pytest.skip(f"QEMU lab machines: {missing}")
+
+
+def put_on_disk(image: Path, disk: Path) -> None:
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(image), str(disk)], check=True, timeout=60)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def read_console(host: str, port: int, marker: bytes, deadline: float) -> bytes:
+    """Connect to the VM's console TCP port (retrying until it listens) and read until ``marker``."""
+    async with asyncio.timeout(deadline):
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)  # QEMU is still starting
+        seen = b""
+        try:
+            while marker not in seen:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            writer.close()
+        return seen
+
+
+async def test_qemu_machine_follows_the_ipmi_power_driver(tmp_path: Path) -> None:
+    """Power on/off/reset change the VM process; PXE falls through to the disk, disk boots it; the marker is
+    in the serial log and on the console port; a guest that powers itself off reads as off."""
+    needs_qemu("bios")
+    spec = LabSpec(count=1, machines="qemu", machine_dir=tmp_path / "vms", bmd_address=f"127.0.0.1:{closed_port()}")
+    async with Lab(spec) as lab:
+        b = lab.bmcs[0]
+        machine = lab.machine(b.name)
+        assert machine.serial_log is not None and machine.disk is not None and machine.console is not None
+        node = lab.inventory()[0]
+        assert node["terminal_port"] == machine.console[1] and node["boot_mode"] == "bios"
+        marker = "lab-qemu-marker-7"
+        put_on_disk(bios_marker_image(tmp_path / "marker.img", marker), machine.disk)
+        power = IPMIPower(QUICK)
+        access = BMCAccess(1, b.address, b.username, b.password)
+
+        async def pid() -> int | None:
+            return (await lab.state(b.name))["machine"]["pid"]  # type: ignore[no-any-return]
+
+        try:
+            # 1. PXE (next boot only): iPXE finds no bmd, exits; the firmware boots the disk; the guest powers off.
+            await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+            await power.set_power_state(access, PowerState.ON)
+            first = await pid()
+            assert first is not None and alive(first)
+            seen = await read_console(*machine.console, marker.encode(), 60)
+            assert marker.encode() in seen
+            await until("guest powered off", lambda: power.get_power_state(access), lambda s: s == PowerState.OFF, 30)
+            assert not alive(first)
+            assert machine.serial_log.read_text().count(marker) == 1
+            state = await lab.state(b.name)
+            assert state["last_boot"] == 1 and state["boot"]["valid"] is False  # the override was consumed
+
+            # 2. PXE again, then a reset with the disk as persistent boot device: a new process boots the disk.
+            await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+            await power.set_power_state(access, PowerState.ON)
+            second = await pid()
+            assert second is not None and second != first
+            await power.set_boot_device(access, BootDevice.DISK, persistent=True)
+            await power.client.chassis_control(power.target(access), ChassisControl.HARD_RESET)
+            await until("marker twice", lambda: asyncio.to_thread(machine.serial_log.read_text),
+                        lambda text: text.count(marker) == 2, 30)  # fmt: skip
+            assert not alive(second)
+            await until("guest powered off", lambda: power.get_power_state(access), lambda s: s == PowerState.OFF, 30)
+            assert (await lab.state(b.name))["machine"]["last_boot"] == 2
+
+            # 3. power off kills the VM by PID.
+            await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+            await power.set_power_state(access, PowerState.ON)
+            third = await pid()
+            assert third is not None and alive(third)
+            await power.set_power_state(access, PowerState.OFF)
+            assert not alive(third) and await pid() is None
+            # 4. the lab's stop kills a running VM.
+            await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+            await power.set_power_state(access, PowerState.ON)
+            last = await pid()
+            assert last is not None and alive(last)
+        finally:
+            await power.close()
+    assert not alive(last)
+    assert machine.disk.exists()  # the machine directory was the test's: kept
+
+
+async def test_uefi_machine_boots_the_uefi_marker_image_under_ovmf(tmp_path: Path) -> None:
+    needs_qemu("uefi")
+    missing = uefi_tools_missing()
+    if missing:
+        pytest.skip(missing)
+    spec = LabSpec(count=1, machines="qemu", machine_dir=tmp_path / "vms", boot_mode="uefi", bmd_address="127.0.0.1:9")
+    async with Lab(spec) as lab:
+        b = lab.bmcs[0]
+        machine = lab.machine(b.name)
+        assert machine.serial_log is not None and machine.disk is not None
+        assert lab.inventory()[0]["boot_mode"] == "uefi"
+        put_on_disk(uefi_marker_image(tmp_path / "uefi.img", "lab-uefi-marker"), machine.disk)
+        power = IPMIPower(QUICK)
+        access = BMCAccess(1, b.address, b.username, b.password)
+        try:
+            await power.set_boot_device(access, BootDevice.DISK, persistent=True)
+            await power.set_power_state(access, PowerState.ON)
+            await until("guest powered off", lambda: power.get_power_state(access), lambda s: s == PowerState.OFF, 90)
+        finally:
+            await power.close()
+        assert "lab-uefi-marker" in machine.serial_log.read_text(errors="replace")
+
+
+def boot_from_disk(image: Path, serial: Path, *firmware: str) -> None:
+    """QEMU straight from the disk (``-boot c``), bounded; the guest powers itself off."""
+    argv = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-L", "/usr/share/seabios"]
+    argv += ["-L", "/usr/lib/ipxe/qemu", "-display", "none", "-monitor", "none", "-net", "none"]
+    argv += ["-serial", f"file:{serial}", "-boot", "c", *firmware, "-drive", f"file={image},if=virtio,format=raw"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+
+
+def test_bios_marker_image_boots_in_qemu(tmp_path: Path) -> None:
+    needs_qemu("bios")
+    image = bios_marker_image(tmp_path / "bios.img", "bios-direct")
+    assert image.stat().st_size == 2 * 1024 * 1024
+    boot_from_disk(image, tmp_path / "serial.log")
+    assert (tmp_path / "serial.log").read_bytes() == b"bios-direct\r\n"
+
+
+def test_uefi_marker_image_boots_in_qemu_with_ovmf(tmp_path: Path) -> None:
+    needs_qemu("uefi")
+    missing = uefi_tools_missing()
+    if missing:
+        pytest.skip(missing)
+    image = uefi_marker_image(tmp_path / "uefi.img", "uefi-direct")
+    shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+    pflash = [
+        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
+    ]  # fmt: skip
+    boot_from_disk(image, tmp_path / "serial.log", *pflash)
+    assert "uefi-direct" in (tmp_path / "serial.log").read_text(errors="replace")
+
+
+# -- images and errors, no VM ----------------------------------------------------------------------------
+
+
+def test_mbr_program_is_a_boot_sector_with_the_marker() -> None:
+    sector = mbr_program("hello")
+    assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
+    assert b"hello\r\n\0" in sector
+
+
+def test_lab_image_cli_writes_the_bios_marker_image(tmp_path: Path) -> None:
+    out = tmp_path / "m.img"
+    done = subprocess.run(
+        [sys.executable, "-m", "bmd", "lab", "image", "--out", str(out), "--marker", "cli-marker"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:512] == mbr_program("cli-marker")
+
+
+async def test_qemu_machines_without_qemu_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-system-x86_64 on it
+    with pytest.raises(QemuMissing, match="qemu-system-x86_64 not found: install the Debian package"):
+        async with Lab(LabSpec(count=1, machines="qemu", machine_dir=tmp_path / "vms")):
+            pass
+    assert os.environ["PATH"] == str(tmp_path)
