@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
+# `make run MACHINES=qemu [BOOT_MODE=uefi|mixed]`: the lab machines are QEMU VMs (2 of them) instead of simulated
+MACHINES  ?= sim
+BOOT_MODE ?= bios
+LAB       ?= $(if $(filter qemu,$(MACHINES)),2,8)
 
 .PHONY: run test lint bench clean
 
@@ -16,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/bmd --config config/dev.toml db upgrade
-	$(BIN)/bmd --config config/dev.toml serve --lab 8
+	$(BIN)/bmd --config config/dev.toml serve --lab $(LAB) --machines $(MACHINES) --boot-mode $(BOOT_MODE)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
