@@ -74,6 +74,10 @@ def run(app: Any) -> int:
         async with Lab(spec) as lab:
             shown = {"bmcs": len(lab.bmcs), "first": lab.bmcs[0].address, "inventory": app.args.inventory}
             shown["machines"] = spec.machines
+            if spec.machines == "qemu":
+                from bmd.lab.qemu import PUBLIC_URL
+
+                shown["note"] = f"the VMs reach bmd at {PUBLIC_URL}: set api.public_url to it"
             print(json.dumps(shown))
             if app.args.enroll:
                 token = app.client.token

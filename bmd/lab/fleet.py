@@ -375,6 +375,11 @@ class Lab:
     def machine(self, name: str) -> MachineInfo:
         return self.machines[name]
 
+    async def machine_pids(self) -> dict[str, int | None]:
+        """Each QEMU machine's process ID while its VM runs (None: powered off)."""
+        states = await self.states([n for n, m in self.machines.items() if m.kind == "qemu"])
+        return {name: state["machine"]["pid"] for name, state in states.items()}
+
     async def connect(self, boot_url: str | None = None, bmd_address: str | None = None) -> None:
         """Tell the machines where bmd is, once it is bound: ``boot_url`` (sim: ``<bmd url>/images``),
         ``bmd_address`` (qemu: ``host:port`` for the guests' ``10.0.2.100:8080``)."""

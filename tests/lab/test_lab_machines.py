@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -192,6 +193,7 @@ async def test_qemu_machine_follows_the_ipmi_power_driver(tmp_path: Path) -> Non
             await power.set_boot_device(access, BootDevice.PXE, persistent=False)
             await power.set_power_state(access, PowerState.ON)
             first = await pid()
+            assert (await lab.machine_pids()) == {b.name: first}
             assert first is not None and alive(first)
             seen = await read_console(*machine.console, marker.encode(), 60)
             assert marker.encode() in seen
@@ -320,3 +322,47 @@ async def test_qemu_machines_without_qemu_fail_clearly(tmp_path: Path, monkeypat
         async with Lab(LabSpec(count=1, machines="qemu", machine_dir=tmp_path / "vms")):
             pass
     assert os.environ["PATH"] == str(tmp_path)
+
+
+_VM_OWNER = """
+import asyncio, sys
+from pathlib import Path
+from bmd.ipmi import BMCTarget, ChassisControl, IPMIClient, IPMISettings
+from bmd.lab import Lab, LabSpec
+async def main():
+    lab = Lab(LabSpec(count=1, machines="qemu", machine_dir=Path(sys.argv[1]), bmd_address="127.0.0.1:9",
+                      first_address="127.1.94.1"))
+    await lab.start()
+    b = lab.bmcs[0]
+    client = IPMIClient(IPMISettings(timeout=2.0))
+    await client.chassis_control(BMCTarget(b.host, b.port, b.username, b.password), ChassisControl.POWER_ON)
+    print(lab.pids[0], (await lab.state(b.name))["machine"]["pid"], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_a_vm_dies_with_its_lab_worker(tmp_path: Path) -> None:
+    """Even a worker killed with SIGKILL (no chance to clean up) takes its VMs with it (PR_SET_PDEATHSIG)."""
+    needs_qemu("bios")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _VM_OWNER, str(tmp_path / "vms"), stdout=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert parent.stdout is not None
+        line = b""
+        while not line.strip() or not line.split()[0].isdigit():  # skip the log lines
+            line = await asyncio.wait_for(parent.stdout.readline(), 60)
+            assert line, "the parent exited early"
+        worker, vm = (int(p) for p in line.split())
+        assert alive(worker) and alive(vm)
+        os.kill(worker, signal.SIGKILL)
+
+        async def vm_alive() -> bool:
+            return alive(vm)
+
+        await until("the VM killed with its worker", vm_alive, lambda up: not up, 15)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        await parent.wait()
