@@ -16,9 +16,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bmd.config import Settings
 from bmd.context import AppContext
+from bmd.drivers.deploy.agent_sim import AgentError, boot_args_from_ipxe
+from bmd.drivers.deploy.templates import BootParams, ipxe_script
 from bmd.drivers.power.base import BMCAccess, BootDevice, PowerState
 from bmd.drivers.power.ipmi import IPMIPower, IPMIPowerSettings
 from bmd.ipmi import ChassisControl, IPMISettings
@@ -366,3 +369,69 @@ async def test_a_vm_dies_with_its_lab_worker(tmp_path: Path) -> None:
     finally:
         parent.send_signal(signal.SIGKILL)
         await parent.wait()
+
+
+# -- simulated machines: what they boot, with a real HTTP server standing in for bmd's boot files ------------
+
+
+def test_boot_args_from_the_ipxe_scripts_bmd_writes() -> None:
+    params = BootParams(
+        node_uuid="9eadc924-9482-499d-9696-56496c4fb56d",
+        deploy_args="bmd_node_uuid=9eadc924-9482-499d-9696-56496c4fb56d bmd_url=http://10.0.2.100:8080 console=ttyS0",
+        boot_args="root=/dev/vda1",
+        node_url="http://10.0.2.100:8080/images/9eadc924-9482-499d-9696-56496c4fb56d",
+    )
+    args = boot_args_from_ipxe(ipxe_script(params, deploy=True), MAC)
+    assert args is not None
+    assert (args.node_uuid, args.bmd_url) == (params.node_uuid, "http://10.0.2.100:8080")
+    assert args.kernel_args["console"] == "ttyS0" and args.kernel_args["BOOTIF"] == "01-${mac:hexhyp}"
+    assert boot_args_from_ipxe(ipxe_script(params, deploy=False), MAC) is None  # boot mode: the instance
+    with pytest.raises(AgentError, match="neither in deploy nor in boot mode"):
+        boot_args_from_ipxe("#!ipxe\nexit\n", MAC)
+
+
+MAC = "52:54:00:00:00:01"
+
+
+async def test_sim_machine_pxe_boots_only_the_next_boot_and_disk_needs_no_network(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def script(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        raise web.HTTPNotFound()  # no script for the MAC: iPXE exits, the firmware boots the disk
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", script)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        spec = LabSpec(count=1, machines="sim", first_address="127.1.95.1", boot_url=f"http://127.0.0.1:{port}/images")
+        async with Lab(spec) as lab:
+            b = lab.bmcs[0]
+            power = IPMIPower(QUICK)
+            access = BMCAccess(1, b.address, b.username, b.password)
+
+            async def machine() -> dict[str, Any]:
+                return (await lab.state(b.name))["machine"]  # type: ignore[no-any-return]
+
+            try:
+                await power.set_boot_device(access, BootDevice.DISK, persistent=False)
+                await power.set_power_state(access, PowerState.ON)
+                assert (await machine())["state"] == "disk" and asked == []
+                await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+                await power.reboot(access)
+                done = await until("PXE attempt", machine, lambda m: m["state"] == "disk" and m["boots"] == 2, 10)
+                assert done["last"] == {"ipxe_status": 404}
+                assert asked == ["/images/ipxe/01-52-54-00-00-00-01.ipxe"]
+                await power.reboot(access)  # the override was for one boot only: the disk, no network
+                await until("third boot", machine, lambda m: m["boots"] == 3, 10)
+                assert (await machine())["state"] == "disk" and len(asked) == 1
+                await power.set_power_state(access, PowerState.OFF)
+                assert (await machine())["state"] == "off"
+            finally:
+                await power.close()
+    finally:
+        await runner.cleanup()
