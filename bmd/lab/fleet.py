@@ -75,6 +75,7 @@ class LabSpec:
     boot_mode: Literal["bios", "uefi", "mixed"] = "bios"  # mixed: odd BMCs bios, even ones uefi
     memory_mb: int = 256  # qemu: guest memory
     disk_mb: int = 1024  # qemu: the qcow2 disk's size
+    soft_off_seconds: float = 10.0  # qemu: a soft off (ACPI power button) the guest ignores ends in a kill
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= 60000:
@@ -332,6 +333,7 @@ class Lab:
                 memory_mb=spec.memory_mb,
                 disk_mb=spec.disk_mb,
                 bmd_address=spec.bmd_address,
+                soft_off_seconds=spec.soft_off_seconds,
             )
             self._machine_specs[i] = q.to_json()
             self.machines[name] = MachineInfo(

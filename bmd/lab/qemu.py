@@ -1,11 +1,11 @@
 """A QEMU VM behind a lab BMC (recipe: shared/notes/qemu-pxe.md, TCG only).
 
-Power on starts ``qemu-system-x86_64``; power off kills it by PID (soft off asks the guest over QMP with
-``system_powerdown`` and kills it after ``soft_off_seconds``); reset and cycle restart the process, so the
-boot order of the new boot is the one the BMC's boot device asks for; the power state is the process's
-state (a guest that powers itself off reads as off). Per VM, in its own directory: ``disk.qcow2`` (created
-once with ``qemu-img``, kept across power cycles), ``serial.log`` (the serial console, appended), the UEFI
-variable store ``OVMF_VARS.fd`` (a copy of Debian's), ``qemu.stderr``.
+Power on starts ``qemu-system-x86_64``; power off kills it by PID (soft off presses the ACPI power button
+over QMP, ``system_powerdown``, and kills the VM if it still runs ``soft_off_seconds`` later); reset and
+cycle restart the process, so the boot order of the new boot is the one the BMC's boot device asks for;
+the power state is the process's state (a guest that powers itself off reads as off). Per VM, in its own
+directory: ``disk.qcow2`` (created once with ``qemu-img``, kept across power cycles), ``serial.log`` (the
+serial console, appended), the UEFI variable store ``OVMF_VARS.fd`` (a copy of Debian's), ``qemu.stderr``.
 
 Networking is user-mode, ``restrict=on``: the guest reaches nothing but QEMU's own TFTP (``boot.ipxe``,
 chaining to bmd over HTTP) and ``10.0.2.100:8080``, forwarded by ``socat`` to bmd (``bmd_address``), so bmd's
@@ -18,6 +18,7 @@ the worker itself is killed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -161,13 +162,21 @@ class QemuMachine:
                 preexec_fn=_die_with_parent,
                 cwd=self.dir,
             )
+        except OSError as err:  # the machine stays off; the BMC still answers
+            log.error("lab_vm_start_failed", machine=self.spec.name, error=str(err))
+            return
         finally:
             stderr.close()
         log.info("lab_vm_started", machine=self.spec.name, pid=self.proc.pid, boot=selector)
 
     def power_off(self, soft: bool) -> None:
-        if soft and self.running() and self._qmp("system_powerdown"):
+        if soft and self.running():
+            # The ACPI power button (best effort: a VM still starting has no QMP socket yet); the guest gets
+            # soft_off_seconds to power itself off, then it is killed.
+            self._qmp("system_powerdown")
             self._kill_at = time.monotonic() + self.spec.soft_off_seconds
+            with contextlib.suppress(RuntimeError):  # no running loop: the next power read enforces the bound
+                asyncio.get_running_loop().call_later(self.spec.soft_off_seconds + 0.1, self.running)
             return
         self._kill()
 

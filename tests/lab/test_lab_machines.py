@@ -226,7 +226,16 @@ async def test_qemu_machine_follows_the_ipmi_power_driver(tmp_path: Path) -> Non
             assert third is not None and alive(third)
             await power.set_power_state(access, PowerState.OFF)
             assert not alive(third) and await pid() is None
-            # 4. the lab's stop kills a running VM.
+            # 4. soft off: the ACPI power button; firmware ignores it, so the VM is killed after the bound.
+            await power.set_boot_device(access, BootDevice.PXE, persistent=False)
+            await power.set_power_state(access, PowerState.ON)
+            fourth = await pid()
+            assert fourth is not None
+            await power.client.chassis_control(power.target(access), ChassisControl.SOFT_OFF)
+            assert alive(fourth) and await power.get_power_state(access) == PowerState.ON  # still going
+            await until("soft off bound", lambda: power.get_power_state(access), lambda s: s == PowerState.OFF, 15)
+            assert not alive(fourth)
+            # 5. the lab's stop kills a running VM.
             await power.set_boot_device(access, BootDevice.PXE, persistent=False)
             await power.set_power_state(access, PowerState.ON)
             last = await pid()
