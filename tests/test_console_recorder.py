@@ -87,14 +87,14 @@ async def recorder(tmp_path: Path) -> AsyncIterator[ConsoleRecorder]:
             await rec.close()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def until(predicate: Callable[[], bool], deadline: float = 15.0) -> None:
+    async with asyncio.timeout(deadline):
+        while not predicate():  # noqa: ASYNC110 - polls what the recorder's tasks and the peers change
             await asyncio.sleep(0.02)
 
 
-async def ended(rec: Recording, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+async def ended(rec: Recording, deadline: float = 10.0) -> None:
+    async with asyncio.timeout(deadline):
         await rec.done.wait()
 
 

@@ -44,9 +44,7 @@ class DriverFactory:
         load_plugin(POWER_GROUP, d.default_power_driver, PowerInterface, what="driver.default_power_driver")
         deploy_cls = load_plugin(DEPLOY_GROUP, d.deploy_driver, DeployInterface, what="driver.deploy_driver")
         vif_cls = load_plugin(VIF_GROUP, d.vif_driver, VifDriver, what="driver.vif_driver")
-        console_cls = load_plugin(
-            CONSOLE_GROUP, d.console_interface, ConsoleInterface, what="driver.console_interface"
-        )
+        console_cls = load_plugin(CONSOLE_GROUP, d.console_interface, ConsoleInterface, what="driver.console_interface")
         self.settings = settings
         self.power = PowerRegistry(settings, secret_box)
         self.deploy: DeployInterface = build_plugin(deploy_cls, settings)
