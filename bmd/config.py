@@ -178,7 +178,7 @@ class ConsoleSettings(_Section):
     grace: PositiveSeconds = 20.0
     read_rate: Annotated[int, Field(ge=1024)] = 65536
     connect_timeout: PositiveSeconds = 5.0
-    retry_max: PositiveSeconds = 5.0
+    retry_max: PositiveSeconds = 2.0
 
 
 class NetworkSettings(_Section):

@@ -203,3 +203,26 @@ async def test_the_cli_shows_steps_and_writes_the_console_log_raw(
         assert lines[0].split() == ["step", "started_at", "seconds", "ok", "detail"]
         assert [line.split()[0] for line in lines[1:]] == [*SPAWN_STEPS, "wait_agent"]
         assert lines[-1].split()[2:] == ["-", "running"] and all(" ok" in line for line in lines[1:-1])
+
+
+async def test_a_restart_resumes_the_recording_of_a_deploy_that_waits(tmp_path: Path, db_file: Path) -> None:
+    from bmd.provision.recovery import recover
+
+    async with (
+        console_server() as (port, _),
+        make_cloud(tmp_path, driver={"console_interface": "tcp"}, console={"grace": 0.1, "retry_max": 0.2}) as cloud,
+    ):
+        node_id, instance = await deploy(cloud, pm_address="127.0.0.1", terminal_port=port)
+        recorder = cloud.ctx.conductor.console
+        assert recorder is not None
+        first = recorder.recordings[node_id]
+        recorder.stop(node_id)  # as if bmd had stopped while the node waited for its agent
+        async with asyncio.timeout(10):
+            await first.done.wait()
+        await recover(cloud.ctx.conductor)
+        again = recorder.recordings[node_id]
+        assert again is not first and again.instance_uuid == instance
+        uuid = (await cloud.node(node_id)).uuid
+        async with asyncio.timeout(15):
+            while (await cloud.ctx.console_logs.aread(uuid)).count(b"looking up my token") < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
