@@ -20,7 +20,10 @@ from bmd.console_log import ConsoleLogs
 from bmd.console_recorder import CHUNK, ConsoleRecorder, Recording
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.console.tcp import TcpConsole, address_host
+from bmd.drivers.factory import DriverFactory
+from bmd.errors import ConfigError, InvalidInput
 from bmd.node_events import TOPIC, NodeView
+from bmd.secrets import load_secret_box
 from tests.conftest import make_settings
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -115,6 +118,26 @@ def test_the_console_host_is_the_host_of_pm_address() -> None:
     console = TcpConsole()
     assert console.endpoint(facts(1, 4000)) == "tcp://127.0.0.1:4000"
     assert console.endpoint(NodeFacts(id=1, pm_driver="fake", pm_address="x")) is None  # no terminal_port
+
+
+async def test_the_console_interface_is_chosen_by_config(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, driver={"console_interface": "tcp"})
+    drivers = DriverFactory(settings, load_secret_box(settings.secrets.key_file))
+    try:
+        console = drivers.for_node(facts(1, 4000)).console
+        assert isinstance(console, TcpConsole) and console.name == "tcp-serial"
+        assert await console.start_console(facts(1, 4000)) == "tcp://127.0.0.1:4000"
+        no_host = NodeFacts(id=2, pm_driver="fake", pm_address=" ", terminal_port=4000, interfaces=1)
+        with pytest.raises(InvalidInput) as err:
+            console.validate(no_host)
+        assert err.value.field == "pm_address"
+    finally:
+        await drivers.close()
+    bad = make_settings(tmp_path, driver={"console_interface": "serial-over-lan"})
+    with pytest.raises(
+        ConfigError, match=r"driver.console_interface: unknown name .*known console interfaces: none, tcp"
+    ):
+        DriverFactory(bad, load_secret_box(bad.secrets.key_file))
 
 
 async def test_what_the_console_prints_lands_after_a_header(recorder: ConsoleRecorder) -> None:
