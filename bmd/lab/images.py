@@ -8,7 +8,11 @@
   holding ``EFI/BOOT/BOOTX64.EFI``, a GRUB made by ``grub-mkstandalone -O x86_64-efi`` around an embedded
   grub.cfg that prints the marker on the serial console and halts (GRUB's halt powers the VM off).
 
-Both come from Debian packages and our own bytes only (``grub-efi-amd64-bin grub-common mtools fdisk``).
+- :func:`hybrid_marker_image`: the UEFI image with the MBR program in its protective MBR's boot code area
+  (bytes 0-439): SeaBIOS runs the boot sector, OVMF boots the ESP; one image for both boot modes (the
+  quick start's demo image, so that ``--boot-mode mixed`` labs deploy it everywhere).
+
+All come from Debian packages and our own bytes only (``grub-efi-amd64-bin grub-common mtools fdisk``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,17 @@ def mbr_program(marker: str) -> bytes:
     if len(code) > 446:  # keep clear of the partition table
         raise InvalidInput("marker too long for a boot sector", field="marker")
     return bytes(code) + bytes(510 - len(code)) + b"\x55\xaa"
+
+
+def hybrid_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = UEFI_IMAGE_SIZE) -> Path:
+    """A disk that proves it booted under SeaBIOS and under OVMF alike (see the module's docstring)."""
+    code = mbr_program(marker)[:446].rstrip(b"\0")
+    if len(code) > 440:  # 440-445: disk signature and reserved bytes of the (protective) MBR
+        raise InvalidInput("marker too long for a hybrid boot sector", field="marker")
+    uefi_marker_image(path, marker, size)
+    with open(path, "r+b") as f:
+        f.write(code)  # the partition table (446-509) and the 0x55AA signature stay as sfdisk wrote them
+    return path
 
 
 def bios_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = BIOS_IMAGE_SIZE) -> Path:

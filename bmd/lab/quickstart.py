@@ -2,8 +2,8 @@
 
 Everything lives in a lab-owned directory, ``<service.state_dir>/lab/`` (never the real default paths):
 
-- ``images/demo.img``: the demo image, the BIOS marker disk (:mod:`bmd.lab.images`); ``images/`` is added to
-  ``deploy.allowed_image_roots``;
+- ``images/demo.img``: the demo image, a marker disk booting under BIOS and UEFI alike (BIOS only when GRUB
+  or mtools are missing; :mod:`bmd.lab.images`); ``images/`` is added to ``deploy.allowed_image_roots``;
 - ``placeholder/``: clearly labelled placeholder deploy kernel/ramdisk (and boot kernel/ramdisk) for
   simulated machines, which never execute them, used only when the real ones are absent (no
   ``deploy.deploy_kernel`` set and no ``<state_dir>/ramdisk/deploy_kernel`` from ``bmd ramdisk build``);
@@ -27,7 +27,7 @@ import structlog
 
 from bmd.config import Settings
 from bmd.errors import BmdError
-from bmd.lab.images import bios_marker_image
+from bmd.lab.images import bios_marker_image, hybrid_marker_image, uefi_tools_missing
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +72,11 @@ def lab_settings(settings: Settings, machines: str) -> Settings:
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     demo = images / "demo.img"
-    if not demo.is_file():
-        bios_marker_image(demo, DEMO_MARKER)
+    if not demo.is_file():  # one image for both boot modes when GRUB and mtools are here, else BIOS only
+        if uefi_tools_missing() is None:
+            hybrid_marker_image(demo, DEMO_MARKER)
+        else:
+            bios_marker_image(demo, DEMO_MARKER)
     d = settings.deploy
     roots = list(d.allowed_image_roots)
     update: dict[str, Any] = {}

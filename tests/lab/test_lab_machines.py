@@ -26,7 +26,13 @@ from bmd.drivers.power.base import BMCAccess, BootDevice, PowerState
 from bmd.drivers.power.ipmi import IPMIPower, IPMIPowerSettings
 from bmd.ipmi import ChassisControl, IPMISettings
 from bmd.lab import Lab, LabSpec
-from bmd.lab.images import bios_marker_image, mbr_program, uefi_marker_image, uefi_tools_missing
+from bmd.lab.images import (
+    bios_marker_image,
+    hybrid_marker_image,
+    mbr_program,
+    uefi_marker_image,
+    uefi_tools_missing,
+)
 from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
 from bmd.lab.quickstart import PLACEHOLDER
 from bmd.service import Endpoint, serve_lab
@@ -292,19 +298,23 @@ def test_bios_marker_image_boots_in_qemu(tmp_path: Path) -> None:
     assert (tmp_path / "serial.log").read_bytes() == b"bios-direct\r\n"
 
 
-def test_uefi_marker_image_boots_in_qemu_with_ovmf(tmp_path: Path) -> None:
+def test_hybrid_marker_image_boots_under_seabios_and_ovmf(tmp_path: Path) -> None:
+    """The quick start's demo image: the UEFI marker image (GPT, ESP, GRUB) with the MBR program in its
+    protective MBR boots from disk under both firmwares."""
     needs_qemu("uefi")
     missing = uefi_tools_missing()
     if missing:
         pytest.skip(missing)
-    image = uefi_marker_image(tmp_path / "uefi.img", "uefi-direct")
+    image = hybrid_marker_image(tmp_path / "hybrid.img", "hybrid-direct")
+    boot_from_disk(image, tmp_path / "bios.log")
+    assert (tmp_path / "bios.log").read_bytes() == b"hybrid-direct\r\n"
     shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
     pflash = [
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
     ]  # fmt: skip
-    boot_from_disk(image, tmp_path / "serial.log", *pflash)
-    assert "uefi-direct" in (tmp_path / "serial.log").read_text(errors="replace")
+    boot_from_disk(image, tmp_path / "uefi.log", *pflash)
+    assert "hybrid-direct" in (tmp_path / "uefi.log").read_text(errors="replace")
 
 
 # -- images and errors, no VM ----------------------------------------------------------------------------
