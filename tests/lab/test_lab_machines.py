@@ -24,6 +24,7 @@ from bmd.drivers.deploy.agent_sim import AgentError, boot_args_from_ipxe
 from bmd.drivers.deploy.templates import BootParams, ipxe_script
 from bmd.drivers.power.base import BMCAccess, BootDevice, PowerState
 from bmd.drivers.power.ipmi import IPMIPower, IPMIPowerSettings
+from bmd.errors import InvalidInput
 from bmd.ipmi import ChassisControl, IPMISettings
 from bmd.lab import Lab, LabSpec
 from bmd.lab.images import (
@@ -454,3 +455,28 @@ async def test_sim_machine_pxe_boots_only_the_next_boot_and_disk_needs_no_networ
                 await power.close()
     finally:
         await runner.cleanup()
+
+
+async def test_mixed_boot_mode_lab_inventory() -> None:
+    spec = LabSpec(count=3, machines="sim", boot_mode="mixed", first_address="127.1.96.1", boot_url="http://x.invalid/")
+    async with Lab(spec) as lab:
+        nodes = lab.inventory()
+    assert [n["boot_mode"] for n in nodes] == ["bios", "uefi", "bios"]
+    assert {(n["cpus"], n["memory_mb"], n["local_gb"]) for n in nodes} == {(1, 256, 1)}  # the flavor "lab"
+    assert all("terminal_port" not in n for n in nodes)  # a simulated machine has no serial console
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"machines": "vmware"}, "machines"),
+        ({"boot_mode": "legacy"}, "boot_mode"),
+        ({"boot_url": "ftp://bmd/images"}, "boot_url"),
+        ({"memory_mb": 32}, "memory_mb"),
+        ({"disk_mb": 1}, "disk_mb"),
+    ],
+)
+def test_lab_spec_machine_fields_are_checked(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        LabSpec(**fields)
+    assert err.value.field == field
