@@ -61,7 +61,8 @@ async def test_the_ramdisk_boots_in_qemu_and_the_agent_deploys(
         node = await cloud.node(node_id)
         assert node.provision_state == "wait_callback", node.last_error
         disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
-        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True, timeout=30)
+        create = [qemu_img, "create", "-q", "-f", "qcow2", str(disk), "64M"]
+        await asyncio.to_thread(subprocess.run, create, check=True, timeout=30)
         argv = qemu_argv(qemu, deploy_ramdisk, disk, serial, node.uuid, cloud.client.port)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -95,6 +96,6 @@ async def test_the_ramdisk_boots_in_qemu_and_the_agent_deploys(
         )
         print(f"\nQEMU boot to deployed callback: {seconds:.1f} s")  # measured, reported; never asserted
         assert "bmd-agent: callback accepted" in log and "bmd-agent: image checksum ok (sha256)" in log
-        compare = subprocess.run([qemu_img, "compare", "-f", "raw", "-F", "qcow2", str(image), str(disk)],
-                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        argv = [qemu_img, "compare", "-f", "raw", "-F", "qcow2", str(image), str(disk)]
+        compare = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
         assert compare.returncode == 0, compare.stdout + compare.stderr
