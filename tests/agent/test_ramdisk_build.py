@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import lzma
 import shutil
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from bmd.cli import main
 from bmd.ramdisk import cpio
-from bmd.ramdisk.build import load_order
+from bmd.ramdisk.build import load_order, module_name, read_module
 from tests.ramdisk_cache import cache_root
 
 
@@ -111,3 +112,13 @@ def test_modules_load_dependencies_first() -> None:
         "d": ("k/d-x.ko.xz", ["k/c.ko"]),
     }
     assert load_order(["a", "missing", "d"], deps) == ["k/c.ko", "k/b.ko", "k/a.ko", "k/d-x.ko.xz"]
+
+
+@pytest.mark.parametrize("suffix", [".ko", ".ko.xz", ".ko.gz"])
+def test_compressed_modules_are_unpacked_for_insmod(tmp_path: Path, suffix: str) -> None:
+    elf = b"\x7fELF" + bytes(range(256)) * 4
+    packed = {".ko": elf, ".ko.xz": lzma.compress(elf), ".ko.gz": gzip.compress(elf)}[suffix]
+    path = tmp_path / f"virtio_blk{suffix}"
+    path.write_bytes(packed)
+    assert read_module(path) == elf
+    assert module_name(f"kernel/drivers/nvme/host/nvme-core{suffix}") == "nvme_core"
