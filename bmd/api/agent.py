@@ -30,7 +30,7 @@ def _token(request: web.Request) -> str | None:
 async def lookup(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentLookup)
     answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, request.remote)
-    if wants_shell_text(request.headers.get("Accept", "")):
+    if wants_shell_text(",".join(request.headers.getall("Accept", []))):
         return web.Response(text=shell_lines(answer), content_type="text/plain", headers={"Cache-Control": "no-store"})
     return json_response(answer)
 
