@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from bmd.ramdisk import MANIFEST_NAME
 from bmd.ramdisk.build import RamdiskBuildError, build, build_key
 
 CACHE_ENV = "BMD_TEST_RAMDISK_CACHE"
+KEEP = 4  # builds kept in the cache (several branches may share it)
 TOOLS = {"apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg", "depmod": "kmod"}
 
 
@@ -38,22 +40,46 @@ def built_ramdisk() -> Path:
             pytest.skip(f"{tool} is not installed (Debian package {package}): cannot build the deploy ramdisk")
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        key = build_key()
-    except RamdiskBuildError as err:
-        pytest.skip(f"cannot resolve the ramdisk's Debian packages: {err}")
-    target = root / key
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building the same key
-        if (target / MANIFEST_NAME).is_file():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:
-            build(tmp, debs_dir=root / ".debs")
+            return build_cached(root)
         except RamdiskBuildError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if "downloading" not in str(err) or not refresh_package_lists():
+                if "downloading" in str(err) or "resolving" in str(err) or "looking up" in str(err):
+                    pytest.skip(f"the Debian archive is not reachable: {err}")
+                raise
+        try:  # the lists were stale: they named versions the archive no longer has
+            return build_cached(root)
+        except RamdiskBuildError as err:
             if "downloading" in str(err):
                 pytest.skip(f"the Debian archive is not reachable: {err}")
             raise
-        os.replace(tmp, target)
+
+
+def build_cached(root: Path) -> Path:
+    """The build for the current key under ``root``, built (in a temporary directory, then renamed into
+    place) when it is not there yet. The caller holds the lock."""
+    key = build_key()
+    target = root / key
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        build(tmp, debs_dir=root / ".debs")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, target)
+    builds = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
+    for old in builds[:-KEEP]:  # other keys: other branches' agents, older package versions
+        shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def refresh_package_lists() -> bool:
+    """``apt-get update`` (as root only, bounded): True when it ran and succeeded."""
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
+    return done.returncode == 0
