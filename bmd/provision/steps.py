@@ -4,7 +4,7 @@ them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and th
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -49,17 +49,14 @@ class Provisioner:
     verbs. The deploy and vif interfaces are the factory's (``driver.deploy_driver``, ``driver.vif_driver``).
 
     ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
-    ``consoles`` is the service's one set of per-node console logs (``<service.state_dir>/console``).
+    ``console_logs`` is the service's one set of per-node console logs (``<service.state_dir>/console``).
     """
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     drivers: DriverFactory
     public_url: str = ""
-    consoles: ConsoleLogs = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.consoles = ConsoleLogs(Path(self.settings.service.state_dir, "console"))
+    console_logs: ConsoleLogs | None = None
 
     @property
     def ramdisk_dir(self) -> Path:

@@ -91,17 +91,14 @@ async def test_the_agents_console_goes_to_the_nodes_console_log(tmp_path: Path, 
         assert resp.status == 400 and (await resp.json())["field"] == "console"
         forged = await cloud.client.post(url, json={"error": "x", "console": "forged"}, headers={"X-Agent-Token": "no"})
         assert forged.status == 401
-        assert cloud.ctx.conductor.p.consoles.read(w.node_uuid) == b""  # nothing without the token
+        assert cloud.ctx.console_logs.read(w.node_uuid) == b""  # nothing without the token
         body = {"error": "disk on fire", "console": "line 1\nline 2: disk on fire"}
         assert (await cloud.client.post(url, json=body, headers={"X-Agent-Token": token})).status == 202
-        console = cloud.ctx.conductor.p.consoles.read(w.node_uuid).decode()
+        console = cloud.ctx.console_logs.read(w.node_uuid).decode()
         assert "line 1\nline 2: disk on fire\n" in console and "error report" in console
         node = await cloud.node(w.node_id)
         assert node.provision_state == "error" and "disk on fire" in (node.last_error or "")
-        assert (
-            cloud.ctx.conductor.p.consoles.path(w.node_uuid).parent
-            == ramdisk_dir(cloud.tmp / "state").parent / "console"
-        )
+        assert cloud.ctx.console_logs.path(w.node_uuid).parent == ramdisk_dir(cloud.tmp / "state").parent / "console"
 
 
 async def test_empty_deploy_settings_mean_the_built_ramdisk(tmp_path: Path, db_file: Path) -> None:

@@ -88,7 +88,7 @@ async def test_a_checksum_mismatch_fails_the_deploy_with_the_agents_message_and_
     node = await cloud.node(w.node_id)
     assert node.provision_state == "error"
     assert "deploy failed on the node: image checksum mismatch: expected sha256:" in (node.last_error or "")
-    console = cloud.ctx.conductor.p.consoles.read(w.node_uuid).decode()
+    console = cloud.ctx.console_logs.read(w.node_uuid).decode()
     assert "bmd-agent: ERROR: image checksum mismatch" in console and "bmd-agent: starting" in console
     assert machine.disk("vda") == b"\xee" * 4096  # nothing was written
     assert (await cloud.client.delete(f"/v1/instances/{w.instance_uuid}", headers=cloud.auth)).status == 202
