@@ -18,7 +18,7 @@
 # never on the command line of a long-running process.
 #
 # Every path is overridable by environment, so tests run this very script under busybox sh on the host:
-#   BMD_AGENT_CMDLINE (/proc/cmdline)  BMD_AGENT_SYSFS (/sys)  BMD_AGENT_DEVDIR (/dev)
+#   BMD_AGENT_CMDLINE (/proc/cmdline)  BMD_AGENT_SYSFS (/sys)  BMD_AGENT_DEVDIR (/dev)  BMD_AGENT_MEMINFO
 #   BMD_AGENT_WORK (/run/bmd-agent)    BMD_AGENT_LOG ($WORK/agent.log)  BMD_AGENT_LIB (this script's dir)
 #   BMD_AGENT_NO_DHCP=1 (skip udhcpc)  BMD_AGENT_ADDRESS (the address reported; default the DHCP lease)
 #   BMD_AGENT_TIMEOUT (s per API call, 30)  BMD_AGENT_IMAGE_TIMEOUT (s per download attempt, 900)
@@ -33,6 +33,7 @@ LIB=${BMD_AGENT_LIB:-$(cd "$(dirname "$0")" && pwd)}
 CMDLINE=${BMD_AGENT_CMDLINE:-/proc/cmdline}
 SYSFS=${BMD_AGENT_SYSFS:-/sys}
 DEVDIR=${BMD_AGENT_DEVDIR:-/dev}
+MEMINFO=${BMD_AGENT_MEMINFO:-/proc/meminfo}
 T_API=${BMD_AGENT_TIMEOUT:-30}
 T_IMAGE=${BMD_AGENT_IMAGE_TIMEOUT:-900}
 RETRIES=${BMD_AGENT_RETRIES:-5}
@@ -250,6 +251,16 @@ lookup() {
 
 # --- 4. image ------------------------------------------------------------------------------------------
 
+# The image is downloaded into memory (then written): refuse at once an image that cannot fit.
+check_memory() {
+	[ -n "$IMAGE_SIZE" ] && [ -r "$MEMINFO" ] || return 0
+	avail_kb=$(awk '$1 == "MemAvailable:" { print $2 }' "$MEMINFO")
+	case $avail_kb in '' | *[!0-9]*) return 0 ;; esac
+	need_kb=$((IMAGE_SIZE / 1024 + 32768)) # the image and 32 MiB to work in
+	[ "$avail_kb" -ge "$need_kb" ] ||
+		fail "the image ($IMAGE_SIZE bytes) does not fit in this node's memory (${avail_kb} KiB available, ${need_kb} KiB needed)"
+}
+
 size_of() { if [ -e "$1" ]; then wc -c <"$1" | tr -d ' '; else echo 0; fi; }
 
 download() { # $1 URL, $2 destination: resumed with -c (Range) after a cut, bounded attempts.
@@ -383,6 +394,7 @@ main() {
 	log "node $NODE_UUID, bmd at $BMD_URL"
 	dhcp
 	lookup
+	check_memory
 	heartbeat "agent up at ${ADDRESS:-unknown address}: downloading the image"
 	image="$WORK/image"
 	download "$IMAGE_URL" "$image"

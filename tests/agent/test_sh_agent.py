@@ -214,3 +214,16 @@ async def test_the_config_drive_hook(tmp_path: Path, db_file: Path, busybox: str
                 assert f"a config drive was requested but {lib}/configdrive.sh is missing" in (node.last_error or "")
     finally:
         await proxy.close()
+
+
+async def test_an_image_larger_than_the_nodes_memory_is_refused_before_the_download(cloud: Cloud, busybox: str) -> None:
+    (w,) = await deploy_until_waiting(cloud)
+    machine = Machine(cloud.tmp / "machine", busybox)
+    machine.add_disk(Disk("vda", 10))
+    meminfo = machine.root / "meminfo"
+    meminfo.write_text("MemTotal:          65536 kB\nMemFree:           30000 kB\nMemAvailable:      30000 kB\n")
+    assert await machine.run(url_of(cloud), w.node_uuid, MAC, BMD_AGENT_MEMINFO=str(meminfo)) == 1
+    node = await cloud.node(w.node_id)
+    assert node.provision_state == "error"
+    assert "does not fit in this node's memory (30000 KiB available" in (node.last_error or "")
+    assert not (machine.work / "image").exists()
