@@ -23,6 +23,7 @@
 #   BMD_AGENT_NO_DHCP=1 (skip udhcpc)  BMD_AGENT_ADDRESS (the address reported; default the DHCP lease)
 #   BMD_AGENT_TIMEOUT (s per API call, 30)  BMD_AGENT_IMAGE_TIMEOUT (s per download attempt, 900)
 #   BMD_AGENT_RETRIES (attempts per transfer, 5)  BMD_AGENT_RETRY_DELAY (s between attempts, 2)
+#   BMD_AGENT_LOOKUP_RETRIES (attempts to reach bmd for the lookup, 60)
 #   BMD_AGENT_DISK_WAIT (s to wait for a disk to appear, 20)  BMD_AGENT_WGET (the wget to run, wget)
 
 set -u
@@ -37,6 +38,7 @@ MEMINFO=${BMD_AGENT_MEMINFO:-/proc/meminfo}
 T_API=${BMD_AGENT_TIMEOUT:-30}
 T_IMAGE=${BMD_AGENT_IMAGE_TIMEOUT:-900}
 RETRIES=${BMD_AGENT_RETRIES:-5}
+LOOKUP_RETRIES=${BMD_AGENT_LOOKUP_RETRIES:-60} # bmd may be briefly out of reach: nothing is lost by waiting
 RETRY_DELAY=${BMD_AGENT_RETRY_DELAY:-2}
 DISK_WAIT=${BMD_AGENT_DISK_WAIT:-20}
 BMD_AGENT_LIB=$LIB
@@ -216,7 +218,7 @@ lookup() {
 		rm -f "$answer"
 		# bmd answered (a refusal): a second lookup would be refused too, and fails the deploy.
 		grep -q "server returned error" "$WORK/cmd.out" && fail "bmd refused the lookup: $(tail -n 1 "$WORK/cmd.out")"
-		[ "$attempt" -ge "$RETRIES" ] && fail "cannot reach bmd at $BMD_URL: $(tail -n 1 "$WORK/cmd.out")"
+		[ "$attempt" -ge "$LOOKUP_RETRIES" ] && fail "cannot reach bmd at $BMD_URL: $(tail -n 1 "$WORK/cmd.out")"
 		attempt=$((attempt + 1))
 		sleep "$RETRY_DELAY"
 	done
