@@ -227,3 +227,15 @@ async def test_an_image_larger_than_the_nodes_memory_is_refused_before_the_downl
     assert node.provision_state == "error"
     assert "does not fit in this node's memory (30000 KiB available" in (node.last_error or "")
     assert not (machine.work / "image").exists()
+
+
+async def test_a_refused_lookup_is_not_repeated(cloud: Cloud, busybox: str) -> None:
+    (node_id,) = await cloud.enroll(1)  # no deploy: bmd refuses the lookup (409)
+    node = await cloud.node(node_id)
+    machine = Machine(cloud.tmp / "machine", busybox)
+    machine.add_disk(Disk("vda", 10))
+    assert await machine.run(url_of(cloud), node.uuid, MAC) == 1
+    assert "bmd refused the lookup: wget: server returned error: HTTP/1.1 409" in machine.output
+    lookups = [a for a in machine.argv_log.read_text().splitlines() if a.endswith("/v1/agent/lookup")]
+    assert len(lookups) == 1 and machine.tokens_in_argv() == set()
+    assert (await cloud.node(node_id)).provision_state == "available"
