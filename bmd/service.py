@@ -112,7 +112,9 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
-            conductor=Conductor(Provisioner(settings, sessionmaker, drivers, public_url=public_url), recorder),
+            conductor=Conductor(
+                Provisioner(settings, sessionmaker, drivers, public_url=public_url, console_logs=console_logs), recorder
+            ),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             console_logs=console_logs,
             step_failures=failures,
