@@ -41,7 +41,10 @@ def lab_dir(settings: Settings) -> Path:
 
 
 def ramdisk_dir(settings: Settings) -> Path:
-    return Path(settings.service.state_dir, "ramdisk").resolve()
+    """Where ``bmd ramdisk build`` writes by default, and where empty ``deploy.*`` settings point."""
+    from bmd.ramdisk import ramdisk_dir as default_dir
+
+    return default_dir(settings.service.state_dir).resolve()
 
 
 def build_ramdisk(out: Path) -> None:

@@ -35,7 +35,7 @@ from bmd.lab.images import (
     uefi_tools_missing,
 )
 from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
-from bmd.lab.quickstart import PLACEHOLDER
+from bmd.lab.quickstart import DEMO_MARKER, PLACEHOLDER
 from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
 
@@ -140,6 +140,80 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
 
 
 # -- QEMU machines ---------------------------------------------------------------------------------------
+
+
+async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
+    tmp_path: Path, db_file: Path, deploy_ramdisk: Path
+) -> None:
+    """``make run MACHINES=qemu``: bmd's ramdisk in ``<state_dir>/ramdisk`` (as ``bmd ramdisk build`` leaves
+    it), one lab VM; the instance goes active, the VM boots the deployed demo image from its disk."""
+    needs_qemu("bios")
+    settings: Settings = make_settings(
+        tmp_path,
+        driver={"default_power_driver": "ipmi"},
+        ipmi={"timeout": 2.0, "min_command_interval": 0.0},
+        tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
+    )
+    await asyncio.to_thread(install_ramdisk, deploy_ramdisk, Path(settings.service.state_dir, "ramdisk"))
+    stop = asyncio.Event()
+    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve_lab(settings, stop, count=1, machines="qemu", on_ready=lambda *a: ready.set_result(a))
+    )
+    try:
+        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 60)
+        machine = lab.machine("lab-0001")
+        serial_log = machine.serial_log
+        assert serial_log is not None
+        demo = Path(settings.service.state_dir) / "lab" / "images" / "demo.img"  # absolute: under tmp_path
+        headers = {"Authorization": f"Bearer {ctx.api_token}"}
+        async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
+
+            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                async with http.request(method, path, json=body) as resp:
+                    return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
+
+            async def schedulable() -> bool:
+                status, body = await call("POST", "/v1/schedule", {"flavor": "lab"})
+                return status == 200 and bool(body["ok"])
+
+            await until("lab node schedulable", schedulable, bool, 30)
+            status, body = await call("POST", "/v1/instances", {"flavor": "lab", "image_ref": str(demo)})
+            assert status == 202, body
+            uuid = body["instances"][0]["uuid"]
+
+            async def instance() -> dict[str, Any]:
+                return (await call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
+
+            def settled(vm_state: str) -> Callable[[dict[str, Any]], bool]:
+                def accept(inst: dict[str, Any]) -> bool:
+                    if inst["vm_state"] == "error":
+                        raise AssertionError(f"instance failed: {inst['last_error']}")
+                    return inst["vm_state"] == vm_state and not inst.get("task_state")
+
+                return accept
+
+            await until("active", instance, settled("active"), 240)
+
+            def serial() -> Awaitable[str]:
+                return asyncio.to_thread(serial_log.read_text, errors="replace")
+
+            await until("the deployed image's marker", serial, lambda text: DEMO_MARKER in text, 60)
+            status, _ = await call("DELETE", f"/v1/instances/{uuid}")
+            assert status == 202
+            await until("deleted", instance, settled("deleted"), 60)
+            _, node = await call("GET", "/v1/nodes/1")
+            assert node["provision_state"] == "available"
+            assert (await lab.machine_pids()) == {"lab-0001": None}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+def install_ramdisk(built: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for name in ("deploy_kernel", "deploy_ramdisk", "manifest.json"):
+        shutil.copyfile(built / name, target / name)
 
 
 def needs_qemu(*modes: str) -> None:
