@@ -34,6 +34,8 @@ SIM_BOOT_SECONDS = 0.2  # firmware + iPXE, simulated: long enough that bmd has r
 
 
 class Machine(Protocol):
+    async def open(self) -> None: ...
+
     def boot(self, selector: int) -> None: ...
 
     def power_off(self, soft: bool) -> None: ...
@@ -60,6 +62,9 @@ class SimMachine:
         self.deploys = 0
         self.last: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        pass
 
     def connect(self, boot_url: str | None, bmd_address: str | None) -> None:
         if boot_url:

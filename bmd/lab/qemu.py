@@ -5,12 +5,14 @@ over QMP, ``system_powerdown``, and kills the VM if it still runs ``soft_off_sec
 cycle restart the process, so the boot order of the new boot is the one the BMC's boot device asks for;
 the power state is the process's state (a guest that powers itself off reads as off). Per VM, in its own
 directory: ``disk.qcow2`` (created once with ``qemu-img``, kept across power cycles), ``serial.log`` (the
-serial console, appended), the UEFI variable store ``OVMF_VARS.fd`` (a copy of Debian's), ``qemu.stderr``.
+serial console, appended), the UEFI variable store ``OVMF_VARS.fd`` (a copy of Debian's), ``qemu.stderr``;
+its Unix sockets (console, QMP) there too, or in a temporary directory when that path is too long.
 
 Networking is user-mode, ``restrict=on``: the guest reaches nothing but QEMU's own TFTP (``boot.ipxe``,
 chaining to bmd over HTTP) and ``10.0.2.100:8080``, forwarded by ``socat`` to bmd (``bmd_address``), so bmd's
 ``api.public_url`` for these machines is ``http://10.0.2.100:8080``. The serial console is also served on
-TCP ``(console_host, console_port)`` (the node's ``terminal_port``).
+TCP ``(console_host, console_port)`` (the node's ``terminal_port``) by the lab worker
+(:class:`~bmd.lab.console.ConsoleRelay`), so a client stays connected while the VM restarts.
 
 Every VM dies with the lab worker: killed in :meth:`QemuMachine.close`, and ``PR_SET_PDEATHSIG`` kills it if
 the worker itself is killed.
@@ -26,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ from typing import Any
 import structlog
 
 from bmd.errors import BmdError
+from bmd.lab.console import ConsoleRelay
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +114,13 @@ class QemuMachine:
         self.disk = self.dir / "disk.qcow2"
         self.serial_log = self.dir / "serial.log"
         self.vars = self.dir / "OVMF_VARS.fd"
-        self.qmp_path = self.dir / "qmp.sock"
+        # Unix socket paths are limited to 107 bytes: beside the disk when that is short enough
+        self._own_sock_dir = len(str(self.dir)) > 90
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="bmd-vm-")) if self._own_sock_dir else self.dir
+        self.qmp_path = self.sock_dir / "qmp.sock"
+        self.console = ConsoleRelay(
+            spec.name, spec.console_host, spec.console_port, self.serial_log, self.sock_dir / "console.sock"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.boots = 0
         self.last_exit: int | None = None
@@ -130,6 +140,9 @@ class QemuMachine:
             shutil.copyfile(OVMF_VARS, self.vars)
 
     # -- the BMC's verbs ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.console.open()
+
     def connect(self, boot_url: str | None, bmd_address: str | None) -> None:
         if bmd_address:
             self.bmd_address = bmd_address
@@ -182,6 +195,9 @@ class QemuMachine:
 
     def close(self) -> None:
         self._kill()
+        self.console.close()
+        if self._own_sock_dir:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
@@ -231,11 +247,11 @@ class QemuMachine:
         for path in FIRMWARE_PATHS:
             argv += ["-L", path]
         argv += ["-display", "none", "-monitor", "none", "-nodefaults", "-no-user-config"]
-        argv += ["-qmp", f"unix:{workdir}/qmp.sock,server=on,wait=off"] if len(workdir) < 90 else []
+        sockets = _no_comma(str(self.sock_dir), "socket directory")
+        argv += ["-qmp", f"unix:{sockets}/qmp.sock,server=on,wait=off"]
         argv += [
             "-chardev",
-            f"socket,id=s0,host={s.console_host},port={s.console_port},server=on,wait=off,"
-            f"logfile={workdir}/serial.log,logappend=on",
+            f"socket,id=s0,path={sockets}/console.sock",  # the relay serves it on (console_host, console_port)
             "-serial",
             "chardev:s0",
             "-drive",

@@ -68,6 +68,8 @@ class Worker:
         bound = []
         for spec in config["bmcs"]:
             machine = make_machine(spec.get("machine"))
+            if machine is not None:
+                await machine.open()
             bmc = LabBmc(spec["name"], spec["username"], spec["password"], suites, bool(spec.get("power")), machine)
             if spec.get("fault"):
                 bmc.set_fault(Fault.from_json(spec["fault"]))

@@ -150,7 +150,7 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
     needs_qemu("bios")
     settings: Settings = make_settings(
         tmp_path,
-        driver={"default_power_driver": "ipmi"},
+        driver={"default_power_driver": "ipmi", "console_interface": "tcp"},  # records (BMC host, terminal_port)
         ipmi={"timeout": 2.0, "min_command_interval": 0.0},
         tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
     )
@@ -199,6 +199,14 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
                 return asyncio.to_thread(serial_log.read_text, errors="replace")
 
             await until("the deployed image's marker", serial, lambda text: DEMO_MARKER in text, 60)
+
+            async def console_log() -> str:
+                async with http.get("/v1/nodes/1/console-log") as resp:
+                    return await resp.text()
+
+            # bmd recorded the VM's console from the node's terminal_port: the agent, then the deployed image
+            await until("the console in bmd's log", console_log, lambda text: DEMO_MARKER in text, 30)
+            assert "bmd-agent" in await console_log()
             status, _ = await call("DELETE", f"/v1/instances/{uuid}")
             assert status == 202
             await until("deleted", instance, settled("deleted"), 60)
