@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -17,6 +18,7 @@ from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp,
 from bmd.db.nodes import get_node
 from bmd.drivers.deploy.refs import scrub_urls
 from bmd.drivers.deploy.spec import normalize_mac
+from bmd.drivers.deploy.templates import CONFIG_DRIVE
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidState, NotFound
@@ -51,6 +53,11 @@ async def _after(previous: asyncio.Task[Any], coro: Coroutine[Any, Any, T]) -> T
         coro.close()
         raise
     return await coro
+
+
+def config_drive_path(dep: Deployment) -> Path | None:
+    """Where ``prepare`` put the config drive: next to the disk image (``<image_root>/<node>/``)."""
+    return Path(dep.image_path).with_name(CONFIG_DRIVE) if dep.image_path else None
 
 
 class Conductor:
@@ -206,6 +213,7 @@ class Conductor:
             await self.discard_boot_files(node)
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
         log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id)
+        config_drive = await asyncio.to_thread(lambda: (p := config_drive_path(dep)) is not None and p.is_file())
         return {
             "node_uuid": node.uuid,
             "deployment_id": str(dep.id),
@@ -214,6 +222,7 @@ class Conductor:
             "root_mb": dep.root_mb,
             "swap_mb": dep.swap_mb,
             **self.p.agent_urls(node.uuid),
+            **({"config_drive_url": self.p.config_drive_url(node.uuid)} if config_drive else {}),
         }
 
     async def record_deploy_failure(self, session: AsyncSession, node_id: int, instance_uuid: str, reason: str) -> None:
@@ -242,6 +251,15 @@ class Conductor:
         if not boot.deployment.image_path:
             raise NotFound(f"node {boot.node.uuid} has no disk image prepared")
         return boot.deployment.image_path
+
+    async def agent_config_drive(self, node_ident: str, token: str | None) -> str:
+        """The path of the boot's config drive ISO, for the holder of its token (NotFound when none)."""
+        async with self.p.sessionmaker() as session:
+            boot = await authenticate(session, node_ident, token)
+        path = config_drive_path(boot.deployment)
+        if path is None or not await asyncio.to_thread(path.is_file):
+            raise NotFound(f"node {boot.node.uuid}: the instance has no config drive")
+        return str(path)
 
     async def pass_deploy_info(self, node_ident: str, token: str | None, error: str | None) -> ProvisionState:
         """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the

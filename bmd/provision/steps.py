@@ -3,6 +3,8 @@ them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and th
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ from bmd.config import Settings
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
+from bmd.drivers.deploy.configdrive import build_iso
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.deploy.spec import DeploySpec
 from bmd.drivers.factory import DriverFactory
@@ -128,6 +131,10 @@ class Provisioner:
             "callback_url": self.callback_url(node_uuid),
         }
 
+    def config_drive_url(self, node_uuid: str) -> str:
+        """Where the agent fetches the config drive (with its token), when the instance has one."""
+        return f"{self.base_url}/v1/agent/nodes/{node_uuid}/configdrive"
+
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
         """The deploy as the image cache fetches it: refs that carry credentials are decrypted here (the
         instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
@@ -141,13 +148,22 @@ class Provisioner:
             bmd_url=self.base_url,
             deploy_kernel=refs["deploy_kernel"],
             deploy_ramdisk=refs["deploy_ramdisk"],
-            kernel=refs["kernel"],
-            ramdisk=refs["ramdisk"],
+            kernel=refs.get("kernel"),  # neither: a whole-disk image
+            ramdisk=refs.get("ramdisk"),
             image=refs["image"],
+            boot_mode=job.node.boot_mode or "bios",
         )
 
+    async def config_drive(self, job: Job) -> bytes | None:
+        """The instance's config drive ISO, built now (in a thread), None when it has none."""
+        drive = stored_request(job.instance).config_drive(job.instance.uuid)
+        if drive is None:
+            return None
+        return await asyncio.to_thread(build_iso, drive)
+
     async def write_boot_config(self, job: Job, dep: Deployment) -> None:
-        layout = await self.deploy.prepare(self.deploy_spec(job, dep))
+        spec = dataclasses.replace(self.deploy_spec(job, dep), config_drive=await self.config_drive(job))
+        layout = await self.deploy.prepare(spec)
         async with self.sessionmaker.begin() as session:
             row = await session.get(Deployment, dep.id)
             if row is not None:

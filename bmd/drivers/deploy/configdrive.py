@@ -92,7 +92,11 @@ def check_ssh_key(value: str) -> str:
         raw = base64.b64decode(blob, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{kind} key: the key data is not base64") from None
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") > len(raw) - 4 or raw[4 : 4 + int.from_bytes(raw[:4], "big")] != kind.encode():
+    if (
+        len(raw) < 4
+        or int.from_bytes(raw[:4], "big") > len(raw) - 4
+        or raw[4 : 4 + int.from_bytes(raw[:4], "big")] != kind.encode()
+    ):
         raise ValueError(f"{kind} key: the key data does not hold a {kind} key")
     if not _COMMENT.match(comment):
         raise ValueError("an SSH key comment must be printable ASCII on one line")

@@ -148,7 +148,9 @@ def validate_spec(spec: DeploySpec) -> None:
     if not isinstance(spec.root_device, str) or not TOKEN.match(spec.root_device):
         raise InvalidInput(f"root_device must be one token, got {spec.root_device!r}", field="root_device")
     if spec.boot_mode not in BOOT_MODES:
-        raise InvalidInput(f"boot_mode must be one of {', '.join(BOOT_MODES)}, got {spec.boot_mode!r}", field="boot_mode")
+        raise InvalidInput(
+            f"boot_mode must be one of {', '.join(BOOT_MODES)}, got {spec.boot_mode!r}", field="boot_mode"
+        )
     if (spec.kernel is None) != (spec.ramdisk is None):
         missing = "kernel" if spec.kernel is None else "ramdisk"
         raise InvalidInput(
