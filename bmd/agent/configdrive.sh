@@ -97,7 +97,7 @@ bmd_configdrive_write() {
 	_sig=$(od -An -tx1 -j 510 -N 2 "$_disk" | tr -d ' \n')
 	_fresh=0
 	if [ "$_sig" != "55aa" ]; then
-		if [ -n "$(od -An -tx1 -N 512 "$_disk" | tr -d ' 0\n')" ]; then
+		if [ "$(dd if="$_disk" bs=512 count=1 2>/dev/null | tr -d '\000' | wc -c)" -ne 0 ]; then
 			_bmd_cd_err "$_disk has no MBR partition table and its first sector is not empty: refusing to write one"
 			return 1
 		fi
