@@ -138,7 +138,12 @@ def test_a_blank_unpartitioned_disk_gets_a_fresh_mbr(busybox: str, tmp_path: Pat
     ids=["no-room", "no-free-slot", "gpt", "not-blank-no-mbr"],
 )
 def test_refusals_are_nonzero_with_a_message_and_change_nothing(
-    busybox: str, tmp_path: Path, iso: tuple[Path, str], parts: list[tuple[int, int, int]], signature: bool, message: str
+    busybox: str,
+    tmp_path: Path,
+    iso: tuple[Path, str],
+    parts: list[tuple[int, int, int]],
+    signature: bool,
+    message: str,
 ) -> None:
     disk = tmp_path / "disk.img"
     make_disk(disk, parts, signature=signature)
