@@ -153,6 +153,7 @@ class DeploySettings(_Section):
     http_root: str = "./var/httpboot"
     image_cache_dir: str = "./var/images"
     image_cache_max_bytes: Annotated[int, Field(gt=0)] = 20 * 1024**3
+    image_convert_timeout: PositiveSeconds = 1800.0
     allowed_image_roots: list[str] = Field(default_factory=list)
     deploy_timeout: PositiveSeconds = 1800.0
     deploy_timeout_check_interval: PositiveSeconds = 30.0

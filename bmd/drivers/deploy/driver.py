@@ -43,6 +43,7 @@ class PXEDriver(DeployInterface):
             Path(d.image_cache_dir).resolve(),
             d.image_cache_max_bytes,
             allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots],
+            convert_timeout=d.image_convert_timeout,
         )
         return cls(d, Path(settings.service.state_dir, "agent-images").resolve(), cache)
 
