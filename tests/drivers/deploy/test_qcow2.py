@@ -31,6 +31,11 @@ def qemu_img() -> str:
     return path
 
 
+def run(cmd: list[str]) -> None:
+    """A quick qemu-img call to make test images (bounded; the code under test uses asyncio subprocesses)."""
+    subprocess.run(cmd, check=True, timeout=60)
+
+
 def to_qcow2(qemu_img: str, tmp: Path, raw: bytes, *extra: str) -> bytes:
     src, dst = tmp / "src.raw", tmp / "img.qcow2"
     src.write_bytes(raw)
@@ -128,7 +133,7 @@ async def test_a_qcow2_with_a_backing_file_is_refused(
     secret.write_bytes(b"host secret " * 1000)
     overlay = tmp_path / "overlay.qcow2"
     cmd = [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(overlay)]
-    subprocess.run(cmd, check=True, timeout=60)
+    run(cmd)
     checksum = image_server.add("overlay.qcow2", overlay.read_bytes())
     with pytest.raises(DriverError, match="backing or data file"):
         await cache.fetch(image_server.url("overlay.qcow2"), checksum)
@@ -139,7 +144,7 @@ async def test_a_qcow2_larger_than_the_cache_is_refused(
     qemu_img: str, tmp_path: Path, image_server: ImageServer
 ) -> None:
     big = tmp_path / "big.qcow2"
-    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(big), "1T"], check=True, timeout=60)
+    run([qemu_img, "create", "-q", "-f", "qcow2", str(big), "1T"])
     checksum = image_server.add("big.qcow2", big.read_bytes())
     cache = ImageCache(tmp_path / "cache", 10 * 1024 * 1024)
     try:
