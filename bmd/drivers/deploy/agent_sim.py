@@ -30,7 +30,8 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
    boot is over (success, failure, timeout, delete) bmd answers ``401 agent_token_refused`` and changes
    nothing. Download ``image_url``, deliberately in two parts: the first request is dropped part-way and
    the rest fetched with ``Range: bytes=<n>-``, which must come back ``206`` with a matching
-   ``Content-Range``; check the bytes against ``image_checksum``;
+   ``Content-Range``; check the bytes against ``image_checksum``. When the answer has
+   ``config_drive_url`` (the instance has a config drive), GET it too: an ISO9660 volume ``config-2``;
 4. report progress: ``POST heartbeat_url`` with ``{"message": "..."}`` (``202``);
 5. ``POST callback_url`` with ``{"deployment_id": "...", "address": "<agent IP>", "error": null}`` (or
    ``"error": "<message>"`` when the deploy failed on the node). ``202`` with ``{"provision_state": ...}``
@@ -86,6 +87,7 @@ class Lookup:
     swap_mb: int
     heartbeat_url: str
     callback_url: str
+    config_drive_url: str | None = None  # only when the instance has a config drive
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class AgentResult:
     bytes_downloaded: int
     resumed: bool  # the download was completed by a Range request answered 206
     stage: str = "callback"  # "lookup" when bmd refused the token
+    config_drive: bytes | None = field(default=None, repr=False)  # the ISO fetched, when there was one
 
 
 def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
@@ -152,6 +155,7 @@ async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tu
         swap_mb=int(got["swap_mb"]),
         heartbeat_url=got["heartbeat_url"],
         callback_url=got["callback_url"],
+        config_drive_url=got.get("config_drive_url"),
     )
     return 200, text, answer
 
@@ -207,6 +211,18 @@ async def download_image(
             out.close()
 
 
+async def fetch_config_drive(session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> bytes:
+    """The config drive ISO (with the token); the real agent writes it to a partition at the disk's end
+    (``bmd/agent/configdrive.sh``). Checked to be ISO9660 (``CD001`` at byte 32769)."""
+    async with session.get(url, headers=auth) as resp:
+        if resp.status != 200:
+            raise AgentError(f"GET {url}: HTTP {resp.status}")
+        data = await resp.read()
+    if data[32769:32774] != b"CD001":
+        raise AgentError(f"GET {url}: not an ISO9660 image")
+    return data
+
+
 async def run_agent(
     tftp_root: Path,
     mac: str,
@@ -235,11 +251,13 @@ async def run_agent(
             return AgentResult(status, text, None, 0, False, stage="lookup")
         auth = {TOKEN_HEADER: answer.token if token is None else token}
         sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
-        error, resumed = fail_with, False
+        error, resumed, config_drive = fail_with, False, None
         if error is None:
             try:
                 resumed = await download_image(client, answer.image_url, sink, dest, resume_at, auth)
                 sink.verify(answer.image_url)
+                if answer.config_drive_url:
+                    config_drive = await fetch_config_drive(client, answer.config_drive_url, auth)
             except (BmdError, aiohttp.ClientError, TimeoutError) as err:
                 error = str(err) or type(err).__name__
         log.info(
@@ -256,7 +274,7 @@ async def run_agent(
         async with client.post(answer.callback_url, json=body, headers=auth) as resp:
             text = await resp.text()
             log.info("agent_callback_sent", deployment_id=answer.deployment_id, status=resp.status)
-            return AgentResult(resp.status, text, error, sink.size, resumed)
+            return AgentResult(resp.status, text, error, sink.size, resumed, config_drive=config_drive)
     finally:
         if own_session:
             await client.close()

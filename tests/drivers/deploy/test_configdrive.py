@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from bmd.drivers.deploy.agent_sim import parse_pxelinux
+from bmd.drivers.deploy.agent_sim import parse_pxelinux, run_agent
 from bmd.drivers.deploy.configdrive import ConfigDrive, build_iso, check_ssh_key
 from tests.cloud import Cloud, make_cloud
-from tests.test_agent_token import Waiting, agent, deploy_until_waiting, lookup
+from tests.test_agent_token import MAC, Waiting, agent, deploy_until_waiting, lookup
 
 UUID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
@@ -214,3 +214,18 @@ async def test_only_a_kernel_configured_is_400_naming_the_ramdisk(tmp_path: Path
         await cloud.add_pxe_ips(1)
         status, body = await cloud.create()
         assert status == 400 and body["field"] == "ramdisk_ref", body
+
+
+async def test_the_agent_fetches_the_config_drive_and_the_deploy_completes(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    status, body = await cloud.create(hostname="db-1", meta={"tier": "db"})
+    assert status == 202, body
+    await cloud.settle()
+    result = await run_agent(cloud.tftp_root, MAC)
+    assert result.status == 202 and result.error is None, result.body
+    assert result.config_drive is not None
+    meta = json.loads(read_iso(result.config_drive)[1]["/openstack/latest/meta_data.json"])
+    assert meta["hostname"] == "db-1" and meta["meta"] == {"tier": "db"}
+    await cloud.settle()
+    assert (await cloud.node(node_id)).provision_state == "active"
