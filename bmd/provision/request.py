@@ -21,6 +21,8 @@ from bmd.secrets import SecretBox
 
 __all__ = ["DeployRequest", "stored_request"]
 
+_USER_DATA = "user_data_b64"  # its name in the sealed secret_refs
+
 
 @dataclass(frozen=True)
 class DeployRequest:
@@ -35,17 +37,23 @@ class DeployRequest:
     name: str | None = None
     whole_disk: bool | None = None  # True: no kernel/ramdisk even if configured; None: neither → whole disk
     # The config drive (any of them set → the instance has one). user_data may be secret: never shown by
-    # the API (instance views show only its size) and never logged (not in the repr).
+    # the API (instance views show only its size), never logged (not in the repr), stored sealed in
+    # instances.secret_refs (``sealed``; ``with_clear`` puts it back) with only its size in deploy_info.
     hostname: str | None = None
     ssh_keys: tuple[str, ...] = ()
     meta: Mapping[str, str] | None = None
     network_data: Mapping[str, Any] | None = None
     user_data: bytes | None = dataclasses.field(default=None, repr=False)
+    user_data_bytes: int | None = None  # its size, kept when the stored request has it sealed away
+
+    def __post_init__(self) -> None:
+        if self.user_data is not None and self.user_data_bytes is None:
+            object.__setattr__(self, "user_data_bytes", len(self.user_data))
 
     @property
     def has_config_drive(self) -> bool:
         return bool(self.hostname or self.ssh_keys or self.meta or self.network_data is not None) or (
-            self.user_data is not None
+            self.user_data_bytes is not None
         )
 
     def config_drive(self, instance_uuid: str) -> ConfigDrive | None:
@@ -71,7 +79,7 @@ class DeployRequest:
             "ssh_keys": list(self.ssh_keys),
             "meta": dict(self.meta or {}),
             "network_data": self.network_data is not None,
-            "user_data_bytes": None if self.user_data is None else len(self.user_data),
+            "user_data_bytes": self.user_data_bytes,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -90,7 +98,7 @@ class DeployRequest:
             "ssh_keys": list(self.ssh_keys),
             "meta": dict(self.meta) if self.meta is not None else None,
             "network_data": dict(self.network_data) if self.network_data is not None else None,
-            "user_data_b64": None if self.user_data is None else base64.b64encode(self.user_data).decode(),
+            "user_data_bytes": self.user_data_bytes,  # the bytes themselves are sealed (secret_refs)
         }
 
     @classmethod
@@ -111,27 +119,36 @@ class DeployRequest:
             ssh_keys=tuple(info.get("ssh_keys") or ()),
             meta=info.get("meta") or None,
             network_data=info.get("network_data"),
-            user_data=None if info.get("user_data_b64") is None else base64.b64decode(info["user_data_b64"]),
+            user_data_bytes=None if info.get("user_data_bytes") is None else int(info["user_data_bytes"]),
         )
 
     def _refs(self) -> dict[str, str | None]:
         return {"image_ref": self.image_ref, "kernel_ref": self.kernel_ref, "ramdisk_ref": self.ramdisk_ref}
 
     def sealed(self, box: SecretBox) -> tuple[DeployRequest, str | None]:
-        """The request as stored (refs in their displayed form) and ``instances.secret_refs``."""
-        shown, secret = seal_refs(self._refs(), box)
+        """The request as stored (refs in their displayed form, user_data taken out) and
+        ``instances.secret_refs`` (the refs that carry credentials and the user_data, encrypted)."""
+        extra = {} if self.user_data is None else {_USER_DATA: base64.b64encode(self.user_data).decode()}
+        shown, secret = seal_refs(self._refs(), box, extra)
         stored = dataclasses.replace(
-            self, image_ref=shown["image_ref"] or "", kernel_ref=shown["kernel_ref"], ramdisk_ref=shown["ramdisk_ref"]
+            self,
+            image_ref=shown["image_ref"] or "",
+            kernel_ref=shown["kernel_ref"],
+            ramdisk_ref=shown["ramdisk_ref"],
+            user_data=None,
+            user_data_bytes=self.user_data_bytes,
         )
         return stored, secret
 
     def with_clear(self, clear: Mapping[str, str]) -> DeployRequest:
         """The stored request with the clear refs that ``sealed`` took out (``open_refs``) put back."""
+        sealed_user_data = clear.get(_USER_DATA)
         return dataclasses.replace(
             self,
             image_ref=clear.get("image_ref") or self.image_ref,
             kernel_ref=clear.get("kernel_ref") or self.kernel_ref,
             ramdisk_ref=clear.get("ramdisk_ref") or self.ramdisk_ref,
+            user_data=self.user_data if sealed_user_data is None else base64.b64decode(sealed_user_data),
         )
 
 

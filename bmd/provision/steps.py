@@ -156,7 +156,8 @@ class Provisioner:
 
     async def config_drive(self, job: Job) -> bytes | None:
         """The instance's config drive ISO, built now (in a thread), None when it has none."""
-        drive = stored_request(job.instance).config_drive(job.instance.uuid)
+        clear = open_refs(job.instance.secret_refs, self.power.secret_box)  # the sealed user_data
+        drive = stored_request(job.instance).with_clear(clear).config_drive(job.instance.uuid)
         if drive is None:
             return None
         return await asyncio.to_thread(build_iso, drive)

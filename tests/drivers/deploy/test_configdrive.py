@@ -154,6 +154,12 @@ async def test_lookup_names_the_config_drive_and_only_the_token_gets_it(cloud: C
         "network_data": False,
         "user_data_bytes": len(user_data),
     }
+    # Stored sealed: neither deploy_info nor the sealed column holds it in clear (nor its base64).
+    inst = await cloud.instance(view["uuid"])
+    encoded = base64.b64encode(user_data.encode()).decode()
+    assert inst.deploy_info["user_data_bytes"] == len(user_data) and inst.secret_refs
+    for text in (json.dumps(inst.deploy_info), inst.secret_refs):
+        assert "hunter2" not in text and encoded not in text
     await cloud.settle()
     node = await cloud.node(view["bm_node_id"])
     assert node.provision_state == "wait_callback", node.last_error
