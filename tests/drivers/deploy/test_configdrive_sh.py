@@ -9,6 +9,8 @@ import os
 import shutil
 import struct
 import subprocess
+import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,10 +134,10 @@ def test_a_blank_unpartitioned_disk_gets_a_fresh_mbr(busybox: str, tmp_path: Pat
     [
         ([(0x83, 2048, SECTORS - 2048)], True, "no room"),
         ([(0x83, 2048 * (i + 1), 2048) for i in range(4)], True, "no free primary partition slot"),
-        ([(0xEE, 1, SECTORS - 1)], True, "GPT"),
+        ([(0xEE, 1, SECTORS - 1)], True, "no GPT header"),
         ([(0x83, 2048, 2048)], False, "no MBR partition table"),
     ],
-    ids=["no-room", "no-free-slot", "gpt", "not-blank-no-mbr"],
+    ids=["no-room", "no-free-slot", "protective-mbr-without-gpt", "not-blank-no-mbr"],
 )
 def test_refusals_are_nonzero_with_a_message_and_change_nothing(
     busybox: str,
@@ -164,3 +166,123 @@ def test_a_file_that_is_not_an_iso_is_refused(busybox: str, tmp_path: Path) -> N
     assert proc.returncode != 0 and "not an ISO9660 image" in proc.stderr
     proc = write_configdrive(busybox, tmp_path / "missing.img", bogus)
     assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+# -- GPT ----------------------------------------------------------------------------------------------
+
+LINUX_DATA = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4").bytes_le
+HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")  # the 92 bytes of a GPT header
+
+
+@dataclass
+class Gpt:
+    current: int
+    backup: int
+    first_usable: int
+    last_usable: int
+    entries_lba: int
+    entries: list[tuple[bytes, int, int, str]]  # (type GUID, first LBA, last LBA, name) of used entries
+    raw_entries: bytes
+
+
+def gpt_header(current: int, backup: int, first: int, last: int, entries_lba: int, n: int, ecrc: int) -> bytes:
+    fields = [b"EFI PART", 0x10000, 92, 0, 0, current, backup, first, last, b"\x11" * 16, entries_lba, n, 128, ecrc]
+    crc = zlib.crc32(HEADER.pack(*fields))
+    fields[3] = crc
+    return HEADER.pack(*fields).ljust(512, b"\0")
+
+
+def make_gpt(path: Path, parts: list[tuple[int, int]], n_entries: int = 128, image_bytes: int = DISK_BYTES) -> None:
+    """A GPT disk file of DISK_BYTES whose table was made for an image of ``image_bytes`` (backup there)."""
+    sectors, es = image_bytes // 512, n_entries * 128 // 512
+    entries = bytearray(n_entries * 128)
+    for i, (start, count) in enumerate(parts):
+        name = f"part{i}".encode("utf-16-le").ljust(72, b"\0")
+        entries[i * 128 : (i + 1) * 128] = (
+            LINUX_DATA + os.urandom(16) + struct.pack("<QQQ", start, start + count - 1, 0) + name
+        )
+    ecrc, first, last = zlib.crc32(entries), 2 + es, sectors - 2 - es
+    mbr = bytearray(512)
+    mbr[446:462] = mbr_entry(0xEE, 1, sectors - 1)
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "wb") as f:
+        f.truncate(DISK_BYTES)
+        f.write(mbr + gpt_header(1, sectors - 1, first, last, 2, n_entries, ecrc) + entries)
+        for i, (start, _count) in enumerate(parts):
+            f.seek(start * 512)
+            f.write(hashlib.sha256(str(i).encode()).digest() * 512)
+        f.seek((sectors - 1 - es) * 512)
+        f.write(entries + gpt_header(sectors - 1, 1, first, last, sectors - 1 - es, n_entries, ecrc))
+
+
+def read_gpt(data: bytes, lba: int) -> Gpt:
+    """The GPT header at ``lba`` and its entries, every CRC checked."""
+    raw = data[lba * 512 : lba * 512 + 92]
+    f = list(HEADER.unpack(raw))
+    assert f[0] == b"EFI PART" and f[5] == lba
+    crc, f[3] = f[3], 0
+    assert zlib.crc32(HEADER.pack(*f)) == crc, "header CRC"
+    entries_lba, n, size, ecrc = f[10], f[11], f[12], f[13]
+    raw_entries = data[entries_lba * 512 : entries_lba * 512 + n * size]
+    assert zlib.crc32(raw_entries) == ecrc, "entries CRC"
+    used = []
+    for i in range(n):
+        e = raw_entries[i * size : (i + 1) * size]
+        if e[:16] != bytes(16):
+            first, last = struct.unpack_from("<QQ", e, 32)
+            used.append((e[:16], first, last, e[56:128].decode("utf-16-le").rstrip("\0")))
+    return Gpt(f[5], f[6], f[7], f[8], entries_lba, used, raw_entries)
+
+
+def test_gpt_disk_gets_an_entry_and_its_backup_moves_to_the_end(
+    busybox: str, tmp_path: Path, iso: tuple[Path, str]
+) -> None:
+    disk, (iso_path, key) = tmp_path / "disk.img", iso
+    make_gpt(disk, [(2048, 8192)], image_bytes=16 * 1024 * 1024)  # an image written to a larger disk
+    root_before = disk_partition(disk, Part(0, 0, 2048, 8192))
+    proc = write_configdrive(busybox, disk, iso_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "GPT partition 2" in proc.stderr and disk.stat().st_size == DISK_BYTES
+    data = disk.read_bytes()
+    primary, backup = read_gpt(data, 1), read_gpt(data, SECTORS - 1)
+    assert primary.backup == SECTORS - 1 and backup.backup == 1
+    assert primary.raw_entries == backup.raw_entries and backup.entries_lba == SECTORS - 1 - 32
+    assert primary.last_usable == backup.last_usable == SECTORS - 34
+    (_, root_first, root_last, _), (new_type, first, last, name) = primary.entries
+    assert (root_first, root_last) == (2048, 2048 + 8192 - 1)
+    assert disk_partition(disk, Part(0, 0, 2048, 8192)) == root_before
+    iso_sectors = -(-iso_path.stat().st_size // 512)
+    assert new_type == LINUX_DATA and name == "config-2" and last - first + 1 == iso_sectors
+    assert first % 2048 == 0 and last <= primary.last_usable and first > SECTORS - 2048 - iso_sectors
+    _, mbr = read_mbr(disk)
+    assert mbr[0].type == 0xEE and mbr[0].count == SECTORS - 1  # the protective MBR covers the disk now
+    assert data[(16 * 1024 * 1024 // 512 - 1) * 512 :][:8] != b"EFI PART"  # the old backup header is gone
+    label, files = read_iso(disk_partition(disk, Part(1, 0, first, last - first + 1)))
+    meta = json.loads(files["/openstack/latest/meta_data.json"])
+    assert label == "config-2" and meta["hostname"] == "web-1" and meta["public_keys"]["key-0"] == key
+    if shutil.which("sfdisk"):  # util-linux agrees the table is sound
+        check = subprocess.run(["sfdisk", "--verify", str(disk)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0 and "No errors detected" in check.stdout, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [("full", "no free GPT partition entry"), ("no-room", "no room"), ("bad-crc", "CRC does not match")],
+)
+def test_gpt_refusals_change_nothing(
+    busybox: str, tmp_path: Path, iso: tuple[Path, str], case: str, message: str
+) -> None:
+    disk = tmp_path / "disk.img"
+    if case == "full":
+        make_gpt(disk, [(2048 * (i + 1), 2048) for i in range(4)], n_entries=4)
+    elif case == "no-room":
+        make_gpt(disk, [(2048, SECTORS - 2048 - 40)])
+    else:
+        make_gpt(disk, [(2048, 2048)])
+        with open(disk, "r+b") as f:
+            f.seek(512 + 48)  # last usable LBA, changed without fixing the CRC
+            f.write(struct.pack("<Q", 1234))
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    proc = write_configdrive(busybox, disk, iso[0])
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
