@@ -95,7 +95,7 @@ _bmd_cd_crc() {
 
 # printf format of the 8 little-endian bytes of <n> as octal escapes.
 _bmd_cd_le64() {
-	echo "$(_bmd_cd_le32 $(($1 & 4294967295)))$(_bmd_cd_le32 $((($1 >> 32) & 4294967295)))"
+	printf "%s\n" "$(_bmd_cd_le32 $(($1 & 4294967295)))$(_bmd_cd_le32 $((($1 >> 32) & 4294967295)))"
 }
 
 # printf format of the 4 little-endian bytes of <n> as octal escapes (for printf "$fmt").
@@ -105,7 +105,7 @@ _bmd_cd_le32() {
 	for _sh in 0 8 16 24; do
 		_f="$_f\\$(printf '%03o' $((($1 >> _sh) & 255)))"
 	done
-	echo "$_f"
+	printf "%s\n" "$_f"
 }
 
 # The GPT path of bmd_configdrive_write (the protective MBR was seen): see the header of this file.

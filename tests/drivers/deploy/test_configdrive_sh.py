@@ -70,11 +70,14 @@ def read_mbr(path: Path) -> tuple[bytes, list[Part]]:
     return mbr[510:512], parts
 
 
-def write_configdrive(busybox: str, disk: Path, iso: Path) -> subprocess.CompletedProcess[str]:
+def write_configdrive(busybox: str, disk: Path, iso: Path, shell: str = "") -> subprocess.CompletedProcess[str]:
+    """Source configdrive.sh and run it under ``busybox sh`` (or ``shell``, e.g. dash, with busybox on PATH
+    for the applets the host lacks)."""
     script = '. "$BMD_AGENT_LIB/configdrive.sh" && bmd_configdrive_write "$1" "$2"'
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "BMD_AGENT_LIB": str(AGENT_LIB)}
+    argv = [shell] if shell else [busybox, "sh"]
     return subprocess.run(
-        [busybox, "sh", "-c", script, "sh", str(disk), str(iso)],
+        [*argv, "-c", script, "sh", str(disk), str(iso)],
         env=env,
         capture_output=True,
         text=True,
@@ -97,11 +100,24 @@ def disk_partition(disk: Path, part: Part) -> bytes:
         return f.read(part.count * 512)
 
 
-def test_the_drive_goes_into_a_new_partition_at_the_end(busybox: str, tmp_path: Path, iso: tuple[Path, str]) -> None:
+@pytest.fixture(params=["busybox", "dash"])
+def shell(request: pytest.FixtureRequest) -> str:
+    """busybox sh (what the ramdisk runs) and, as a portability check, dash when installed."""
+    if request.param == "busybox":
+        return ""
+    path = shutil.which("dash")
+    if path is None:
+        pytest.skip("dash not installed (the portability check only; busybox sh is what the ramdisk runs)")
+    return path
+
+
+def test_the_drive_goes_into_a_new_partition_at_the_end(
+    busybox: str, shell: str, tmp_path: Path, iso: tuple[Path, str]
+) -> None:
     disk, (iso_path, key) = tmp_path / "disk.img", iso
     make_disk(disk, [(0x83, 2048, 20480)])
     root_before = disk_partition(disk, Part(0, 0x83, 2048, 20480))
-    proc = write_configdrive(busybox, disk, iso_path)
+    proc = write_configdrive(busybox, disk, iso_path, shell)
     assert proc.returncode == 0, proc.stderr
     assert "as partition 2" in proc.stderr
     assert disk.stat().st_size == DISK_BYTES  # written in place, never grown
@@ -235,12 +251,12 @@ def read_gpt(data: bytes, lba: int) -> Gpt:
 
 
 def test_gpt_disk_gets_an_entry_and_its_backup_moves_to_the_end(
-    busybox: str, tmp_path: Path, iso: tuple[Path, str]
+    busybox: str, shell: str, tmp_path: Path, iso: tuple[Path, str]
 ) -> None:
     disk, (iso_path, key) = tmp_path / "disk.img", iso
     make_gpt(disk, [(2048, 8192)], image_bytes=16 * 1024 * 1024)  # an image written to a larger disk
     root_before = disk_partition(disk, Part(0, 0, 2048, 8192))
-    proc = write_configdrive(busybox, disk, iso_path)
+    proc = write_configdrive(busybox, disk, iso_path, shell)
     assert proc.returncode == 0, proc.stderr
     assert "GPT partition 2" in proc.stderr and disk.stat().st_size == DISK_BYTES
     data = disk.read_bytes()
