@@ -121,14 +121,41 @@ def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
     return default, labels
 
 
+def parse_grub(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
+    """A bmd GRUB config in :func:`parse_pxelinux`'s shape: ``append`` is the ``linux`` line's arguments."""
+    default: str | None = None
+    labels: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("set default="):
+            default = line.removeprefix("set default=")
+        elif line.startswith("menuentry ") and "--id " in line:
+            current = labels.setdefault(line.split("--id ", 1)[1].split()[0], {})
+        elif current is not None and line.startswith("linux "):
+            kernel, _, args = line.removeprefix("linux ").partition(" ")
+            current["kernel"], current["append"] = kernel, args
+        elif line == "}":
+            current = None
+    return default, labels
+
+
 def read_boot_args(tftp_root: Path, mac: str) -> BootArgs:
-    """What the ramdisk learns from its kernel command line. Blocking: call from a thread."""
+    """What the ramdisk learns from its kernel command line: from the pxelinux config of a BIOS node, else
+    the GRUB config of a UEFI node. Blocking: call from a thread."""
     link = Path(tftp_root) / "pxelinux.cfg" / mac_link_name(mac)
+    grub = Path(tftp_root) / "grub" / f"grub.cfg-{mac_link_name(mac)}"
     try:
         text = link.read_text()
+        parse = parse_pxelinux
+    except FileNotFoundError:
+        try:
+            text, parse = grub.read_text(), parse_grub
+        except OSError:
+            raise AgentError(f"no PXE config for {mac} at {link} (nor a GRUB config at {grub})") from None
     except OSError as err:
         raise AgentError(f"no PXE config for {mac} at {link}: {err.strerror or err}") from err
-    default, labels = parse_pxelinux(text)
+    default, labels = parse(text)
     if default != "deploy" or "deploy" not in labels:
         raise AgentError(f"PXE config for {mac} is not in deploy mode (default {default!r})")
     args = dict(a.split("=", 1) for a in labels["deploy"].get("append", "").split() if "=" in a)

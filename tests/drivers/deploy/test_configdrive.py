@@ -235,3 +235,21 @@ async def test_the_agent_fetches_the_config_drive_and_the_deploy_completes(cloud
     assert meta["hostname"] == "db-1" and meta["meta"] == {"tier": "db"}
     await cloud.settle()
     assert (await cloud.node(node_id)).provision_state == "active"
+
+
+async def test_a_uefi_node_deploys_through_its_grub_config(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1, boot_mode="uefi")
+    await cloud.add_pxe_ips(1)
+    status, body = await cloud.create()
+    assert status == 202, body
+    await cloud.settle()
+    node = await cloud.node(node_id)
+    assert node.boot_mode == "uefi" and node.provision_state == "wait_callback", node.last_error
+    assert not (cloud.tftp_root / "pxelinux.cfg" / "01-52-54-00-00-01-00").exists()
+    assert (cloud.tftp_root / "grub" / "grub.cfg-01-52-54-00-00-01-00").is_file()
+    result = await run_agent(cloud.tftp_root, MAC)  # reads the GRUB config: no pxelinux link for UEFI
+    assert result.status == 202 and result.error is None, result.body
+    await cloud.settle()
+    assert (await cloud.node(node_id)).provision_state == "active"
+    grub = (cloud.tftp_root / node.uuid / "grub.cfg").read_text()
+    assert "set default=boot" in grub and f"linux /{node.uuid}/kernel" in grub
