@@ -277,6 +277,10 @@ bmd_configdrive_write() {
 		_bmd_cd_err "$_iso is not an ISO9660 image"
 		return 1
 	}
+	if [ -b "$_disk" ] && [ "$(blockdev --getss "$_disk" 2>/dev/null || echo 512)" != "512" ]; then
+		_bmd_cd_err "$_disk has $(blockdev --getss "$_disk")-byte logical sectors: only 512-byte sectors are supported"
+		return 1
+	fi
 	_total=$(_bmd_cd_sectors "$_disk") || {
 		_bmd_cd_err "cannot tell the size of $_disk"
 		return 1

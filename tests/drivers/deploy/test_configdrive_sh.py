@@ -302,3 +302,25 @@ def test_gpt_refusals_change_nothing(
     proc = write_configdrive(busybox, disk, iso[0])
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+
+
+def test_a_real_block_device(busybox: str, tmp_path: Path, iso: tuple[Path, str]) -> None:
+    """The same through a loop device: the size comes from blockdev, not the file (root and losetup only)."""
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        pytest.skip("needs root and losetup (util-linux) for a loop device")
+    disk = tmp_path / "disk.img"
+    make_disk(disk, [(0x83, 2048, 20480)])
+    attach = subprocess.run([losetup, "-f", "--show", str(disk)], capture_output=True, text=True, timeout=30)
+    if attach.returncode != 0:
+        pytest.skip(f"no loop device here: {attach.stderr.strip()}")
+    device = attach.stdout.strip()
+    try:
+        proc = write_configdrive(busybox, Path(device), iso[0])
+        assert proc.returncode == 0, proc.stderr
+        assert f"of {device} as partition 2" in proc.stderr
+    finally:
+        subprocess.run([losetup, "-d", device], check=True, timeout=30)
+    _, parts = read_mbr(disk)
+    assert len(parts) == 2 and parts[1].start + parts[1].count <= SECTORS
+    assert read_iso(disk_partition(disk, parts[1]))[0] == "config-2"
