@@ -26,6 +26,7 @@ from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.drivers.dhcp import build_provider
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
@@ -93,6 +94,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         drivers = DriverFactory(settings, secret_box)
         power = drivers.power
         failures = StepFailureCounter()
+        dhcp = build_provider(settings, public_url)
         ctx = AppContext(
             settings=settings,
             engine=engine,
@@ -103,9 +105,10 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
-            conductor=Conductor(Provisioner(settings, sessionmaker, drivers, public_url=public_url)),
+            conductor=Conductor(Provisioner(settings, sessionmaker, drivers, public_url=public_url, dhcp=dhcp)),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             step_failures=failures,
+            dhcp=dhcp,
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
@@ -113,10 +116,12 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         build_runner(ctx, probe_engine)
         use_node_names(names)
         try:
+            await dhcp.start()
             yield ctx
         finally:
             use_node_names(None)
             await ctx.conductor.close()
+            await dhcp.stop()
             await drivers.close()
             bus.close()
             await probe_engine.dispose()

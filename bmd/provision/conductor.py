@@ -278,6 +278,7 @@ class Conductor:
         try:
             job = await self.p.load(node_id, instance_uuid)
             await self.p.deploy.switch_to_boot(job.node.uuid)
+            await self.p.dhcp.remove_node(job.node.uuid)  # from now on it boots from disk: no PXE answer
             await self.p.power_on_for_boot(job.node, BootDevice.DISK, persistent=True)
         except asyncio.CancelledError:
             raise

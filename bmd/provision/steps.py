@@ -4,7 +4,7 @@ them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and th
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import select
@@ -16,6 +16,7 @@ from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.deploy.spec import DeploySpec
+from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.drivers.factory import DriverFactory
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
@@ -46,12 +47,14 @@ class Provisioner:
     verbs. The deploy and vif interfaces are the factory's (``driver.deploy_driver``, ``driver.vif_driver``).
 
     ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
+    ``dhcp`` answers the node's MACs while its PXE boot files exist (``pxe.dhcp_provider``).
     """
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     drivers: DriverFactory
     public_url: str = ""
+    dhcp: DhcpProvider = field(default_factory=NoDhcp)
 
     @property
     def power(self) -> PowerRegistry:
@@ -153,8 +156,11 @@ class Provisioner:
             if row is not None:
                 row.pxe_config_path = str(layout.config_path)
                 row.image_path = str(layout.image_path)
+        # After the files: a node answered by DHCP finds its boot files complete.
+        await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
+        await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files
         await self.deploy.clean(node_uuid)
 
     async def power_on_for_boot(self, node: BareMetalNode, device: BootDevice, persistent: bool) -> None:

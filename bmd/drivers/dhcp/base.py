@@ -1,0 +1,32 @@
+"""The DHCP provider interface: what the deploy path and ``/healthz`` need of a DHCP/TFTP server.
+
+A provider answers PXE requests only from the MACs it was given with :meth:`DhcpProvider.add_node` (the
+nodes being deployed), until :meth:`DhcpProvider.remove_node`. ``health`` is read by ``/healthz`` and must
+answer from memory (no I/O, no await): a provider keeps a status object its own tasks update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+BOOT_MODES = ("bios", "uefi")
+
+
+class DhcpProvider(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Start serving (with the service). Raises ConfigError/DriverError when it cannot start at all."""
+
+    async def stop(self) -> None:
+        """Stop serving (at service stop). Idempotent."""
+
+    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str) -> None:
+        """Answer PXE requests from ``macs`` from now on (replacing the node's earlier MACs). Idempotent."""
+
+    async def remove_node(self, node_uuid: str) -> None:
+        """Stop answering the node's MACs. Idempotent."""
+
+    def health(self) -> dict[str, Any]:
+        """``{"provider": name, "status": "ok" | "failing", ...}`` from memory."""
