@@ -21,7 +21,7 @@ from bmd.api.app import create_app
 from bmd.context import AppContext
 from bmd.drivers.dhcp.dnsmasq import DnsmasqProvider
 from bmd.service import open_context
-from tests.dhcp.conftest import PxeNetns, dnsmasq_settings, need, run
+from tests.dhcp.conftest import PxeNetns, dnsmasq_settings, need, run, wait_for
 
 NODE = "6f1c1b4e-3f7a-4a62-9d0e-1b2c3d4e5f60"
 KNOWN = "52:54:00:aa:00:01"
@@ -161,3 +161,25 @@ async def test_dead_dnsmasq_degrades_health(
             body = await resp.json()
             assert body["status"] == "degraded" and body["checks"]["dhcp"]["status"] == "failing"
             assert body["checks"]["dhcp"]["last_error"]
+
+
+async def test_a_dnsmasq_left_by_a_killed_bmd_is_replaced(
+    pxe_netns: PxeNetns, dnsmasq_installed: None, tmp_path: Path, db_file: Path
+) -> None:
+    """bmd was SIGKILLed while its dnsmasq lived on (holding the DHCP socket): the next start stops it."""
+    settings = dnsmasq_settings(tmp_path, pxe_netns)
+    files = DnsmasqProvider.from_settings(settings, PUBLIC)
+    await asyncio.to_thread(files._prepare_files)  # the configuration the first bmd wrote
+    orphan = pxe_netns.spawn(["/usr/sbin/dnsmasq", "--keep-in-foreground", f"--conf-file={files.files.conf}"])
+    await asyncio.to_thread(wait_for, lambda: read_pid(files.files.pid) == orphan.pid, 10, "the orphan's pid file")
+    async with open_context(settings, public_url=PUBLIC) as ctx:
+        status = provider(ctx).supervisor.status
+        assert status.running and status.pid != orphan.pid
+        assert orphan.poll() is not None  # stopped (and reaped: the test started it)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

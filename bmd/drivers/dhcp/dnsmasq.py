@@ -26,6 +26,7 @@ import getpass
 import os
 import shutil
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ BIOS_LOADER = "undionly.kpxe"
 UEFI_LOADER = "snponly.efi"
 LOADERS = (BIOS_LOADER, UEFI_LOADER)
 TAG = "bmd"
+STALE_STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,15 @@ def install_loaders(ipxe_dir: Path, tftp_root: Path) -> None:
         os.replace(tmp, dst)
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie holds no socket any more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def kill_stale(files: DnsmasqFiles) -> None:
     """A dnsmasq left running on our config by a bmd that died is stopped (it holds the DHCP socket)."""
     try:
@@ -198,10 +209,17 @@ def kill_stale(files: DnsmasqFiles) -> None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return
-    if f"--conf-file={files.conf}".encode() in cmdline.split(b"\0"):
-        log.warning("dnsmasq_stale_stopped", pid=pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if f"--conf-file={files.conf}".encode() not in cmdline.split(b"\0"):
+        return
+    log.warning("dnsmasq_stale_stopped", pid=pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STALE_STOP_TIMEOUT
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # in a worker thread: the old dnsmasq must release the DHCP socket first
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class DnsmasqProvider:

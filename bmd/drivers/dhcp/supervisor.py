@@ -85,7 +85,6 @@ class Supervisor:
         self._stderr: deque[str] = deque(maxlen=20)
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.changed = asyncio.Condition()  # notified on every start and exit (tests wait on it)
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -116,10 +115,6 @@ class Supervisor:
         return False
 
     # -- internals ---------------------------------------------------------------------------------------
-
-    async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
 
     async def _launch(self) -> None:
         self._stderr.clear()
@@ -155,7 +150,6 @@ class Supervisor:
         self.status.running, self.status.pid = True, proc.pid
         self.status.started_at = time.time()
         log.info("process_started", process=self.name, pid=proc.pid)
-        await self._notify()
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -182,7 +176,6 @@ class Supervisor:
             tail = " | ".join(self._stderr)
             self.status.last_error = f"exited with status {code}" + (f": {tail}" if tail else "")
             log.error("process_exited", process=self.name, pid=proc.pid, status=code, restart_in=delay)
-            await self._notify()
             while True:
                 await asyncio.sleep(delay)  # backoff between restarts, not a wait on an event
                 delay = min(delay * 2, self.backoff_max)
@@ -192,7 +185,6 @@ class Supervisor:
                     break
                 except DriverError as err:
                     log.error("process_restart_failed", process=self.name, error=str(err), restart_in=delay)
-                    await self._notify()
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
@@ -213,6 +205,4 @@ class Supervisor:
                 async with asyncio.timeout(1.0):
                     await reader
             reader.cancel()
-        if self.status.running:
-            self.status.running, self.status.pid = False, None
-            await self._notify()
+        self.status.running, self.status.pid = False, None
