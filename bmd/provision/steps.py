@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings
 from bmd.db.boot_devices import record_boot_device
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.deploy.spec import DeploySpec
@@ -156,8 +156,9 @@ class Provisioner:
             if row is not None:
                 row.pxe_config_path = str(layout.config_path)
                 row.image_path = str(layout.image_path)
+            pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == job.node.id))
         # After the files: a node answered by DHCP finds its boot files complete.
-        await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode)
+        await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
         await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files

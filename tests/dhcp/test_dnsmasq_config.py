@@ -152,6 +152,13 @@ async def test_hosts_files(tmp_path: Path) -> None:
     await p.add_node(NODE, ["52:54:00:aa:00:03"], "bios")
     assert "52:54:00:aa:00:03,set:bmd,set:bmd-bios" in (hosts / NODE).read_text()
     assert not [f for f in hosts.iterdir() if f.name.startswith(".")]  # no temp file left behind
+    # The node's PXE IP, when dnsmasq serves its subnet: one line, every MAC, the address.
+    await p.add_node(NODE, ["52:54:00:aa:00:02", "52:54:00:aa:00:01"], "bios", "10.77.0.20")
+    pinned = "52:54:00:aa:00:01,52:54:00:aa:00:02,set:bmd,set:bmd-bios,10.77.0.20"
+    assert (hosts / NODE).read_text().splitlines()[1] == pinned
+    for elsewhere in ("10.9.0.10", "10.77.0.255", "bogus"):  # not served here: not pinned (it would be ignored)
+        await p.add_node(NODE, ["52:54:00:aa:00:01"], "bios", elsewhere)
+        assert (hosts / NODE).read_text().splitlines()[1:] == ["52:54:00:aa:00:01,set:bmd,set:bmd-bios"]
     await p.remove_node(NODE)
     await p.remove_node(NODE)  # idempotent
     assert list(hosts.iterdir()) == [] and p.health()["hosts"] == 0

@@ -102,11 +102,11 @@ async def test_supervised_dnsmasq_serves_only_deploying_macs(
 
             # No node is being deployed: nobody gets an answer.
             assert await dhcp_client(pxe_netns, known, tmp_path, expect=False) is None
-            await ctx.dhcp.add_node(NODE, [KNOWN.upper()], "bios")
+            await ctx.dhcp.add_node(NODE, [KNOWN.upper()], "bios", "10.77.0.42")  # its PXE IP (bm_pxe_ips)
             bios = await dhcp_client(pxe_netns, known, tmp_path, "0000")
             assert bios is not None, log_text(ctx)
             assert bios["boot_file"] == "undionly.kpxe" and bios["siaddr"] == pxe_netns.address
-            assert bios["ip"].startswith("10.77.0.1")
+            assert bios["ip"] == "10.77.0.42"
             uefi = await dhcp_client(pxe_netns, known, tmp_path, "0007")
             assert uefi is not None and uefi["boot_file"] == "snponly.efi"
             assert await dhcp_client(pxe_netns, unknown, tmp_path, expect=False) is None

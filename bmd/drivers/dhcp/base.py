@@ -22,8 +22,10 @@ class DhcpProvider(Protocol):
     async def stop(self) -> None:
         """Stop serving (at service stop). Idempotent."""
 
-    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str) -> None:
-        """Answer PXE requests from ``macs`` from now on (replacing the node's earlier MACs). Idempotent."""
+    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str, address: str | None = None) -> None:
+        """Answer PXE requests from ``macs`` from now on (replacing the node's earlier MACs). Idempotent.
+        ``address``: the node's allocated PXE IP (``bm_pxe_ips``), given to it when the provider serves that
+        subnet (so ``agent.lookup_source = "pxe_ip"`` sees the agent come from it)."""
 
     async def remove_node(self, node_uuid: str) -> None:
         """Stop answering the node's MACs. Idempotent."""

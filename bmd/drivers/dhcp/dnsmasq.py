@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import ipaddress
 import os
 import shutil
 import signal
@@ -141,9 +142,19 @@ def render_config(pxe: PxeSettings, files: DnsmasqFiles, tftp_root: Path, url: s
     return "\n".join(lines) + "\n"
 
 
-def hosts_text(node_uuid: str, macs: Sequence[str], boot_mode: str) -> str:
-    body = "".join(f"{mac},set:{TAG},set:{TAG}-{boot_mode}\n" for mac in macs)
+def hosts_text(node_uuid: str, macs: Sequence[str], boot_mode: str, address: str | None = None) -> str:
+    """One line per MAC; with ``address``, one line naming every MAC and the address (dnsmasq gives it to
+    whichever of them asks: one NIC boots at a time)."""
+    tags = f"set:{TAG},set:{TAG}-{boot_mode}"
+    if address:
+        body = f"{','.join(macs)},{tags},{address}\n"
+    else:
+        body = "".join(f"{mac},{tags}\n" for mac in macs)
     return f"# bmd: node {node_uuid} (boot_mode {boot_mode}), being deployed\n{body}"
+
+
+def served_network(pxe: PxeSettings) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"{pxe.dhcp_range_start}/{pxe.dhcp_netmask}", strict=False)
 
 
 class HostsDir:
@@ -276,14 +287,30 @@ class DnsmasqProvider:
     async def stop(self) -> None:
         await self.supervisor.stop()
 
-    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str) -> None:
+    def pinned(self, node_uuid: str, address: str | None) -> str | None:
+        """``address`` if dnsmasq can hand it out here (a host address of the served subnet), else None: a
+        dhcp-host for another subnet would make the node "known-othernet", i.e. ignored."""
+        if not address:
+            return None
+        net = served_network(self.pxe)
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            ip = None
+        if ip is None or ip not in net or ip in (net.network_address, net.broadcast_address):
+            log.info("dhcp_pxe_ip_not_served", node_uuid=node_uuid, address=address, network=str(net))
+            return None
+        return str(ip)
+
+    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str, address: str | None = None) -> None:
         node_uuid = check_node_uuid(node_uuid)
         if boot_mode not in BOOT_MODES:
             raise InvalidInput(f"boot_mode must be one of {', '.join(BOOT_MODES)}, got {boot_mode!r}", "boot_mode")
         clean = sorted({normalize_mac(m) for m in macs})
         if not clean:
             raise InvalidInput("a node needs a MAC to get DHCP answers", field="macs")
-        replaced = await in_thread(self.hosts.write, node_uuid, hosts_text(node_uuid, clean, boot_mode))
+        text = hosts_text(node_uuid, clean, boot_mode, self.pinned(node_uuid, address))
+        replaced = await in_thread(self.hosts.write, node_uuid, text)
         if replaced:
             self.supervisor.send_signal(signal.SIGHUP)  # drop the file's earlier records
         self.host_count = await in_thread(self.hosts.count)

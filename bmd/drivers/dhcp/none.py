@@ -16,7 +16,7 @@ class NoDhcp:
     async def stop(self) -> None:
         return None
 
-    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str) -> None:
+    async def add_node(self, node_uuid: str, macs: Sequence[str], boot_mode: str, address: str | None = None) -> None:
         return None
 
     async def remove_node(self, node_uuid: str) -> None:
