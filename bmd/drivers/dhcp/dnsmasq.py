@@ -35,7 +35,8 @@ from typing import Any
 
 import structlog
 
-from bmd.config import PxeSettings, Settings
+from bmd.config import Settings
+from bmd.config_pxe import PxeSettings
 from bmd.drivers.deploy.fsutil import in_thread, write_atomic
 from bmd.drivers.deploy.spec import check_node_uuid, normalize_mac
 from bmd.drivers.dhcp.base import BOOT_MODES
