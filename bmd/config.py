@@ -83,6 +83,7 @@ class DriverSettings(_Section):
     default_power_driver: str = "ipmi"
     vif_driver: str = "generic"
     deploy_driver: str = "pxe"
+    console_interface: str = "none"
 
     @field_validator("instance_type_extra_specs")
     @classmethod
@@ -172,6 +173,15 @@ class AgentSettings(_Section):
     lookup_source: Literal["pxe_ip", "any"] = "any"
 
 
+class ConsoleSettings(_Section):
+    """Recording a node's serial console while it deploys (``driver.console_interface``)."""
+
+    grace: PositiveSeconds = 20.0
+    read_rate: Annotated[int, Field(ge=1024)] = 65536
+    connect_timeout: PositiveSeconds = 5.0
+    retry_max: PositiveSeconds = 2.0
+
+
 class NetworkSettings(_Section):
     controller_url: str = "http://127.0.0.1:8090"
     controller_timeout: PositiveSeconds = 5.0
@@ -195,6 +205,7 @@ class Settings(_Section):
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     pxe: PxeSettings = Field(default_factory=PxeSettings)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bmd.bus import Bus
 from bmd.config import Settings
+from bmd.console_log import ConsoleLogs
 from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.secrets import SecretBox
 from bmd.tasks.runner import Runner
@@ -35,6 +36,7 @@ class AppContext:
     power: PowerRegistry
     conductor: Conductor
     scheduler: HostManager
+    console_logs: ConsoleLogs  # <service.state_dir>/console: the serial console and the agent's tail
     step_failures: StepFailureCounter = field(default_factory=StepFailureCounter)
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -35,6 +35,7 @@ T = TypeVar("T")
 POWER_GROUP = "bmd.drivers.power"
 DEPLOY_GROUP = "bmd.drivers.deploy"
 VIF_GROUP = "bmd.drivers.vif"
+CONSOLE_GROUP = "bmd.drivers.console"
 FILTER_GROUP = "bmd.filters"
 WEIGHER_GROUP = "bmd.weighers"
 
@@ -42,6 +43,7 @@ KINDS: Mapping[str, str] = {
     POWER_GROUP: "power driver",
     DEPLOY_GROUP: "deploy driver",
     VIF_GROUP: "vif driver",
+    CONSOLE_GROUP: "console interface",
     FILTER_GROUP: "filter",
     WEIGHER_GROUP: "weigher",
 }
@@ -60,6 +62,10 @@ BUILTIN: Mapping[str, Mapping[str, str]] = {
         "generic": "bmd.drivers.vif.generic:GenericVif",
         "openflow": "bmd.drivers.vif.openflow:OpenFlowVif",
         "ovs": "bmd.drivers.vif.ovs:OVSVif",
+    },
+    CONSOLE_GROUP: {
+        "none": "bmd.drivers.base:NoConsole",
+        "tcp": "bmd.drivers.console.tcp:TcpConsole",
     },
     FILTER_GROUP: {
         "DeployReadyFilter": "bmd.filters.deploy_ready:DeployReadyFilter",

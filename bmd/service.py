@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -22,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bmd.api.app import create_app
 from bmd.bus import Bus
 from bmd.config import Settings
+from bmd.console_log import ConsoleLogs
+from bmd.console_recorder import ConsoleRecorder
 from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
@@ -95,6 +98,8 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         power = drivers.power
         failures = StepFailureCounter()
         dhcp = build_provider(settings, public_url)
+        console_logs = ConsoleLogs(Path(settings.service.state_dir) / "console")
+        recorder = ConsoleRecorder(console_logs, drivers.console, bus, settings)
         ctx = AppContext(
             settings=settings,
             engine=engine,
@@ -105,8 +110,11 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             api_token=load_api_token(settings.api.token_file),
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
-            conductor=Conductor(Provisioner(settings, sessionmaker, drivers, public_url=public_url, dhcp=dhcp)),
+            conductor=Conductor(
+                Provisioner(settings, sessionmaker, drivers, public_url=public_url, dhcp=dhcp), recorder
+            ),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
+            console_logs=console_logs,
             step_failures=failures,
             dhcp=dhcp,
         )
@@ -121,6 +129,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         finally:
             use_node_names(None)
             await ctx.conductor.close()
+            await recorder.close()
             await dhcp.stop()
             await drivers.close()
             bus.close()

@@ -154,7 +154,7 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 
 def create_app(ctx: AppContext) -> web.Application:
-    from bmd.api import agent, capabilities, flavors, health, instances, metrics, nodes, power, pxe_ips
+    from bmd.api import agent, capabilities, console, flavors, health, instances, metrics, nodes, power, pxe_ips
     from bmd.drivers.deploy.http import create_image_app
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=MAX_BODY_BYTES)
@@ -168,6 +168,7 @@ def create_app(ctx: AppContext) -> web.Application:
     power.setup(app)
     instances.setup(app)
     agent.setup(app)
+    console.setup(app)
     http_root = Path(ctx.settings.deploy.http_root).resolve()
     http_root.mkdir(parents=True, exist_ok=True)
     app.add_subapp("/images/", create_image_app(http_root))

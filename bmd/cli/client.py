@@ -47,9 +47,17 @@ class Client:
         return cls(url, token)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        raw = self.send(method, path, body)
+        return json.loads(raw) if raw else None
+
+    def get_bytes(self, path: str) -> bytes:
+        """A GET whose answer is not JSON (a console log): its raw body."""
+        return self.send("GET", path, None, accept="text/plain")
+
+    def send(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> bytes:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if self.token:
@@ -67,7 +75,7 @@ class Client:
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise BmdError(f"cannot reach bmd at {self.url}: {reason}") from err
-        return json.loads(raw) if raw else None
+        return bytes(raw)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

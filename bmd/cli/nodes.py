@@ -93,7 +93,46 @@ def list_(app: Any) -> None:
 
 
 def show(app: Any) -> None:
-    app.print(app.client.get(f"/v1/nodes/{q(app.args.node)}"))
+    node = app.client.get(f"/v1/nodes/{q(app.args.node)}")
+    if getattr(app.args, "steps", False):
+        print(steps_table(node.get("deploy_steps") or []), end="")
+        return
+    app.print(node)
+
+
+def steps_table(steps: list[Any]) -> str:
+    """The last deploy's steps for a human: one line each, with its start, duration and outcome."""
+    if not steps:
+        return "no deploy steps recorded\n"
+    cols = ("step", "started_at", "seconds", "ok", "detail")
+    rows = []
+    for s in steps:
+        if not isinstance(s, dict):
+            continue
+        seconds = s.get("seconds")
+        ok = s.get("ok")
+        rows.append(
+            [
+                str(s.get("step", "?")),
+                str(s.get("started_at", "")),
+                "-" if seconds is None else f"{float(seconds):.3f}",
+                "running" if ok is None else "ok" if ok else "FAILED",
+                " ".join(str(s.get("detail") or "").split())[:120],
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def console_log(app: Any) -> None:
+    a = app.args
+    path = f"/v1/nodes/{q(a.node)}/console-log" + ("" if a.tail is None else f"?tail={a.tail}")
+    data = app.client.get_bytes(path)
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
 
 
 def delete(app: Any) -> None:
@@ -136,6 +175,12 @@ def pxe_delete(app: Any) -> None:
     print(f"pxe_ip {app.args.id} deleted")
 
 
+def _byte_count(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"--tail: expected a number of bytes, got {raw!r}")
+    return int(raw)
+
+
 def _node_fields(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--name")
     p.add_argument("--service-host", dest="service_host")
@@ -172,6 +217,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         p = ns.add_parser(verb, help=text)
         p.add_argument("node", help="id, uuid or name")
         p.set_defaults(func=func)
+        if verb == "show":
+            p.add_argument("--steps", action="store_true", help="the last deploy's steps as a table, not JSON")
+    p = ns.add_parser("console-log", help="what the node printed during its deploys (raw bytes; token needed)")
+    p.add_argument("node", help="id, uuid or name")
+    p.add_argument("--tail", type=_byte_count, metavar="N", help="only the last N bytes")
+    p.set_defaults(func=console_log)
     p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
     p.add_argument("file")
     p.set_defaults(func=import_)

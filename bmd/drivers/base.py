@@ -18,6 +18,7 @@ whose verbs raise UnsupportedOperation saying so; callers never test for ``None`
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,15 +45,24 @@ class NodeFacts:
     pm_user: str | None = None
     pm_password: str | None = None  # as stored: encrypted by the secret box
     interfaces: int = 0  # how many NICs (MACs) the node has
+    terminal_port: int | None = None  # the seed's column: where the node's serial console is served
 
     @classmethod
     def of_row(cls, row: Any) -> NodeFacts:
         """From a row with the node's columns and ``interface_count``."""
-        return cls(row.id, row.pm_driver, row.pm_address, row.pm_user, row.pm_password, int(row.interface_count))
+        return cls(
+            row.id,
+            row.pm_driver,
+            row.pm_address,
+            row.pm_user,
+            row.pm_password,
+            int(row.interface_count),
+            getattr(row, "terminal_port", None),
+        )
 
     @classmethod
     def of_node(cls, node: Any, macs: int) -> NodeFacts:
-        return cls(node.id, node.pm_driver, node.pm_address, node.pm_user, node.pm_password, macs)
+        return cls(node.id, node.pm_driver, node.pm_address, node.pm_user, node.pm_password, macs, node.terminal_port)
 
 
 class BaseInterface(abc.ABC):  # noqa: B024 - the slots below add the abstract verbs
@@ -104,6 +114,9 @@ class DeployInterface(BaseInterface):
 
 
 class ConsoleInterface(BaseInterface):
+    """A node's serial console. ``endpoint`` says whether the node has one (cheap, no I/O); ``connect`` opens a
+    byte stream of it (what bmd records during a deploy, see :mod:`bmd.console_recorder`)."""
+
     slot = "console"
 
     @abc.abstractmethod
@@ -112,6 +125,14 @@ class ConsoleInterface(BaseInterface):
 
     @abc.abstractmethod
     async def stop_console(self, node: NodeFacts) -> None: ...
+
+    def endpoint(self, node: NodeFacts) -> str | None:
+        """Where the node's console is read from (for logs), or None when this interface has none for it."""
+        return None
+
+    async def connect(self, node: NodeFacts) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream of the node's console (OSError/TimeoutError when it cannot be had now)."""
+        raise UnsupportedOperation(f"node {node.id}: console interface {self.name!r} cannot be read")
 
 
 class InspectInterface(BaseInterface):

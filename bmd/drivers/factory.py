@@ -7,7 +7,8 @@ loader (:mod:`bmd.plugins`) and its one construction protocol:
 - ``vif`` from ``driver.vif_driver`` (group ``bmd.drivers.vif``; ``generic``, ``openflow``, ``ovs``);
 - ``power`` per node from its ``pm_driver`` (group ``bmd.drivers.power``, through :class:`PowerRegistry`,
   which also builds the node's BMC access); ``driver.default_power_driver`` is checked at start-up;
-- ``console`` and ``inspect``: :class:`~bmd.drivers.base.NoConsole`, :class:`~bmd.drivers.base.NoInspect`.
+- ``console`` from ``driver.console_interface`` (group ``bmd.drivers.console``; ``none``, ``tcp``);
+- ``inspect``: :class:`~bmd.drivers.base.NoInspect`.
 
 An unknown configured name fails here, at start-up, with ``ConfigError`` listing the known ones. Interface
 instances are shared by every node (they keep no per-node state beyond caches); :meth:`for_node` pairs them
@@ -23,7 +24,6 @@ from bmd.drivers.base import (
     ConsoleInterface,
     DeployInterface,
     InspectInterface,
-    NoConsole,
     NodeDriver,
     NodeFacts,
     NoInspect,
@@ -32,7 +32,7 @@ from bmd.drivers.power.base import PowerInterface
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif.base import VifDriver
 from bmd.errors import BmdError
-from bmd.plugins import DEPLOY_GROUP, POWER_GROUP, VIF_GROUP, build_plugin, load_plugin
+from bmd.plugins import CONSOLE_GROUP, DEPLOY_GROUP, POWER_GROUP, VIF_GROUP, build_plugin, load_plugin
 from bmd.secrets import SecretBox
 
 
@@ -44,11 +44,12 @@ class DriverFactory:
         load_plugin(POWER_GROUP, d.default_power_driver, PowerInterface, what="driver.default_power_driver")
         deploy_cls = load_plugin(DEPLOY_GROUP, d.deploy_driver, DeployInterface, what="driver.deploy_driver")
         vif_cls = load_plugin(VIF_GROUP, d.vif_driver, VifDriver, what="driver.vif_driver")
+        console_cls = load_plugin(CONSOLE_GROUP, d.console_interface, ConsoleInterface, what="driver.console_interface")
         self.settings = settings
         self.power = PowerRegistry(settings, secret_box)
         self.deploy: DeployInterface = build_plugin(deploy_cls, settings)
         self.vif: VifDriver = build_plugin(vif_cls, settings)
-        self.console: ConsoleInterface = NoConsole()
+        self.console: ConsoleInterface = build_plugin(console_cls, settings)
         self.inspect: InspectInterface = NoInspect()
 
     def for_node(self, node: NodeFacts | Any) -> NodeDriver:
@@ -83,5 +84,6 @@ class DriverFactory:
         try:
             await self.deploy.close()
             await self.vif.close()
+            await self.console.close()
         finally:
             await self.power.close()

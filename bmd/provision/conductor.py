@@ -5,8 +5,10 @@ change is stored (through bmd.states) before it is acted on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy import select, update
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bmd import states
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
+from bmd.drivers.base import NodeFacts
 from bmd.drivers.deploy.refs import scrub_urls
 from bmd.drivers.deploy.spec import normalize_mac
 from bmd.drivers.power.base import BootDevice
@@ -32,6 +35,9 @@ from bmd.provision.agent import (
 )
 from bmd.provision.steps import Provisioner
 from bmd.states import Event, ProvisionState, deadline_after
+
+if TYPE_CHECKING:
+    from bmd.console_recorder import ConsoleRecorder
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +60,9 @@ async def _after(previous: asyncio.Task[Any], coro: Coroutine[Any, Any, T]) -> T
 
 
 class Conductor:
-    def __init__(self, provisioner: Provisioner) -> None:
+    def __init__(self, provisioner: Provisioner, console: ConsoleRecorder | None = None) -> None:
         self.p = provisioner
+        self.console = console  # records the node's serial console during its deploys
         self.jobs: dict[int, asyncio.Task[Any]] = {}
         self._closing = False
 
@@ -122,6 +129,37 @@ class Conductor:
         async with self.p.sessionmaker.begin() as session:
             await states.fail(session, node_id, instance_uuid, reason)
 
+    # -- deploy steps: bm_nodes.deploy_steps (see records.note_step), one short write per step -----------
+
+    @contextlib.asynccontextmanager
+    async def step(self, node_id: int, name: str, *, first: bool = False) -> AsyncIterator[None]:
+        """Time the block as the deploy step ``name`` and record it when it ends (``ok: false`` and the error
+        when it raises; nothing when it is cancelled). ``first``: a new deploy, the list starts over."""
+        started, t0 = utcnow(), time.monotonic()
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            entry = records.step_entry(name, started, time.monotonic() - t0, False, describe(err))
+            await self.note_step(node_id, entry, first=first)
+            raise
+        await self.note_step(node_id, records.step_entry(name, started, time.monotonic() - t0, True), first=first)
+
+    async def note_step(self, node_id: int, entry: dict[str, Any], *, first: bool = False) -> None:
+        try:
+            async with self.p.sessionmaker.begin() as session:
+                await records.note_step(session, node_id, entry, first=first)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the record of a step never fails the deploy itself
+            log.warning("deploy_step_not_recorded", node=node_id, step=entry["step"], error=str(err))
+
+    def record_console(self, node: BareMetalNode, macs: int, instance_uuid: str) -> None:
+        """Record the node's serial console from now until its deploy ends (when it has one)."""
+        if self.console is not None:
+            self.console.start(NodeFacts.of_node(node, macs), node.uuid, instance_uuid, node.version)
+
     # -- spawn ----------------------------------------------------------------------------------------------
 
     def spawn(self, node_id: int, instance_uuid: str) -> asyncio.Task[None]:
@@ -133,15 +171,22 @@ class Conductor:
             try:
                 job = await self.p.load(node_id, instance_uuid)
                 node = job.node
-                self.p.validate(job)
-                await plug_vifs(self.p.sessionmaker, self.p.vif, node_id, job.instance.network_info)
-                await self.p.allocate_pxe_ip(job)
-                dep = await self.p.create_deployment(job)
-                await self.p.write_boot_config(job, dep)
-                await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
+                async with self.step(node_id, "validate", first=True):
+                    self.p.validate(job)
+                async with self.step(node_id, "plug_vifs"):
+                    await plug_vifs(self.p.sessionmaker, self.p.vif, node_id, job.instance.network_info)
+                async with self.step(node_id, "allocate_pxe_ip"):
+                    await self.p.allocate_pxe_ip(job)
+                async with self.step(node_id, "write_boot_config"):
+                    dep = await self.p.create_deployment(job)
+                    await self.p.write_boot_config(job, dep)
+                self.record_console(node, len(job.macs), instance_uuid)  # from before it powers on
+                async with self.step(node_id, "power_on"):
+                    await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
                 wait_until = deadline_after(self.p.settings.deploy.deploy_timeout)
                 async with self.p.sessionmaker.begin() as session:  # from now on its agent may look up
                     await records.mark_booted(session, node_id)
+                    await records.note_step(session, node_id, records.step_entry("wait_agent", utcnow()))
                     await states.advance(session, node_id, instance_uuid, Event.WAIT, deadline=wait_until)
                 log.info("deploy_waiting_for_callback")
             except asyncio.CancelledError:
@@ -230,8 +275,10 @@ class Conductor:
             log.warning("undo_failed", node=node.id, step="clean_boot_config", error=str(err))
 
     async def agent_heartbeat(self, node_ident: str, token: str | None, message: str) -> str:
-        async with self.p.sessionmaker() as session:
+        async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token)
+            entry = records.step_entry("heartbeat", utcnow(), detail=message)
+            await records.note_step(session, boot.node.id, entry)
         log.info("agent_heartbeat", node=boot.node.id, message=message)
         return boot.node.provision_state
 
@@ -251,6 +298,8 @@ class Conductor:
             boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
             instance_uuid = node.instance_uuid or ""
+            reported = records.step_entry("callback", utcnow(), 0.0, not error, error or "")
+            await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
             if error:
                 await self.record_deploy_failure(session, node.id, instance_uuid, f"deploy failed on the node: {error}")
             else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
@@ -277,9 +326,11 @@ class Conductor:
         """Boot from disk from now on: switch the PXE config, persistent disk boot, reboot, active."""
         try:
             job = await self.p.load(node_id, instance_uuid)
-            await self.p.deploy.switch_to_boot(job.node.uuid)
-            await self.p.dhcp.remove_node(job.node.uuid)  # from now on it boots from disk: no PXE answer
-            await self.p.power_on_for_boot(job.node, BootDevice.DISK, persistent=True)
+            async with self.step(node_id, "switch_to_boot"):
+                await self.p.deploy.switch_to_boot(job.node.uuid)
+                await self.p.dhcp.remove_node(job.node.uuid)  # from now on it boots from disk: no PXE answer
+            async with self.step(node_id, "boot_from_disk"):
+                await self.p.power_on_for_boot(job.node, BootDevice.DISK, persistent=True)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - recorded on the node and the instance

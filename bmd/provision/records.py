@@ -3,15 +3,21 @@ a short transaction, safe under concurrency (atomic allocation, idempotent relea
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import Deployment, PxeIp, utcnow
+from bmd.db.models import BareMetalNode, Deployment, PxeIp, utcnow
+from bmd.drivers.deploy.refs import scrub_urls
 from bmd.errors import Conflict
+from bmd.node_events import note_nodes
 
 ALLOCATE_ATTEMPTS = 5
+MAX_HEARTBEATS = 50  # the agent's heartbeats kept in a node's deploy_steps (the oldest go first)
+DETAIL_MAX = 1024
 
 
 class NoMorePxeIps(Conflict):
@@ -80,3 +86,54 @@ async def kill_agent_token(session: AsyncSession, node_id: int) -> None:
 
 async def delete_deployment(session: AsyncSession, node_id: int) -> None:
     await session.execute(delete(Deployment).where(Deployment.bm_node_id == node_id))
+
+
+# -- deploy steps: bm_nodes.deploy_steps, the last deploy's steps with timings (not state: any writer) ------
+
+
+def step_entry(
+    step: str, started_at: dt.datetime, seconds: float | None = None, ok: bool | None = None, detail: str = ""
+) -> dict[str, Any]:
+    """One entry of ``deploy_steps``; ``seconds``/``ok`` are null while the step runs (the wait for the agent).
+    ``detail`` is shown to anonymous readers, so any URL in it is redacted (as in last_error)."""
+    return {
+        "step": step,
+        "started_at": started_at.isoformat(),
+        "seconds": None if seconds is None else round(seconds, 3),
+        "ok": ok,
+        "detail": scrub_urls(detail)[:DETAIL_MAX],
+    }
+
+
+async def note_step(
+    session: AsyncSession,
+    node_id: int,
+    entry: dict[str, Any] | None,
+    *,
+    first: bool = False,
+    close: str | None = None,
+    ok: bool | None = None,
+) -> None:
+    """In the caller's transaction: add ``entry`` to the node's deploy steps (``first``: a new deploy, the list
+    is replaced), after closing the last open step named ``close`` (its seconds from its start, ``ok``).
+    One read and one write of the row."""
+    steps: list[dict[str, Any]] = []
+    if not first:
+        stored = await session.scalar(
+            select(BareMetalNode.deploy_steps).where(BareMetalNode.id == node_id).with_for_update()
+        )
+        steps = [dict(s) for s in stored or [] if isinstance(s, dict)]
+    if close is not None:
+        for step in reversed(steps):
+            if step.get("step") == close and step.get("seconds") is None:
+                started = dt.datetime.fromisoformat(str(step["started_at"]))
+                step["seconds"], step["ok"] = round((utcnow() - started).total_seconds(), 3), ok
+                break
+    if entry is not None:
+        steps.append(entry)
+        if entry["step"] == "heartbeat":
+            beats = [i for i, s in enumerate(steps) if s.get("step") == "heartbeat"]
+            for i in reversed(beats[: max(0, len(beats) - MAX_HEARTBEATS)]):
+                del steps[i]
+    await session.execute(update(BareMetalNode).where(BareMetalNode.id == node_id).values(deploy_steps=steps))
+    await note_nodes(session, [node_id])

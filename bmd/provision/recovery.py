@@ -102,9 +102,11 @@ async def recover(conductor: Conductor) -> dict[str, int]:
             elif node.provision_state == ProvisionState.DELETING:
                 conductor.resume_destroy(node.id, inst.uuid)
                 counts["deletes_resumed"] += 1
-            elif node.provision_state == ProvisionState.WAIT_CALLBACK and node.deploy_deadline is None:
-                conductor.resume_finish(node.id, inst.uuid)
-                counts["deploys_finished"] += 1
+            elif node.provision_state == ProvisionState.WAIT_CALLBACK:
+                conductor.record_console(node, 0, inst.uuid)  # its deploy goes on: so does its console log
+                if node.deploy_deadline is None:
+                    conductor.resume_finish(node.id, inst.uuid)
+                    counts["deploys_finished"] += 1
         except (InvalidState, OSError) as err:
             log.error("recovery_failed", node=node.id, error=describe(err))
     await fail_timed_out_deploys(conductor)

@@ -1,0 +1,1 @@
+"""Console interfaces: where bmd reads a node's serial console (``driver.console_interface``)."""
