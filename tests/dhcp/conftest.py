@@ -114,6 +114,13 @@ class PxeNetns:
         self.ip("link", "set", name, "up")
         return name
 
+    def advertise_ipv6(self) -> list[str]:
+        """Give the bridge an IPv6 prefix and return the ``pxe.extra_options`` that make dnsmasq advertise it:
+        iPXE then ends its IPv6 configuration at once instead of waiting ~12 s for a router advertisement
+        (measured: boot.ipxe 18.4 -> 6.0 s after launch, BIOS; 30.2 -> 15.7 s, UEFI)."""
+        self.ip("addr", "add", "fd77::1/64", "dev", self.bridge)
+        return ["enable-ra", f"dhcp-range=::,constructor:{self.bridge},ra-stateless"]
+
     def forward(self, port: int, host_port: int) -> str:
         """``http://<bridge address>:<port>`` inside, forwarded to ``127.0.0.1:<host_port>`` on the host."""
         sock = self.workdir / f"fwd-{port}.sock"

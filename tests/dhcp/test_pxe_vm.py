@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,18 @@ class AccessLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.lines: list[str] = []
+        self.seen: dict[str, float] = {}  # request line -> time.monotonic() it was logged
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        line = record.getMessage()
+        self.lines.append(line)
+        self.seen.setdefault(line.split('"')[1] if '"' in line else line, time.monotonic())
 
     def got(self, path: str) -> bool:
         return any(f'"GET {path} ' in line for line in self.lines)
+
+    def when(self, path: str) -> float | None:
+        return next((t for line, t in self.seen.items() if line.startswith(f"GET {path} ")), None)
 
 
 @pytest.fixture
@@ -98,9 +105,13 @@ async def wait_until(check: Any, within: float, what: str) -> None:
         raise AssertionError(f"timed out after {within:g} s waiting for {what}") from None
 
 
-@pytest.mark.parametrize("boot_mode", ["bios", "uefi"])
+@pytest.mark.parametrize(
+    ("boot_mode", "ipv6_ra"),
+    [("bios", False), ("uefi", True)],  # the default configuration; and with the documented IPv6 RA options
+)
 async def test_vm_pxe_boots_through_bmd_dnsmasq(
     boot_mode: str,
+    ipv6_ra: bool,
     pxe_netns: PxeNetns,
     dnsmasq_installed: None,
     access_log: AccessLog,
@@ -110,7 +121,8 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
     need("qemu-system-x86_64", "socat", "busybox")
     if boot_mode == "uefi" and not ovmf_installed():
         pytest.skip(f"{OVMF_CODE} not installed (Debian ovmf)")
-    pxe = dnsmasq_settings(tmp_path, pxe_netns).pxe.model_dump()
+    extra = pxe_netns.advertise_ipv6() if ipv6_ra else []
+    pxe = dnsmasq_settings(tmp_path, pxe_netns, extra_options=extra).pxe.model_dump()
     async with make_cloud(tmp_path, pxe=pxe, api={"public_url": PUBLIC}) as cloud:
         dhcp = cloud.ctx.dhcp
         assert isinstance(dhcp, DnsmasqProvider) and dhcp.health()["running"]
@@ -125,6 +137,7 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
         assert (await cloud.node(node_id)).provision_state == "wait_callback"
         assert dhcp.health()["hosts"] == 1
 
+        launched = time.monotonic()
         vm = pxe_netns.spawn(qemu_argv(pxe_netns, tmp_path, boot_mode, VM_MAC), log=tmp_path / "qemu.log")
         node_script = f"/images/ipxe/{mac_link_name(VM_MAC)}.ipxe"
         kernel = f"/images/{node.uuid}/deploy_kernel"
@@ -136,6 +149,9 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
             await wait_until(lambda: access_log.got(kernel) or vm.poll() is not None, BOOT_TIMEOUT, "deploy kernel")
             assert vm.poll() is None, (tmp_path / "qemu.log").read_text()
             assert access_log.got("/images/boot.ipxe") and access_log.got(node_script), access_log.lines
+            figures = {p: (access_log.when(p) or launched) - launched for p in ("/images/boot.ipxe", kernel)}
+            shown = ", ".join(f"{p} {t:.1f}" for p, t in figures.items())
+            print(f"{boot_mode} (ipv6 ra: {ipv6_ra}): s from VM launch: {shown}")
             text = log()
             assert "DHCPACK(br0)" in text and f" {VM_MAC}" in text
             tags = [line.split("tags: ", 1)[1].split(", ") for line in text.splitlines() if "tags: " in line]
