@@ -47,6 +47,7 @@ class PxeSettings(BaseModel):
     state_dir: str = ""
     dnsmasq_user: str = ""
     extra_options: list[str] = Field(default_factory=list)
+    log_max_bytes: Annotated[int, Field(ge=65536)] = 16 * 1024**2
     restart_backoff: PositiveSeconds = 1.0
     restart_backoff_max: PositiveSeconds = 30.0
     start_timeout: PositiveSeconds = 10.0

@@ -73,6 +73,8 @@ def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
     ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks, failures=failures))
     ctx.runner.add(DeployTimeouts(ctx.conductor, s.deploy.deploy_timeout_check_interval))
     ctx.runner.add(SchedulerRefresh(ctx.scheduler, s.tasks.host_state_interval))
+    for task in ctx.dhcp.periodic():  # the DHCP provider's own loops (dnsmasq: log rotation)
+        ctx.runner.add(task)
 
 
 @contextlib.asynccontextmanager

@@ -233,3 +233,16 @@ async def test_hosts_follow_the_deploy(tmp_path: Path, db_file: Path) -> None:
         failed = await run_agent(cloud.tftp_root, "52:54:00:00:01:00", fail_with="no disk")
         assert json.loads(failed.body) == {"provision_state": "error"}
         assert list(dhcp.files.hosts.iterdir()) == []
+
+
+async def test_log_rotation(tmp_path: Path) -> None:
+    p = provider(tmp_path, log_max_bytes=65536)
+    [rotation] = p.periodic()
+    p.files.root.mkdir(parents=True)
+    await rotation.run_once()  # no log yet: nothing to do
+    p.files.log.write_bytes(b"x" * 65536)
+    await rotation.run_once()
+    assert p.files.log.exists()  # at the bound: kept
+    p.files.log.write_bytes(b"y" * 65537)
+    await rotation.run_once()
+    assert not p.files.log.exists() and p.files.log.with_name("dnsmasq.log.1").read_bytes() == b"y" * 65537

@@ -79,6 +79,11 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def pad_log(path: Path, size: int) -> None:
+    with open(path, "ab") as out:
+        out.write(b"#" * size)
+
+
 def log_text(ctx: AppContext) -> str:
     path = provider(ctx).files.log
     return path.read_text(errors="replace") if path.exists() else ""
@@ -120,6 +125,13 @@ async def test_supervised_dnsmasq_serves_only_deploying_macs(
             )
             assert done.returncode == 0, done.stderr
             assert same_bytes(got, Path("/usr/lib/ipxe/undionly.kpxe"))
+
+            # The log past its bound: rotated, and dnsmasq (SIGUSR2) writes a fresh one.
+            await asyncio.to_thread(pad_log, dhcp.files.log, settings.pxe.log_max_bytes)
+            [rotation] = [t for t in ctx.runner.tasks.values() if t.name == "dnsmasq_log_rotation"]
+            await rotation.run_once()
+            assert await dhcp_client(pxe_netns, unknown, tmp_path, expect=False) is None
+            assert f"{UNKNOWN} ignored" in log_text(ctx) and len(log_text(ctx)) < settings.pxe.log_max_bytes
 
             # Killed: degraded while it is down, then restarted by the supervisor with a new PID.
             pid = first["pid"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from bmd.tasks.runner import PeriodicTask
+
 BOOT_MODES = ("bios", "uefi")
 
 
@@ -29,6 +31,9 @@ class DhcpProvider(Protocol):
 
     async def remove_node(self, node_uuid: str) -> None:
         """Stop answering the node's MACs. Idempotent."""
+
+    def periodic(self) -> Sequence[PeriodicTask]:
+        """Loops the service's runner runs for the provider (e.g. dnsmasq's log rotation)."""
 
     def health(self) -> dict[str, Any]:
         """``{"provider": name, "status": "ok" | "failing", ...}`` from memory."""

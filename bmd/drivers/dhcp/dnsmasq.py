@@ -22,9 +22,9 @@ script ``<public_url>/images/boot.ipxe``, which chains to the node's ``ipxe/01-<
 from __future__ import annotations
 
 import contextlib
-import getpass
 import ipaddress
 import os
+import pwd
 import shutil
 import signal
 import time
@@ -42,6 +42,7 @@ from bmd.drivers.deploy.spec import check_node_uuid, normalize_mac
 from bmd.drivers.dhcp.base import BOOT_MODES
 from bmd.drivers.dhcp.supervisor import Supervisor
 from bmd.errors import ConfigError, InvalidInput
+from bmd.tasks.runner import PeriodicTask
 
 log = structlog.get_logger(__name__)
 
@@ -234,6 +235,33 @@ def kill_stale(files: DnsmasqFiles) -> None:
         pass
 
 
+class DnsmasqLogRotation:
+    """A periodic loop: when ``dnsmasq.log`` (every DHCP exchange, ignored ones too) passes
+    ``pxe.log_max_bytes`` it becomes ``dnsmasq.log.1`` (the previous one goes) and dnsmasq reopens its log
+    on SIGUSR2. So the log takes at most about twice the bound."""
+
+    name = "dnsmasq_log_rotation"
+
+    def __init__(self, provider: DnsmasqProvider, interval: float = 60.0) -> None:
+        self.provider = provider
+        self.interval = interval
+
+    def _rotate(self) -> bool:
+        log_file = self.provider.files.log
+        try:
+            if log_file.stat().st_size <= self.provider.pxe.log_max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(log_file, log_file.with_name(log_file.name + ".1"))
+        return True
+
+    async def run_once(self) -> None:
+        if await in_thread(self._rotate):
+            self.provider.supervisor.send_signal(signal.SIGUSR2)
+            log.info("dnsmasq_log_rotated", path=str(self.provider.files.log))
+
+
 class DnsmasqProvider:
     name = "dnsmasq"
 
@@ -259,7 +287,7 @@ class DnsmasqProvider:
         return cls(settings, DnsmasqFiles(state_root(settings)), boot_url(settings, public_url))
 
     def config_text(self) -> str:
-        user = self.pxe.dnsmasq_user or getpass.getuser()
+        user = self.pxe.dnsmasq_user or pwd.getpwuid(os.geteuid()).pw_name
         return render_config(self.pxe, self.files, self.tftp_root, self.url, user)
 
     def _ready(self, pid: int) -> bool:
@@ -323,6 +351,10 @@ class DnsmasqProvider:
             self.supervisor.send_signal(signal.SIGHUP)  # dnsmasq forgets deleted hostsdir records only on HUP
             log.info("dhcp_host_removed", node_uuid=node_uuid)
         self.host_count = await in_thread(self.hosts.count)
+
+    def periodic(self) -> list[PeriodicTask]:
+        """The loops the service runs for this provider."""
+        return [DnsmasqLogRotation(self)]
 
     def health(self) -> dict[str, Any]:
         st = self.supervisor.status

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bmd.tasks.runner import PeriodicTask
+
 
 class NoDhcp:
     name = "none"
@@ -21,6 +23,9 @@ class NoDhcp:
 
     async def remove_node(self, node_uuid: str) -> None:
         return None
+
+    def periodic(self) -> list[PeriodicTask]:
+        return []
 
     def health(self) -> dict[str, Any]:
         return {"provider": self.name, "status": "ok"}

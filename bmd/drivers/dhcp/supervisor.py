@@ -1,9 +1,9 @@
 """A supervised child process: started with the service, restarted with backoff when it exits, stopped at
 shutdown. :class:`ProcessStatus` is what ``/healthz`` reads (the watcher task updates it; nothing awaits).
 
-The child runs in its own session (a Ctrl-C on bmd's terminal does not reach it; bmd stops it itself) and
-gets SIGTERM if bmd dies (``PR_SET_PDEATHSIG``). Its stderr is read line by line, logged, and the last
-lines are kept for the error a failed start reports.
+The child runs in its own session (a Ctrl-C on bmd's terminal does not reach it; bmd stops it itself, with
+its whole process group) and gets SIGTERM if bmd dies (``PR_SET_PDEATHSIG``). Its stderr is read line by
+line, logged, and the last lines are kept for the error a failed start reports.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import time
 from collections import deque
@@ -85,6 +86,7 @@ class Supervisor:
         self._stderr: deque[str] = deque(maxlen=20)
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._pending: set[int] = set()  # signals asked for while a child was starting
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -105,9 +107,12 @@ class Supervisor:
         await self._terminate()
 
     def send_signal(self, sig: int) -> bool:
-        """Signal the running child; False when none runs (a restarted child reads everything anyway)."""
+        """Signal the child once it is ready (before, a SIGHUP could kill it: its handlers may not be set
+        yet); a signal asked for while it starts is sent when it is ready. False when none is ready."""
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.returncode is not None or not self.status.running:
+            if proc is not None and proc.returncode is None:
+                self._pending.add(sig)
             return False
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -150,6 +155,9 @@ class Supervisor:
         self.status.running, self.status.pid = True, proc.pid
         self.status.started_at = time.time()
         log.info("process_started", process=self.name, pid=proc.pid)
+        pending, self._pending = self._pending, set()
+        for sig in pending:
+            self.send_signal(sig)
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -189,14 +197,15 @@ class Supervisor:
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+            # The child leads its own session: its group goes too (helpers it forked would keep its pipes).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(self.stop_timeout):
                     await proc.wait()
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
             log.info("process_stopped", process=self.name, pid=proc.pid, status=proc.returncode)
         reader, self._reader = self._reader, None
