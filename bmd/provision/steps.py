@@ -161,8 +161,10 @@ class Provisioner:
         await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
-        await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files
-        await self.deploy.clean(node_uuid)
+        try:
+            await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files
+        finally:
+            await self.deploy.clean(node_uuid)
 
     async def power_on_for_boot(self, node: BareMetalNode, device: BootDevice, persistent: bool) -> None:
         """Set the boot device, then power on (reboot if it is already on)."""
