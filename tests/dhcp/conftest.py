@@ -13,6 +13,7 @@ root/CAP_NET_ADMIN (``ip netns add`` refused) the test skips, saying why.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -170,6 +171,27 @@ def pxe_netns(tmp_path: Path) -> Iterator[PxeNetns]:
     finally:
         ns.close()
         run(["ip", "netns", "del", name])
+
+
+async def dhcp_client(
+    ns: PxeNetns, port: str, tmp: Path, arch: str = "0000", expect: bool = True
+) -> dict[str, str] | None:
+    """One ``udhcpc`` exchange on ``port`` with client-arch ``arch``; the bound lease's variables or None.
+
+    dnsmasq pings a new address for 3 s before offering it: a client expecting an answer waits 2 x 5 s; one
+    expecting none 2 x 2 s (an ignored client is ignored at once, no ping)."""
+    out = tmp / f"lease-{port}"
+    out.unlink(missing_ok=True)
+    script = tmp / "udhcpc.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}\nexit 0\n')
+    script.chmod(0o755)
+    argv = ns.argv("busybox", "udhcpc", "-i", port, "-f", "-q", "-n", "-t", "2", "-T", "5" if expect else "2")
+    argv += ["-A", "1", "-s", str(script), "-x", f"0x5d:{arch}"]
+    done = await asyncio.to_thread(run, argv, 30.0)
+    if done.returncode != 0 or not out.exists():
+        print(f"udhcpc on {port}: status {done.returncode}: {done.stdout} {done.stderr}")
+        return None
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
 def dnsmasq_settings(tmp: Path, ns: PxeNetns, **pxe: Any) -> Settings:

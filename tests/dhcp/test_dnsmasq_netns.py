@@ -21,7 +21,7 @@ from bmd.api.app import create_app
 from bmd.context import AppContext
 from bmd.drivers.dhcp.dnsmasq import DnsmasqProvider
 from bmd.service import open_context
-from tests.dhcp.conftest import PxeNetns, dnsmasq_settings, need, run, wait_for
+from tests.dhcp.conftest import PxeNetns, dhcp_client, dnsmasq_settings, need, run, wait_for
 
 NODE = "6f1c1b4e-3f7a-4a62-9d0e-1b2c3d4e5f60"
 KNOWN = "52:54:00:aa:00:01"
@@ -41,27 +41,6 @@ async def wait_health(client: TestClient[Any, Any], check: Any, within: float = 
             if check(body["checks"]["dhcp"]):
                 return body
             await asyncio.sleep(0.1)  # polling /healthz with a deadline
-
-
-async def dhcp_client(
-    ns: PxeNetns, port: str, tmp: Path, arch: str = "0000", expect: bool = True
-) -> dict[str, str] | None:
-    """One ``udhcpc`` exchange on ``port`` with client-arch ``arch``; the bound lease's variables or None.
-
-    dnsmasq pings a new address for 3 s before offering it: a client expecting an answer waits 2 x 5 s; one
-    expecting none 2 x 2 s (an ignored client is ignored at once, no ping)."""
-    out = tmp / f"lease-{port}"
-    out.unlink(missing_ok=True)
-    script = tmp / "udhcpc.sh"
-    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}\nexit 0\n')
-    script.chmod(0o755)
-    argv = ns.argv("busybox", "udhcpc", "-i", port, "-f", "-q", "-n", "-t", "2", "-T", "5" if expect else "2")
-    argv += ["-A", "1", "-s", str(script), "-x", f"0x5d:{arch}"]
-    done = await asyncio.to_thread(run, argv, 30.0)
-    if done.returncode != 0 or not out.exists():
-        print(f"udhcpc on {port}: status {done.returncode}: {done.stdout} {done.stderr}")
-        return None
-    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
 def exe_of(pid: int) -> Path | None:

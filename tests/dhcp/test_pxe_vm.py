@@ -28,8 +28,7 @@ import pytest
 from bmd.drivers.deploy.spec import mac_link_name
 from bmd.drivers.dhcp.dnsmasq import DnsmasqProvider
 from tests.cloud import make_cloud
-from tests.dhcp.conftest import PxeNetns, dnsmasq_settings, need
-from tests.dhcp.test_dnsmasq_netns import dhcp_client
+from tests.dhcp.conftest import PxeNetns, dhcp_client, dnsmasq_settings, need
 
 PUBLIC = "http://10.77.0.1:8080"
 VM_MAC = "52:54:00:00:01:00"  # the MAC tests.cloud gives node 1
