@@ -113,7 +113,10 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
             conductor=Conductor(
-                Provisioner(settings, sessionmaker, drivers, public_url=public_url, dhcp=dhcp), recorder
+                Provisioner(
+                    settings, sessionmaker, drivers, public_url=public_url, console_logs=console_logs, dhcp=dhcp
+                ),
+                recorder,
             ),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             console_logs=console_logs,

@@ -133,3 +133,13 @@ def node_body(i: int = 1, **extra: Any) -> dict[str, Any]:
     mac = f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"
     body = {**NODE, "name": f"node-{i}", "interfaces": [{"address": mac}], **extra}
     return body
+
+
+@pytest.fixture(scope="session")
+def deploy_ramdisk() -> Path:
+    """The directory of a ``bmd ramdisk build`` (deploy_kernel, deploy_ramdisk, manifest.json), built once
+    and cached across sessions by its inputs (see tests/ramdisk_cache.py); skips with the reason when the
+    Debian archive or a build tool is missing. Read-only: copy files out of it before changing them."""
+    from tests.ramdisk_cache import built_ramdisk
+
+    return built_ramdisk()

@@ -1,7 +1,9 @@
 """The deploy agent's endpoints (the protocol is documented in :mod:`bmd.drivers.deploy.agent_sim`).
 
 ``POST /v1/agent/lookup`` hands out the boot's token once; every other agent call carries it in
-``X-Agent-Token``: the disk image (``GET /v1/agent/nodes/{node}/image``, Range supported), progress
+``X-Agent-Token``. The lookup answers JSON, or with ``Accept: text/plain`` the same answer as ``key=value``
+lines for the sh agent (:mod:`bmd.api.shell_text`). The token is then needed for: the disk image
+(``GET /v1/agent/nodes/{node}/image``, Range supported), progress
 (``POST /v1/agent/nodes/{node}/heartbeat``) and the callback
 (``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``, answered ``202`` at once: the report is stored
 and the finish, disk boot and reboot, runs on as the node's conductor job). None of them takes the operators' bearer
@@ -15,6 +17,7 @@ from aiohttp import web
 from bmd.api.app import ctx_of, json_response, parse_body, public
 from bmd.api.body import takes
 from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
+from bmd.api.shell_text import shell_lines, wants_shell_text
 from bmd.provision.agent import TOKEN_HEADER
 
 
@@ -27,6 +30,8 @@ def _token(request: web.Request) -> str | None:
 async def lookup(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentLookup)
     answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, request.remote)
+    if wants_shell_text(",".join(request.headers.getall("Accept", []))):
+        return web.Response(text=shell_lines(answer), content_type="text/plain", headers={"Cache-Control": "no-store"})
     return json_response(answer)
 
 
@@ -47,7 +52,8 @@ async def heartbeat(request: web.Request) -> web.Response:
 @takes(DeployInfo)
 async def pass_deploy_info(request: web.Request) -> web.Response:
     body = await parse_body(request, DeployInfo)
-    state = await ctx_of(request).conductor.pass_deploy_info(request.match_info["node"], _token(request), body.error)
+    conductor = ctx_of(request).conductor
+    state = await conductor.pass_deploy_info(request.match_info["node"], _token(request), body.error, body.console)
     return json_response({"provision_state": state}, status=202)  # the finish runs on as the node's job
 
 

@@ -21,6 +21,7 @@ from bmd.flavors import Flavor
 from bmd.provision.instances import InstanceRequest, claim_instances
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
 from bmd.provision.request import DeployRequest
+from bmd.ramdisk import ramdisk_dir
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
 
@@ -103,7 +104,7 @@ async def create_instances(request: web.Request) -> web.Response:
     )
     # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
     roots = [Path(root) for root in ctx.settings.deploy.allowed_image_roots]
-    await check_deploy_request(deploy, ctx.settings.deploy, roots)
+    await check_deploy_request(deploy, ctx.settings.deploy, roots, ramdisk_dir(ctx.settings.service.state_dir))
     # Refs with credentials or a signature are stored encrypted; the rows and the API show them redacted.
     stored, secret_refs = deploy.sealed(ctx.secret_box)
     async with ctx.sessionmaker() as session:

@@ -313,6 +313,8 @@ class DeployInfo(BaseModel):
     deployment_id: StrictStr | StrictInt | None = None
     address: StrictStr | None = None
     error: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    # The tail of the agent's console (its own log), appended to the node's console log.
+    console: Annotated[StrictStr, Field(max_length=65536)] | None = None
 
 
 class AgentLookup(Body):

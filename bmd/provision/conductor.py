@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +58,16 @@ async def _after(previous: asyncio.Task[Any], coro: Coroutine[Any, Any, T]) -> T
         coro.close()
         raise
     return await coro
+
+
+async def _file_size(path: str | None) -> int | None:
+    """The size of the image the agent will download (None when nothing is prepared)."""
+    if not path:
+        return None
+    try:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+    except OSError:
+        return None
 
 
 class Conductor:
@@ -256,8 +267,11 @@ class Conductor:
             "deployment_id": str(dep.id),
             "token": token,
             "image_checksum": checksum,
+            "image_size": await _file_size(dep.image_path),
             "root_mb": dep.root_mb,
             "swap_mb": dep.swap_mb,
+            "root_device": dict(node.root_device or {}),
+            "boot_mode": node.boot_mode,
             **self.p.agent_urls(node.uuid),
         }
 
@@ -290,10 +304,13 @@ class Conductor:
             raise NotFound(f"node {boot.node.uuid} has no disk image prepared")
         return boot.deployment.image_path
 
-    async def pass_deploy_info(self, node_ident: str, token: str | None, error: str | None) -> ProvisionState:
+    async def pass_deploy_info(
+        self, node_ident: str, token: str | None, error: str | None, console: str | None = None
+    ) -> ProvisionState:
         """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the
         token dies with the report. On success the finish (disk boot, reboot) is started as the node's job
-        (queued behind the spawn's last step if that still runs) and the state now is returned."""
+        (queued behind the spawn's last step if that still runs) and the state now is returned. The agent's
+        ``console`` tail, when sent, goes to the node's console log."""
         async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
@@ -305,6 +322,11 @@ class Conductor:
             else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
                 await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
                 await records.kill_agent_token(session, node.id)
+        if (
+            console and self.p.console_logs is not None
+        ):  # authenticated above: only the boot's agent writes into the node's console log
+            header = f"[bmd: the deploy agent's console, sent with its {'error' if error else 'success'} report]\n"
+            await self.p.console_logs.aappend(node.uuid, header + console.rstrip("\n") + "\n")
         if error:
             await self.discard_boot_files(node)
             return ProvisionState.ERROR

@@ -26,6 +26,7 @@ from bmd.drivers.deploy.spec import ImageRef
 from bmd.errors import InvalidInput
 from bmd.provision.records import NoMorePxeIps
 from bmd.provision.request import DeployRequest
+from bmd.ramdisk import KERNEL_NAME, RAMDISK_NAME
 
 __all__ = ["check_deploy_request", "check_pxe_ips", "deploy_refs", "deploy_roles"]
 
@@ -48,36 +49,53 @@ def _role(ref: str | None, checksum: str | None, fallback: str, setting: str, fi
     return Role(ImageRef(value, checksum), f"{field}_ref", f"{field}_checksum")
 
 
-def deploy_roles(request: DeployRequest, deploy: DeploySettings) -> dict[str, Role]:
+def deploy_roles(request: DeployRequest, deploy: DeploySettings, ramdisk_dir: Path | None = None) -> dict[str, Role]:
     """Every image of one deploy by role (``deploy_kernel``, ``deploy_ramdisk``, ``kernel``, ``ramdisk``,
-    ``image``): the request's ref and checksum, else the configured one. InvalidInput naming the ref's
-    field when neither is there. Cheap, no I/O."""
+    ``image``): the request's ref and checksum, else the configured one; an empty ``deploy.deploy_kernel``
+    or ``deploy_ramdisk`` means that file in ``ramdisk_dir`` (``<state_dir>/ramdisk``, what ``bmd ramdisk
+    build`` writes). InvalidInput naming the ref's field when neither is there. Cheap, no I/O."""
     r = request
+    dk, dr = (str(ramdisk_dir / n) if ramdisk_dir is not None else "" for n in (KERNEL_NAME, RAMDISK_NAME))
     return {
-        "deploy_kernel": _role(None, None, deploy.deploy_kernel, "deploy_kernel", "deploy_kernel"),
-        "deploy_ramdisk": _role(None, None, deploy.deploy_ramdisk, "deploy_ramdisk", "deploy_ramdisk"),
+        "deploy_kernel": _role(None, None, deploy.deploy_kernel or dk, "deploy_kernel", "deploy_kernel"),
+        "deploy_ramdisk": _role(None, None, deploy.deploy_ramdisk or dr, "deploy_ramdisk", "deploy_ramdisk"),
         "kernel": _role(r.kernel_ref, r.kernel_checksum, deploy.boot_kernel, "kernel", "kernel"),
         "ramdisk": _role(r.ramdisk_ref, r.ramdisk_checksum, deploy.boot_ramdisk, "ramdisk", "ramdisk"),
         "image": Role(ImageRef(r.image_ref, r.image_checksum), "image_ref", "image_checksum"),
     }
 
 
-def deploy_refs(request: DeployRequest, deploy: DeploySettings) -> dict[str, ImageRef]:
+def deploy_refs(request: DeployRequest, deploy: DeploySettings, ramdisk_dir: Path | None = None) -> dict[str, ImageRef]:
     """``deploy_roles``' refs by role."""
-    return {role: r.ref for role, r in deploy_roles(request, deploy).items()}
+    return {role: r.ref for role, r in deploy_roles(request, deploy, ramdisk_dir).items()}
 
 
 async def check_deploy_request(
-    request: DeployRequest, deploy: DeploySettings, allowed_local_roots: Sequence[Path]
+    request: DeployRequest,
+    deploy: DeploySettings,
+    allowed_local_roots: Sequence[Path],
+    ramdisk_dir: Path | None = None,
 ) -> None:
     """Every ref and checksum of the request as the image cache will read them; InvalidInput naming the
-    field (``image_ref``, ``kernel_checksum``, ...). Local refs (and the allowed roots) are resolved in a thread."""
-    roles = deploy_roles(request, deploy)
+    field (``image_ref``, ``kernel_checksum``, ...). Local refs (and the allowed roots) are resolved in a thread.
+    A built ramdisk the empty ``deploy.*`` settings point at must exist (else: run ``bmd ramdisk build``)."""
+    roles = deploy_roles(request, deploy, ramdisk_dir)
     for role in roles.values():
         parse_checksum(role.ref.checksum, field=role.checksum_field)
+    built = {
+        name: roles[name] for name in ("deploy_kernel", "deploy_ramdisk") if not getattr(deploy, name) and ramdisk_dir
+    }
 
     def parse_all() -> None:
-        roots = [Path(root).resolve() for root in allowed_local_roots]  # as the image cache resolves them
+        for name, role in built.items():
+            if not Path(role.ref.ref).is_file():
+                raise InvalidInput(
+                    f"{role.ref_field}: not given, no deploy.{name} configured and {role.ref.ref} does not exist: "
+                    "run `bmd ramdisk build`",
+                    field=role.ref_field,
+                )
+        extra = [ramdisk_dir] if ramdisk_dir is not None else []
+        roots = [Path(root).resolve() for root in [*allowed_local_roots, *extra]]  # as the image cache resolves them
         for role in roles.values():
             parse_image_ref(role.ref.ref, roots, field=role.ref_field)
 

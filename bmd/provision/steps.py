@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings
+from bmd.console_log import ConsoleLogs
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
@@ -26,6 +28,7 @@ from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
 from bmd.provision.request import stored_request
+from bmd.ramdisk import ramdisk_dir
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,7 @@ class Provisioner:
     verbs. The deploy and vif interfaces are the factory's (``driver.deploy_driver``, ``driver.vif_driver``).
 
     ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
+    ``console_logs`` is the service's one set of per-node console logs (``<service.state_dir>/console``).
     ``dhcp`` answers the node's MACs while its PXE boot files exist (``pxe.dhcp_provider``).
     """
 
@@ -54,7 +58,13 @@ class Provisioner:
     sessionmaker: async_sessionmaker[AsyncSession]
     drivers: DriverFactory
     public_url: str = ""
+    console_logs: ConsoleLogs | None = None
     dhcp: DhcpProvider = field(default_factory=NoDhcp)
+
+    @property
+    def ramdisk_dir(self) -> Path:
+        """Where ``bmd ramdisk build`` put the deploy kernel and ramdisk (empty ``deploy.*`` settings)."""
+        return ramdisk_dir(self.settings.service.state_dir)
 
     @property
     def power(self) -> PowerRegistry:
@@ -136,7 +146,7 @@ class Provisioner:
         instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
         inst = job.instance
         clear = open_refs(inst.secret_refs, self.power.secret_box)  # the box of the BMC passwords too
-        refs = deploy_refs(stored_request(inst).with_clear(clear), self.settings.deploy)
+        refs = deploy_refs(stored_request(inst).with_clear(clear), self.settings.deploy, self.ramdisk_dir)
         return DeploySpec(
             node_uuid=job.node.uuid,
             macs=job.macs,

@@ -16,9 +16,14 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
 
        {"node_uuid": "...", "deployment_id": "12", "token": "<random, 43 chars>",
         "image_url": "<bmd_url>/v1/agent/nodes/<uuid>/image", "image_checksum": "sha256:<hex>",
-        "root_mb": 10240, "swap_mb": 512,
+        "image_size": 2097152, "root_mb": 10240, "swap_mb": 512,
+        "root_device": {"size": 20, "serial": "..."}, "boot_mode": "bios",
         "heartbeat_url": "<bmd_url>/v1/agent/nodes/<uuid>/heartbeat",
         "callback_url": "<bmd_url>/v1/nodes/<uuid>/vendor_passthru/pass_deploy_info"}
+
+   (``root_device``: the node's root-device hints, ``{}`` when none). With ``Accept: text/plain`` the same
+   answer comes as ``key=value`` lines (``root_device_size=20``...) for the sh agent in ``bmd/agent/``
+   (see :mod:`bmd.api.shell_text`).
 
    bmd issues the token only while the node waits for an agent in a boot bmd started (``wait_callback``)
    and after bmd powered it on, only once per boot, and with ``agent.lookup_source = "pxe_ip"`` only to the
@@ -33,7 +38,8 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
    ``Content-Range``; check the bytes against ``image_checksum``;
 4. report progress: ``POST heartbeat_url`` with ``{"message": "..."}`` (``202``);
 5. ``POST callback_url`` with ``{"deployment_id": "...", "address": "<agent IP>", "error": null}`` (or
-   ``"error": "<message>"`` when the deploy failed on the node). ``202`` with ``{"provision_state": ...}``
+   ``"error": "<message>"`` when the deploy failed on the node; an optional ``"console"``, the tail of
+   the agent's console up to 64 KiB, goes to the node's console log). ``202`` with ``{"provision_state": ...}``
    when bmd accepts the report: the token dies with it, and bmd finishes the deploy (disk boot, reboot)
    on its own after answering, so the state the answer names is the one at the time of the report
    (``wait_callback``, or ``error`` for a reported failure). The agent returns whatever status it got.

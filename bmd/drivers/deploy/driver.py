@@ -15,6 +15,7 @@ from bmd.drivers.deploy.images import ImageCache
 from bmd.drivers.deploy.pxe import PXEDeploy
 from bmd.drivers.deploy.spec import DeploySpec, PXELayout, PXESettings
 from bmd.errors import InvalidInput
+from bmd.ramdisk import ramdisk_dir
 
 if TYPE_CHECKING:
     from bmd.config import DeploySettings, Settings
@@ -42,7 +43,9 @@ class PXEDriver(DeployInterface):
         cache = ImageCache(
             Path(d.image_cache_dir).resolve(),
             d.image_cache_max_bytes,
-            allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots],
+            # + what `bmd ramdisk build` wrote, which empty deploy.deploy_kernel/deploy_ramdisk settings mean
+            allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots]
+            + [ramdisk_dir(settings.service.state_dir)],
         )
         return cls(d, Path(settings.service.state_dir, "agent-images").resolve(), cache)
 
