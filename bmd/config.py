@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bmd.config_pxe import PxeSettings
 from bmd.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -206,6 +207,7 @@ class Settings(_Section):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    pxe: PxeSettings = Field(default_factory=PxeSettings)
 
 
 SECTIONS: dict[str, type[_Section]] = {

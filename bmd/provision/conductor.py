@@ -368,6 +368,7 @@ class Conductor:
             job = await self.p.load(node_id, instance_uuid)
             async with self.step(node_id, "switch_to_boot"):
                 await self.p.deploy.switch_to_boot(job.node.uuid)
+                await self.p.dhcp.remove_node(job.node.uuid)  # from now on it boots from disk: no PXE answer
             async with self.step(node_id, "boot_from_disk"):
                 await self.p.power_on_for_boot(job.node, BootDevice.DISK, persistent=True)
         except asyncio.CancelledError:

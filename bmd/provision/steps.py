@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bmd.config import Settings
 from bmd.console_log import ConsoleLogs
 from bmd.db.boot_devices import record_boot_device
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
 from bmd.drivers.deploy.configdrive import build_iso
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.deploy.spec import DeploySpec
+from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.drivers.factory import DriverFactory
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
@@ -53,6 +54,7 @@ class Provisioner:
 
     ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
     ``console_logs`` is the service's one set of per-node console logs (``<service.state_dir>/console``).
+    ``dhcp`` answers the node's MACs while its PXE boot files exist (``pxe.dhcp_provider``).
     """
 
     settings: Settings
@@ -60,6 +62,7 @@ class Provisioner:
     drivers: DriverFactory
     public_url: str = ""
     console_logs: ConsoleLogs | None = None
+    dhcp: DhcpProvider = field(default_factory=NoDhcp)
 
     @property
     def ramdisk_dir(self) -> Path:
@@ -180,9 +183,15 @@ class Provisioner:
             if row is not None:
                 row.pxe_config_path = str(layout.config_path)
                 row.image_path = str(layout.image_path)
+            pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == job.node.id))
+        # After the files: a node answered by DHCP finds its boot files complete.
+        await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
-        await self.deploy.clean(node_uuid)
+        try:
+            await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files
+        finally:
+            await self.deploy.clean(node_uuid)
 
     async def power_on_for_boot(self, node: BareMetalNode, device: BootDevice, persistent: bool) -> None:
         """Set the boot device, then power on (reboot if it is already on)."""
