@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bmd.config_pxe import PxeSettings
 from bmd.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -154,6 +155,7 @@ class DeploySettings(_Section):
     http_root: str = "./var/httpboot"
     image_cache_dir: str = "./var/images"
     image_cache_max_bytes: Annotated[int, Field(gt=0)] = 20 * 1024**3
+    image_convert_timeout: PositiveSeconds = 1800.0
     allowed_image_roots: list[str] = Field(default_factory=list)
     deploy_timeout: PositiveSeconds = 1800.0
     deploy_timeout_check_interval: PositiveSeconds = 30.0
@@ -205,6 +207,7 @@ class Settings(_Section):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    pxe: PxeSettings = Field(default_factory=PxeSettings)
 
 
 SECTIONS: dict[str, type[_Section]] = {

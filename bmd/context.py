@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bmd.bus import Bus
 from bmd.config import Settings
 from bmd.console_log import ConsoleLogs
+from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.secrets import SecretBox
 from bmd.tasks.runner import Runner
 from bmd.tasks.steps import StepFailureCounter
@@ -39,3 +40,4 @@ class AppContext:
     step_failures: StepFailureCounter = field(default_factory=StepFailureCounter)
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
+    dhcp: DhcpProvider = field(default_factory=NoDhcp)  # pxe.dhcp_provider; started and stopped by open_context

@@ -5,8 +5,11 @@ the probe itself in a worker thread),
 so ``/healthz`` answers from memory however loaded the database or the API is.
 
 ``ok``: the last database probe succeeded recently and every loop succeeded within twice its interval.
-``degraded``: some loop is failing or late. ``failing``: the database probe failed, never succeeded, or has
-not succeeded for ``STALE_FACTOR * interval + DB_PROBE_TIMEOUT`` seconds (a stuck probe counts as failing).
+``degraded``: some loop is failing or late, or the DHCP provider (``checks.dhcp``, from the provider's own
+status object, e.g. dnsmasq's supervisor) is not serving: bmd still answers its API and running deploys
+go on, only new PXE boots get no answer, so it is 200 like a failing loop, not 503.
+``failing``: the database probe failed, never succeeded, or has not succeeded for
+``STALE_FACTOR * interval + DB_PROBE_TIMEOUT`` seconds (a stuck probe counts as failing).
 """
 
 from __future__ import annotations
@@ -140,9 +143,10 @@ class HealthChecker:
         now = time.time()
         db = self.database(now)
         tasks = self.tasks(now)
+        dhcp = self.ctx.dhcp.health()
         if db["status"] != "ok":
             status = "failing"
-        elif any(t["status"] != "ok" for t in tasks.values()):
+        elif dhcp["status"] != "ok" or any(t["status"] != "ok" for t in tasks.values()):
             status = "degraded"
         else:
             status = "ok"
@@ -150,6 +154,6 @@ class HealthChecker:
             "status": status,
             "service": self.ctx.settings.service.host,
             "uptime_s": round(now - self.ctx.started_at, 3),
-            "checks": {"database": db},
+            "checks": {"database": db, "dhcp": dhcp},
             "tasks": tasks,
         }

@@ -30,6 +30,7 @@ from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.drivers.dhcp import build_provider
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
@@ -76,6 +77,8 @@ def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
     ctx.runner.add(SyncPowerStates(ctx.sessionmaker, ctx.power, s.service.host, s.tasks, failures=failures))
     ctx.runner.add(DeployTimeouts(ctx.conductor, s.deploy.deploy_timeout_check_interval))
     ctx.runner.add(SchedulerRefresh(ctx.scheduler, s.tasks.host_state_interval))
+    for task in ctx.dhcp.periodic():  # the DHCP provider's own loops (dnsmasq: log rotation)
+        ctx.runner.add(task)
 
 
 @contextlib.asynccontextmanager
@@ -100,6 +103,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         drivers = DriverFactory(settings, secret_box)
         power = drivers.power
         failures = StepFailureCounter()
+        dhcp = build_provider(settings, public_url)
         console_logs = ConsoleLogs(Path(settings.service.state_dir) / "console")
         recorder = ConsoleRecorder(console_logs, drivers.console, bus, settings)
         ctx = AppContext(
@@ -113,11 +117,15 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             driver=BareMetalDriver(settings, sessionmaker, drivers),
             power=power,
             conductor=Conductor(
-                Provisioner(settings, sessionmaker, drivers, public_url=public_url, console_logs=console_logs), recorder
+                Provisioner(
+                    settings, sessionmaker, drivers, public_url=public_url, console_logs=console_logs, dhcp=dhcp
+                ),
+                recorder,
             ),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             console_logs=console_logs,
             step_failures=failures,
+            dhcp=dhcp,
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
@@ -125,11 +133,13 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         build_runner(ctx, probe_engine)
         use_node_names(names)
         try:
+            await dhcp.start()
             yield ctx
         finally:
             use_node_names(None)
             await ctx.conductor.close()
             await recorder.close()
+            await dhcp.stop()
             await drivers.close()
             bus.close()
             await probe_engine.dispose()

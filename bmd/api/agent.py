@@ -3,7 +3,8 @@
 ``POST /v1/agent/lookup`` hands out the boot's token once; every other agent call carries it in
 ``X-Agent-Token``. The lookup answers JSON, or with ``Accept: text/plain`` the same answer as ``key=value``
 lines for the sh agent (:mod:`bmd.api.shell_text`). The token is then needed for: the disk image
-(``GET /v1/agent/nodes/{node}/image``, Range supported), progress
+(``GET /v1/agent/nodes/{node}/image``, Range supported), the config drive when the instance has one
+(``GET /v1/agent/nodes/{node}/configdrive``, named ``config_drive_url`` in the lookup), progress
 (``POST /v1/agent/nodes/{node}/heartbeat``) and the callback
 (``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``, answered ``202`` at once: the report is stored
 and the finish, disk boot and reboot, runs on as the node's conductor job). None of them takes the operators' bearer
@@ -40,6 +41,11 @@ async def image(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
+async def configdrive(request: web.Request) -> web.StreamResponse:
+    path = await ctx_of(request).conductor.agent_config_drive(request.match_info["node"], _token(request))
+    return web.FileResponse(path, headers={"Cache-Control": "no-store", "Content-Type": "application/octet-stream"})
+
+
 @public
 @takes(AgentHeartbeat)
 async def heartbeat(request: web.Request) -> web.Response:
@@ -61,5 +67,6 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/agent/lookup", lookup)
     r.add_get("/v1/agent/nodes/{node}/image", image)  # add_get also answers HEAD
+    r.add_get("/v1/agent/nodes/{node}/configdrive", configdrive)  # the instance's config drive ISO
     r.add_post("/v1/agent/nodes/{node}/heartbeat", heartbeat)
     r.add_post("/v1/nodes/{node}/vendor_passthru/pass_deploy_info", pass_deploy_info)

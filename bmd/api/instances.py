@@ -15,12 +15,13 @@ from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
+from bmd.drivers.deploy.configdrive import decode_user_data
 from bmd.drivers.deploy.refs import display_ref
 from bmd.errors import InvalidInput, NotFound
 from bmd.flavors import Flavor
 from bmd.provision.instances import InstanceRequest, claim_instances
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
-from bmd.provision.request import DeployRequest
+from bmd.provision.request import DeployRequest, stored_request
 from bmd.ramdisk import ramdisk_dir
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
@@ -49,10 +50,23 @@ def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[
     out = {f: getattr(inst, f) for f in INSTANCE_FIELDS}
     if inst.image_ref:  # stored redacted; redacted again for rows written before secret_refs existed
         out["image_ref"] = display_ref(inst.image_ref)
+    # The config drive without its secrets: user_data by size only (it may hold credentials).
+    out["config_drive"] = stored_request(inst).config_drive_view()
     if node is not None and node.instance_uuid == inst.uuid:
         out["provision_state"] = node.provision_state
         out["power_state"] = node.power_state
     return out
+
+
+def _user_data(body: InstanceCreate) -> bytes | None:
+    if body.user_data is None:
+        if body.user_data_base64:
+            raise InvalidInput("user_data_base64 is set but there is no user_data", field="user_data_base64")
+        return None
+    try:
+        return decode_user_data(body.user_data, body.user_data_base64)
+    except ValueError as err:
+        raise InvalidInput(f"user_data: {err}", field="user_data") from None
 
 
 def selection_to_dict(sel: Selection) -> dict[str, Any]:
@@ -101,6 +115,12 @@ async def create_instances(request: web.Request) -> web.Response:
         root_mb=flavor.root_gb * 1024,
         swap_mb=flavor.swap,
         name=body.name,
+        whole_disk=body.whole_disk,
+        hostname=body.hostname,
+        ssh_keys=tuple(body.ssh_keys),
+        meta=body.meta,
+        network_data=body.network_data,
+        user_data=_user_data(body),
     )
     # What the request alone decides, before any node is claimed: 400 naming the field, 409 no_pxe_ip.
     roots = [Path(root) for root in ctx.settings.deploy.allowed_image_roots]

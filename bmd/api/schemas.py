@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from bmd.drivers.deploy.configdrive import check_hostname, check_meta, check_network_data, check_ssh_key
+
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$")
 _SPEC_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
@@ -302,6 +304,16 @@ class InstanceCreate(ScheduleRequest):
     ramdisk_checksum: Checksum | None = None
     networks: list[NetworkRef] = Field(default_factory=list, max_length=16)
     name: NodeName | None = None
+    # true: a whole-disk image (no instance kernel/ramdisk even if configured); unset: whole-disk when
+    # neither kernel nor ramdisk is given or configured
+    whole_disk: StrictBool | None = None
+    # The config drive (docs/images.md): any of these set → bmd builds one for the instance.
+    hostname: Annotated[StrictStr, Field(max_length=254), AfterValidator(check_hostname)] | None = None
+    ssh_keys: list[Annotated[StrictStr, AfterValidator(check_ssh_key)]] = Field(default_factory=list, max_length=32)
+    user_data: Annotated[StrictStr, Field(max_length=90_000)] | None = None  # ≤ 64 KiB once decoded
+    user_data_base64: StrictBool = False
+    network_data: Annotated[dict[str, Any], AfterValidator(check_network_data)] | None = None
+    meta: Annotated[dict[StrictStr, StrictStr], AfterValidator(check_meta)] | None = None
 
 
 class DeployInfo(BaseModel):

@@ -9,6 +9,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -21,6 +22,7 @@ from bmd.db.nodes import get_node
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.deploy.refs import scrub_urls
 from bmd.drivers.deploy.spec import normalize_mac
+from bmd.drivers.deploy.templates import CONFIG_DRIVE
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidState, NotFound
@@ -68,6 +70,11 @@ async def _file_size(path: str | None) -> int | None:
         return (await asyncio.to_thread(os.stat, path)).st_size
     except OSError:
         return None
+
+
+def config_drive_path(dep: Deployment) -> Path | None:
+    """Where ``prepare`` put the config drive: next to the disk image (``<image_root>/<node>/``)."""
+    return Path(dep.image_path).with_name(CONFIG_DRIVE) if dep.image_path else None
 
 
 class Conductor:
@@ -262,6 +269,7 @@ class Conductor:
             await self.discard_boot_files(node)
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
         log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id)
+        config_drive = await asyncio.to_thread(lambda: (p := config_drive_path(dep)) is not None and p.is_file())
         return {
             "node_uuid": node.uuid,
             "deployment_id": str(dep.id),
@@ -273,6 +281,7 @@ class Conductor:
             "root_device": dict(node.root_device or {}),
             "boot_mode": node.boot_mode,
             **self.p.agent_urls(node.uuid),
+            **({"config_drive_url": self.p.config_drive_url(node.uuid)} if config_drive else {}),
         }
 
     async def record_deploy_failure(self, session: AsyncSession, node_id: int, instance_uuid: str, reason: str) -> None:
@@ -303,6 +312,15 @@ class Conductor:
         if not boot.deployment.image_path:
             raise NotFound(f"node {boot.node.uuid} has no disk image prepared")
         return boot.deployment.image_path
+
+    async def agent_config_drive(self, node_ident: str, token: str | None) -> str:
+        """The path of the boot's config drive ISO, for the holder of its token (NotFound when none)."""
+        async with self.p.sessionmaker() as session:
+            boot = await authenticate(session, node_ident, token)
+        path = config_drive_path(boot.deployment)
+        if path is None or not await asyncio.to_thread(path.is_file):
+            raise NotFound(f"node {boot.node.uuid}: the instance has no config drive")
+        return str(path)
 
     async def pass_deploy_info(
         self, node_ident: str, token: str | None, error: str | None, console: str | None = None
@@ -350,6 +368,7 @@ class Conductor:
             job = await self.p.load(node_id, instance_uuid)
             async with self.step(node_id, "switch_to_boot"):
                 await self.p.deploy.switch_to_boot(job.node.uuid)
+                await self.p.dhcp.remove_node(job.node.uuid)  # from now on it boots from disk: no PXE answer
             async with self.step(node_id, "boot_from_disk"):
                 await self.p.power_on_for_boot(job.node, BootDevice.DISK, persistent=True)
         except asyncio.CancelledError:

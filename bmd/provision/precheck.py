@@ -28,7 +28,7 @@ from bmd.provision.records import NoMorePxeIps
 from bmd.provision.request import DeployRequest
 from bmd.ramdisk import KERNEL_NAME, RAMDISK_NAME
 
-__all__ = ["check_deploy_request", "check_pxe_ips", "deploy_refs", "deploy_roles"]
+__all__ = ["check_deploy_request", "check_pxe_ips", "deploy_refs", "deploy_roles", "is_whole_disk"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,46 @@ def _role(ref: str | None, checksum: str | None, fallback: str, setting: str, fi
     return Role(ImageRef(value, checksum), f"{field}_ref", f"{field}_checksum")
 
 
+def is_whole_disk(request: DeployRequest, deploy: DeploySettings) -> bool:
+    """A whole-disk image: the request says so (``whole_disk``), or there is neither an instance kernel nor
+    a ramdisk (the request's or configured). One without the other is InvalidInput naming the missing
+    one's field. Cheap, no I/O."""
+    r = request
+    if r.whole_disk:
+        for given, name in ((r.kernel_ref, "kernel_ref"), (r.ramdisk_ref, "ramdisk_ref")):
+            if given:
+                raise InvalidInput(f"{name}: a whole-disk image (whole_disk: true) boots no kernel/ramdisk", field=name)
+        return True
+    kernel, ramdisk = r.kernel_ref or deploy.boot_kernel, r.ramdisk_ref or deploy.boot_ramdisk
+    if r.whole_disk is None and not kernel and not ramdisk:
+        return True
+    for have, name, setting in ((kernel, "kernel", "boot_kernel"), (ramdisk, "ramdisk", "boot_ramdisk")):
+        if not have:
+            raise InvalidInput(
+                f"{name}_ref: not given and no deploy.{setting} configured (a partition image needs both kernel "
+                "and ramdisk; a whole-disk image neither)",
+                field=f"{name}_ref",
+            )
+    return False
+
+
 def deploy_roles(request: DeployRequest, deploy: DeploySettings, ramdisk_dir: Path | None = None) -> dict[str, Role]:
     """Every image of one deploy by role (``deploy_kernel``, ``deploy_ramdisk``, ``kernel``, ``ramdisk``,
     ``image``): the request's ref and checksum, else the configured one; an empty ``deploy.deploy_kernel``
     or ``deploy_ramdisk`` means that file in ``ramdisk_dir`` (``<state_dir>/ramdisk``, what ``bmd ramdisk
-    build`` writes). InvalidInput naming the ref's field when neither is there. Cheap, no I/O."""
+    build`` writes). ``kernel`` and ``ramdisk`` are absent for a whole-disk image (:func:`is_whole_disk`).
+    InvalidInput naming the ref's field when a needed one is not there. Cheap, no I/O."""
     r = request
     dk, dr = (str(ramdisk_dir / n) if ramdisk_dir is not None else "" for n in (KERNEL_NAME, RAMDISK_NAME))
-    return {
+    roles = {
         "deploy_kernel": _role(None, None, deploy.deploy_kernel or dk, "deploy_kernel", "deploy_kernel"),
         "deploy_ramdisk": _role(None, None, deploy.deploy_ramdisk or dr, "deploy_ramdisk", "deploy_ramdisk"),
-        "kernel": _role(r.kernel_ref, r.kernel_checksum, deploy.boot_kernel, "kernel", "kernel"),
-        "ramdisk": _role(r.ramdisk_ref, r.ramdisk_checksum, deploy.boot_ramdisk, "ramdisk", "ramdisk"),
         "image": Role(ImageRef(r.image_ref, r.image_checksum), "image_ref", "image_checksum"),
     }
+    if not is_whole_disk(r, deploy):
+        roles["kernel"] = _role(r.kernel_ref, r.kernel_checksum, deploy.boot_kernel, "kernel", "kernel")
+        roles["ramdisk"] = _role(r.ramdisk_ref, r.ramdisk_checksum, deploy.boot_ramdisk, "ramdisk", "ramdisk")
+    return roles
 
 
 def deploy_refs(request: DeployRequest, deploy: DeploySettings, ramdisk_dir: Path | None = None) -> dict[str, ImageRef]:

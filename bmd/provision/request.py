@@ -8,16 +8,20 @@ credentials or a signature are in ``instances.secret_refs`` (sealed and opened i
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bmd.db.models import Instance
+from bmd.drivers.deploy.configdrive import ConfigDrive
 from bmd.drivers.deploy.refs import seal_refs
 from bmd.secrets import SecretBox
 
 __all__ = ["DeployRequest", "stored_request"]
+
+_USER_DATA = "user_data_b64"  # its name in the sealed secret_refs
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,52 @@ class DeployRequest:
     root_mb: int = 0
     swap_mb: int = 0
     name: str | None = None
+    whole_disk: bool | None = None  # True: no kernel/ramdisk even if configured; None: neither → whole disk
+    # The config drive (any of them set → the instance has one). user_data may be secret: never shown by
+    # the API (instance views show only its size), never logged (not in the repr), stored sealed in
+    # instances.secret_refs (``sealed``; ``with_clear`` puts it back) with only its size in deploy_info.
+    hostname: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+    meta: Mapping[str, str] | None = None
+    network_data: Mapping[str, Any] | None = None
+    user_data: bytes | None = dataclasses.field(default=None, repr=False)
+    user_data_bytes: int | None = None  # its size, kept when the stored request has it sealed away
+
+    def __post_init__(self) -> None:
+        if self.user_data is not None and self.user_data_bytes is None:
+            object.__setattr__(self, "user_data_bytes", len(self.user_data))
+
+    @property
+    def has_config_drive(self) -> bool:
+        return bool(self.hostname or self.ssh_keys or self.meta or self.network_data is not None) or (
+            self.user_data_bytes is not None
+        )
+
+    def config_drive(self, instance_uuid: str) -> ConfigDrive | None:
+        """What the instance's config drive holds, None when the request asked for none."""
+        if not self.has_config_drive:
+            return None
+        return ConfigDrive(
+            uuid=instance_uuid,
+            name=self.name,
+            hostname=self.hostname,
+            ssh_keys=self.ssh_keys,
+            meta=dict(self.meta or {}),
+            network_data=self.network_data,
+            user_data=self.user_data,
+        )
+
+    def config_drive_view(self) -> dict[str, Any] | None:
+        """The config drive as the API shows it: user_data by size only, network_data by its presence."""
+        if not self.has_config_drive:
+            return None
+        return {
+            "hostname": self.hostname,
+            "ssh_keys": list(self.ssh_keys),
+            "meta": dict(self.meta or {}),
+            "network_data": self.network_data is not None,
+            "user_data_bytes": self.user_data_bytes,
+        }
 
     def to_json(self) -> dict[str, Any]:
         """``instances.deploy_info`` (the image ref has its own column)."""
@@ -43,6 +93,12 @@ class DeployRequest:
             "root_mb": self.root_mb,
             "swap_mb": self.swap_mb,
             "name": self.name,
+            "whole_disk": self.whole_disk,
+            "hostname": self.hostname,
+            "ssh_keys": list(self.ssh_keys),
+            "meta": dict(self.meta) if self.meta is not None else None,
+            "network_data": dict(self.network_data) if self.network_data is not None else None,
+            "user_data_bytes": self.user_data_bytes,  # the bytes themselves are sealed (secret_refs)
         }
 
     @classmethod
@@ -58,26 +114,41 @@ class DeployRequest:
             root_mb=int(info.get("root_mb") or 0),
             swap_mb=int(info.get("swap_mb") or 0),
             name=info.get("name") or None,
+            whole_disk=info.get("whole_disk"),
+            hostname=info.get("hostname") or None,
+            ssh_keys=tuple(info.get("ssh_keys") or ()),
+            meta=info.get("meta") or None,
+            network_data=info.get("network_data"),
+            user_data_bytes=None if info.get("user_data_bytes") is None else int(info["user_data_bytes"]),
         )
 
     def _refs(self) -> dict[str, str | None]:
         return {"image_ref": self.image_ref, "kernel_ref": self.kernel_ref, "ramdisk_ref": self.ramdisk_ref}
 
     def sealed(self, box: SecretBox) -> tuple[DeployRequest, str | None]:
-        """The request as stored (refs in their displayed form) and ``instances.secret_refs``."""
-        shown, secret = seal_refs(self._refs(), box)
+        """The request as stored (refs in their displayed form, user_data taken out) and
+        ``instances.secret_refs`` (the refs that carry credentials and the user_data, encrypted)."""
+        extra = {} if self.user_data is None else {_USER_DATA: base64.b64encode(self.user_data).decode()}
+        shown, secret = seal_refs(self._refs(), box, extra)
         stored = dataclasses.replace(
-            self, image_ref=shown["image_ref"] or "", kernel_ref=shown["kernel_ref"], ramdisk_ref=shown["ramdisk_ref"]
+            self,
+            image_ref=shown["image_ref"] or "",
+            kernel_ref=shown["kernel_ref"],
+            ramdisk_ref=shown["ramdisk_ref"],
+            user_data=None,
+            user_data_bytes=self.user_data_bytes,
         )
         return stored, secret
 
     def with_clear(self, clear: Mapping[str, str]) -> DeployRequest:
         """The stored request with the clear refs that ``sealed`` took out (``open_refs``) put back."""
+        sealed_user_data = clear.get(_USER_DATA)
         return dataclasses.replace(
             self,
             image_ref=clear.get("image_ref") or self.image_ref,
             kernel_ref=clear.get("kernel_ref") or self.kernel_ref,
             ramdisk_ref=clear.get("ramdisk_ref") or self.ramdisk_ref,
+            user_data=self.user_data if sealed_user_data is None else base64.b64decode(sealed_user_data),
         )
 
 

@@ -3,8 +3,10 @@ them: wire VIFs, allocate the PXE IP, write the boot config, drive power; and th
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -14,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bmd.config import Settings
 from bmd.console_log import ConsoleLogs
 from bmd.db.boot_devices import record_boot_device
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
+from bmd.drivers.deploy.configdrive import build_iso
 from bmd.drivers.deploy.refs import open_refs
 from bmd.drivers.deploy.spec import DeploySpec
+from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.drivers.factory import DriverFactory
 from bmd.drivers.power.base import BootDevice, PowerState
 from bmd.drivers.power.registry import PowerRegistry
@@ -50,6 +54,7 @@ class Provisioner:
 
     ``public_url`` is how deploy agents reach bmd (``api.public_url``, or the address the API bound).
     ``console_logs`` is the service's one set of per-node console logs (``<service.state_dir>/console``).
+    ``dhcp`` answers the node's MACs while its PXE boot files exist (``pxe.dhcp_provider``).
     """
 
     settings: Settings
@@ -57,6 +62,7 @@ class Provisioner:
     drivers: DriverFactory
     public_url: str = ""
     console_logs: ConsoleLogs | None = None
+    dhcp: DhcpProvider = field(default_factory=NoDhcp)
 
     @property
     def ramdisk_dir(self) -> Path:
@@ -138,6 +144,10 @@ class Provisioner:
             "callback_url": self.callback_url(node_uuid),
         }
 
+    def config_drive_url(self, node_uuid: str) -> str:
+        """Where the agent fetches the config drive (with its token), when the instance has one."""
+        return f"{self.base_url}/v1/agent/nodes/{node_uuid}/configdrive"
+
     def deploy_spec(self, job: Job, dep: Deployment) -> DeploySpec:
         """The deploy as the image cache fetches it: refs that carry credentials are decrypted here (the
         instance row holds them redacted), and live only in this spec (whose repr redacts them)."""
@@ -151,21 +161,37 @@ class Provisioner:
             bmd_url=self.base_url,
             deploy_kernel=refs["deploy_kernel"],
             deploy_ramdisk=refs["deploy_ramdisk"],
-            kernel=refs["kernel"],
-            ramdisk=refs["ramdisk"],
+            kernel=refs.get("kernel"),  # neither: a whole-disk image
+            ramdisk=refs.get("ramdisk"),
             image=refs["image"],
+            boot_mode=job.node.boot_mode or "bios",
         )
 
+    async def config_drive(self, job: Job) -> bytes | None:
+        """The instance's config drive ISO, built now (in a thread), None when it has none."""
+        clear = open_refs(job.instance.secret_refs, self.power.secret_box)  # the sealed user_data
+        drive = stored_request(job.instance).with_clear(clear).config_drive(job.instance.uuid)
+        if drive is None:
+            return None
+        return await asyncio.to_thread(build_iso, drive)
+
     async def write_boot_config(self, job: Job, dep: Deployment) -> None:
-        layout = await self.deploy.prepare(self.deploy_spec(job, dep))
+        spec = dataclasses.replace(self.deploy_spec(job, dep), config_drive=await self.config_drive(job))
+        layout = await self.deploy.prepare(spec)
         async with self.sessionmaker.begin() as session:
             row = await session.get(Deployment, dep.id)
             if row is not None:
                 row.pxe_config_path = str(layout.config_path)
                 row.image_path = str(layout.image_path)
+            pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == job.node.id))
+        # After the files: a node answered by DHCP finds its boot files complete.
+        await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
-        await self.deploy.clean(node_uuid)
+        try:
+            await self.dhcp.remove_node(node_uuid)  # before the files go: no answer points at missing files
+        finally:
+            await self.deploy.clean(node_uuid)
 
     async def power_on_for_boot(self, node: BareMetalNode, device: BootDevice, persistent: bool) -> None:
         """Set the boot device, then power on (reboot if it is already on)."""

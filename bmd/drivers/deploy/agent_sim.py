@@ -37,7 +37,8 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
    boot is over (success, failure, timeout, delete) bmd answers ``401 agent_token_refused`` and changes
    nothing. Download ``image_url``, deliberately in two parts: the first request is dropped part-way and
    the rest fetched with ``Range: bytes=<n>-``, which must come back ``206`` with a matching
-   ``Content-Range``; check the bytes against ``image_checksum``;
+   ``Content-Range``; check the bytes against ``image_checksum``. When the answer has
+   ``config_drive_url`` (the instance has a config drive), GET it too: an ISO9660 volume ``config-2``;
 4. report progress: ``POST heartbeat_url`` with ``{"message": "..."}`` (``202``);
 5. ``POST callback_url`` with ``{"deployment_id": "...", "address": "<agent IP>", "error": null}`` (or
    ``"error": "<message>"`` when the deploy failed on the node; an optional ``"console"``, the tail of
@@ -94,6 +95,7 @@ class Lookup:
     swap_mb: int
     heartbeat_url: str
     callback_url: str
+    config_drive_url: str | None = None  # only when the instance has a config drive
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class AgentResult:
     bytes_downloaded: int
     resumed: bool  # the download was completed by a Range request answered 206
     stage: str = "callback"  # "lookup" when bmd refused the token
+    config_drive: bytes | None = field(default=None, repr=False)  # the ISO fetched, when there was one
 
 
 def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
@@ -126,14 +129,41 @@ def parse_pxelinux(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
     return default, labels
 
 
+def parse_grub(text: str) -> tuple[str | None, dict[str, dict[str, str]]]:
+    """A bmd GRUB config in :func:`parse_pxelinux`'s shape: ``append`` is the ``linux`` line's arguments."""
+    default: str | None = None
+    labels: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("set default="):
+            default = line.removeprefix("set default=")
+        elif line.startswith("menuentry ") and "--id " in line:
+            current = labels.setdefault(line.split("--id ", 1)[1].split()[0], {})
+        elif current is not None and line.startswith("linux "):
+            kernel, _, args = line.removeprefix("linux ").partition(" ")
+            current["kernel"], current["append"] = kernel, args
+        elif line == "}":
+            current = None
+    return default, labels
+
+
 def read_boot_args(tftp_root: Path, mac: str) -> BootArgs:
-    """What the ramdisk learns from its kernel command line. Blocking: call from a thread."""
+    """What the ramdisk learns from its kernel command line: from the pxelinux config of a BIOS node, else
+    the GRUB config of a UEFI node. Blocking: call from a thread."""
     link = Path(tftp_root) / "pxelinux.cfg" / mac_link_name(mac)
+    grub = Path(tftp_root) / "grub" / f"grub.cfg-{mac_link_name(mac)}"
     try:
         text = link.read_text()
+        parse = parse_pxelinux
+    except FileNotFoundError:
+        try:
+            text, parse = grub.read_text(), parse_grub
+        except OSError:
+            raise AgentError(f"no PXE config for {mac} at {link} (nor a GRUB config at {grub})") from None
     except OSError as err:
         raise AgentError(f"no PXE config for {mac} at {link}: {err.strerror or err}") from err
-    default, labels = parse_pxelinux(text)
+    default, labels = parse(text)
     if default != "deploy" or "deploy" not in labels:
         raise AgentError(f"PXE config for {mac} is not in deploy mode (default {default!r})")
     args = dict(a.split("=", 1) for a in labels["deploy"].get("append", "").split() if "=" in a)
@@ -206,6 +236,7 @@ async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tu
         swap_mb=int(got["swap_mb"]),
         heartbeat_url=got["heartbeat_url"],
         callback_url=got["callback_url"],
+        config_drive_url=got.get("config_drive_url"),
     )
     return 200, text, answer
 
@@ -259,6 +290,18 @@ async def download_image(
     finally:
         if out is not None:
             out.close()
+
+
+async def fetch_config_drive(session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> bytes:
+    """The config drive ISO (with the token); the real agent writes it to a partition at the disk's end
+    (``bmd/agent/configdrive.sh``). Checked to be ISO9660 (``CD001`` at byte 32769)."""
+    async with session.get(url, headers=auth) as resp:
+        if resp.status != 200:
+            raise AgentError(f"GET {url}: HTTP {resp.status}")
+        data = await resp.read()
+    if data[32769:32774] != b"CD001":
+        raise AgentError(f"GET {url}: not an ISO9660 image")
+    return data
 
 
 async def run_agent(
@@ -315,11 +358,13 @@ async def run_deploy(
             return AgentResult(status, text, None, 0, False, stage="lookup")
         auth = {TOKEN_HEADER: answer.token if token is None else token}
         sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
-        error, resumed = fail_with, False
+        error, resumed, config_drive = fail_with, False, None
         if error is None:
             try:
                 resumed = await download_image(client, answer.image_url, sink, dest, resume_at, auth)
                 sink.verify(answer.image_url)
+                if answer.config_drive_url:
+                    config_drive = await fetch_config_drive(client, answer.config_drive_url, auth)
             except (BmdError, aiohttp.ClientError, TimeoutError) as err:
                 error = str(err) or type(err).__name__
         log.info(
@@ -336,7 +381,7 @@ async def run_deploy(
         async with client.post(answer.callback_url, json=body, headers=auth) as resp:
             text = await resp.text()
             log.info("agent_callback_sent", deployment_id=answer.deployment_id, status=resp.status)
-            return AgentResult(resp.status, text, error, sink.size, resumed)
+            return AgentResult(resp.status, text, error, sink.size, resumed, config_drive=config_drive)
     finally:
         if own_session:
             await client.close()

@@ -46,6 +46,7 @@ class PXEDriver(DeployInterface):
             # + what `bmd ramdisk build` wrote, which empty deploy.deploy_kernel/deploy_ramdisk settings mean
             allowed_local_roots=[Path(p).resolve() for p in d.allowed_image_roots]
             + [ramdisk_dir(settings.service.state_dir)],
+            convert_timeout=d.image_convert_timeout,
         )
         return cls(d, Path(settings.service.state_dir, "agent-images").resolve(), cache)
 

@@ -40,6 +40,21 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write bytes readable by bmd only (0600): e.g. a config drive that may hold user_data."""
+    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def symlink_atomic(target: str, link: Path) -> None:
     tmp = link.with_name(f".tmp-{link.name}-{secrets.token_hex(4)}")
     os.symlink(target, tmp)

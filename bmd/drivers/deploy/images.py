@@ -11,6 +11,14 @@ entry that is leased (``async with cache.lease(...)``) or hard-linked elsewhere 
 writer links images into per-node directories, which protects them across restarts too). An entry larger
 than the whole budget is kept while in use and logged as ``image_cache_over_budget``.
 
+qcow2 images (magic ``QFI\xfb``) are converted once verified: ``qemu-img convert -O raw`` writes a second
+entry, keyed by the qcow2 entry's SHA-256 and recording its ``derived_from``, and :meth:`ImageCache.fetch` /
+:meth:`ImageCache.lease` return that raw file. The request's checksum is checked against the downloaded
+qcow2; the entry's ``sha256`` (what the agent verifies) is the raw file's. Before converting, ``qemu-img
+info`` must show no backing file and no external data file (either would make qemu-img read a file the
+image names: any path on this host) and a virtual size within the cache budget; the conversion runs with a
+timeout (``convert_timeout``) and its output lands in a temp file renamed in only once complete.
+
 Local refs (``/path`` or ``file://``) are copied, not linked: the copy is what was verified, and the
 operator's file can change later without changing what the cache serves. They must resolve under one of
 ``allowed_local_roots`` (see :mod:`bmd.drivers.deploy.refs`).
@@ -27,10 +35,10 @@ import re
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import structlog
@@ -54,6 +62,31 @@ class CacheEntry:
     sha256: str
     size: int
     last_used: float
+    image_format: str = "raw"  # "qcow2": served through its converted entry (derived_from = this key)
+    derived_from: str | None = None  # the qcow2 entry this raw entry was converted from
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+CONVERT_TIMEOUT = 1800.0
+
+
+def _raw_key(source_sha256: str) -> str:
+    """The converted entry's key: from the qcow2's content, so one qcow2 under two refs converts once."""
+    return hashlib.sha256(f"qemu-img-raw\n{source_sha256}".encode()).hexdigest()[:40]
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
+
+
+def _hash_file(path: Path, chunk: int) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            digest.update(data)
+            size += len(data)
+    return digest.hexdigest(), size
 
 
 def _cache_key(source: ImageSource, expected: Checksum | None) -> str:
@@ -86,6 +119,8 @@ class ImageCache:
         session: aiohttp.ClientSession | None = None,
         chunk_size: int = 1 << 20,
         clock: Callable[[], float] = time.time,
+        convert_timeout: float = CONVERT_TIMEOUT,
+        qemu_img: str = "qemu-img",
     ) -> None:
         if max_bytes <= 0:
             raise InvalidInput(f"image cache max_bytes must be positive, got {max_bytes!r}", field="max_bytes")
@@ -94,6 +129,8 @@ class ImageCache:
         self.http_timeout = http_timeout
         self.allowed_local_roots = tuple(Path(p) for p in allowed_local_roots)
         self.chunk_size = chunk_size
+        self.convert_timeout = convert_timeout
+        self.qemu_img = qemu_img
         self._clock = clock
         self._session = session
         self._owns_session = session is None
@@ -140,21 +177,53 @@ class ImageCache:
         The path stays valid until the next eviction; hold a :meth:`lease` to keep it longer.
         """
         source, expected, key = await self._identify(ref, checksum)
-        return (await self._get(key, source, expected)).path
+        held: list[str] = []
+        try:
+            return (await self._resolve(key, source, expected, held)).path
+        finally:
+            self._release(held, evict=False)  # as before: valid until the next eviction
 
     @contextlib.asynccontextmanager
     async def lease(self, ref: str, checksum: str | None = None) -> AsyncIterator[Path]:
-        """Like :meth:`fetch`, and the entry cannot be evicted until the block exits."""
+        """Like :meth:`fetch`, and the entry cannot be evicted until the block exits. A qcow2 image is
+        converted to raw first (a second entry); the path is the raw file's."""
         source, expected, key = await self._identify(ref, checksum)
-        self._leases[key] += 1
+        held: list[str] = []
         try:
-            entry = await self._get(key, source, expected)
-            yield entry.path
+            yield (await self._resolve(key, source, expected, held)).path
         finally:
-            self._leases[key] -= 1
-            if self._leases[key] <= 0:
-                del self._leases[key]
-                self._evict()
+            self._release(held, evict=True)
+
+    def _hold(self, key: str, held: list[str]) -> None:
+        if key not in held:
+            held.append(key)
+            self._leases[key] += 1
+
+    def _release(self, held: list[str], evict: bool) -> None:
+        for k in held:
+            self._leases[k] -= 1
+            if self._leases[k] <= 0:
+                del self._leases[k]
+        if evict:
+            self._evict()
+
+    async def _resolve(self, key: str, source: ImageSource, expected: Checksum | None, held: list[str]) -> CacheEntry:
+        """The entry to serve for ``key``: its own, or for a qcow2 its converted one (converting now if
+        needed). Every key it relies on is leased into ``held`` (the caller releases them)."""
+        self._hold(key, held)
+        raw = self._converted_of(key)  # converted before: the qcow2 itself need not be there any more
+        if raw is not None:
+            self._hold(raw.key, held)
+            if await asyncio.to_thread(raw.path.is_file):
+                self._touch(raw)
+                return raw
+        entry = await self._get(key, lambda: self._download(key, source, expected), source.display)
+        if entry.image_format != "qcow2":
+            return entry
+        raw_key = _raw_key(entry.sha256)
+        self._hold(raw_key, held)
+        qcow2 = entry
+        return await self._get(raw_key, lambda: self._convert(raw_key, qcow2), source.display)
 
     async def wait_idle(self) -> None:
         """Return once no download is in flight (finished, failed or cancelled)."""
@@ -180,9 +249,12 @@ class ImageCache:
         await self.load()
         return source, expected, _cache_key(source, expected)
 
-    async def _get(self, key: str, source: ImageSource, expected: Checksum | None) -> CacheEntry:
+    def _converted_of(self, key: str) -> CacheEntry | None:
+        return next((e for e in self._entries.values() if e.derived_from == key), None)
+
+    async def _get(self, key: str, fill: Callable[[], Coroutine[Any, Any, CacheEntry]], display: str) -> CacheEntry:
         if self._closed:
-            raise DriverError(f"cannot fetch {source.display}: the image cache is closed")
+            raise DriverError(f"cannot fetch {display}: the image cache is closed")
         while True:
             entry = self._entries.get(key)
             if entry is not None and await asyncio.to_thread(entry.path.is_file):
@@ -191,15 +263,17 @@ class ImageCache:
             if entry is not None:
                 log.warning("image_cache_entry_vanished", key=key, ref=entry.ref)
                 self._entries.pop(key, None)
-            entry = await self._join_download(key, source, expected)
+            entry = await self._join_download(key, fill, display)
             if self._entries.get(key) is entry:  # not evicted before we got here (only unleased fetches)
                 self._touch(entry)
                 return entry
 
-    async def _join_download(self, key: str, source: ImageSource, expected: Checksum | None) -> CacheEntry:
+    async def _join_download(
+        self, key: str, fill: Callable[[], Coroutine[Any, Any, CacheEntry]], display: str
+    ) -> CacheEntry:
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._download(key, source, expected), name=f"image-fetch-{key}")
+            task = asyncio.create_task(fill(), name=f"image-fetch-{key}")
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._download_done(key, t))
         self._waiters[key] += 1
@@ -208,7 +282,7 @@ class ImageCache:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
-                raise DriverError(f"fetching {source.display} was cancelled: the image cache is closing") from None
+                raise DriverError(f"fetching {display} was cancelled: the image cache is closing") from None
             if self._waiters[key] == 1 and not task.done():
                 task.cancel()  # nobody else wants it: stop downloading
             raise
@@ -266,6 +340,7 @@ class ImageCache:
                 sink.sha256,
                 sink.size,
                 self._clock(),
+                image_format=await asyncio.to_thread(_sniff, tmp),
             )
             self._commit(tmp, entry)
         except BaseException:
@@ -276,6 +351,73 @@ class ImageCache:
         self._evict(protect={key})
         return entry
 
+    async def _qemu_img(self, *args: str, what: str) -> bytes:
+        """Run qemu-img (bounded by ``convert_timeout``, killed on timeout or cancel); its stdout."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.qemu_img,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise DriverError(
+                f"{what}: qemu-img is not installed (apt-get install qemu-utils); qcow2 images need it"
+            ) from None
+        try:
+            async with asyncio.timeout(self.convert_timeout):
+                out, err = await proc.communicate()
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            if isinstance(exc, TimeoutError):
+                raise DriverError(f"{what}: qemu-img did not finish within {self.convert_timeout:g}s") from None
+            raise
+        if proc.returncode != 0:
+            reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise DriverError(f"{what}: qemu-img failed: {reason[0][:500]}")
+        return out
+
+    async def _convert(self, key: str, source: CacheEntry) -> CacheEntry:
+        """The raw entry of a qcow2 entry: checked with ``qemu-img info``, converted into a temp file."""
+        what = f"converting qcow2 image {source.ref}"
+        info_text = await self._qemu_img("info", "--output=json", "-f", "qcow2", str(source.path), what=what)
+        try:
+            info = json.loads(info_text)
+            virtual = int(info["virtual-size"])
+        except (ValueError, KeyError, TypeError):
+            raise DriverError(f"{what}: qemu-img info gave no virtual size") from None
+        data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+        if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
+            raise DriverError(f"{what}: it names a backing or data file; only self-contained qcow2 images are served")
+        if virtual > self.max_bytes:
+            raise DriverError(f"{what}: its virtual size {virtual} is larger than the image cache ({self.max_bytes})")
+        tmp = self.root / f".tmp-{key}-{secrets.token_hex(4)}"
+        log.info("image_convert_started", key=key, source_key=source.key, ref=source.ref, virtual_size=virtual)
+        try:
+            await self._qemu_img("convert", "-q", "-f", "qcow2", "-O", "raw", str(source.path), str(tmp), what=what)
+            sha256, size = await asyncio.to_thread(_hash_file, tmp, self.chunk_size)
+            entry = CacheEntry(
+                key,
+                self.root / key,
+                f"{source.ref} (raw from qcow2)",
+                None,
+                sha256,
+                size,
+                self._clock(),
+                derived_from=source.key,
+            )
+            self._commit(tmp, entry)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._entries[key] = entry
+        log.info("image_converted", key=key, source_key=source.key, size=size, sha256=sha256)
+        self._evict(protect={key})
+        return entry
+
     def _commit(self, tmp: Path, entry: CacheEntry) -> None:
         meta = {
             "format": _META_FORMAT,
@@ -283,6 +425,8 @@ class ImageCache:
             "checksum": entry.checksum,
             "sha256": entry.sha256,
             "size": entry.size,
+            "image_format": entry.image_format,
+            "derived_from": entry.derived_from,
         }
         meta_tmp = self.root / f".tmp-{entry.key}-meta-{secrets.token_hex(4)}"
         try:
@@ -354,6 +498,8 @@ class ImageCache:
                         str(meta["sha256"]),
                         int(meta["size"]),
                         mst.st_mtime,
+                        image_format=str(meta.get("image_format") or "raw"),
+                        derived_from=meta.get("derived_from") or None,
                     )
                 )
             except (OSError, ValueError, KeyError, TypeError) as err:

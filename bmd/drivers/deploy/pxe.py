@@ -2,15 +2,23 @@
 
 Layout (``tftp_root`` and ``http_root`` may be the same directory)::
 
-    <tftp_root>/pxelinux.cfg/01-<mac-with-dashes>  -> ../<node_uuid>/config      (relative symlink, per MAC)
+    <tftp_root>/boot.ipxe                           static: chains to ipxe/01-${mac:hexhyp}.ipxe (TFTP chain)
+    <tftp_root>/pxelinux.cfg/01-<mac-with-dashes>  -> ../<node_uuid>/config      (BIOS nodes only)
+    <tftp_root>/grub/grub.cfg-01-<mac-with-dashes> -> ../<node_uuid>/grub.cfg    (UEFI nodes only)
     <tftp_root>/<node_uuid>/config                  pxelinux config: default deploy|boot
+    <tftp_root>/<node_uuid>/grub.cfg                GRUB config: set default=deploy|boot
     <tftp_root>/<node_uuid>/{deploy_kernel,deploy_ramdisk,kernel,ramdisk}
     <http_root>/boot.ipxe                           static: chains to ipxe/01-${mac:hexhyp}.ipxe
     <http_root>/ipxe/01-<mac-with-dashes>.ipxe      -> ../<node_uuid>/boot.ipxe  (relative symlink, per MAC)
-    <http_root>/<node_uuid>/boot.ipxe               iPXE script: goto deploy|boot
+    <http_root>/<node_uuid>/boot.ipxe               iPXE script: goto deploy|boot (BIOS and UEFI alike)
     <http_root>/<node_uuid>/{deploy_kernel,deploy_ramdisk,kernel,ramdisk}
     <image_root>/<node_uuid>/disk                   the instance's image: only for the deploy's agent token
     <image_root>/<node_uuid>/disk.sha256            its checksum (sha256:<hex>), handed out by the lookup
+    <image_root>/<node_uuid>/configdrive.iso        the config drive, when the instance has one (token too)
+
+A whole-disk image has no ``kernel``/``ramdisk``: the boot-mode files boot the local disk instead
+(see :mod:`bmd.drivers.deploy.templates`). The per-MAC links follow the node's boot mode: pxelinux for
+``bios``, GRUB for ``uefi``, iPXE for both.
 
 Image files are hard links into the :class:`~bmd.drivers.deploy.images.ImageCache` (a copy when the cache is on
 another filesystem): the link keeps the bytes alive for the node whatever the cache evicts, and the cache
@@ -34,7 +42,7 @@ from pathlib import Path
 import structlog
 
 from bmd.drivers.deploy import templates as t
-from bmd.drivers.deploy.fsutil import in_thread, link_or_copy, symlink_atomic, write_atomic
+from bmd.drivers.deploy.fsutil import in_thread, link_or_copy, symlink_atomic, write_atomic, write_private
 from bmd.drivers.deploy.images import ImageCache
 from bmd.drivers.deploy.spec import (
     DeploySpec,
@@ -62,6 +70,8 @@ log = structlog.get_logger(__name__)
 
 TFTP_LINK_DIR = "pxelinux.cfg"
 IPXE_LINK_DIR = "ipxe"
+GRUB_LINK_DIR = "grub"
+CHAIN_SCRIPT = "boot.ipxe"
 
 
 class PXEDeploy:
@@ -79,6 +89,9 @@ class PXEDeploy:
 
     def image_dir(self, node_uuid: str) -> Path:
         return self.settings.image_root / check_node_uuid(node_uuid)
+
+    def config_drive_path(self, node_uuid: str) -> Path:
+        return self.image_dir(node_uuid) / t.CONFIG_DRIVE
 
     def image_path(self, node_uuid: str) -> Path:
         return self.image_dir(node_uuid) / t.DISK_IMAGE
@@ -115,10 +128,11 @@ class PXEDeploy:
         names = {
             t.DEPLOY_KERNEL: spec.deploy_kernel,
             t.DEPLOY_RAMDISK: spec.deploy_ramdisk,
-            t.KERNEL: spec.kernel,
-            t.RAMDISK: spec.ramdisk,
             t.DISK_IMAGE: spec.image,
         }
+        if spec.kernel is not None and spec.ramdisk is not None:
+            names[t.KERNEL] = spec.kernel
+            names[t.RAMDISK] = spec.ramdisk
         async with contextlib.AsyncExitStack() as stack:
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -137,8 +151,10 @@ class PXEDeploy:
                 self.settings.append_params,
             )
             boot_args = t.kernel_args({"root": spec.root_device}, "ro " + self.settings.append_params)
-            params = t.BootParams(spec.node_uuid, deploy_args, boot_args, node_url)
-            links = await in_thread(self._write_node, params, paths, macs, image_checksum)
+            params = t.BootParams(spec.node_uuid, deploy_args, boot_args, node_url, spec.whole_disk, tuple(macs))
+            links = await in_thread(
+                self._write_node, params, paths, macs, image_checksum, spec.boot_mode, spec.config_drive
+            )
         layout = PXELayout(
             node_dir=self._dirs(spec.node_uuid)[0],
             config_path=self.config_path(spec.node_uuid),
@@ -153,6 +169,9 @@ class PXEDeploy:
             deployment_id=spec.deployment_id,
             macs=macs,
             config_path=str(layout.config_path),
+            boot_mode=spec.boot_mode,
+            whole_disk=spec.whole_disk,
+            config_drive=spec.config_drive is not None,
         )
         return layout
 
@@ -178,20 +197,28 @@ class PXEDeploy:
 
     # -- file work (threads) ----------------------------------------------------------------------
 
-    def _link_dirs(self) -> tuple[tuple[Path, str, str], ...]:
-        """(link directory, link suffix, file the link points at) for TFTP and for iPXE."""
-        return (
-            (self.settings.tftp_root / TFTP_LINK_DIR, "", t.PXE_CONFIG),
-            (self.settings.http_root / IPXE_LINK_DIR, ".ipxe", t.IPXE_SCRIPT),
-        )
+    def _link_dirs(self, boot_mode: str | None = None) -> tuple[tuple[Path, str, str, str], ...]:
+        """(link directory, link prefix, link suffix, file the link points at) for pxelinux, iPXE and GRUB;
+        only those a node of ``boot_mode`` boots from when it is given, all of them otherwise."""
+        every = {
+            "pxelinux": (self.settings.tftp_root / TFTP_LINK_DIR, "", "", t.PXE_CONFIG),
+            "ipxe": (self.settings.http_root / IPXE_LINK_DIR, "", ".ipxe", t.IPXE_SCRIPT),
+            "grub": (self.settings.tftp_root / GRUB_LINK_DIR, "grub.cfg-", "", t.GRUB_CONFIG),
+        }
+        if boot_mode is None:
+            return tuple(every.values())
+        wanted = ("pxelinux", "ipxe") if boot_mode == "bios" else ("ipxe", "grub")
+        return tuple(every[k] for k in wanted)
 
     def _ensure_layout(self) -> None:
-        for link_dir, _, _ in self._link_dirs():
+        for link_dir, _, _, _ in self._link_dirs():
             link_dir.mkdir(parents=True, exist_ok=True)
-        chain = self.settings.http_root / "boot.ipxe"
         text = t.ipxe_chain(self.settings.http_url)
-        if not chain.exists() or chain.read_text() != text:
-            write_atomic(chain, text)
+        # Both roots: iPXE may fetch the chain script over HTTP or TFTP (QEMU user-mode TFTP, dnsmasq).
+        for root in {self.settings.http_root, self.settings.tftp_root}:
+            chain = root / CHAIN_SCRIPT
+            if not chain.exists() or chain.read_text() != text:
+                write_atomic(chain, text)
 
     def _link_owner(self, link: Path) -> str | None:
         """The node a MAC link points at (``../<uuid>/<file>``), None if it is not one of ours."""
@@ -202,14 +229,20 @@ class PXEDeploy:
         return parts[1] if len(parts) == 3 and parts[0] == ".." else None
 
     def _check_mac_owners(self, node_uuid: str, macs: list[str]) -> None:
-        for link_dir, suffix, _ in self._link_dirs():
+        for link_dir, prefix, suffix, _ in self._link_dirs():
             for mac in macs:
-                owner = self._link_owner(link_dir / f"{mac_link_name(mac)}{suffix}")
+                owner = self._link_owner(link_dir / f"{prefix}{mac_link_name(mac)}{suffix}")
                 if owner not in (None, node_uuid) and (link_dir.parent / owner).is_dir():
                     raise Conflict(f"MAC {mac} already boots node {owner}; clean that node first")
 
     def _write_node(
-        self, params: t.BootParams, paths: dict[str, Path], macs: list[str], image_checksum: str
+        self,
+        params: t.BootParams,
+        paths: dict[str, Path],
+        macs: list[str],
+        image_checksum: str,
+        boot_mode: str = "bios",
+        config_drive: bytes | None = None,
     ) -> tuple[Path, ...]:
         node_uuid = params.node_uuid
         tftp_dir, http_dir = self._dirs(node_uuid)
@@ -228,14 +261,18 @@ class PXEDeploy:
                 if http_dir != tftp_dir:
                     link_or_copy(src, http_dir / name)
             write_atomic(image_dir / f"{t.DISK_IMAGE}.sha256", image_checksum + "\n")
+            if config_drive is not None:
+                write_private(image_dir / t.CONFIG_DRIVE, config_drive)
             write_atomic(tftp_dir / f".{t.PXE_CONFIG}.boot", t.pxe_config(params, deploy=False))
             write_atomic(tftp_dir / t.PXE_CONFIG, t.pxe_config(params, deploy=True))
             write_atomic(http_dir / f".{t.IPXE_SCRIPT}.boot", t.ipxe_script(params, deploy=False))
             write_atomic(http_dir / t.IPXE_SCRIPT, t.ipxe_script(params, deploy=True))
+            write_atomic(tftp_dir / f".{t.GRUB_CONFIG}.boot", t.grub_config(params, deploy=False))
+            write_atomic(tftp_dir / t.GRUB_CONFIG, t.grub_config(params, deploy=True))
             links: list[Path] = []
-            for link_dir, suffix, target in self._link_dirs():
+            for link_dir, prefix, suffix, target in self._link_dirs(boot_mode):
                 for mac in macs:
-                    link = link_dir / f"{mac_link_name(mac)}{suffix}"
+                    link = link_dir / f"{prefix}{mac_link_name(mac)}{suffix}"
                     symlink_atomic(f"../{node_uuid}/{target}", link)
                     links.append(link)
             return tuple(links)
@@ -248,6 +285,7 @@ class PXEDeploy:
         for d, name, marker in (
             (tftp_dir, t.PXE_CONFIG, "default boot"),
             (http_dir, t.IPXE_SCRIPT, "goto boot"),
+            (tftp_dir, t.GRUB_CONFIG, "set default=boot"),
         ):
             staged, live = d / f".{name}.boot", d / name
             try:
@@ -258,13 +296,15 @@ class PXEDeploy:
             try:
                 text = live.read_text()
             except FileNotFoundError:
+                if name == t.GRUB_CONFIG:  # prepared before bmd wrote GRUB configs
+                    continue
                 raise NotFound(f"node {node_uuid} has no {name} to switch to boot") from None
             if marker not in text.splitlines():
                 raise DriverError(f"{live} is neither in deploy mode with a staged boot file nor in boot mode")
 
     def _clean(self, node_uuid: str) -> int:
         removed = 0
-        for link_dir, _, _ in self._link_dirs():
+        for link_dir, _, _, _ in self._link_dirs():
             with contextlib.suppress(FileNotFoundError), os.scandir(link_dir) as it:
                 for item in it:
                     if item.is_symlink() and self._link_owner(Path(item.path)) == node_uuid:

@@ -65,11 +65,15 @@ def has_secret(ref: str) -> bool:
     return display_ref(ref) != ref
 
 
-def seal_refs(refs: Mapping[str, str | None], box: SecretBox) -> tuple[dict[str, str | None], str | None]:
+def seal_refs(
+    refs: Mapping[str, str | None], box: SecretBox, extra: Mapping[str, str] | None = None
+) -> tuple[dict[str, str | None], str | None]:
     """Split refs into what may be stored in clear (each ref's displayed form) and, encrypted, the refs
-    that carry secrets (``instances.secret_refs``; None when none does)."""
+    that carry secrets (``instances.secret_refs``; None when none does). ``extra`` values (other secrets of
+    the request, e.g. the config drive's user_data) are sealed with them, under their own names."""
     shown = {name: display_ref(ref) if ref else ref for name, ref in refs.items()}
     secret = {name: ref for name, ref in refs.items() if ref and shown[name] != ref}
+    secret.update(extra or {})
     return shown, box.encrypt(json.dumps(secret, sort_keys=True)) if secret else None
 
 

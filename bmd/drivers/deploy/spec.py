@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ from bmd.errors import ConfigError, InvalidInput
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 TOKEN = re.compile(r"^[^\s\"'$\\;`]+$")  # one kernel argument value, nothing a config could misread
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+BOOT_MODES = ("bios", "uefi")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +81,18 @@ class DeploySpec:
     bmd_url: str  # bmd's base URL as the node sees it: the agent looks up its token there
     deploy_kernel: ImageRef
     deploy_ramdisk: ImageRef
-    kernel: ImageRef
-    ramdisk: ImageRef
+    kernel: ImageRef | None  # None with ramdisk None: a whole-disk image, the boot label boots the local disk
+    ramdisk: ImageRef | None
     image: ImageRef
-    root_device: str = "LABEL=root"  # the boot label's root= argument
+    root_device: str = "LABEL=root"  # the boot label's root= argument (partition images only)
+    boot_mode: str = "bios"  # "uefi": no pxelinux links (pxelinux is BIOS only), GRUB links instead
+    # The config drive ISO, written next to the disk image (never under the served roots). It may hold
+    # user_data, which can be sensitive: kept out of the repr.
+    config_drive: bytes | None = field(default=None, repr=False)
+
+    @property
+    def whole_disk(self) -> bool:
+        return self.kernel is None and self.ramdisk is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +147,20 @@ def validate_spec(spec: DeploySpec) -> None:
     _check_url(spec.bmd_url, "bmd_url")
     if not isinstance(spec.root_device, str) or not TOKEN.match(spec.root_device):
         raise InvalidInput(f"root_device must be one token, got {spec.root_device!r}", field="root_device")
-    for name in ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "image"):
+    if spec.boot_mode not in BOOT_MODES:
+        raise InvalidInput(
+            f"boot_mode must be one of {', '.join(BOOT_MODES)}, got {spec.boot_mode!r}", field="boot_mode"
+        )
+    if (spec.kernel is None) != (spec.ramdisk is None):
+        missing = "kernel" if spec.kernel is None else "ramdisk"
+        raise InvalidInput(
+            f"{missing} is missing: a partition image needs both kernel and ramdisk, a whole-disk image neither",
+            field=missing,
+        )
+    if spec.config_drive is not None and not isinstance(spec.config_drive, bytes):
+        raise InvalidInput("config_drive must be the ISO's bytes", field="config_drive")
+    names = ("deploy_kernel", "deploy_ramdisk", "image") + (() if spec.whole_disk else ("kernel", "ramdisk"))
+    for name in names:
         ref = getattr(spec, name)
         if not isinstance(ref, ImageRef) or not isinstance(ref.ref, str) or not ref.ref.strip():
             raise InvalidInput(f"{name} needs an image ref", field=name)

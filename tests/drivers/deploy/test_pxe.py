@@ -109,7 +109,8 @@ async def test_config_has_both_labels_and_the_deploy_args(env: Env) -> None:
 
 async def test_node_files_are_hard_links_into_the_cache(env: Env) -> None:
     await env.pxe.prepare(env.spec())
-    tftp_files = {"config", ".config.boot", "deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"}
+    tftp_files = {"config", ".config.boot", "grub.cfg", ".grub.cfg.boot"}
+    tftp_files |= {"deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"}
     assert {p.name for p in (env.tftp / NODE_A).iterdir()} == tftp_files
     http_files = {"boot.ipxe", ".boot.ipxe.boot", "deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk"}
     assert {p.name for p in (env.http / NODE_A).iterdir()} == http_files
@@ -203,7 +204,7 @@ async def test_clean_copes_with_half_deleted_state(env: Env, damage: str) -> Non
         for link in (env.http / "ipxe").iterdir():
             link.unlink()
     await env.pxe.clean(NODE_A)
-    assert tree(env.tftp) == ["pxelinux.cfg"]
+    assert tree(env.tftp) == ["boot.ipxe", "grub", "pxelinux.cfg"]
     assert tree(env.http) == ["boot.ipxe", "ipxe"]
 
 
@@ -232,7 +233,7 @@ async def test_a_failed_fetch_leaves_nothing(env: Env) -> None:
     spec = env.spec(image=ImageRef(env.server.url("missing")))
     with pytest.raises(DriverError, match="404"):
         await env.pxe.prepare(spec)
-    assert tree(env.tftp) == ["pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
+    assert tree(env.tftp) == ["boot.ipxe", "grub", "pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
 
 
 async def test_cancelling_prepare_mid_download_leaves_nothing(env: Env) -> None:
@@ -244,7 +245,7 @@ async def test_cancelling_prepare_mid_download_leaves_nothing(env: Env) -> None:
         await task
     async with asyncio.timeout(10):
         await env.cache.wait_idle()
-    assert tree(env.tftp) == ["pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
+    assert tree(env.tftp) == ["boot.ipxe", "grub", "pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
     gate.set()
     await env.pxe.prepare(env.spec())  # and the node can be prepared afterwards
     assert (env.tftp / NODE_A / "config").exists()
@@ -275,7 +276,7 @@ async def test_one_root_for_tftp_and_http(tmp_path: Path, image_server: ImageSer
         assert {"config", "boot.ipxe", "kernel"} <= names and "disk" not in names
         await env.pxe.switch_to_boot(NODE_A)
         await env.pxe.clean(NODE_A)
-        assert tree(env.tftp) == ["boot.ipxe", "ipxe", "pxelinux.cfg"]
+        assert tree(env.tftp) == ["boot.ipxe", "grub", "ipxe", "pxelinux.cfg"]
     finally:
         await cache.close()
 
@@ -330,7 +331,7 @@ async def test_clean_and_switch_validate_the_node_uuid(env: Env, node_uuid: str)
         with pytest.raises(InvalidInput) as err:
             await verb(node_uuid)
         assert err.value.field == "node_uuid"
-    assert tree(env.tftp) == ["pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
+    assert tree(env.tftp) == ["boot.ipxe", "grub", "pxelinux.cfg"] and tree(env.http) == ["boot.ipxe", "ipxe"]
 
 
 @pytest.mark.parametrize(
