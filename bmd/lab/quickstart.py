@@ -4,10 +4,11 @@ Everything lives in a lab-owned directory, ``<service.state_dir>/lab/`` (never t
 
 - ``images/demo.img``: the demo image, a marker disk booting under BIOS and UEFI alike (BIOS only when GRUB
   or mtools are missing; :mod:`bmd.lab.images`); ``images/`` is added to ``deploy.allowed_image_roots``;
-- ``placeholder/``: clearly labelled placeholder deploy kernel/ramdisk (and boot kernel/ramdisk) for
-  simulated machines, which never execute them, used only when the real ones are absent (no
-  ``deploy.deploy_kernel`` set and no ``<state_dir>/ramdisk/deploy_kernel`` from ``bmd ramdisk build``);
-  with QEMU machines the real ramdisk is required (``bmd ramdisk build`` is run first when it is missing);
+- ``placeholder/``: clearly labelled placeholder deploy kernel/ramdisk for simulated machines, which never
+  execute them, used only when the real ones are absent (no ``deploy.deploy_kernel`` set and no
+  ``<state_dir>/ramdisk/deploy_kernel`` from ``bmd ramdisk build``); with QEMU machines the real ramdisk
+  is required (``bmd ramdisk build`` is run first when it is missing). The demo image is a whole-disk
+  image: no instance kernel/ramdisk is needed;
 - ``machines/``: the QEMU VMs' disks and serial logs.
 
 Once bmd answers: the lab's inventory is enrolled, the PXE IP pool gets one address per lab node, and the
@@ -107,11 +108,6 @@ def lab_settings(settings: Settings, machines: str) -> Settings:
                 directory=str(placeholders),
                 reason="no deploy ramdisk built (bmd ramdisk build); simulated machines do not execute it",
             )
-    if not d.boot_kernel or not d.boot_ramdisk:  # the demo image boots from its disk; these are never booted
-        placeholders = root / "placeholder"
-        update["boot_kernel"] = d.boot_kernel or _placeholder(placeholders, "kernel")
-        update["boot_ramdisk"] = d.boot_ramdisk or _placeholder(placeholders, "ramdisk")
-        allow(placeholders)
     if machines == "qemu" and "console=ttyS0" not in d.append_params.split():
         update["append_params"] = f"{d.append_params} console=ttyS0".strip()
     update["allowed_image_roots"] = roots
