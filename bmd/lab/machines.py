@@ -17,7 +17,6 @@ Machines live in the lab worker process, on its event loop; every task they star
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, Protocol
 
 import aiohttp
@@ -150,9 +149,3 @@ def make_machine(spec: dict[str, Any] | None) -> Machine | None:
 
         return QemuMachine(QemuSpec.from_json(spec))
     raise ValueError(f"unknown machine kind {kind!r}")
-
-
-async def close_all(machines: list[Machine]) -> None:
-    for machine in machines:
-        with contextlib.suppress(Exception):
-            machine.close()
