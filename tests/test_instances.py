@@ -404,3 +404,48 @@ async def test_a_node_runs_one_action_at_a_time_and_the_callback_answers_at_once
 
 async def _done(tasks: list[asyncio.Task[tuple[int, str]]], count: int) -> bool:
     return sum(t.done() for t in tasks) >= count
+
+
+async def test_instance_cli_carries_the_config_drive_fields(
+    cloud: Cloud, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.test_cli import run_cli
+
+    await cloud.enroll(1)
+    await cloud.add_pxe_ips(1)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op@example"
+    (tmp_path / "keys").write_text(key + "\n\n")
+    (tmp_path / "user-data").write_text("#cloud-config\nruncmd: [echo hi]\n")
+    (tmp_path / "net.json").write_text('{"links": [], "networks": [], "services": []}')
+    tok = cloud.ctx.api_token
+    base = ["instance", "create", "--flavor", "bm.small", "--image-ref", cloud.image_ref, "--no-wait"]
+    code, out, err = await run_cli(
+        cloud.client,
+        tok,
+        *base,
+        "--image-checksum",
+        cloud.image_checksum,
+        "--hostname",
+        "web-1",
+        "--ssh-key-file",
+        str(tmp_path / "keys"),
+        "--user-data",
+        str(tmp_path / "user-data"),
+        "--network-data",
+        str(tmp_path / "net.json"),
+        "--meta",
+        "role=web",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    shown = json.loads(out.split("\n", 1)[1])["instances"][0]
+    await cloud.settle()
+    got = await (await cloud.client.get(f"/v1/instances/{shown['uuid']}")).json()
+    text = json.dumps(got)
+    assert "web-1" in text and "AAAAC3NzaC1lZDI1NTE5" in text and "role" in text
+    assert "runcmd" not in text  # user data is never shown
+    (tmp_path / "bad.json").write_text("{not json")
+    code, _, err = await run_cli(cloud.client, tok, *base, "--network-data", str(tmp_path / "bad.json"), capsys=capsys)
+    assert code == 2 and "--network-data" in err
+    code, _, err = await run_cli(cloud.client, tok, *base, "--user-data", str(tmp_path / "missing"), capsys=capsys)
+    assert code == 2 and "--user-data" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
@@ -69,9 +70,10 @@ def create(app: Any) -> int:
         "hints": _pairs(a.hint, "--hint"), "image_properties": _pairs(a.image_property, "--image-property"),
         "networks": _networks(a.network),
     }  # fmt: skip
-    for field in ("image_checksum", "kernel_ref", "ramdisk_ref", "name"):
+    for field in ("image_checksum", "kernel_ref", "ramdisk_ref", "name", "hostname"):
         if getattr(a, field):
             body[field] = getattr(a, field)
+    body.update(_config_drive(a))
     result = app.client.post("/v1/instances", body)
     uuids = [i["uuid"] for i in result["instances"]]
     print(f"reservation {result['reservation_id']}: {len(uuids)} instance(s) scheduled", flush=True)
@@ -82,6 +84,36 @@ def create(app: Any) -> int:
     code = follow(app, uuids, a.timeout, {"active", "error"})
     states = [app.client.get(f"/v1/instances/{u}")["vm_state"] for u in uuids]
     return code or (1 if "error" in states else 0)
+
+
+def _read_text(path: str, option: str) -> str:
+    """A file's text for a config-drive option (``-`` is stdin); the error names the option."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"{option} {path}: {getattr(err, 'strerror', None) or err}", field=option) from err
+
+
+def _config_drive(a: argparse.Namespace) -> dict[str, Any]:
+    """The config-drive fields of the request: what cloud-init reads on the deployed OS."""
+    out: dict[str, Any] = {}
+    keys = [k for path in a.ssh_key_file or [] for k in _read_text(path, "--ssh-key-file").splitlines() if k.strip()]
+    if keys:
+        out["ssh_keys"] = keys
+    if a.user_data:
+        out["user_data"] = _read_text(a.user_data, "--user-data")
+    if a.network_data:
+        text = _read_text(a.network_data, "--network-data")
+        try:
+            out["network_data"] = json.loads(text)
+        except ValueError as err:
+            raise InvalidInput(f"--network-data {a.network_data}: not JSON: {err}", field="--network-data") from err
+    if a.meta:
+        out["meta"] = _pairs(a.meta, "--meta")
+    return out
 
 
 def list_(app: Any) -> None:
@@ -115,6 +147,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--image-property", dest="image_property", action="append", metavar="KEY=VALUE")
     p.add_argument("--count", type=int, default=1, help="instances in one all-or-nothing request")
     p.add_argument("--name")
+    g = p.add_argument_group("config drive (cloud-init's config-2, written to a partition at the disk's end)")
+    g.add_argument("--hostname")
+    g.add_argument("--ssh-key-file", dest="ssh_key_file", action="append", metavar="FILE", help="OpenSSH public keys")
+    g.add_argument("--user-data", dest="user_data", metavar="FILE", help="user data (- for stdin)")
+    g.add_argument("--network-data", dest="network_data", metavar="FILE", help="network_data.json")
+    g.add_argument("--meta", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-wait", dest="no_wait", action="store_true")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--poll", type=float, default=1.0, help="seconds between state reads")
