@@ -72,6 +72,13 @@ async def test_node_lifecycle_through_the_cli(client, ctx, capsys) -> None:  # t
 
     code, _, err = await run_cli(client, tok, "node", "update", "n1", "--cpus", "0", capsys=capsys)
     assert code == 2 and "cpus" in err
+    hints = ("--root-device", "size=20", "--root-device", "serial=disk-1")
+    code, out, err = await run_cli(client, tok, "node", "update", "n1", "--boot-mode", "uefi", *hints, capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["boot_mode"] == "uefi"
+    assert json.loads(out)["root_device"] == {"size": 20, "serial": "disk-1"}
+    code, _, err = await run_cli(client, tok, "node", "update", "n1", "--root-device", "size=big", capsys=capsys)
+    assert code == 2 and "--root-device" in err
     code, _, err = await run_cli(client, tok, "node", "delete", "nope", capsys=capsys)
     assert code == 1 and "not found" in err
     code, _, err = await run_cli(client, None, "node", "delete", "n1", capsys=capsys)

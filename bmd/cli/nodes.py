@@ -40,6 +40,22 @@ def _capabilities(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _root_device(pairs: list[str]) -> dict[str, Any]:
+    """``--root-device size=100 --root-device model=X``: Ironic's hints (``size`` in GiB is a number)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise InvalidInput(f"--root-device {pair!r}: expected HINT=VALUE", field="--root-device")
+        if key == "size":
+            if not value.isdigit():
+                raise InvalidInput(f"--root-device size={value!r}: a whole number of GiB", field="--root-device")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
 def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for field in (
@@ -54,6 +70,7 @@ def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
         "prov_mac_address",
         "prov_vlan_id",
         "terminal_port",
+        "boot_mode",
     ):
         value = getattr(args, field, None)
         if value is not None:
@@ -63,6 +80,8 @@ def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
         body["pm_password"] = password
     if args.capability:
         body["extra_specs"] = _capabilities(args.capability)
+    if args.root_device:
+        body["root_device"] = _root_device(args.root_device)
     if create:
         body["interfaces"] = [{"address": mac} for mac in args.mac or []]
     return body
@@ -196,6 +215,14 @@ def _node_fields(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--prov-vlan-id", dest="prov_vlan_id", type=int)
     p.add_argument("--terminal-port", dest="terminal_port", type=int)
     p.add_argument("--capability", action="append", metavar="KEY=VALUE", help="per-node capability")
+    p.add_argument("--boot-mode", dest="boot_mode", choices=("bios", "uefi"), help="how the node's firmware boots")
+    p.add_argument(
+        "--root-device",
+        dest="root_device",
+        action="append",
+        metavar="HINT=VALUE",
+        help="root-disk hint: size (GiB), model, vendor, serial, wwn, name (repeat for several)",
+    )
     if create:
         p.add_argument("--mac", action="append", help="an interface MAC (repeat for several)")
 
