@@ -16,8 +16,10 @@ real ramdisk (``make_cloud(deploy=...)``) and waits for the agent's callback ins
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +167,70 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
         stranger = pxe_netns.add_port("vs0", STRANGER)
         assert await dhcp_client(pxe_netns, stranger, tmp_path, expect=False) is None
         assert f"{STRANGER} ignored" in log()
+
+
+async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
+    pxe_netns: PxeNetns,
+    dnsmasq_installed: None,
+    deploy_ramdisk: Path,
+    tmp_path: Path,
+    db_file: Path,
+) -> None:
+    """The whole provisioning network for real, BIOS: dnsmasq's DHCP answers the deploying node's MAC, its
+    TFTP gives the NIC's firmware iPXE's chain to bmd's HTTP scripts, iPXE boots bmd's ramdisk, whose agent
+    gets its address from dnsmasq too (the node's PXE IP, pinned), looks up its token, writes the image
+    to the VM's disk and calls back: the node is ``active`` and the disk holds the image."""
+    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
+    extra = pxe_netns.advertise_ipv6()  # iPXE otherwise waits ~12 s for a router advertisement
+    pxe = dnsmasq_settings(tmp_path, pxe_netns, extra_options=[*extra, "no-ping"]).pxe.model_dump()
+    deploy = {
+        "deploy_kernel": str(deploy_ramdisk / "deploy_kernel"),
+        "deploy_ramdisk": str(deploy_ramdisk / "deploy_ramdisk"),
+        "allowed_image_roots": [str(tmp_path / "images-src"), str(deploy_ramdisk)],
+        "append_params": "console=ttyS0",
+    }
+    async with make_cloud(tmp_path, pxe=pxe, api={"public_url": PUBLIC}, deploy=deploy) as cloud:
+        assert cloud.client.port is not None
+        pxe_netns.forward(8080, cloud.client.port)
+        image = tmp_path / "images-src" / "two-mib.img"
+        data = bytes(range(256)) * (2 * 1024 * 1024 // 256)
+        image.write_bytes(data)
+        await cloud.add_pxe_ips(1)
+        [node_id] = await cloud.enroll(1, boot_mode="bios")
+        status, body = await cloud.create(
+            image_ref=str(image), image_checksum=f"sha256:{hashlib.sha256(data).hexdigest()}"
+        )
+        assert status == 202, body
+        await cloud.settle()
+        node = await cloud.node(node_id)
+        assert node.provision_state == "wait_callback", node.last_error
+        disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
+        create = ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"]
+        await asyncio.to_thread(subprocess.run, create, check=True, timeout=30)
+        argv = qemu_argv(pxe_netns, tmp_path, "bios", VM_MAC)
+        argv[argv.index("-m") + 1] = "256"
+        argv += ["-drive", f"file={disk},if=virtio,format=qcow2"]
+        vm = pxe_netns.spawn(argv, log=tmp_path / "qemu.log")
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and vm.poll() is None:
+                node = await cloud.node(node_id)
+                if node.provision_state != "wait_callback":
+                    break
+                await asyncio.sleep(0.5)  # the VM's progress shows only in the database: poll with a deadline
+            await cloud.settle()
+            node = await cloud.node(node_id)
+        finally:
+            pxe_netns.stop(vm)
+        log = serial.read_text(errors="replace") if serial.exists() else ""
+        assert node.provision_state == "active", f"{node.provision_state}: {node.last_error}\n{log[-3000:]}"
+        assert "bmd-agent: callback accepted" in log, log[-3000:]
+        dnsmasq_log = cloud.ctx.dhcp.files.log.read_text(errors="replace")  # type: ignore[attr-defined]
+        acks = [line for line in dnsmasq_log.splitlines() if "DHCPACK(br0)" in line and VM_MAC in line]
+        assert len(acks) >= 2, dnsmasq_log  # the firmware's iPXE and the ramdisk's udhcpc, both from dnsmasq
+        health = cloud.ctx.dhcp.health()
+        # dnsmasq never died under it (2.90 aborted on the SIGHUP bmd used to send): the finish reloaded it
+        assert health["running"] and health["restarts"] == 0 and health["reloads"] == 1, health
+        compare_argv = ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(image), str(disk)]
+        compare = await asyncio.to_thread(subprocess.run, compare_argv, capture_output=True, text=True, timeout=60)
+        assert compare.returncode == 0, compare.stdout + compare.stderr

@@ -98,6 +98,11 @@ class Supervisor:
         await self._launch()
         self._watcher = asyncio.create_task(self._watch(), name=f"supervise-{self.name}")
 
+    @property
+    def started(self) -> bool:
+        """``start`` succeeded and ``stop`` has not been called (the child may be between restarts)."""
+        return self._watcher is not None
+
     async def stop(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
