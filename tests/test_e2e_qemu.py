@@ -18,9 +18,9 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,53 +32,7 @@ from bmd.lab.qemu import qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER
 from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
-
-T = TypeVar("T")
-
-
-async def until(what: str, probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float) -> T:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: T | None = None
-    while loop.time() < end:
-        last = await probe()
-        if accept(last):
-            return last
-        await asyncio.sleep(0.2)  # a VM and a daemon in other processes: nothing in-process to wait on
-    raise AssertionError(f"{what} did not happen within {deadline} s (last: {last!r})")
-
-
-class Api:
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self.http = http
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, path, json=body) as resp:
-            return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
-
-    async def instance(self, uuid: str) -> dict[str, Any]:
-        return (await self.call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
-
-    async def node(self, ident: str | int) -> dict[str, Any]:
-        return (await self.call("GET", f"/v1/nodes/{ident}"))[1]  # type: ignore[no-any-return]
-
-    async def create(self, flavor: str, image: Path, **extra: Any) -> str:
-        status, body = await self.call("POST", "/v1/instances", {"flavor": flavor, "image_ref": str(image), **extra})
-        assert status == 202, body
-        return str(body["instances"][0]["uuid"])
-
-    async def settle(self, uuid: str, vm_state: str, deadline: float) -> dict[str, Any]:
-        def accept(inst: dict[str, Any]) -> bool:
-            if inst["vm_state"] == "error" and vm_state not in ("error", "deleted"):
-                raise AssertionError(f"instance {uuid} failed: {inst['last_error']}")
-            return inst["vm_state"] == vm_state and not inst.get("task_state")
-
-        return await until(f"instance {uuid} {vm_state}", lambda: self.instance(uuid), accept, deadline)
-
-    async def delete(self, uuid: str) -> None:
-        status, body = await self.call("DELETE", f"/v1/instances/{uuid}")
-        assert status == 202, body
-        await self.settle(uuid, "deleted", 90)
+from tests.lab_api import LabApi, until
 
 
 def corrupt_when_served(state_dir: Path, node_uuid: str, deadline: float) -> None:
@@ -124,7 +78,7 @@ async def test_two_qemu_machines_bios_and_uefi_deploy_with_bmds_ramdisk(
         lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 90)
         demo = state_dir / "lab" / "images" / "demo.img"
         async with aiohttp.ClientSession(endpoint.url, headers={"Authorization": f"Bearer {ctx.api_token}"}) as http:
-            api = Api(http)
+            api = LabApi(http)
             nodes = {mode: None for mode in ("bios", "uefi")}
             for name in ("lab-0001", "lab-0002"):
                 node = await api.node(name)

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,22 +38,10 @@ from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER, PLACEHOLDER
 from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
+from tests.lab_api import LabApi, until
 
 T = TypeVar("T")
 QUICK = IPMIPowerSettings(client=IPMISettings(timeout=2.0), min_command_interval=0.0, confirm_interval=0.1)
-
-
-async def until(what: str, probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float) -> T:
-    """Poll ``probe`` until ``accept`` takes its answer, within ``deadline`` seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: T | None = None
-    while loop.time() < end:
-        last = await probe()
-        if accept(last):
-            return last
-        await asyncio.sleep(0.1)  # a live peer (daemon, VM) with nothing to wait on in-process
-    raise AssertionError(f"{what} did not happen within {deadline} s (last: {last!r})")
 
 
 def alive(pid: int) -> bool:
@@ -95,32 +83,10 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
         demo = await asyncio.to_thread(lab_files, Path(settings.service.state_dir))
         headers = {"Authorization": f"Bearer {ctx.api_token}"}
         async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
-
-            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-                async with http.request(method, path, json=body) as resp:
-                    return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
-
-            async def schedulable() -> bool:
-                status, body = await call("POST", "/v1/schedule", {"flavor": "lab"})
-                return status == 200 and bool(body["ok"])
-
-            await until("lab nodes schedulable", schedulable, bool, 30)
-            status, body = await call("POST", "/v1/instances", {"flavor": "lab", "image_ref": str(demo)})
-            assert status == 202, body
-            uuid = body["instances"][0]["uuid"]
-
-            async def instance() -> dict[str, Any]:
-                return (await call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
-
-            def settled(vm_state: str) -> Callable[[dict[str, Any]], bool]:
-                def accept(inst: dict[str, Any]) -> bool:
-                    if inst["vm_state"] == "error":
-                        raise AssertionError(f"instance failed: {inst['last_error']}")
-                    return inst["vm_state"] == vm_state and not inst.get("task_state")
-
-                return accept
-
-            inst = await until("active", instance, settled("active"), 60)
+            api = LabApi(http)
+            await until("lab nodes schedulable", lambda: api.schedulable("lab"), bool, 30)
+            uuid = await api.create("lab", demo)
+            inst = await api.settle(uuid, "active", 60)
             name = f"lab-{int(inst['node']):04d}"
             state = await lab.state(name)
             assert state["machine"]["deploys"] == 1 and state["machine"]["last"]["status"] == 202
@@ -128,10 +94,8 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
             assert state["boot"] == {"selector": 2, "valid": True, "persistent": True, "efi": False}
             assert state["power"] is True
 
-            status, _ = await call("DELETE", f"/v1/instances/{uuid}")
-            assert status == 202
-            await until("deleted", instance, settled("deleted"), 60)
-            _, node = await call("GET", f"/v1/nodes/{inst['node']}")
+            await api.delete(uuid, 60)
+            node = await api.node(inst["node"])
             assert node["provision_state"] == "available" and node["instance_uuid"] is None
             assert (await lab.state(name))["power"] is False
     finally:
@@ -168,32 +132,10 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
         demo = Path(settings.service.state_dir) / "lab" / "images" / "demo.img"  # absolute: under tmp_path
         headers = {"Authorization": f"Bearer {ctx.api_token}"}
         async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
-
-            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-                async with http.request(method, path, json=body) as resp:
-                    return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
-
-            async def schedulable() -> bool:
-                status, body = await call("POST", "/v1/schedule", {"flavor": "lab"})
-                return status == 200 and bool(body["ok"])
-
-            await until("lab node schedulable", schedulable, bool, 30)
-            status, body = await call("POST", "/v1/instances", {"flavor": "lab", "image_ref": str(demo)})
-            assert status == 202, body
-            uuid = body["instances"][0]["uuid"]
-
-            async def instance() -> dict[str, Any]:
-                return (await call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
-
-            def settled(vm_state: str) -> Callable[[dict[str, Any]], bool]:
-                def accept(inst: dict[str, Any]) -> bool:
-                    if inst["vm_state"] == "error":
-                        raise AssertionError(f"instance failed: {inst['last_error']}")
-                    return inst["vm_state"] == vm_state and not inst.get("task_state")
-
-                return accept
-
-            await until("active", instance, settled("active"), 240)
+            api = LabApi(http)
+            await until("lab node schedulable", lambda: api.schedulable("lab"), bool, 30)
+            uuid = await api.create("lab", demo)
+            await api.settle(uuid, "active", 240)
 
             def serial() -> Awaitable[str]:
                 return asyncio.to_thread(serial_log.read_text, errors="replace")
@@ -207,10 +149,8 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
             # bmd recorded the VM's console from the node's terminal_port: the agent, then the deployed image
             await until("the console in bmd's log", console_log, lambda text: DEMO_MARKER in text, 30)
             assert "bmd-agent" in await console_log()
-            status, _ = await call("DELETE", f"/v1/instances/{uuid}")
-            assert status == 202
-            await until("deleted", instance, settled("deleted"), 60)
-            _, node = await call("GET", "/v1/nodes/1")
+            await api.delete(uuid, 60)
+            node = await api.node(1)
             assert node["provision_state"] == "available"
             assert (await lab.machine_pids()) == {"lab-0001": None}
     finally:

@@ -1,0 +1,62 @@
+"""Driving a bmd that runs beside a lab (``bmd.service.serve_lab``) over its HTTP API, for the lab and e2e
+tests: polls with deadlines (the daemon and the VMs are other processes; nothing in-process to wait on)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+T = TypeVar("T")
+
+
+async def until(what: str, probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float) -> T:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: T | None = None
+    while loop.time() < end:
+        last = await probe()
+        if accept(last):
+            return last
+        await asyncio.sleep(0.2)  # a VM and a daemon in other processes: nothing in-process to wait on
+    raise AssertionError(f"{what} did not happen within {deadline} s (last: {last!r})")
+
+
+class LabApi:
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None) if resp.status != 204 else None
+
+    async def instance(self, uuid: str) -> dict[str, Any]:
+        return (await self.call("GET", f"/v1/instances/{uuid}"))[1]  # type: ignore[no-any-return]
+
+    async def node(self, ident: str | int) -> dict[str, Any]:
+        return (await self.call("GET", f"/v1/nodes/{ident}"))[1]  # type: ignore[no-any-return]
+
+    async def create(self, flavor: str, image: Path, **extra: Any) -> str:
+        status, body = await self.call("POST", "/v1/instances", {"flavor": flavor, "image_ref": str(image), **extra})
+        assert status == 202, body
+        return str(body["instances"][0]["uuid"])
+
+    async def schedulable(self, flavor: str) -> bool:
+        status, body = await self.call("POST", "/v1/schedule", {"flavor": flavor})
+        return status == 200 and bool(body["ok"])
+
+    async def settle(self, uuid: str, vm_state: str, deadline: float) -> dict[str, Any]:
+        def accept(inst: dict[str, Any]) -> bool:
+            if inst["vm_state"] == "error" and vm_state not in ("error", "deleted"):
+                raise AssertionError(f"instance {uuid} failed: {inst['last_error']}")
+            return inst["vm_state"] == vm_state and not inst.get("task_state")
+
+        return await until(f"instance {uuid} {vm_state}", lambda: self.instance(uuid), accept, deadline)
+
+    async def delete(self, uuid: str, deadline: float = 90) -> None:
+        status, body = await self.call("DELETE", f"/v1/instances/{uuid}")
+        assert status == 202, body
+        await self.settle(uuid, "deleted", deadline)
