@@ -56,7 +56,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 import aiohttp
 import structlog
@@ -304,36 +304,24 @@ async def fetch_config_drive(session: aiohttp.ClientSession, url: str, auth: dic
     return data
 
 
-async def run_agent(
-    tftp_root: Path,
-    mac: str,
-    *,
-    address: str = "127.0.0.1",
-    dest: Path | None = None,
-    resume_at: float | None = 0.5,
-    token: str | None = None,
-    fail_with: str | None = None,
-    session: aiohttp.ClientSession | None = None,
-    http_timeout: float = 60.0,
-) -> AgentResult:
-    """Play the deploy ramdisk for the node booting from ``mac``; returns the callback's answer (or the
-    lookup's, when bmd issued no token).
+class DeployOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`run_deploy` (and :func:`run_agent`)."""
 
-    ``token`` replaces the token from the lookup (to test a wrong one); ``fail_with`` skips the download
-    and reports that message as the deploy's error; ``dest`` keeps the downloaded image.
-    """
+    address: str
+    dest: Path | None
+    resume_at: float | None
+    token: str | None
+    fail_with: str | None
+    session: aiohttp.ClientSession | None
+    http_timeout: float
+
+
+async def run_agent(tftp_root: Path, mac: str, **options: Unpack[DeployOptions]) -> AgentResult:
+    """Play the deploy ramdisk for the node booting from ``mac`` (its boot args from the PXE config under
+    ``tftp_root``); returns the callback's answer (or the lookup's, when bmd issued no token). The options
+    are :func:`run_deploy`'s."""
     boot = await asyncio.to_thread(read_boot_args, tftp_root, mac)
-    return await run_deploy(
-        boot,
-        mac,
-        address=address,
-        dest=dest,
-        resume_at=resume_at,
-        token=token,
-        fail_with=fail_with,
-        session=session,
-        http_timeout=http_timeout,
-    )
+    return await run_deploy(boot, mac, **options)
 
 
 async def run_deploy(
@@ -348,7 +336,11 @@ async def run_deploy(
     session: aiohttp.ClientSession | None = None,
     http_timeout: float = 60.0,
 ) -> AgentResult:
-    """Steps 2-5 for a ramdisk that booted with ``boot`` (from pxelinux or iPXE): see :func:`run_agent`."""
+    """Steps 2-5 for a ramdisk that booted with ``boot`` (from pxelinux, GRUB or iPXE).
+
+    ``token`` replaces the token from the lookup (to test a wrong one); ``fail_with`` skips the download
+    and reports that message as the deploy's error; ``dest`` keeps the downloaded image.
+    """
     own_session = session is None
     client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=http_timeout))
     try:
