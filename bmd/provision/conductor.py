@@ -300,7 +300,7 @@ class Conductor:
     async def agent_heartbeat(self, node_ident: str, token: str | None, message: str) -> str:
         async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token)
-            entry = records.step_entry("heartbeat", utcnow(), detail=message)
+            entry = records.step_entry("heartbeat", utcnow(), detail=message, ok=True)  # an event: no duration
             await records.note_step(session, boot.node.id, entry)
         log.info("agent_heartbeat", node=boot.node.id, message=message)
         return boot.node.provision_state
