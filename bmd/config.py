@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bmd.config_pxe import PxeSettings
 from bmd.errors import ConfigError
+from bmd.inspection.rules import RuleError, compile_rules
 
 log = structlog.get_logger(__name__)
 
@@ -183,6 +184,23 @@ class ConsoleSettings(_Section):
     retry_max: PositiveSeconds = 2.0
 
 
+class InspectionSettings(_Section):
+    """Inspection (docs/inspection.md): ``rules`` are ``{if = "<condition>", then = "<action>" | [...]}``
+    tables, each checked here (a bad one stops start-up naming its index and the problem)."""
+
+    rules: tuple[dict[str, Any], ...] = ()
+    lldp_wait: Annotated[int, Field(ge=0, le=300)] = 35
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_compile(cls, rules: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        try:
+            compile_rules(rules)
+        except RuleError as err:
+            raise ValueError(str(err)) from None
+        return rules
+
+
 class NetworkSettings(_Section):
     controller_url: str = "http://127.0.0.1:8090"
     controller_timeout: PositiveSeconds = 5.0
@@ -207,6 +225,7 @@ class Settings(_Section):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    inspection: InspectionSettings = Field(default_factory=InspectionSettings)
     pxe: PxeSettings = Field(default_factory=PxeSettings)
 
 
