@@ -145,12 +145,12 @@ bmd_inspect_lldp_decode() {
 # Listen for LLDP on every NIC at once (bounded by BMD_AGENT_LLDP_WAIT); the captures land in $1/<nic>.pcap.
 bmd_inspect_lldp_capture() {
 	wait_s=${BMD_AGENT_LLDP_WAIT:-35}
-	tcpdump=${BMD_AGENT_TCPDUMP:-$(command -v tcpdump 2>/dev/null)}
+	tcpdump=${BMD_AGENT_TCPDUMP:-$(command -v tcpdump 2>/dev/null || { [ -x /usr/bin/tcpdump ] && echo /usr/bin/tcpdump; })}
 	[ "$wait_s" -gt 0 ] 2>/dev/null && [ -n "$tcpdump" ] || return 0
 	pids=""
 	for name in ${BMD_AGENT_LLDP_IFACES:-$(bmd_inspect_nic_names)}; do
 		ip link set "$name" up 2>/dev/null
-		timeout "$wait_s" "$tcpdump" -i "$name" -p -c 1 -s 1600 -U -w "$1/$name.pcap" ether proto 0x88cc \
+		timeout "$wait_s" "$tcpdump" -Z root -i "$name" -p -c 1 -s 1600 -U -w "$1/$name.pcap" ether proto 0x88cc \
 			>"$1/$name.log" 2>&1 &
 		pids="$pids $!"
 	done

@@ -35,10 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from bmd.errors import BmdError
-from bmd.ramdisk import KERNEL_NAME, MANIFEST_NAME, RAMDISK_NAME, cpio
+from bmd.ramdisk import KERNEL_NAME, MANIFEST_NAME, RAMDISK_NAME, cpio, elfdeps
 
 DEFAULT_KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+# The LLDP listener of the inspection collector (bmd/agent/inspect.sh): busybox cannot capture frames.
+LLDP_PACKAGE = "tcpdump"
+LLDP_PROGRAM = "usr/bin/tcpdump"
+# tcpdump looks its user up (-Z root): the ramdisk's only user.
+PASSWD = b"root:x:0:0:root:/:/bin/sh\n"
+GROUP = b"root:x:0:\n"
 AGENT_LIB = "usr/lib/bmd-agent"
 # What the agent needs: virtio (QEMU, clouds' bare metal) and common real-hardware disks and NICs. Those
 # built into the kernel or missing from it are skipped (and listed in the manifest).
@@ -113,11 +119,11 @@ def build_key(kernel_package: str = DEFAULT_KERNEL_PACKAGE) -> str:
     builder's code. Equal keys give equal ramdisks (a cache keyed by it is never stale)."""
     h = hashlib.sha256()
     kernel = resolve_kernel_package(kernel_package)
-    for name in (kernel, BUSYBOX_PACKAGE):
+    for name in (kernel, BUSYBOX_PACKAGE, LLDP_PACKAGE):
         h.update(f"{name}={candidate_version(name)}\n".encode())
     for name, data in sorted(agent_files().items()):
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    for module in (__file__, cpio.__file__):
+    for module in (__file__, cpio.__file__, elfdeps.__file__):
         h.update(Path(module).read_bytes())
     h.update(" ".join(MODULES).encode())
     return h.hexdigest()[:16]
@@ -224,7 +230,29 @@ def agent_files() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
-def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]], manifest: dict[str, Any]) -> list[cpio.Entry]:
+def lldp_closure(debs: Path, tmp: Path, downloaded: list[str]) -> elfdeps.Closure:
+    """tcpdump and the shared libraries it needs (their packages downloaded like the kernel's)."""
+    apt_cache = _tool("apt-cache", "apt")
+
+    def unpack(name: str) -> tuple[Path, str]:
+        pkg = fetch_package(name, debs, downloaded)
+        tree = tmp / "lldp" / name
+        tree.mkdir(parents=True)
+        extract(pkg, tree)
+        return tree, pkg.version
+
+    def depends(name: str) -> list[str]:
+        return elfdeps.parse_depends(_run([apt_cache, "depends", name], f"resolving {name}'s dependencies"))
+
+    try:
+        return elfdeps.program_closure(LLDP_PROGRAM, LLDP_PACKAGE, unpack, depends)
+    except (elfdeps.ElfError, OSError) as err:
+        raise RamdiskBuildError(f"{LLDP_PACKAGE} for the ramdisk: {err}") from err
+
+
+def initramfs_entries(
+    busybox: Path, modules: list[tuple[str, bytes]], manifest: dict[str, Any], extra: dict[str, bytes] | None = None
+) -> list[cpio.Entry]:
     entries = [cpio.directory(d) for d in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "lib")]
     entries += [cpio.directory(d) for d in ("lib/modules", "usr", "usr/lib", AGENT_LIB, "usr/bin", "usr/sbin")]
     entries += [cpio.char_device("dev/console", 5, 1), cpio.char_device("dev/null", 1, 3, 0o666)]
@@ -247,6 +275,16 @@ def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]], manifest:
     order = "".join(f"{rel}\n" for rel, _ in modules)
     entries.append(cpio.file("lib/bmd-modules.order", order.encode()))
     entries.append(cpio.file("etc/bmd-ramdisk.json", json.dumps(manifest, indent=2, sort_keys=True).encode()))
+    for rel, data in sorted((extra or {}).items()):  # programs and libraries (tcpdump's), executable
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in made and d not in ("lib", "usr", "usr/bin", "usr/lib", "usr/sbin", "etc"):
+                made.add(d)
+                entries.append(cpio.directory(d))
+        entries.append(cpio.file(rel, data, 0o755))
+    if extra:
+        entries += [cpio.file("etc/passwd", PASSWD), cpio.file("etc/group", GROUP)]
     return entries
 
 
@@ -263,10 +301,11 @@ def build(
     kernel_package: str = DEFAULT_KERNEL_PACKAGE,
     modules: Sequence[str] = MODULES,
     debs_dir: Path | None = None,
+    lldp: bool = True,
 ) -> BuildResult:
     """Build into ``out_dir`` (see the module docstring), the packages kept in ``debs_dir`` (default
     ``out_dir/.debs``). Blocking; RamdiskBuildError on any failure, and then nothing in ``out_dir`` was
-    replaced."""
+    replaced. ``lldp``: include tcpdump and its libraries (the inspection collector's LLDP listener)."""
     started = time.monotonic()
     out_dir = Path(out_dir).resolve()
     debs = Path(debs_dir).resolve() if debs_dir is not None else out_dir / ".debs"
@@ -277,6 +316,7 @@ def build(
         ktree, btree = Path(tmp, "kernel"), Path(tmp, "busybox")
         extract(kernel_pkg, ktree)
         extract(busybox_pkg, btree)
+        lldp_files = lldp_closure(debs, Path(tmp), downloaded) if lldp else elfdeps.Closure()
         moddir, version = modules_root(ktree)
         vmlinuz = next((p for p in (ktree / "boot").glob(f"vmlinuz-{version}")), None)
         if vmlinuz is None:
@@ -298,7 +338,10 @@ def build(
             "packages": {
                 "kernel": {"name": kernel_pkg.name, "version": kernel_pkg.version, "requested": kernel_package},
                 "busybox": {"name": busybox_pkg.name, "version": busybox_pkg.version},
+                **({"lldp": {"name": LLDP_PACKAGE, "version": lldp_files.packages[LLDP_PACKAGE],
+                             "with": dict(sorted(lldp_files.packages.items()))}} if lldp else {}),
             },
+            "lldp_files": {rel: len(data) for rel, data in sorted(lldp_files.files.items())},
             "kernel_version": version,
             "modules": [module_name(p) for p in order],
             "modules_builtin": sorted(m for m in modules if m in builtin),
@@ -306,7 +349,7 @@ def build(
             "agent": sorted(agent_files()),
         }
         raw = io.BytesIO()
-        cpio.write_cpio(raw, initramfs_entries(busybox, payload, manifest))
+        cpio.write_cpio(raw, initramfs_entries(busybox, payload, manifest, lldp_files.files))
         out_dir.mkdir(parents=True, exist_ok=True)
         kernel_tmp, ramdisk_tmp = out_dir / f".{KERNEL_NAME}.tmp", out_dir / f".{RAMDISK_NAME}.tmp"
         shutil.copyfile(vmlinuz, kernel_tmp)
