@@ -5,6 +5,8 @@ port_no. A NIC hearing nothing within BMD_AGENT_LLDP_WAIT reports null."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import secrets
 import shutil
@@ -100,3 +102,42 @@ def test_lldp_neighbours_are_reported_per_nic(tmp_path: Path, netns: str) -> Non
     links = {i.address: (i.datapath_id, i.port_no) for i in facts.interfaces}
     assert links["52:54:00:aa:00:01"] == ("aa:bb:cc:00:00:01", 7)
     assert links["52:54:00:aa:00:02"] == (None, None)
+
+
+def test_the_ramdisks_own_userland_hears_lldp(tmp_path: Path, netns: str, deploy_ramdisk: Path) -> None:
+    """The built ramdisk unpacked and chrooted into inside the namespace (its busybox, its tcpdump with the
+    libraries the builder copied, /etc/passwd for ``-Z root``), sysfs mounted as /init does: the collector
+    reports the neighbour exactly as on the host."""
+    for tool in ("cpio", "unshare", "chroot"):
+        if shutil.which(tool) is None:
+            skip(f"{tool} not installed")
+    root = tmp_path / "ramdisk"
+    root.mkdir()
+    raw = gzip.decompress((deploy_ramdisk / "deploy_ramdisk").read_bytes())
+    subprocess.run(["cpio", "-id", "--quiet"], input=raw, cwd=root, check=True, timeout=60)
+    assert (root / "usr/bin/tcpdump").exists() and (root / "etc/passwd").exists()
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SENDER, "sw0", "aa:bb:cc:00:00:07"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    inner = (
+        f"mount -t sysfs sysfs {root}/sys && mount -t proc proc {root}/proc && "
+        f"exec chroot {root} /bin/sh -c "
+        "'BMD_AGENT_WORK=/run/bmd-agent BMD_AGENT_LLDP_WAIT=3 BMD_AGENT_LLDP_IFACES=\"nic0 nic1\" PATH=/bin:/sbin "
+        ". /usr/lib/bmd-agent/inspect.sh && bmd_inspect_report'"
+    )
+    try:
+        assert sender.stdout is not None and sender.stdout.readline().strip() == "sending", sender.stderr
+        done = subprocess.run(
+            ["ip", "netns", "exec", netns, "unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        sender.kill()
+        sender.wait(timeout=10)
+    assert done.returncode == 0, done.stderr
+    report = InspectionReport.model_validate(json.loads(done.stdout))
+    by_name = {n.name: n for n in report.nics}
+    assert by_name["nic0"].lldp is not None
+    assert (by_name["nic0"].lldp.chassis_id, by_name["nic0"].lldp.port_id) == ("aa:bb:cc:00:00:01", "Ethernet7")
+    assert by_name["nic1"].lldp is None
