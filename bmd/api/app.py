@@ -154,7 +154,19 @@ def bearer_auth(token: str) -> Callable[..., Any]:
 
 
 def create_app(ctx: AppContext) -> web.Application:
-    from bmd.api import agent, capabilities, console, flavors, health, instances, metrics, nodes, power, pxe_ips
+    from bmd.api import (
+        agent,
+        capabilities,
+        console,
+        flavors,
+        health,
+        inspection,
+        instances,
+        metrics,
+        nodes,
+        power,
+        pxe_ips,
+    )
     from bmd.drivers.deploy.http import create_image_app
 
     app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=MAX_BODY_BYTES)
@@ -162,6 +174,7 @@ def create_app(ctx: AppContext) -> web.Application:
     health.setup(app)
     metrics.setup(app)
     nodes.setup(app)
+    inspection.setup(app)
     pxe_ips.setup(app)
     capabilities.setup(app)
     flavors.setup(app)

@@ -181,9 +181,10 @@ class NodeFields(Body):
 
 class NodeCreate(NodeFields):
     uuid: UUIDStr | None = None
-    cpus: Count
-    memory_mb: Count
-    local_gb: Size
+    # 0: not known yet (a node enrolled with only its BMC); inspection fills them in.
+    cpus: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
+    memory_mb: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
+    local_gb: Size = 0
     maintenance: StrictBool = False
     maintenance_reason: Annotated[StrictStr, Field(max_length=1024)] | None = None
     interfaces: list[InterfaceCreate] = Field(default_factory=list, max_length=64)

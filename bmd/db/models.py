@@ -129,6 +129,9 @@ class BareMetalNode(Timestamps, Base):
     root_device: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The last deploy's steps, each {"step", "started_at", "seconds", "ok"} (see bmd.provision.records).
     deploy_steps: Mapped[list[Any] | None] = mapped_column(JSON)
+    # The last inspection report, as validated (bmd.inspection.report), and when it was applied.
+    inspection: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    inspected_at: Mapped[dt.datetime | None]
     # Bumped by every UPDATE of the row (ORM flush or Core statement), so a reader can tell which of two
     # views of a node is newer (the scheduler's host feed, bmd.node_events); timestamps can tie.
     version: Mapped[int] = mapped_column(

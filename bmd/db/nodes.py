@@ -71,6 +71,7 @@ NODE_FIELDS = (
     "boot_mode",
     "root_device",
     "deploy_steps",
+    "inspected_at",
     "created_at",
     "updated_at",
 )

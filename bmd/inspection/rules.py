@@ -427,7 +427,7 @@ def compile_rule(index: int, spec: Mapping[str, Any]) -> Rule:
     shown = repr(spec.get("if")) if isinstance(spec, Mapping) else repr(spec)
     try:
         if not isinstance(spec, Mapping):
-            raise RuleError("a rule is a table {if = \"...\", then = \"...\"}")
+            raise RuleError('a rule is a table {if = "...", then = "..."}')
         unknown = sorted(set(spec) - {"if", "then"})
         if unknown:
             raise RuleError(f"unknown key {unknown[0]!r} (a rule has 'if' and 'then')")

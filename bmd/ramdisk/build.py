@@ -338,8 +338,17 @@ def build(
             "packages": {
                 "kernel": {"name": kernel_pkg.name, "version": kernel_pkg.version, "requested": kernel_package},
                 "busybox": {"name": busybox_pkg.name, "version": busybox_pkg.version},
-                **({"lldp": {"name": LLDP_PACKAGE, "version": lldp_files.packages[LLDP_PACKAGE],
-                             "with": dict(sorted(lldp_files.packages.items()))}} if lldp else {}),
+                **(
+                    {
+                        "lldp": {
+                            "name": LLDP_PACKAGE,
+                            "version": lldp_files.packages[LLDP_PACKAGE],
+                            "with": dict(sorted(lldp_files.packages.items())),
+                        }
+                    }
+                    if lldp
+                    else {}
+                ),
             },
             "lldp_files": {rel: len(data) for rel, data in sorted(lldp_files.files.items())},
             "kernel_version": version,

@@ -135,7 +135,9 @@ def program_closure(
                         found = (name, tree, path)
                         break
             if found is None:
-                raise ElfError(f"{what} needs {soname}: not in {pkg} nor in {', '.join(candidates[1:]) or 'its dependencies'}")
+                raise ElfError(
+                    f"{what} needs {soname}: not in {pkg} nor in {', '.join(candidates[1:]) or 'its dependencies'}"
+                )
             name, tree, path = found
             body = read_in_tree(tree, path)
             dest = soname.lstrip("/") if soname.startswith("/") else f"{LIB_DIR}/{soname}"

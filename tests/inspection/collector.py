@@ -74,7 +74,16 @@ def run_collector(busybox: str, work: Path, env: dict[str, str], netns: str | No
     script = f'. "{AGENT_DIR}/inspect.sh" && bmd_inspect_report'
     argv = [busybox, "sh", "-c", script]
     if netns is not None:
-        argv = [shutil.which("ip") or "ip", "netns", "exec", netns, shutil.which("env") or "env", "-i", *(f"{k}={v}" for k, v in environ.items()), *argv]
+        argv = [
+            shutil.which("ip") or "ip",
+            "netns",
+            "exec",
+            netns,
+            shutil.which("env") or "env",
+            "-i",
+            *(f"{k}={v}" for k, v in environ.items()),
+            *argv,
+        ]
     done = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=limit, check=False)
     assert done.returncode == 0, done.stderr
     try:

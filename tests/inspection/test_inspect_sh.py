@@ -20,7 +20,10 @@ def busybox() -> str:
 
 def fake_machine(root: Path) -> FakeMachine:
     m = FakeMachine(root)
-    write(root / "cpuinfo", "".join(f'processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) "Gold" 6130\\x\n\n' for i in range(4)))
+    write(
+        root / "cpuinfo",
+        "".join(f'processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) "Gold" 6130\\x\n\n' for i in range(4)),
+    )
     write(root / "meminfo", "MemTotal:        8000000 kB\nMemFree:  100 kB\n")
     mem = m.sys / "devices" / "system" / "memory"
     write(mem / "block_size_bytes", "8000000\n")  # hex: 128 MiB

@@ -123,7 +123,7 @@ def test_the_ramdisks_own_userland_hears_lldp(tmp_path: Path, netns: str, deploy
     inner = (
         f"mount -t sysfs sysfs {root}/sys && mount -t proc proc {root}/proc && "
         f"exec chroot {root} /bin/sh -c "
-        "'BMD_AGENT_WORK=/run/bmd-agent BMD_AGENT_LLDP_WAIT=3 BMD_AGENT_LLDP_IFACES=\"nic0 nic1\" PATH=/bin:/sbin "
+        '\'BMD_AGENT_WORK=/run/bmd-agent BMD_AGENT_LLDP_WAIT=3 BMD_AGENT_LLDP_IFACES="nic0 nic1" PATH=/bin:/sbin '
         ". /usr/lib/bmd-agent/inspect.sh && bmd_inspect_report'"
     )
     try:

@@ -55,7 +55,7 @@ def holds(src: str) -> bool:
         ("disks[2].size > 0", False),
         ("disks[2] .model == null", True),
         ("disks[-1].name == 'sdb'", True),
-        ("nics[0].lldp.port_id == \"Ethernet7\"", True),
+        ('nics[0].lldp.port_id == "Ethernet7"', True),
         ("nics[1].lldp.chassis_id == null", True),
         ("nics[1].speed_mbps != null", False),
         ("boot_mode == 'uefi' and root_disk.name == 'sda'", True),
@@ -163,15 +163,18 @@ def test_actions_and_their_order() -> None:
 def test_a_bad_rule_in_the_config_stops_start_up(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(
-        "[inspection]\nrules = [{if = \"memory_mb < 4096\", then = \"maintenance\"},\n"
-        "  {if = \"disks[0].model ~= 'SSD'\", then = \"capability disk_type=ssd\"}]\n"
+        '[inspection]\nrules = [{if = "memory_mb < 4096", then = "maintenance"},\n'
+        '  {if = "disks[0].model ~= \'SSD\'", then = "capability disk_type=ssd"}]\n'
     )
     settings = load_settings(good, {})
-    assert [r.source for r in compile_rules(settings.inspection.rules)] == ["memory_mb < 4096", "disks[0].model ~= 'SSD'"]
+    assert [r.source for r in compile_rules(settings.inspection.rules)] == [
+        "memory_mb < 4096",
+        "disks[0].model ~= 'SSD'",
+    ]
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        "[inspection]\nrules = [{if = \"memory_mb < 4096\", then = \"maintenance\"},\n"
-        "  {if = \"disks[0].model ~= 'SSD('\", then = \"capability disk_type=ssd\"}]\n"
+        '[inspection]\nrules = [{if = "memory_mb < 4096", then = "maintenance"},\n'
+        '  {if = "disks[0].model ~= \'SSD(\'", then = "capability disk_type=ssd"}]\n'
     )
     with pytest.raises(ConfigError) as err:
         load_settings(bad, {})
