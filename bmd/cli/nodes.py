@@ -171,6 +171,20 @@ def import_(app: Any) -> None:
     print(f"imported {result['created']} nodes from {path}")
 
 
+def inspect(app: Any) -> None:
+    """Apply an inspection report (the JSON ``bmd/agent/inspect.sh`` prints) to a node."""
+    path = Path(app.args.report)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InvalidInput(f"inspection report {path}: {err}", field="report") from err
+    app.print(app.client.post(f"/v1/nodes/{q(app.args.node)}/inspection", data))
+
+
+def inspection(app: Any) -> None:
+    app.print(app.client.get(f"/v1/nodes/{q(app.args.node)}/inspection"))
+
+
 def set_capability(app: Any) -> None:
     a = app.args
     app.print(app.client.put(f"/v1/nodes/{q(a.node)}/capabilities/{q(a.key)}", {"value": parse_value(a.value)}))
@@ -253,6 +267,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
     p.add_argument("file")
     p.set_defaults(func=import_)
+    p = ns.add_parser("inspect", help="apply an inspection report to a node (docs/inspection.md)")
+    p.add_argument("node", help="id, uuid or name")
+    p.add_argument("--report", required=True, help="the JSON report bmd/agent/inspect.sh printed on the machine")
+    p.set_defaults(func=inspect)
+    p = ns.add_parser("inspection", help="the node's last inspection report")
+    p.add_argument("node", help="id, uuid or name")
+    p.set_defaults(func=inspection)
     p = ns.add_parser("set-capability", help="set a per-node capability")
     p.add_argument("node")
     p.add_argument("key")

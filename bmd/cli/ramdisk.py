@@ -14,7 +14,7 @@ def _build(app: Any) -> int:
 
     out = Path(app.args.out) if app.args.out else ramdisk_dir(app.settings.service.state_dir)
     debs = Path(app.args.cache) if app.args.cache else None
-    result = build(out, kernel_package=app.args.kernel_package, debs_dir=debs)
+    result = build(out, kernel_package=app.args.kernel_package, debs_dir=debs, lldp=not app.args.no_lldp)
     m = result.manifest
     app.print(
         {
@@ -49,4 +49,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help=f"the kernel package or metapackage (default {DEFAULT_KERNEL_PACKAGE}; e.g. linux-image-amd64)",
     )
     p.add_argument("--cache", help="where the downloaded .debs are kept for reuse (default: OUT/.debs)")
+    p.add_argument(
+        "--no-lldp",
+        action="store_true",
+        help="leave out tcpdump and its libraries (inspection then reports no LLDP neighbours; ~5 MB smaller)",
+    )
     p.set_defaults(func=_build)

@@ -5,6 +5,7 @@ instance and a MAC of another node change nothing but what they say."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,23 @@ async def test_a_busy_node_or_a_foreign_mac_is_409_and_changes_nothing(client, a
 
 async def test_inspection_needs_the_api_token(client, report) -> None:  # type: ignore[no-untyped-def]
     assert (await client.post("/v1/nodes/1/inspection", json=report)).status == 401
+
+
+async def test_the_cli_applies_a_report_file(client, ctx: AppContext, report, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_cli import run_cli
+
+    node = await bmc_only_node(client, {"Authorization": f"Bearer {ctx.api_token}"})
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    code, out, err = await run_cli(
+        client, ctx.api_token, "node", "inspect", str(node["id"]), "--report", str(path), capsys=capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["cpus"] == 4
+    code, out, err = await run_cli(client, ctx.api_token, "node", "inspection", str(node["id"]), capsys=capsys)
+    assert code == 0 and json.loads(out)["report"]["cpu"]["count"] == 4
+    path.write_text("{not json")
+    code, _, err = await run_cli(
+        client, ctx.api_token, "node", "inspect", str(node["id"]), "--report", str(path), capsys=capsys
+    )
+    assert code == 2 and "report.json" in err
