@@ -78,6 +78,17 @@ bmd_inspect_memory() {
 	printf '{"total_mib": %s, "physical_mib": %s}' "$total" "$physical"
 }
 
+# A disk's serial: sysfs "serial" (virtio, NVMe), else the SCSI unit serial number VPD page (0x80: a
+# 4-byte header, then the serial; SATA and SAS disks behind sd).
+bmd_inspect_serial() {
+	v=$(bmd_inspect_attr "$1/serial" "$1/device/serial")
+	if [ "$v" = null ] && [ -r "$1/device/vpd_pg80" ]; then
+		s=$(tail -c +5 "$1/device/vpd_pg80" 2>/dev/null | tr -cd '\41-\176' | head -c 255)
+		[ -n "$s" ] && v=$(printf '%s' "$s" | bmd_inspect_json)
+	fi
+	printf '%s' "$v"
+}
+
 bmd_inspect_disks() {
 	sep=""
 	printf '['
@@ -92,7 +103,7 @@ bmd_inspect_disks() {
 		printf '%s{"name": %s, "size": %s, "model": %s, "vendor": %s, "serial": %s, "wwn": %s, "rotational": %s}' \
 			"$sep" "$(printf '%s' "$name" | bmd_inspect_json)" "$((sectors * 512))" \
 			"$(bmd_inspect_attr "$b/device/model")" "$(bmd_inspect_attr "$b/device/vendor")" \
-			"$(bmd_inspect_attr "$b/serial" "$b/device/serial")" "$(bmd_inspect_attr "$b/wwid" "$b/device/wwid")" "$rot"
+			"$(bmd_inspect_serial "$b")" "$(bmd_inspect_attr "$b/wwid" "$b/device/wwid")" "$rot"
 		sep=", "
 	done
 	printf ']'
@@ -143,6 +154,8 @@ bmd_inspect_lldp_decode() {
 }
 
 # Listen for LLDP on every NIC at once (bounded by BMD_AGENT_LLDP_WAIT); the captures land in $1/<nic>.pcap.
+# Promiscuous (no -p): LLDP goes to the multicast 01:80:c2:00:00:0e, which a NIC's receive filter (virtio-net's
+# too) drops unless the address was joined; --immediate-mode: no TPACKET_V3 block timeout to wait for.
 bmd_inspect_lldp_capture() {
 	wait_s=${BMD_AGENT_LLDP_WAIT:-35}
 	tcpdump=${BMD_AGENT_TCPDUMP:-$(command -v tcpdump 2>/dev/null || { [ -x /usr/bin/tcpdump ] && echo /usr/bin/tcpdump; })}
@@ -150,7 +163,7 @@ bmd_inspect_lldp_capture() {
 	pids=""
 	for name in ${BMD_AGENT_LLDP_IFACES:-$(bmd_inspect_nic_names)}; do
 		ip link set "$name" up 2>/dev/null
-		timeout "$wait_s" "$tcpdump" -Z root -i "$name" -p -c 1 -s 1600 -U -w "$1/$name.pcap" ether proto 0x88cc \
+		timeout "$wait_s" "$tcpdump" -Z root -i "$name" -c 1 -s 1600 --immediate-mode -U -w "$1/$name.pcap" ether proto 0x88cc \
 			>"$1/$name.log" 2>&1 &
 		pids="$pids $!"
 	done
