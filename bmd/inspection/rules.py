@@ -53,7 +53,7 @@ _TOKEN = re.compile(
     )""",
     re.X,
 )
-CAPABILITY_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+CAPABILITY_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # what the API's node extra_specs accept
 
 
 class RuleError(ValueError):
@@ -404,7 +404,11 @@ def parse_action(src: str) -> Action:
         if not eq or not value:
             raise RuleError(f"capability: expected KEY=VALUE, got {rest!r}")
         if not CAPABILITY_KEY.match(key):
-            raise RuleError(f"capability: bad key {key!r} (letters, digits, _ . : -, starting with a letter)")
+            raise RuleError(f"capability: bad key {key!r} (letters, digits, _ . -, starting with a letter)")
+        from bmd.api.schemas import RESERVED_SPEC_KEYS  # the API's rule, in one place (imported late: no cycle)
+
+        if key in RESERVED_SPEC_KEYS:
+            raise RuleError(f"capability: {key!r} is reserved (bmd computes it)")
         if len(value) > 255 or not value.isprintable():
             raise RuleError(f"capability {key}: the value must be printable and at most 255 characters")
         return Action("capability", key=key, value=value)

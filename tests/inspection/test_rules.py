@@ -129,6 +129,8 @@ def test_bad_conditions_are_refused_with_the_problem(src: str, problem: str) -> 
         ({"if": "cpus == 8", "then": "capability disk_type"}, "expected KEY=VALUE"),
         ({"if": "cpus == 8", "then": "capability disk_type="}, "expected KEY=VALUE"),
         ({"if": "cpus == 8", "then": "capability 9x=1"}, "bad key '9x'"),
+        ({"if": "cpus == 8", "then": "capability a:b=1"}, "bad key 'a:b'"),
+        ({"if": "cpus == 8", "then": "capability vcpus=4"}, "'vcpus' is reserved"),
         ({"if": "cpus == 8", "then": ["maintenance", "capability =ssd"]}, "bad key ''"),
         ({"if": "cpus == 8", "then": "fail " + "x" * 300}, "longer than 255"),
         ({"if": 3, "then": "fail"}, "the condition is empty"),
