@@ -2,7 +2,7 @@
 
 The report is validated (:class:`~bmd.inspection.report.InspectionReport`; a bad one is InvalidInput
 naming the field, and nothing is written), mapped (:mod:`bmd.inspection.mapping`) and the rules run on
-it. Unless a rule says ``fail``: ``cpus``, ``memory_mb``, ``local_gb`` are set, the capabilities merged
+it. Unless a rule says ``fail``: ``cpus``, ``memory_mb``, ``local_gb``, ``boot_mode`` are set, the capabilities merged
 into ``extra_specs``, every NIC with a MAC gets an interface row (a new one, or its LLDP switch/port
 written on the existing one; a MAC that belongs to another node is a Conflict), and a ``maintenance``
 rule puts the node in maintenance (``maintenance_set_by = "inspection"``). The report is stored in
@@ -81,6 +81,7 @@ async def apply_report(session: AsyncSession, node: BareMetalNode, raw: Any, rul
         await note_nodes(session, [node.id])
         return Applied(facts, facts.outcome.failure)
     node.cpus, node.memory_mb, node.local_gb = facts.cpus, facts.memory_mb, facts.local_gb
+    node.boot_mode = facts.boot_mode
     node.extra_specs = {**(node.extra_specs or {}), **facts.capabilities}
     if facts.outcome.maintenance is not None:
         node.maintenance = True

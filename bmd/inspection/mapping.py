@@ -4,7 +4,8 @@
   ``memory.total_mib``); ``local_gb`` = the root disk's size in whole GiB (rounded down);
 - the root disk is the one the deploy agent would write: the first disk matching the node's
   ``root_device`` hints (the same rules as ``bmd/agent/bmd-agent.sh``), the first disk without hints;
-- capabilities (the node's ``extra_specs``): ``cpu_arch`` (``uname -m``), ``boot_mode``, ``cpu_model`` and
+- ``boot_mode`` (the node's column, shown as the capability ``boot_mode``) = the firmware the ramdisk ran on;
+- capabilities (the node's ``extra_specs``): ``cpu_arch`` (``uname -m``), ``cpu_model`` and
   ``disk_rotational`` (``true``/``false`` for the root disk when the kernel says), then the rules' own;
 - one interface row per NIC with a MAC: ``address``, ``datapath_id`` = the LLDP chassis id, ``port_no`` =
   the LLDP port id when it is a number or ends in one (``Ethernet7`` and ``ge-0/0/7`` give 7).
@@ -96,6 +97,7 @@ class NodeFacts:
     memory_mb: int
     local_gb: int
     root_disk: str
+    boot_mode: str  # the node's boot_mode column (bmd shows it as the capability boot_mode)
     capabilities: dict[str, str]
     interfaces: list[InterfaceFacts]
     outcome: Outcome = field(default_factory=Outcome)
@@ -122,7 +124,7 @@ def map_report(
     if not memory:
         raise ValueError("the report gives no memory size (memory.total_mib and memory.physical_mib are null)")
     disk = root_disk(report.disks, root_device)
-    caps: dict[str, str] = {"cpu_arch": report.cpu.arch, "boot_mode": report.boot_mode}
+    caps: dict[str, str] = {"cpu_arch": report.cpu.arch}
     if report.cpu.model:
         caps["cpu_model"] = report.cpu.model
     if disk.rotational is not None:
@@ -138,4 +140,4 @@ def map_report(
         for nic in report.nics
         if nic.mac and nic.mac != "00:00:00:00:00:00"
     ]
-    return NodeFacts(report.cpu.count, memory, disk.size // GIB, disk.name, caps, interfaces, outcome)
+    return NodeFacts(report.cpu.count, memory, disk.size // GIB, disk.name, report.boot_mode, caps, interfaces, outcome)

@@ -71,7 +71,7 @@ async def test_a_bmc_only_node_gets_its_resources_and_interfaces(client, auth, c
     shown = await (await client.get(f"/v1/nodes/{node['id']}", headers=auth)).json()
     assert (shown["cpus"], shown["memory_mb"], shown["local_gb"]) == (4, 8192, 480)
     assert shown["extra_specs"]["cpu_arch"] == "x86_64" and shown["extra_specs"]["disk_type"] == "ssd"
-    assert shown["extra_specs"]["boot_mode"] == "uefi" and shown["extra_specs"]["disk_rotational"] == "false"
+    assert shown["boot_mode"] == "uefi" and shown["extra_specs"]["disk_rotational"] == "false"  # was bios
     assert shown["maintenance"] is True and shown["maintenance_reason"] == "less than 16 GiB of memory"
     assert shown["inspected_at"] is not None
     ifaces = {i["address"]: (i["datapath_id"], i["port_no"]) for i in shown["interfaces"]}

@@ -72,7 +72,7 @@ def test_the_report_of_a_machine_made_of_files(tmp_path: Path, busybox: str) -> 
     report = InspectionReport.model_validate(raw)
     facts = map_report(report, root_device={"size": ">= 1000"})
     assert (facts.cpus, facts.memory_mb, facts.local_gb, facts.root_disk) == (4, 8192, 4000, "sdb")
-    assert facts.capabilities["cpu_arch"] == "x86_64" and facts.capabilities["boot_mode"] == "uefi"
+    assert facts.capabilities["cpu_arch"] == "x86_64" and facts.boot_mode == "uefi"
     assert facts.capabilities["disk_rotational"] == "true"
     assert [i.address for i in facts.interfaces] == ["52:54:00:12:34:56", "52:54:00:12:34:57", "52:54:00:12:34:58"]
 
