@@ -61,8 +61,15 @@ async def bmc_only_node(client: Any, auth: dict[str, str], **extra: Any) -> dict
 
 async def test_a_bmc_only_node_gets_its_resources_and_interfaces(client, auth, ctx: AppContext, report) -> None:  # type: ignore[no-untyped-def]
     node = await bmc_only_node(client, auth)
+    before = {s["node"]: s for s in await ctx.driver.get_host_stats(refresh=True)}[str(node["id"])]
+    assert (before["vcpus"], before["host_memory_total"], before["disk_total"]) == (0, 0, 0)
     resp = await client.post(f"/v1/nodes/{node['id']}/inspection", json=report, headers=auth)
     assert resp.status == 200, await resp.text()
+    # What the scheduler sees: the inspected resources, the architecture, the boot mode.
+    after = {s["node"]: s for s in await ctx.driver.get_host_stats(refresh=True)}[str(node["id"])]
+    assert (after["vcpus"], after["host_memory_total"], after["disk_total"]) == (4, 8192, 480)
+    assert after["cpu_arch"] == "x86_64" and after["boot_mode"] == "uefi" and after["disk_type"] == "ssd"
+    assert after["supported_instances"] == [("x86_64", "baremetal", "baremetal")]
     out = await resp.json()
     assert out["applied"] is True and out["failure"] is None
     assert (out["cpus"], out["memory_mb"], out["local_gb"], out["root_disk"]) == (4, 8192, 480, "sda")
