@@ -9,7 +9,9 @@
    ``.ko.gz``, ``.ko.zst``) are decompressed so busybox ``insmod`` loads them;
 4. the initramfs, a newc cpio (:mod:`bmd.ramdisk.cpio`) compressed with gzip -9: ``/init`` and the agent
    (``bmd/agent/``, under ``/usr/lib/bmd-agent``), busybox and its applet links, the modules under
-   ``/lib/modules`` with their load order in ``/lib/bmd-modules.order``;
+   ``/lib/modules`` with their load order in ``/lib/bmd-modules.order``; ``tcpdump`` and the shared
+   libraries it needs (:mod:`bmd.ramdisk.elfdeps`: read from its ELF files, their packages downloaded like
+   the kernel's), the inspection collector's LLDP listener, unless ``lldp=False``;
 5. ``deploy_kernel``, ``deploy_ramdisk`` and ``manifest.json`` (packages and versions, kernel version,
    modules, SHA-256 of both files, build time) written atomically into ``<out>``.
 """
