@@ -23,25 +23,29 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SUITE3 = dataclasses.replace(FAST, cipher_suites=(3,))
 
 
-@dataclasses.dataclass
 class SerialPort:
-    """The TCP end ipmi_sim connects to: the 'machine' side of the serial line."""
+    """The TCP end ipmi_sim connects to: the 'machine' side of the serial line (its latest connection)."""
 
-    port: int
-    connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    def __init__(self) -> None:
+        self.port = 0
+        self.line: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.changed = asyncio.Event()
+
+    def connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.line = (reader, writer)
+        self.changed.set()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def serial() -> AsyncIterator[SerialPort]:
-    queue: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await queue.put((reader, writer))
-
-    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    port = SerialPort()
+    server = await asyncio.start_server(port.connected, "127.0.0.1", 0)
+    port.port = server.sockets[0].getsockname()[1]
     try:
-        yield SerialPort(server.sockets[0].getsockname()[1], queue)
+        yield port
     finally:
+        if port.line is not None:
+            port.line[1].close()
         server.close()
         await server.wait_closed()
 
@@ -57,7 +61,9 @@ async def solsim(tmp_path_factory: pytest.TempPathFactory, serial: SerialPort) -
 
 async def _line(serial: SerialPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     async with asyncio.timeout(10):
-        return await serial.connected.get()
+        await serial.changed.wait()
+    assert serial.line is not None
+    return serial.line
 
 
 async def _read_exactly(reader: asyncio.StreamReader, data: bytes) -> bytes:
@@ -89,7 +95,6 @@ async def test_sol_both_ways(solsim: IpmiSim, serial: SerialPort) -> None:
         got = await _read_exactly(reader, b"|typed-end")
         assert got == b"root\r" + b"y" * 700 + b"|typed-end"
         await console.send_break()  # acknowledged by the BMC
-        writer.close()
 
 
 async def test_second_console_is_refused_then_takes_over(solsim: IpmiSim, serial: SerialPort) -> None:
@@ -102,11 +107,8 @@ async def test_second_console_is_refused_then_takes_over(solsim: IpmiSim, serial
                 await second_client.open_sol(t)
             assert refused.value.completion_code == 0x80
             async with second_client.sol(t, take_over=True) as second:
-                writer2: asyncio.StreamWriter | None = None
-                if not serial.connected.empty():
-                    _, writer2 = await _line(serial)
-                (writer2 or writer).write(b"after-take-over\r\n")
-                await (writer2 or writer).drain()
+                writer.write(b"after-take-over\r\n")
+                await writer.drain()
                 await second.read_until(b"after-take-over", within=10)
         finally:
             await first.close()
