@@ -1,0 +1,139 @@
+"""``GET /v1/nodes/{node}/console``: the node's serial console (IPMI SOL from a lab BMC) over a websocket of
+the real app: operators only, one writer and many readers, take-over, and the console log gets the output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bmd.api.app import create_app
+from bmd.context import AppContext
+from bmd.lab import Lab, LabSpec
+from bmd.service import open_context
+from tests.conftest import make_settings
+from tests.ipmi.helpers import eventually
+
+FAST = {
+    "ipmi": {"timeout": 2.0, "retries": 2, "min_command_interval": 0.0},
+    "driver": {"default_power_driver": "ipmi"},
+}
+
+
+@pytest.fixture
+async def lab() -> AsyncIterator[Lab]:
+    async with Lab(LabSpec(count=2)) as running:
+        yield running
+
+
+@pytest.fixture
+async def env(tmp_path: Path, db_file: Path, lab: Lab) -> AsyncIterator[tuple[AppContext, TestClient[Any, Any]]]:
+    async with open_context(make_settings(tmp_path, **FAST)) as ctx:
+        async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
+            auth = {"Authorization": f"Bearer {ctx.api_token}"}
+            resp = await client.post("/v1/nodes/import", json={"nodes": lab.inventory()}, headers=auth)
+            assert resp.status == 201, await resp.text()
+            yield ctx, client
+
+
+class Peer:
+    """One websocket client: collects the console bytes and the control events it receives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.data = bytearray()
+        self.events: list[dict[str, Any]] = []
+        self.used = 0
+
+    async def until(self, accept: Any, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while not accept(self):
+                msg = await self.ws.receive()
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    self.data += msg.data
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    self.events.append(json.loads(msg.data))
+                else:
+                    raise AssertionError(f"websocket ended: {msg.type} (events {self.events})")
+
+    async def text(self, marker: bytes) -> None:
+        await self.until(lambda p: marker in p.data)
+
+    async def event(self, **match: Any) -> dict[str, Any]:
+        """The next event (after those already returned) with these keys."""
+
+        def index(p: Peer) -> int | None:
+            for i in range(p.used, len(p.events)):
+                if all(p.events[i].get(k) == v for k, v in match.items()):
+                    return i
+            return None
+
+        await self.until(lambda p: index(p) is not None)
+        i = index(self)
+        assert i is not None
+        self.used = i + 1
+        return self.events[i]
+
+
+async def test_console_websocket(env: tuple[AppContext, TestClient[Any, Any]], lab: Lab) -> None:
+    ctx, client = env
+    name = lab.bmcs[0].name
+    url = f"/v1/nodes/{name}/console"
+    auth = {"Authorization": f"Bearer {ctx.api_token}"}
+
+    resp = await client.get(url)  # no token: refused before any upgrade
+    assert resp.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(url)
+    assert refused.value.status == 401
+
+    async with client.ws_connect(url, headers=auth) as ws1, client.ws_connect(url, headers=auth) as ws2:
+        one, two = Peer(ws1), Peer(ws2)
+        assert (await one.event(event="attached"))["role"] == "writer"
+        assert (await two.event(event="attached"))["role"] == "reader"
+        # the machine prints: every client sees it
+        await lab.sol([name], print_text="bmd-ws-marker: hello operators\n")
+        await one.text(b"bmd-ws-marker: hello operators")
+        await two.text(b"bmd-ws-marker: hello operators")
+        # the writer types; the echo reaches both
+        await ws1.send_bytes(b"whoami\r")
+        await one.text(f"{name} login: ".encode())
+        await two.text(f"{name} login: ".encode())
+        # a reader's typing is refused and never reaches the machine
+        await ws2.send_bytes(b"sneaky\r")
+        assert "read-only" in (await two.event(event="error"))["message"]
+        # the reader takes over: roles swap
+        await ws2.send_str(json.dumps({"op": "take_over"}))
+        await two.event(event="role", role="writer")
+        await one.event(event="role", role="reader")
+        await ws2.send_bytes(b"second\r")
+        await two.text(b"second\r\n")
+        await ws2.send_str(json.dumps({"op": "break"}))
+        await ws2.send_str(json.dumps({"op": "nonsense"}))
+        assert "take_over or break" in (await two.event(event="error"))["message"]
+        state = (await lab.state(name))["sol"]
+        assert state["active"] and state["typed"] == "whoami\rsecond\r"
+        assert state["breaks"] == 1
+    # the last client left: the SOL payload is deactivated
+    await eventually(lambda: lab.state(name), lambda s: not s["sol"]["active"], 10)
+    # the output went to the node's console log
+    log = await client.get(f"/v1/nodes/{name}/console-log", headers=auth)
+    text = await log.read()
+    assert b"bmd-ws-marker: hello operators" in text and b"serial console attached" in text
+
+
+async def test_console_refusals(env: tuple[AppContext, TestClient[Any, Any]], lab: Lab) -> None:
+    ctx, client = env
+    auth = {"Authorization": f"Bearer {ctx.api_token}"}
+    resp = await client.get("/v1/nodes/no-such-node/console", headers=auth)
+    assert resp.status == 404
+    resp = await client.get(f"/v1/nodes/{lab.bmcs[1].name}/console?take_over=maybe", headers=auth)
+    assert resp.status == 400 and (await resp.json())["field"] == "take_over"
+    resp = await client.get(f"/v1/nodes/{lab.bmcs[1].name}/console", headers=auth)  # not an upgrade
+    assert resp.status == 400
