@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bmd.api.app import create_app
+from bmd.cli.console import EscapeFilter
 from bmd.context import AppContext
 from bmd.lab import Lab, LabSpec
 from bmd.service import open_context
 from tests.conftest import make_settings
-from tests.ipmi.helpers import eventually
+from tests.ipmi.helpers import Pty, eventually
 
 FAST = {
     "ipmi": {"timeout": 2.0, "retries": 2, "min_command_interval": 0.0},
@@ -137,3 +140,86 @@ async def test_console_refusals(env: tuple[AppContext, TestClient[Any, Any]], la
     assert resp.status == 400 and (await resp.json())["field"] == "take_over"
     resp = await client.get(f"/v1/nodes/{lab.bmcs[1].name}/console", headers=auth)  # not an upgrade
     assert resp.status == 400
+
+
+def _cli(client: TestClient[Any, Any], ctx: AppContext, *args: str) -> list[str]:
+    url = str(client.make_url("")).rstrip("/")
+    return [sys.executable, "-m", "bmd", "--url", url, "--token", ctx.api_token, "node", "console", *args]
+
+
+async def test_cli_attaches_a_terminal_in_raw_mode(env: tuple[AppContext, TestClient[Any, Any]], lab: Lab) -> None:
+    ctx, client = env
+    name = lab.bmcs[0].name
+    term = Pty()
+    proc = await asyncio.create_subprocess_exec(
+        *_cli(client, ctx, name), stdin=term.slave, stdout=term.slave, stderr=term.slave
+    )
+    try:
+        await term.expect(b"as writer")
+        assert not termios.tcgetattr(term.slave)[3] & termios.ECHO  # raw mode: no local echo
+        await lab.sol([name], print_text="bmd-cli-marker\n")
+        await term.expect(b"bmd-cli-marker")
+        term.type(b"cli-typed\r")
+        await term.expect(f"{name} login: ".encode())
+        term.type(b"~.")
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+        assert termios.tcgetattr(term.slave)[3] & termios.ECHO  # the terminal is restored
+        assert (await lab.state(name))["sol"]["typed"] == "cli-typed\r"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        term.close()
+
+
+async def test_cli_from_a_pipe(env: tuple[AppContext, TestClient[Any, Any]], lab: Lab) -> None:
+    ctx, client = env
+    name = lab.bmcs[1].name
+    proc = await asyncio.create_subprocess_exec(
+        *_cli(client, ctx, name),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"~~piped\r")
+    await proc.stdin.drain()
+    async with asyncio.timeout(20):
+        echoed = await proc.stdout.readuntil(f"{name} login: ".encode())  # the machine's echo and prompt
+    assert echoed.endswith(b"~piped\r\n" + f"{name} login: ".encode())
+    proc.stdin.write(b"~.ignored")
+    await proc.stdin.drain()
+    async with asyncio.timeout(20):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b"detached" in err
+    assert (await lab.state(name))["sol"]["typed"] == "~piped\r"
+    # without a token: refused, exit 1 with the reason
+    url = str(client.make_url("")).rstrip("/")
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bmd",
+        "--url",
+        url,
+        "--token",
+        "wrong",
+        "node",
+        "console",
+        name,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        _, err = await bad.communicate()
+    assert bad.returncode == 1 and b"401" in err
+
+
+def test_escape_filter() -> None:
+    f = EscapeFilter()
+    assert f.feed(b"a~.b") == b"a~.b"  # not at a line start
+    assert f.feed(b"\r~") == b"\r" and not f.detach
+    assert f.feed(b"x") == b"~x"
+    assert f.feed(b"\n~~") == b"\n~"
+    assert f.feed(b"\r~.rest") == b"\r" and f.detach

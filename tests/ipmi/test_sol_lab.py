@@ -7,9 +7,6 @@ asks it to, echoes typing and answers a line with a "login:" prompt, and records
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import pty
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +14,17 @@ import pytest_asyncio
 
 from bmd.ipmi import CompletionCodeError, IPMIClient, SolSettings
 from bmd.lab import Lab, LabSpec
-from tests.ipmi.helpers import FAST, IPMITOOL, Pool, eventually, ipmi_client, needs_ipmitool, running_lab, target
+from tests.ipmi.helpers import (
+    FAST,
+    IPMITOOL,
+    Pool,
+    Pty,
+    eventually,
+    ipmi_client,
+    needs_ipmitool,
+    running_lab,
+    target,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 QUICK_SOL = SolSettings(ack_timeout=0.2, nack_pause=0.05)
@@ -97,44 +104,6 @@ async def test_commands_beside_sol(solpool: Pool) -> None:
 
 
 # -- Debian's ipmitool as the console ---------------------------------------------------------------
-class Pty:
-    """ipmitool's terminal: the master side of a pty, read from the event loop."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = pty.openpty()
-        os.set_blocking(self.master, False)
-        self.out = bytearray()
-        self.changed = asyncio.Event()
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(self.master)
-            return
-        self.out += data
-        self.changed.set()
-
-    async def expect(self, marker: bytes, within: float = 10.0) -> None:
-        async with asyncio.timeout(within):
-            while marker not in self.out:
-                self.changed.clear()
-                await self.changed.wait()
-
-    def type(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def close(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(self.master)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 @needs_ipmitool
 async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
     b = solpool.one()
