@@ -203,3 +203,119 @@ def describe(err: BaseException) -> str:
     if isinstance(err, BmdError | BMCError):
         return str(err)
     return f"{type(err).__name__}: {err}"
+
+
+class TerminalServer:
+    """``console.terminal_port``: the same consoles on a plain TCP port of a loopback address.
+
+    A client's first line is ``<API token> <node> [take-over]`` (the node by id, uuid or name); bmd answers
+    with one notice line, then the connection carries the console's raw bytes both ways until either side
+    closes it. What a reader types is dropped (it is told once).
+    """
+
+    FIRST_LINE_LIMIT = 1024
+    FIRST_LINE_TIMEOUT = 10.0
+
+    def __init__(self, hub: ConsoleHub, sessionmaker: Any, token: str, host: str, port: int) -> None:
+        self.hub = hub
+        self.sessionmaker = sessionmaker
+        self.token = token
+        self.host, self.port = host, port
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._connected, self.host, self.port, limit=self.FIRST_LINE_LIMIT)
+        self.port = self.server.sockets[0].getsockname()[1]
+        log.info("console_terminal_listening", host=self.host, port=self.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        peer = writer.get_extra_info("peername")
+        label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
+        try:
+            await self._serve(reader, writer, label)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
+        import hmac
+
+        from bmd.db import nodes as q
+
+        def say(text: str) -> None:
+            writer.write(f"[bmd: {text}]\r\n".encode())
+
+        try:
+            async with asyncio.timeout(self.FIRST_LINE_TIMEOUT):
+                first = await reader.readline()
+        except (TimeoutError, ValueError):
+            say("expected a first line: <API token> <node> [take-over]")
+            return
+        words = first.decode(errors="replace").split()
+        if len(words) not in (2, 3) or (len(words) == 3 and words[2] != "take-over"):
+            say("expected a first line: <API token> <node> [take-over]")
+            return
+        if not hmac.compare_digest(words[0].encode(), self.token.encode()):
+            log.info("console_terminal_refused", client=label, reason="bad token")
+            say("a valid API token is required")
+            return
+        roles: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            async with self.sessionmaker() as session:
+                node = await q.get_node(session, words[1])
+            client = await self.hub.attach(node, label, take_over=len(words) == 3, on_role=roles.put_nowait)
+        except BmdError as err:
+            say(str(err))
+            return
+        try:
+            say(f"attached to {client.console.label} as {client.role()}")
+            await writer.drain()
+            while not roles.empty():
+                roles.get_nowait()  # the role at attach time was just told
+
+            async def output() -> None:
+                async for chunk in client.chunks():
+                    writer.write(chunk)
+                    await writer.drain()
+                say(client.console.ended or "detached")
+
+            async def typing() -> None:
+                told = False
+                while data := await reader.read(4096):
+                    if not roles.empty():
+                        say(f"you are now the console's {roles.get_nowait()}")
+                    try:
+                        await client.write(data)
+                    except PermissionError as err:
+                        if not told:
+                            say(str(err))
+                            told = True
+
+            tasks = [asyncio.create_task(output()), asyncio.create_task(typing())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+        finally:
+            await client.detach()

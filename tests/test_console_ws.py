@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import termios
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import ValidationError
 
 from bmd.api.app import create_app
 from bmd.cli.console import EscapeFilter
@@ -223,3 +225,45 @@ def test_escape_filter() -> None:
     assert f.feed(b"x") == b"~x"
     assert f.feed(b"\n~~") == b"\n~"
     assert f.feed(b"\r~.rest") == b"\r" and f.detach
+
+
+async def test_terminal_port(tmp_path: Path, db_file: Path, lab: Lab) -> None:
+    """console.terminal_port: the same console on a plain TCP port of loopback (token and node first)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with open_context(make_settings(tmp_path, console={"terminal_port": port}, **FAST)) as ctx:
+        async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
+            auth = {"Authorization": f"Bearer {ctx.api_token}"}
+            resp = await client.post("/v1/nodes/import", json={"nodes": lab.inventory()}, headers=auth)
+            assert resp.status == 201, await resp.text()
+            name = lab.bmcs[0].name
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"wrong-token " + name.encode() + b"\n")
+            async with asyncio.timeout(10):
+                assert b"valid API token" in await reader.read()  # refused and closed
+            writer.close()
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"{ctx.api_token} {name}\n".encode())
+            async with asyncio.timeout(10):
+                assert b"as writer" in await reader.readline()
+            # a websocket client attaches to the same console as a reader
+            async with client.ws_connect(f"/v1/nodes/{name}/console", headers=auth) as ws:
+                peer = Peer(ws)
+                assert (await peer.event(event="attached"))["role"] == "reader"
+                writer.write(b"over-tcp\r")
+                async with asyncio.timeout(10):
+                    echoed = await reader.readuntil(f"{name} login: ".encode())
+                assert echoed.endswith(b"over-tcp\r\n" + f"{name} login: ".encode())
+                await peer.text(b"over-tcp\r\n")
+            writer.close()
+            await eventually(lambda: lab.state(name), lambda s: not s["sol"]["active"], 10)
+            assert (await lab.state(name))["sol"]["typed"] == "over-tcp\r"
+
+
+def test_terminal_host_must_be_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as err:
+        make_settings(tmp_path, console={"terminal_port": 7000, "terminal_host": "0.0.0.0"})
+    assert "terminal_host" in str(err.value)

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated
-from bmd.console_hub import Attachment, ConsoleHub, describe
+from bmd.console_hub import Attachment, ConsoleHub, TerminalServer, describe
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.errors import BmdError, InvalidInput
@@ -153,8 +153,24 @@ async def _control(client: Attachment, text: str) -> None:
         raise ValueError(f"op: expected take_over or break, got {str(op)[:40]!r}")
 
 
+TERMINAL = "console_terminal"
+
+
+async def _start_terminal(app: web.Application) -> None:
+    ctx = app[CTX]
+    c = ctx.settings.console
+    if c.terminal_port and TERMINAL not in ctx.extras:
+        terminal = TerminalServer(hub_of(ctx), ctx.sessionmaker, ctx.api_token, c.terminal_host, c.terminal_port)
+        await terminal.start()
+        ctx.extras[TERMINAL] = terminal
+
+
 async def _close_hub(app: web.Application) -> None:
-    hub = app[CTX].extras.get(HUB)
+    extras = app[CTX].extras
+    terminal = extras.pop(TERMINAL, None)
+    if isinstance(terminal, TerminalServer):
+        await terminal.close()
+    hub = extras.get(HUB)
     if isinstance(hub, ConsoleHub):
         await hub.close()
 
@@ -162,4 +178,5 @@ async def _close_hub(app: web.Application) -> None:
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/nodes/{node}/console-log", console_log)
     app.router.add_get("/v1/nodes/{node}/console", console)
+    app.on_startup.append(_start_terminal)
     app.on_shutdown.append(_close_hub)
