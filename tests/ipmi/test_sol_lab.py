@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from bmd.ipmi import CompletionCodeError, IPMIClient, SolSettings
+from bmd.ipmi import ChassisControl, CompletionCodeError, IPMIClient, SolSettings
 from bmd.lab import Lab, LabSpec
+from bmd.lab.console import ConsoleRelay
 from tests.ipmi.helpers import (
     FAST,
     IPMITOOL,
@@ -135,3 +137,35 @@ async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
             proc.kill()
             await proc.wait()
         term.close()
+
+
+async def test_sim_machine_prints_its_boot_on_sol() -> None:
+    """A sim machine's serial line: the firmware banner at each boot reaches the SOL console."""
+    async with running_lab(LabSpec(count=1, machines="sim")) as lab, ipmi_client(FAST) as client:
+        b = lab.bmcs[0]
+        async with client.sol(target(b), settings=QUICK_SOL) as console:
+            await client.chassis_control(target(b), ChassisControl.POWER_ON)
+            seen = await console.read_until(f"{b.name}: booted from disk".encode(), within=10)
+            assert f"bmd lab sim machine {b.name}".encode() in seen
+
+
+async def test_qemu_console_relay_is_a_serial_line(tmp_path: Path) -> None:
+    """The QEMU machines' relay as the SOL line, with a real Unix socket client standing in for QEMU."""
+    relay = ConsoleRelay("vm", "127.0.0.1", 0, tmp_path / "serial.log", tmp_path / "console.sock")
+    await relay.open()
+    try:
+        heard: asyncio.Queue[bytes] = asyncio.Queue()
+        relay.listen(heard.put_nowait)
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "console.sock"))
+        writer.write(b"Linux version 6.1 (ttyS0)\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            assert await heard.get() == b"Linux version 6.1 (ttyS0)\r\n"
+        assert relay.vm is not None  # set before the relay read the first chunk
+        relay.write(b"typed over SOL\r")
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(15) == b"typed over SOL\r"
+        relay.unlisten(heard.put_nowait)
+        writer.close()
+    finally:
+        relay.close()
