@@ -102,7 +102,7 @@ class NodeConsole:
                         continue
                     client.pending += len(chunk)
                     client.queue.put_nowait(chunk)
-            reason = "the BMC ended the console"
+            reason = self.sol.end_reason or "the BMC ended the console"
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - the console ends; clients are told why

@@ -267,3 +267,26 @@ def test_terminal_host_must_be_loopback(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as err:
         make_settings(tmp_path, console={"terminal_port": 7000, "terminal_host": "0.0.0.0"})
     assert "terminal_host" in str(err.value)
+
+
+async def test_an_outside_take_over_ends_the_websocket(env: tuple[AppContext, TestClient[Any, Any]], lab: Lab) -> None:
+    """Another console (here bmd's own client, as ipmitool would) takes the SOL payload: clients are told."""
+    from bmd.ipmi import BMCTarget, IPMIClient
+
+    ctx, client = env
+    b = lab.bmcs[1]
+    auth = {"Authorization": f"Bearer {ctx.api_token}"}
+    async with client.ws_connect(f"/v1/nodes/{b.name}/console", headers=auth) as ws:
+        peer = Peer(ws)
+        await peer.event(event="attached")
+        outsider = IPMIClient()
+        try:
+            async with outsider.sol(BMCTarget(b.host, b.port, b.username, b.password), take_over=True):
+                closed = await peer.event(event="closed")
+                assert "deactivated" in closed["reason"]
+        finally:
+            await outsider.close()
+    # the next attach opens the console again
+    async with client.ws_connect(f"/v1/nodes/{b.name}/console", headers=auth) as ws:
+        peer = Peer(ws)
+        assert (await peer.event(event="attached"))["role"] == "writer"

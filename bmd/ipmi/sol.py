@@ -108,6 +108,11 @@ class SolConsole:
         self._sender = asyncio.create_task(self._send_loop(), name=f"sol-send-{self.label}")
         self._keeper = asyncio.create_task(self._keepalive_loop(), name=f"sol-keepalive-{self.label}")
 
+    @property
+    def end_reason(self) -> str | None:
+        """Why the console ended (None while it runs)."""
+        return None if self._error is None else str(self._error)
+
     # -- reading -------------------------------------------------------------------------------------
     async def read(self) -> AsyncIterator[bytes]:
         """The characters from the BMC as they come, until the console is closed."""
