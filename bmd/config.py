@@ -176,12 +176,28 @@ class AgentSettings(_Section):
 
 
 class ConsoleSettings(_Section):
-    """Recording a node's serial console while it deploys (``driver.console_interface``)."""
+    """Recording a node's serial console while it deploys (``driver.console_interface``), and the
+    interactive console (docs/console.md)."""
 
     grace: PositiveSeconds = 20.0
     read_rate: Annotated[int, Field(ge=1024)] = 65536
     connect_timeout: PositiveSeconds = 5.0
     retry_max: PositiveSeconds = 2.0
+    terminal_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: off
+    terminal_host: str = "127.0.0.1"
+
+    @field_validator("terminal_host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"must be a loopback address (127.0.0.0/8 or ::1), got {value!r}")
+        return value
 
 
 class InspectionSettings(_Section):

@@ -154,6 +154,12 @@ def console_log(app: Any) -> None:
     out.flush()
 
 
+def _console(app: Any) -> int:
+    from bmd.cli import console
+
+    return console.run(app)
+
+
 def delete(app: Any) -> None:
     app.client.delete(f"/v1/nodes/{q(app.args.node)}")
     print(f"node {app.args.node} deleted")
@@ -264,6 +270,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("node", help="id, uuid or name")
     p.add_argument("--tail", type=_byte_count, metavar="N", help="only the last N bytes")
     p.set_defaults(func=console_log)
+    p = ns.add_parser("console", help="attach the terminal to the node's serial console (~. detaches; token needed)")
+    p.add_argument("node", help="id, uuid or name")
+    p.add_argument("--take-over", action="store_true", help="become the writer even if another client types")
+    p.set_defaults(func=_console)
     p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
     p.add_argument("file")
     p.set_defaults(func=import_)

@@ -9,6 +9,7 @@ from bmd.ipmi.client import BMCTarget, IPMIClient, IPMISettings
 from bmd.ipmi.commands import BootFlags, ChassisStatus, DeviceId
 from bmd.ipmi.protocol import BootTarget, ChassisControl, CompletionCodeError, Privilege
 from bmd.ipmi.session import ClientStats
+from bmd.ipmi.sol import SolClosed, SolConsole, SolSettings
 
 __all__ = [
     "BMCTarget",
@@ -22,4 +23,7 @@ __all__ = [
     "IPMIClient",
     "IPMISettings",
     "Privilege",
+    "SolClosed",
+    "SolConsole",
+    "SolSettings",
 ]

@@ -7,6 +7,8 @@ import hashlib
 import ipaddress
 import random
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -36,6 +38,7 @@ from bmd.ipmi.protocol import (
     describe_completion,
 )
 from bmd.ipmi.session import ClientStats, Session, Sockaddr
+from bmd.ipmi.sol import SolConsole, SolSettings, activate
 from bmd.ipmi.transport import Endpoint, open_endpoint
 from bmd.ipmi.wire import Response
 
@@ -162,6 +165,51 @@ class IPMIClient:
         finally:
             if locked:
                 await self.call(target, *set_boot, bytes((BootParam.SET_IN_PROGRESS, 0)))
+
+    # -- serial over LAN -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def sol(
+        self, target: BMCTarget, *, take_over: bool = False, settings: SolSettings | None = None
+    ) -> AsyncIterator[SolConsole]:
+        """``async with client.sol(target) as console``: the SOL payload on a session of its own.
+
+        ``take_over`` deactivates the payload when another session holds it (completion code 0x80 otherwise
+        raises CompletionCodeError). Leaving the block deactivates the payload and closes the session.
+        """
+        console = await self.open_sol(target, take_over=take_over, settings=settings)
+        try:
+            yield console
+        finally:
+            await console.close()
+
+    async def open_sol(
+        self, target: BMCTarget, *, take_over: bool = False, settings: SolSettings | None = None
+    ) -> SolConsole:
+        """Open a dedicated session, activate SOL on it; the caller must ``await console.close()``."""
+        if self._closed:
+            raise BMCError("the IPMI client is closed")
+        s = self.settings
+        entry = _Entry()  # not cached: the console holds its session for as long as it lives
+        for (host, port, _user, _secret), known in self._entries.items():
+            if (host, port) == (target.host, target.port) and known.suite is not None:
+                entry.suite = known.suite
+        async with self._slots:
+            try:
+                async with asyncio.timeout(s.timeout):
+                    session = await self._open(target, entry)
+                    try:
+                        return await activate(
+                            session, settings or SolSettings(), s.retries + 1, s.attempt_timeout, take_over
+                        )
+                    except BaseException:
+                        try:
+                            session.endpoint.send(session.close_packet(), session.peer)
+                        except BMCError:
+                            pass
+                        session.detach()
+                        raise
+            except TimeoutError as err:
+                raise BMCTimeout(f"no SOL from BMC {target.label} within {s.timeout:.1f}s") from err
 
     # -- the one entry point every command goes through --------------------------------------------
     async def call(self, target: BMCTarget, netfn: int, command: int, data: bytes = b"") -> Response:

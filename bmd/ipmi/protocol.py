@@ -24,6 +24,7 @@ class PayloadType(enum.IntEnum):
     """13.27.3 payload types."""
 
     IPMI = 0x00
+    SOL = 0x01
     OPEN_SESSION_REQUEST = 0x10
     OPEN_SESSION_RESPONSE = 0x11
     RAKP1 = 0x12
@@ -48,6 +49,8 @@ class AppCmd:
     GET_DEVICE_ID = 0x01
     SET_SESSION_PRIVILEGE = 0x3B
     CLOSE_SESSION = 0x3C
+    ACTIVATE_PAYLOAD = 0x48
+    DEACTIVATE_PAYLOAD = 0x49
 
 
 class Privilege(enum.IntEnum):

@@ -28,6 +28,20 @@ _WINDOW = 32  # inbound session sequence numbers accepted behind the highest one
 _BACKOFF = 1.5  # each retransmission waits this much longer than the previous attempt
 
 
+def _window(seq: int, high: int, seen: int) -> tuple[bool, int, int]:
+    """One step of a sliding replay window: (accepted, new highest, new seen bitmap)."""
+    if seq == 0:
+        return False, high, seen
+    if seq > high:
+        shift = seq - high
+        seen = ((seen << shift) | 1) & ((1 << _WINDOW) - 1) if shift < _WINDOW else 1
+        return True, seq, seen
+    behind = high - seq
+    if behind >= _WINDOW or seen & (1 << behind):
+        return False, high, seen
+    return True, high, seen | (1 << behind)
+
+
 @dataclass(slots=True)
 class ClientStats:
     """Counters over the client's life; tests and benchmarks read them."""
@@ -64,11 +78,18 @@ class Session:
         self._in_high = 0
         self._in_seen = 0
         self._pending: tuple[Callable[[int, bytes], Any], asyncio.Future[Any]] | None = None
+        # Set while a Serial-over-LAN payload is active (bmd.ipmi.sol): gets every clear SOL payload.
+        self.sol_sink: Callable[[bytes], None] | None = None
+        self._sol_high = 0
+        self._sol_seen = 0
 
     # -- receiving ---------------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Sockaddr) -> None:
         if addr[:2] != self.peer[:2]:
             self.stats.dropped_datagrams += 1
+            return
+        if self.sol_sink is not None and self.keys is not None and len(data) > 5 and data[5] & 0x3F == PayloadType.SOL:
+            self._sol_received(data)
             return
         if self._pending is None or self._pending[1].done():
             self.stats.stale_responses += 1  # a late answer, e.g. to a retransmission already answered
@@ -95,20 +116,27 @@ class Session:
         else:
             future.set_result(answer)
 
+    def _sol_received(self, data: bytes) -> None:
+        assert self.keys is not None and self.sol_sink is not None
+        try:
+            header = parse_header(data)
+            payload = open_packet(data, header, self.keys)
+            if header.session_id != self.console_id:
+                raise ProtocolError("session ID refused")
+            # SOL packets get their own replay window: some BMCs number them apart from IPMI responses.
+            ok, self._sol_high, self._sol_seen = _window(header.sequence, self._sol_high, self._sol_seen)
+            if not ok:
+                raise ProtocolError("session sequence number refused")
+        except ProtocolError as err:
+            self.stats.dropped_datagrams += 1
+            log.debug("ipmi_sol_datagram_dropped", bmc=self.label, reason=str(err))
+            return
+        self.sol_sink(payload)
+
     def _accept_sequence(self, seq: int) -> bool:
         """Sliding-window replay check on the BMC's session sequence numbers (13.28.3)."""
-        if seq == 0:
-            return False
-        if seq > self._in_high:
-            shift = seq - self._in_high
-            self._in_seen = ((self._in_seen << shift) | 1) & ((1 << _WINDOW) - 1) if shift < _WINDOW else 1
-            self._in_high = seq
-            return True
-        behind = self._in_high - seq
-        if behind >= _WINDOW or self._in_seen & (1 << behind):
-            return False
-        self._in_seen |= 1 << behind
-        return True
+        ok, self._in_high, self._in_seen = _window(seq, self._in_high, self._in_seen)
+        return ok
 
     # -- sending -----------------------------------------------------------------------------------
     async def exchange(
@@ -163,9 +191,9 @@ class Session:
         self._out_seq = self._out_seq % 0xFFFFFFFF + 1
         return self._out_seq
 
-    def seal(self, payload: bytes) -> bytes:
-        """An IPMI payload packet of this established session (encrypted, signed, next sequence number)."""
-        return build_packet(PayloadType.IPMI, self.bmc_id, self.next_sequence(), payload, self.keys)
+    def seal(self, payload: bytes, payload_type: PayloadType = PayloadType.IPMI) -> bytes:
+        """A payload packet of this established session (encrypted, signed, next sequence number)."""
+        return build_packet(payload_type, self.bmc_id, self.next_sequence(), payload, self.keys)
 
     async def request(self, netfn: int, command: int, data: bytes, attempts: int, wait: float) -> Response:
         """One IPMI command; retransmissions keep the rq_seq and take a new session sequence number."""

@@ -14,6 +14,8 @@ Fixes over stock pyghmi 1.6.19 (see shared/notes/bmc-peers.md):
 - Duplicate handshake messages and retransmitted requests (same rq_seq) get the first answer again, so a
   retransmission never re-runs a chassis control nor desynchronises RAKP.
 - Unknown users get RAKP 2 status 0x0D, a bad RAKP 3 gets RAKP 4 status 0x0F (pyghmi stays silent).
+- Serial over LAN (Activate/Deactivate Payload, SOL packets) is :mod:`bmd.lab.sol`, bridged to the
+  machine's serial line (pyghmi's answers the payload port big-endian and needs its I/O thread).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from pyghmi.ipmi import bmc as pyghmi_bmc
 
 from bmd.lab.faults import Fault
 from bmd.lab.machines import Machine
+from bmd.lab.serial import SerialLine, SimSerial
 from bmd.lab.session import LAB_SUITES, LabSession
+from bmd.lab.sol import INBOUND_SIZE, LabSol
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +96,10 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.flap_steps = 0
         # the machine behind the BMC (bmd.lab.machines): started, stopped and reset by the chassis commands
         self.machine = machine
+        # its serial line, served over SOL (a BMC without a machine has a line that only echoes)
+        self.serial: SerialLine = machine.serial_line() if machine is not None else SimSerial(name)
+        self.sol: LabSol | None = None
+        self.sol_drop_every = 0  # lab fault for tests: lose every Nth SOL data packet the BMC sends
 
     # -- faults ------------------------------------------------------------------------------------
     def set_fault(self, fault: Fault | None) -> None:
@@ -200,6 +208,50 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def drop_session(self, session: LabSession) -> None:
         if self.sessions.get(session.managedsessionid) is session:
             del self.sessions[session.managedsessionid]
+        if self.sol is not None and self.sol.session is session:
+            self.sol.close(notify=False)
+            self.sol = None
+
+    # -- serial over LAN (24.1, 24.2) --------------------------------------------------------------
+    def _sol_holder_alive(self) -> bool:
+        sol = self.sol
+        if sol is None or not sol.active:
+            return False
+        session = sol.session
+        alive = self.sessions.get(session.managedsessionid) is session
+        return alive and time.monotonic() - session.last_active <= SESSION_IDLE_LIMIT
+
+    def activate_payload(self, request: dict[str, Any], session: LabSession) -> None:
+        data = bytes(request["data"])
+        if len(data) < 2 or data[0] & 0x3F != 1:
+            session.send_ipmi_response(code=0xCC)  # only SOL (payload type 1) is served
+            return
+        if data[1] != 1:
+            session.send_ipmi_response(code=0xCC)  # one instance
+            return
+        if self.sol is not None and self.sol.session is not session and self._sol_holder_alive():
+            session.send_ipmi_response(code=0x80)  # already active on another session
+            return
+        if self.sol is not None:
+            self.sol.close(notify=False)
+        self.stats["sol_activated"] += 1
+        self.sol = LabSol(self.name, session, self.serial, self.sol_drop_every)
+        size = INBOUND_SIZE.to_bytes(2, "little")
+        # aux data, inbound and outbound payload sizes, payload UDP port (little-endian), VLAN none
+        session.send_ipmi_response(data=b"\0\0\0\0" + size + size + self.port.to_bytes(2, "little") + b"\xff\xff")
+
+    def deactivate_payload(self, request: dict[str, Any], session: LabSession) -> None:
+        data = bytes(request["data"])
+        if len(data) < 2 or data[0] & 0x3F != 1 or data[1] != 1:
+            session.send_ipmi_response(code=0xCC)
+            return
+        if self.sol is None or not self.sol.active:
+            session.send_ipmi_response(code=0x80)  # payload already deactivated
+            return
+        self.stats["sol_deactivated"] += 1
+        self.sol.close(notify=self.sol.session is not session)
+        self.sol = None
+        session.send_ipmi_response()
 
     def demote_sessions(self) -> None:
         """Drop every session back to User privilege (as a BMC that lost the sessions' state)."""
@@ -369,7 +421,22 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             "down": self.is_down(),
             "sessions": len(self.sessions),
             "stats": dict(self.stats),
+            "sol": self.sol_snapshot(),
         }
+
+    def sol_snapshot(self) -> dict[str, Any]:
+        serial = self.serial
+        return {
+            "active": self.sol is not None and self.sol.active,
+            "stats": dict(self.sol.stats) if self.sol is not None else {},
+            "typed": serial.typed.decode(errors="replace") if isinstance(serial, SimSerial) else None,
+            "breaks": serial.breaks if isinstance(serial, SimSerial) else None,
+        }
+
+    def serial_print(self, text: str) -> None:
+        """Make a simulated machine print ``text`` on its serial line (a no-op for VMs)."""
+        if isinstance(self.serial, SimSerial):
+            self.serial.print(text)
 
     def set_boot(self, selector: int, persistent: bool, valid: bool = True) -> None:
         self.boot_valid, self.boot_selector, self.boot_persistent = (

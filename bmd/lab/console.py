@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -27,6 +28,7 @@ class ConsoleRelay:
         self.log_path = log_path
         self.socket_path = socket_path
         self.clients: set[asyncio.StreamWriter] = set()
+        self.listeners: list[Callable[[bytes], None]] = []  # in-process readers: the BMC's SOL
         self.vm: asyncio.StreamWriter | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,6 +55,8 @@ class ConsoleRelay:
                 while chunk := await reader.read(65536):
                     logfile.write(chunk)
                     logfile.flush()
+                    for listener in list(self.listeners):
+                        listener(chunk)
                     for client in list(self.clients):
                         if client.transport.get_write_buffer_size() > CLIENT_BUFFER_LIMIT:
                             self._drop(client)
@@ -76,6 +80,21 @@ class ConsoleRelay:
             pass
         finally:
             self._drop(writer)
+
+    # -- the serial line, for the BMC's SOL (bmd.lab.serial.SerialLine) -----------------------------
+    def listen(self, listener: Callable[[bytes], None]) -> None:
+        self.listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[bytes], None]) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def write(self, data: bytes) -> None:
+        if self.vm is not None:
+            self.vm.write(data)
+
+    def send_break(self) -> None:
+        pass  # a plain socket chardev carries no break
 
     def _drop(self, writer: asyncio.StreamWriter) -> None:
         self.clients.discard(writer)

@@ -428,6 +428,11 @@ class Lab:
         """Set the BMC key Kg (two-key login) of the named BMCs; None goes back to one-key login."""
         await self._each("kg", names, kg=kg)
 
+    async def sol(self, names: list[str] | None, *, drop_every: int | None = None, print_text: str = "") -> None:
+        """Serial over LAN knobs: lose every Nth SOL data packet the BMCs send (0: none), and/or make
+        their simulated machines print ``print_text`` on the serial line."""
+        await self._each("sol", names, drop_every=drop_every, print=print_text)
+
     async def demote_sessions(self, names: list[str] | None = None) -> None:
         """Drop the BMCs' sessions to User privilege: changes then get completion code 0xD4."""
         await self._each("demote", names)

@@ -59,8 +59,10 @@ def available() -> bool:
     return shutil.which("ipmi_sim") is not None
 
 
-def _lan_conf(workdir: Path, host: str, port: int, username: str, password: str) -> str:
+def _lan_conf(workdir: Path, host: str, port: int, username: str, password: str, sol: str | None = None) -> str:
     auths = "none md2 md5 straight"
+    # SOL (ipmi_lan(5)): a device path, or "tcp:HOST:PORT" which ipmi_sim connects to as the serial line.
+    sol_line = f'  sol "{sol}" 115200\n' if sol else ""
     return f"""name "bmdsim"
 set_working_mc 0x20
   startlan 1
@@ -75,7 +77,7 @@ set_working_mc 0x20
   chassis_control "{workdir / "chassis_control"} 0x20"
   user 1 true "" "unused-anonymous" user 10 {auths}
   user 2 true "{username}" "{password}" admin 10 {auths}
-"""
+{sol_line}"""
 
 
 async def rmcp_ping(host: str, port: int, wait: float) -> bool:
@@ -108,12 +110,14 @@ class IpmiSim:
         port: int = 0,
         username: str = "admin",
         password: str = "password",
+        sol: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port
         self.username = username
         self.password = password
+        self.sol = sol
         self._proc: asyncio.subprocess.Process | None = None
 
     def _prepare(self, port: int) -> None:
@@ -123,7 +127,9 @@ class IpmiSim:
         script.write_text(_CHASSIS_SCRIPT)
         script.chmod(0o755)
         (self.workdir / "sim.emu").write_text(_EMU)
-        (self.workdir / "lan.conf").write_text(_lan_conf(self.workdir, self.host, port, self.username, self.password))
+        (self.workdir / "lan.conf").write_text(
+            _lan_conf(self.workdir, self.host, port, self.username, self.password, self.sol)
+        )
 
     async def start(self, deadline: float = 10.0) -> None:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ import aiohttp
 import structlog
 
 from bmd.drivers.deploy.agent_sim import BootArgs, fetch_boot_args, run_deploy
+from bmd.lab.serial import SerialLine, SimSerial
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ class Machine(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
+    def serial_line(self) -> SerialLine: ...
+
     def close(self) -> None: ...
 
 
@@ -61,9 +64,13 @@ class SimMachine:
         self.deploys = 0
         self.last: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
+        self.serial = SimSerial(name)
 
     async def open(self) -> None:
         pass
+
+    def serial_line(self) -> SerialLine:
+        return self.serial
 
     def connect(self, boot_url: str | None, bmd_address: str | None) -> None:
         if boot_url:
@@ -80,8 +87,11 @@ class SimMachine:
     def boot(self, selector: int) -> None:
         self._cancel()
         self.boots += 1
+        device = {BOOT_PXE: "network (PXE)", BOOT_DISK: "disk"}.get(selector, "the default order")
+        self.serial.print(f"\nbmd lab sim machine {self.name} ({self.mac}): booting from {device}\n")
         if selector != BOOT_PXE:
             self.state = "disk"
+            self.serial.print(f"{self.name}: booted from disk\n")
             return
         if not self.boot_url:
             self.state = "pxe_failed"
@@ -94,6 +104,7 @@ class SimMachine:
     def power_off(self, soft: bool) -> None:
         self._cancel()
         self.state = "off"
+        self.serial.print(f"{self.name}: power off{' (soft)' if soft else ''}\n")
 
     async def _pxe(self) -> None:
         try:
@@ -106,9 +117,11 @@ class SimMachine:
                     return
                 self.state = "agent"
                 self.deploys += 1
+                self.serial.print(f"bmd-agent: node {args.node_uuid}: deploying from {args.bmd_url}\n")
                 result = await self._deploy(http, args)
             self.last = {"status": result.status, "stage": result.stage, "error": result.error}
             self.state = "deployed" if result.status == 202 and result.error is None else "agent_failed"
+            self.serial.print(f"bmd-agent: {self.state} (stage {result.stage}, status {result.status})\n")
             log.info("lab_machine_deployed", machine=self.name, status=result.status, stage=result.stage)
         except asyncio.CancelledError:
             raise

@@ -143,6 +143,9 @@ class QemuMachine:
     async def open(self) -> None:
         await self.console.open()
 
+    def serial_line(self) -> ConsoleRelay:
+        return self.console
+
     def connect(self, boot_url: str | None, bmd_address: str | None) -> None:
         if bmd_address:
             self.bmd_address = bmd_address

@@ -62,7 +62,7 @@ class LabSession(serversession.ServerSession):  # type: ignore[misc]
         self.pendingpayloads: collections.deque[Any] = collections.deque()
         self.pktqueue: collections.deque[Any] = collections.deque()
         self.broken = False
-        self.sol_handler = None
+        self.sol_handler: Any = None  # bmd.lab.sol.LabSol.from_console while SOL is active here
         self.ipmicallback: Any = None
         self.clientpriv = 2
         self.maxpriv = 4

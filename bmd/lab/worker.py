@@ -139,6 +139,15 @@ class Worker:
                 if b.machine is not None:
                     b.machine.connect(msg.get("boot_url"), msg.get("bmd_address"))
             return None
+        if op == "sol":
+            for b in bmcs:
+                if msg.get("drop_every") is not None:
+                    b.sol_drop_every = int(msg["drop_every"])
+                    if b.sol is not None:
+                        b.sol.drop_every = b.sol_drop_every
+                if msg.get("print"):
+                    b.serial_print(str(msg["print"]))
+            return None
         if op == "reset_stats":
             for b in bmcs:
                 b.stats.clear()

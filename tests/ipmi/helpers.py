@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -127,3 +130,41 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
                 return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"condition not met within {deadline}s (last error: {last!r})")
+
+
+class Pty:
+    """ipmitool's terminal: the master side of a pty, read from the event loop."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        os.set_blocking(self.master, False)
+        self.out = bytearray()
+        self.changed = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+            return
+        self.out += data
+        self.changed.set()
+
+    async def expect(self, marker: bytes, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while marker not in self.out:
+                self.changed.clear()
+                await self.changed.wait()
+
+    def type(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.master)
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)

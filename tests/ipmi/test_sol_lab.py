@@ -1,0 +1,171 @@
+"""Serial over LAN between the lab BMCs (bmd.lab.sol) and two consoles: bmd's client and Debian's ipmitool.
+
+The lab BMCs here have no machine behind them: their serial line is a SimSerial (it prints what the test
+asks it to, echoes typing and answers a line with a "login:" prompt, and records what was typed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bmd.ipmi import ChassisControl, CompletionCodeError, IPMIClient, SolSettings
+from bmd.lab import Lab, LabSpec
+from bmd.lab.console import ConsoleRelay
+from tests.ipmi.helpers import (
+    FAST,
+    IPMITOOL,
+    Pool,
+    Pty,
+    eventually,
+    ipmi_client,
+    needs_ipmitool,
+    running_lab,
+    target,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+QUICK_SOL = SolSettings(ack_timeout=0.2, nack_pause=0.05)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def solpool() -> AsyncIterator[Pool]:
+    async with running_lab(LabSpec(count=6)) as lab:
+        yield Pool(lab)
+
+
+async def _typed(lab: Lab, name: str) -> str:
+    return str((await lab.state(name))["sol"]["typed"])
+
+
+async def test_native_client_suite_17(solpool: Pool) -> None:
+    b = solpool.one()
+    lab = solpool.lab
+    async with ipmi_client(FAST) as client, client.sol(target(b), settings=QUICK_SOL) as console:
+        assert console.session.suite is not None and console.session.suite.id == 17
+        await lab.sol([b.name], print_text="bmd-lab-marker: hello from the serial line\n")
+        seen = await console.read_until(b"hello from the serial line", within=5)
+        assert b"bmd-lab-marker" in seen
+        await console.write(b"root\r")
+        await console.read_until(f"{b.name} login: ".encode(), within=5)  # echo, then the prompt
+        assert await _typed(lab, b.name) == "root\r"
+        await console.send_break()
+        await eventually(lambda: lab.state(b.name), lambda s: s["sol"]["breaks"] == 1, 5)
+        assert (await lab.state(b.name))["sol"]["active"]
+    # leaving the block deactivated the payload
+    assert not (await lab.state(b.name))["sol"]["active"]
+
+
+async def test_lost_packets_are_retransmitted_both_ways(solpool: Pool) -> None:
+    """Every third SOL packet is lost in each direction: all characters still arrive exactly once, in order."""
+    b = solpool.one()
+    lab = solpool.lab
+    await lab.sol([b.name], drop_every=3)
+    text = "".join(f"line {i:03d} of the lossy console\n" for i in range(40))
+    async with ipmi_client(FAST) as client, client.sol(target(b), settings=QUICK_SOL) as console:
+        await lab.sol([b.name], print_text=text)
+        seen = await console.read_until(b"line 039 of the lossy console", within=20)
+        assert seen.decode().replace("\r\n", "\n") == text
+        typed = b"".join(b"word%03d " % i for i in range(120))  # several packets of console -> BMC
+        await console.write(typed)
+        assert await _typed(lab, b.name) == typed.decode()
+        assert console.retransmissions > 0
+        stats = (await lab.state(b.name))["sol"]["stats"]
+        assert stats["retransmissions"] > 0 and stats["lost"] > 0 and stats["dropped"] == 0
+    await lab.sol([b.name], drop_every=0)
+
+
+async def test_one_console_at_a_time_and_take_over(solpool: Pool) -> None:
+    b = solpool.one()
+    lab = solpool.lab
+    async with ipmi_client(FAST) as one, ipmi_client(FAST) as two:
+        first = await one.open_sol(target(b), settings=QUICK_SOL)
+        try:
+            with pytest.raises(CompletionCodeError) as refused:
+                await two.open_sol(target(b))
+            assert refused.value.completion_code == 0x80
+            async with two.sol(target(b), take_over=True, settings=QUICK_SOL) as second:
+                # the first console is told that its payload was deactivated
+                chunks = [c async for c in first.read()]
+                assert chunks == []
+                await lab.sol([b.name], print_text="for-the-second\n")
+                await second.read_until(b"for-the-second", within=5)
+        finally:
+            await first.close()
+
+
+async def test_commands_beside_sol(solpool: Pool) -> None:
+    b = solpool.one()
+    client: IPMIClient
+    async with ipmi_client(FAST) as client, client.sol(target(b), settings=QUICK_SOL):
+        assert not await client.get_power_state(target(b))
+
+
+# -- Debian's ipmitool as the console ---------------------------------------------------------------
+@needs_ipmitool
+async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
+    b = solpool.one()
+    lab = solpool.lab
+    assert IPMITOOL is not None
+    term = Pty()
+    proc = await asyncio.create_subprocess_exec(
+        IPMITOOL,
+        *("-I", "lanplus", "-C", "17", "-H", b.host, "-p", str(b.port), "-U", b.username, "-P", b.password),
+        *("sol", "activate"),
+        stdin=term.slave,
+        stdout=term.slave,
+        stderr=term.slave,
+    )
+    try:
+        await term.expect(b"SOL Session operational")
+        await lab.sol([b.name], print_text="bmd-lab-marker for ipmitool\n")
+        await term.expect(b"bmd-lab-marker for ipmitool")
+        term.type(b"typed-in-ipmitool\r")
+        await term.expect(f"{b.name} login: ".encode())
+        await eventually(lambda: _typed(lab, b.name), lambda t: t == "typed-in-ipmitool\r", 5)
+        term.type(b"~.")  # ipmitool's escape (right after a newline): terminate the session
+        async with asyncio.timeout(10):
+            rc = await proc.wait()
+        assert rc == 0, term.out.decode(errors="replace")
+        await eventually(lambda: lab.state(b.name), lambda s: not s["sol"]["active"], 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        term.close()
+
+
+async def test_sim_machine_prints_its_boot_on_sol() -> None:
+    """A sim machine's serial line: the firmware banner at each boot reaches the SOL console."""
+    async with running_lab(LabSpec(count=1, machines="sim")) as lab, ipmi_client(FAST) as client:
+        b = lab.bmcs[0]
+        async with client.sol(target(b), settings=QUICK_SOL) as console:
+            await client.chassis_control(target(b), ChassisControl.POWER_ON)
+            seen = await console.read_until(f"{b.name}: booted from disk".encode(), within=10)
+            assert f"bmd lab sim machine {b.name}".encode() in seen
+
+
+async def test_qemu_console_relay_is_a_serial_line(tmp_path: Path) -> None:
+    """The QEMU machines' relay as the SOL line, with a real Unix socket client standing in for QEMU."""
+    relay = ConsoleRelay("vm", "127.0.0.1", 0, tmp_path / "serial.log", tmp_path / "console.sock")
+    await relay.open()
+    try:
+        heard: asyncio.Queue[bytes] = asyncio.Queue()
+        relay.listen(heard.put_nowait)
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "console.sock"))
+        writer.write(b"Linux version 6.1 (ttyS0)\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            assert await heard.get() == b"Linux version 6.1 (ttyS0)\r\n"
+        assert relay.vm is not None  # set before the relay read the first chunk
+        relay.write(b"typed over SOL\r")
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(15) == b"typed over SOL\r"
+        relay.unlisten(heard.put_nowait)
+        writer.close()
+    finally:
+        relay.close()
