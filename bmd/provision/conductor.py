@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CLEAN_ERASE_SPEC = "bmd:clean_erase"  # a node's or flavor's extra spec: "full" zeroes every byte of every disk
+CLEAN_ERASE_SPEC = "bmd:clean_erase"  # a flavor's extra spec: "full" zeroes every byte of every disk
+CLEAN_ERASE_NODE_SPEC = "clean_erase"  # the same in a node's extra specs (capability keys have no ':')
 ERASE_MODES = ("metadata", "full")
 
 
@@ -465,9 +466,9 @@ class Conductor:
     # erases and calls back through the same token-checked endpoints (heartbeat, pass_deploy_info).
 
     async def clean_erase(self, session: AsyncSession, node: BareMetalNode, dep: Deployment) -> str:
-        """``full`` when the node's extra spec, the last tenant's flavor or ``deploy.clean_erase`` asks
-        for it, else ``metadata``."""
-        asked = [(node.extra_specs or {}).get(CLEAN_ERASE_SPEC)]
+        """``full`` when the node's extra spec ``clean_erase``, the last tenant's flavor (``bmd:clean_erase``)
+        or ``deploy.clean_erase`` asks for it, else ``metadata``."""
+        asked = [(node.extra_specs or {}).get(CLEAN_ERASE_NODE_SPEC)]
         if dep.instance_uuid:
             type_id = await session.scalar(select(Instance.instance_type_id).where(Instance.uuid == dep.instance_uuid))
             if type_id is not None:
