@@ -279,7 +279,8 @@ class Conductor:
             log.error("agent_token_reissue_refused", node=node.id, peer=peer, first_address=first_address)
             await (self.tidy_after_clean(node) if cleaning else self.discard_boot_files(node))
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
-        log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id, mode=erase and "clean")
+        mode = "clean" if cleaning else "deploy"
+        log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id, mode=mode)
         if cleaning:  # the mode is said here, to the token's holder, never on the kernel command line
             urls = self.p.agent_urls(node.uuid)
             return {
