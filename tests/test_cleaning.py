@@ -259,3 +259,25 @@ def test_cleaning_is_on_by_default() -> None:
     from bmd.config import DeploySettings
 
     assert DeploySettings().automated_clean is True and DeploySettings().clean_erase == "metadata"
+
+
+async def test_an_operator_retries_a_failed_clean_and_the_node_comes_back(cloud: Cloud) -> None:
+    resp = await cloud.client.put(
+        "/v1/flavors/bm.small/extra_specs/bmd:clean_erase", json={"value": "full"}, headers=cloud.auth
+    )
+    assert resp.status in (200, 201)
+    w = await deploy_active(cloud)
+    await delete(cloud, w)
+    await run_agent(cloud.tftp_root, MAC, fail_with="disk busy")
+    await cloud.settle()
+    assert (await cloud.node(w.node_id)).provision_state == "clean failed"
+    resp = await cloud.client.post(f"/v1/nodes/{w.node_uuid}/clean", headers=cloud.auth)
+    assert resp.status == 202, await resp.text()
+    await cloud.settle()
+    node = await cloud.node(w.node_id)
+    assert node.provision_state == "cleaning" and not node.maintenance and node.maintenance_reason is None
+    assert (await lookup(cloud, w))["erase"] == "full"  # the last tenant's flavor still counts
+    resp = await cloud.client.post(f"/v1/nodes/{w.node_uuid}/clean", headers=cloud.auth)
+    assert resp.status == 409  # only a node in "clean failed" is retried
+    resp = await cloud.client.post(f"/v1/nodes/{w.node_uuid}/clean")
+    assert resp.status == 401  # an operator's call: the bearer token is required

@@ -277,7 +277,7 @@ class Conductor:
                     await self.record_deploy_failure(session, node.id, node.instance_uuid or "", reason)
         if refused:
             log.error("agent_token_reissue_refused", node=node.id, peer=peer, first_address=first_address)
-            await (self.tidy_after_clean(node) if cleaning else self.discard_boot_files(node))
+            await (self.tidy_after_clean(node, keep_record=True) if cleaning else self.discard_boot_files(node))
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
         mode = "clean" if cleaning else "deploy"
         log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id, mode=mode)
@@ -510,6 +510,10 @@ class Conductor:
                     )
                 async with self.step(node_id, "clean_boot_config"):
                     async with self.p.sessionmaker.begin() as session:
+                        if instance_uuid is None:  # a retry: the last tenant, as the failed clean knew it
+                            instance_uuid = await session.scalar(
+                                select(Deployment.instance_uuid).where(Deployment.bm_node_id == node_id)
+                            )
                         await records.allocate_pxe_ip(session, node_id)
                         dep = await records.create_deployment(session, node_id, instance_uuid, "", 0, 0)
                     await self.p.write_clean_config(node, macs, dep)
@@ -535,7 +539,19 @@ class Conductor:
             await self.record_clean_failure(session, node_id, reason)
             node = await session.get(BareMetalNode, node_id)
         if node is not None:
-            await self.tidy_after_clean(node)
+            await self.tidy_after_clean(node, keep_record=True)
+
+    async def retry_clean(self, node_ident: str) -> asyncio.Task[None]:
+        """An operator's retry of a node in ``clean failed``: it leaves maintenance and cleans again
+        (InvalidState, 409, in any other state)."""
+        deadline = deadline_after(self.p.settings.deploy.clean_timeout)
+        async with self.p.sessionmaker.begin() as session:
+            node = await get_node(session, node_ident, for_update=True)
+            if self.running(node.id):
+                raise Conflict(f"node {node.id} is busy: {self.running(node.id)} runs on it")
+            await states.start_clean(session, node.id, None, deadline)
+        log.info("clean_retried", node=node.id)
+        return self.start(node.id, "clean", self.boot_clean(node.id, None))
 
     async def record_clean_report(self, session: AsyncSession, node: BareMetalNode, error: str | None) -> None:
         """In the caller's (authenticated) transaction: the clean agent's report; the token dies with it."""
@@ -552,13 +568,15 @@ class Conductor:
             header = f"[bmd: the clean agent's console, sent with its {'error' if error else 'success'} report]\n"
             await self.p.console_logs.aappend(node.uuid, header + console.rstrip("\n") + "\n")
         if error:
-            self.start(node.id, "clean_tidy", self.tidy_after_clean(node), queue=True)
+            self.start(node.id, "clean_tidy", self.tidy_after_clean(node, keep_record=True), queue=True)
             return ProvisionState.CLEAN_FAILED
         self.start(node.id, "finish_clean", self.finish_clean(node.id), queue=True)
         return ProvisionState.CLEANING
 
-    async def tidy_after_clean(self, node: BareMetalNode) -> list[str]:
-        """Power off, no PXE files, no DHCP entry, no deployment, no PXE IP: each tried; the failures."""
+    async def tidy_after_clean(self, node: BareMetalNode, *, keep_record: bool = False) -> list[str]:
+        """Power off, no PXE files, no DHCP entry, no deployment, no PXE IP: each tried; the failures.
+        ``keep_record``: after a failure the deployment row stays (its token dead), so a retry still knows
+        whose flavor asked for what erase."""
         failures = []
         try:
             await self.p.power_off(node)
@@ -570,6 +588,8 @@ class Conductor:
             ("delete_deployment", lambda: self.p.delete_deployment(node.id)),
             ("release_pxe_ip", lambda: self.p.release_pxe_ip(node.id)),
         ]
+        if keep_record:
+            undos = [u for u in undos if u[0] != "delete_deployment"]
         for name, undo in undos:
             try:
                 await undo()

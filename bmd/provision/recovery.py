@@ -67,7 +67,7 @@ async def fail_timed_out_cleans(conductor: Conductor) -> int:
         log.error("clean_timed_out", node=node_id)
         if node is not None:
             with contextlib.suppress(Conflict):  # a job still runs on it: the next delete or retry tidies
-                conductor.start(node_id, "clean_tidy", conductor.tidy_after_clean(node), queue=True)
+                conductor.start(node_id, "clean_tidy", conductor.tidy_after_clean(node, keep_record=True), queue=True)
     return failed
 
 
