@@ -281,3 +281,19 @@ async def test_an_operator_retries_a_failed_clean_and_the_node_comes_back(cloud:
     assert resp.status == 409  # only a node in "clean failed" is retried
     resp = await cloud.client.post(f"/v1/nodes/{w.node_uuid}/clean")
     assert resp.status == 401  # an operator's call: the bearer token is required
+
+
+async def test_the_clean_boot_has_a_dhcp_entry_until_the_node_is_clean(cloud: Cloud) -> None:
+    from tests.dhcp.test_dnsmasq_config import provider
+
+    dhcp = provider(cloud.tmp / "dnsmasq")  # the dnsmasq provider's file side, not started
+    dhcp.files.hosts.mkdir(parents=True)
+    cloud.ctx.conductor.p.dhcp = cloud.ctx.dhcp = dhcp
+    w = await deploy_active(cloud)
+    assert not (dhcp.files.hosts / w.node_uuid).exists()  # an active node boots from disk: no DHCP answer
+    await delete(cloud, w)
+    assert MAC in (dhcp.files.hosts / w.node_uuid).read_text()  # answered for its clean boot
+    assert (await run_agent(cloud.tftp_root, MAC)).status == 202
+    await cloud.settle()
+    assert (await cloud.node(w.node_id)).provision_state == "available"
+    assert not (dhcp.files.hosts / w.node_uuid).exists()
