@@ -1,5 +1,6 @@
-"""The conductor: runs spawn and destroy jobs (one per node at a time), answers the deploy agent (token
-lookup, callback), fails deploys that never call back, and recovers what a crash left behind. Every state
+"""The conductor: runs spawn and destroy jobs (one per node at a time), cleans a node after its delete
+(docs/cleaning.md), answers the deploy agent (token lookup, callback), fails deploys that never call back,
+and recovers what a crash left behind. Every state
 change is stored (through bmd.states) before it is acted on."""
 
 from __future__ import annotations
