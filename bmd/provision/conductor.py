@@ -1,7 +1,7 @@
 """The conductor: runs spawn and destroy jobs (one per node at a time), cleans a node after its delete
 (docs/cleaning.md), answers the deploy agent (token lookup, callback), fails deploys that never call back,
-and recovers what a crash left behind. Every state
-change is stored (through bmd.states) before it is acted on."""
+and recovers what a crash left behind. Every state change is stored (through bmd.states) before it is
+acted on."""
 
 from __future__ import annotations
 
@@ -366,13 +366,12 @@ class Conductor:
             else:
                 reported = records.step_entry("callback", utcnow(), 0.0, not error, error or "")
                 await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
-            if cleaning:
-                pass
-            elif error:
-                await self.record_deploy_failure(session, node.id, instance_uuid, f"deploy failed on the node: {error}")
-            else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
-                await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
-                await records.kill_agent_token(session, node.id)
+                if error:
+                    reason = f"deploy failed on the node: {error}"
+                    await self.record_deploy_failure(session, node.id, instance_uuid, reason)
+                else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
+                    await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
+                    await records.kill_agent_token(session, node.id)
         if cleaning:
             return await self.after_clean_report(node, error, console)
         if (
