@@ -297,3 +297,24 @@ async def test_the_clean_boot_has_a_dhcp_entry_until_the_node_is_clean(cloud: Cl
     await cloud.settle()
     assert (await cloud.node(w.node_id)).provision_state == "available"
     assert not (dhcp.files.hosts / w.node_uuid).exists()
+
+
+def test_the_transition_table_for_cleaning() -> None:
+    from bmd.errors import InvalidState
+    from bmd.states import Event, ProvisionState, target
+
+    s = ProvisionState
+    assert target(Event.CLEAN, s.DELETING) is s.CLEANING
+    assert target(Event.CLEAN, s.CLEAN_FAILED) is s.CLEANING  # an operator's retry
+    assert target(Event.CLEAN_CALLBACK, s.CLEANING) is s.CLEANING
+    assert target(Event.CLEANED, s.CLEANING) is s.AVAILABLE
+    assert target(Event.CLEAN_FAIL, s.CLEANING) is s.CLEAN_FAILED
+    for event, source in [
+        (Event.CLEAN, s.ACTIVE),  # a node is cleaned only once its delete's teardown is done
+        (Event.DEPLOY, s.CLEANING),
+        (Event.DEPLOY, s.CLEAN_FAILED),
+        (Event.DELETE, s.CLEANING),  # it holds no instance to delete
+        (Event.CLEANED, s.CLEAN_FAILED),  # out of clean failed only by cleaning again
+    ]:
+        with pytest.raises(InvalidState):
+            target(event, source)
