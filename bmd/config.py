@@ -165,6 +165,10 @@ class DeploySettings(_Section):
     boot_kernel: str = ""
     boot_ramdisk: str = ""
     append_params: str = ""
+    # Cleaning between tenants (docs/cleaning.md): after a delete the node boots the ramdisk in clean mode.
+    automated_clean: bool = True
+    clean_timeout: PositiveSeconds = 1800.0
+    clean_erase: Literal["metadata", "full"] = "metadata"
 
 
 class AgentSettings(_Section):

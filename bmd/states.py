@@ -13,8 +13,14 @@ and ``bm_deployments.instance_uuid`` are the seed's copies, written once with th
 and read only for display.
 
     available --deploy--> deploying --wait--> wait_callback --callback--> wait_callback --done--> active
-    active/error/wait_callback/deploying --delete--> deleting --cleaned--> available
+    active/error/wait_callback/deploying --delete--> deleting --cleaned--> available   (automated_clean off)
+    deleting --clean--> cleaning --clean_callback--> cleaning --cleaned--> available
+    cleaning --clean_fail--> clean failed (and maintenance, with the reason)
     deploying/wait_callback/deleting --fail--> error        deploying --undo--> available
+
+Cleaning (docs/cleaning.md) frees the instance at once, as Ironic does: ``clean`` takes the instance off the
+node and marks it deleted, then the node boots the ramdisk in clean mode holding no instance. The verbs
+for a node that holds none are ``start_clean``, ``clean_callback``, ``finish_clean`` and ``fail_clean``.
 
 Every transition is one ``UPDATE ... WHERE id = :id AND provision_state IN (:sources)``: it is stored
 before anything is acted on, and two actors can never both win the same transition. A refused transition
@@ -45,6 +51,8 @@ class ProvisionState(enum.StrEnum):
     ACTIVE = "active"
     DELETING = "deleting"
     ERROR = "error"
+    CLEANING = "cleaning"  # the instance is gone; the node boots the ramdisk to erase its disks
+    CLEAN_FAILED = "clean failed"  # and the node is in maintenance, the reason in maintenance_reason
 
 
 class Event(enum.StrEnum):
@@ -56,6 +64,9 @@ class Event(enum.StrEnum):
     CLEANED = "cleaned"
     FAIL = "fail"
     UNDO = "undo"
+    CLEAN = "clean"  # the delete's teardown is done: the instance is freed, the node goes cleaning
+    CLEAN_CALLBACK = "clean_callback"  # the clean agent reported success: power off and tidy up under way
+    CLEAN_FAIL = "clean_fail"
 
 
 S, E = ProvisionState, Event
@@ -72,6 +83,11 @@ TRANSITIONS: dict[tuple[Event, ProvisionState], ProvisionState] = {
     (E.DELETE, S.DEPLOYING): S.DELETING,
     (E.DELETE, S.DELETING): S.DELETING,  # a second delete, or one resumed after a crash, finishes the job
     (E.CLEANED, S.DELETING): S.AVAILABLE,
+    (E.CLEANED, S.CLEANING): S.AVAILABLE,
+    (E.CLEAN, S.DELETING): S.CLEANING,
+    (E.CLEAN, S.CLEAN_FAILED): S.CLEANING,  # an operator's retry (`bmd node clean`)
+    (E.CLEAN_CALLBACK, S.CLEANING): S.CLEANING,
+    (E.CLEAN_FAIL, S.CLEANING): S.CLEAN_FAILED,
     (E.FAIL, S.DEPLOYING): S.ERROR,
     (E.FAIL, S.WAIT_CALLBACK): S.ERROR,
     (E.FAIL, S.DELETING): S.ERROR,
@@ -177,6 +193,22 @@ OUTCOMES: Mapping[Event, tuple[Mapping[str, Any], Mapping[str, Any]]] = MappingP
         E.FAIL: (
             _frozen(task_state=None, deploy_deadline=None, last_error=REASON),
             _frozen(vm_state="error", task_state=None, last_error=REASON),
+        ),
+        E.CLEAN: (  # the instance is freed now (Ironic's order): the node cleans holding none
+            _frozen(instance_uuid=None, task_state="cleaning", last_error=None),
+            _frozen(vm_state="deleted", task_state=None, deleted_at=NOW),
+        ),
+        E.CLEAN_CALLBACK: (_frozen(task_state="finishing_clean", deploy_deadline=None), _frozen()),
+        E.CLEAN_FAIL: (
+            _frozen(
+                task_state=None,
+                deploy_deadline=None,
+                last_error=REASON,
+                maintenance=True,
+                maintenance_reason=REASON,
+                maintenance_set_by="bmd",
+            ),
+            _frozen(),
         ),
         E.UNDO: (  # a spawn undone: the node is free again, the instance shows why
             _frozen(instance_uuid=None, task_state=None, deploy_deadline=None, last_error=REASON),
@@ -308,6 +340,57 @@ async def release(session: AsyncSession, node_id: int, instance_uuid: str, *, fa
     else:
         values = node_values(E.FAIL, failure) | {"instance_uuid": None}
         await transition(session, node_id, E.FAIL, holding=instance_uuid, **values)
+
+
+async def start_clean(
+    session: AsyncSession, node_id: int, instance_uuid: str | None, deadline: dt.datetime
+) -> ProvisionState:
+    """The node goes cleaning with the agent's ``deadline``. From ``deleting`` (``instance_uuid`` given): it
+    lets go of the instance, which is deleted now. From ``clean failed`` (None): an operator's retry, the
+    node leaves maintenance."""
+    values = node_values(E.CLEAN) | {"deploy_deadline": deadline}
+    if instance_uuid is None:
+        values |= {"maintenance": False, "maintenance_reason": None, "maintenance_set_by": None}
+        return await transition(session, node_id, E.CLEAN, expect=S.CLEAN_FAILED, **values)
+    new = await transition(session, node_id, E.CLEAN, expect=S.DELETING, holding=instance_uuid, **values)
+    await _write_instances(session, [instance_uuid], instance_values(E.CLEAN))
+    return new
+
+
+async def clean_callback(session: AsyncSession, node_id: int) -> ProvisionState:
+    """The clean agent reported success: its deadline goes (the timeout check no longer sees the node)."""
+    return await transition(session, node_id, E.CLEAN_CALLBACK, **node_values(E.CLEAN_CALLBACK))
+
+
+async def finish_clean(session: AsyncSession, node_id: int) -> ProvisionState:
+    """Cleaned, powered off, boot files gone: the node is available."""
+    return await transition(session, node_id, E.CLEANED, expect=S.CLEANING, holding=None, **node_values(E.CLEANED))
+
+
+async def fail_clean(
+    session: AsyncSession, node_id: int, reason: str, *, where: ColumnElement[bool] | None = None
+) -> bool:
+    """The node goes ``clean failed`` and into maintenance with the reason (``where`` rechecked in the
+    statement, for the timeout check). False when it was not cleaning (or ``where`` no longer holds)."""
+    conds: list[ColumnElement[bool]] = [
+        BareMetalNode.id == node_id,
+        BareMetalNode.provision_state == S.CLEANING.value,
+    ]
+    if where is not None:
+        conds.append(where)
+    result = await session.execute(
+        update(BareMetalNode)
+        .where(*conds)
+        .values(
+            provision_state=target(E.CLEAN_FAIL, S.CLEANING).value,
+            provision_updated_at=utcnow(),
+            **node_values(E.CLEAN_FAIL, reason),
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await note_nodes(session, [node_id])
+    return True
 
 
 async def forget(session: AsyncSession, instance_uuid: str) -> None:

@@ -38,6 +38,9 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
             "tftp_root": str(tmp / "tftpboot"),
             "http_root": str(tmp / "httpboot"),
             "image_cache_dir": str(tmp / "images"),
+            # Cleaning after a delete is on by default (bmd/config.py); tests that do not boot an agent
+            # for it turn it off here, the cleaning tests turn it on (tests/test_cleaning.py).
+            "automated_clean": False,
         },
     }
     for name, values in sections.items():

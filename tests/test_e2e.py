@@ -74,6 +74,7 @@ boot_kernel = "{images / "kernel"}"
 boot_ramdisk = "{images / "ramdisk"}"
 deploy_timeout = {tasks.get("deploy_timeout", 600)}
 deploy_timeout_check_interval = 0.2
+automated_clean = false  # cleaning after a delete: tests/test_cleaning.py, tests/test_clean_qemu.py
 [scheduler]
 filters = ["ComputeFilter", "ImagePropertiesFilter", "ComputeCapabilitiesFilter", "RamFilter", "CoreFilter",
            "DiskFilter"]

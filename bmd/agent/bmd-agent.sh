@@ -11,6 +11,8 @@
 #      heartbeats {"message": ...} at each stage; the config drive when bmd hands one out;
 #   5. POST the callback: {"deployment_id", "address", "error"} (+ "console", the tail of this agent's
 #      log, when something failed). Then bmd switches the node to disk boot and reboots it.
+# A clean boot (after a delete) is the same boot; the lookup answer says mode=clean and erase=metadata|full:
+# instead of 4 the agent erases every disk (clean.sh, bmd_clean), then calls back and bmd powers it off.
 #
 # The token trade-off: busybox wget takes headers only as arguments, so the token is in the argv of each
 # short-lived wget (readable in /proc/<pid>/cmdline by processes on this node, and by nothing else: the
@@ -204,6 +206,8 @@ IMAGE_URL=""
 IMAGE_CHECKSUM=""
 IMAGE_SIZE=""
 CONFIG_DRIVE_URL=""
+MODE=deploy
+ERASE=metadata
 H_SIZE="" H_MODEL="" H_VENDOR="" H_SERIAL="" H_WWN="" H_NAME=""
 
 lookup() {
@@ -234,6 +238,8 @@ lookup() {
 		heartbeat_url) HEARTBEAT_URL=$value ;;
 		callback_url) CALLBACK_URL=$value ;;
 		config_drive_url) CONFIG_DRIVE_URL=$value ;;
+		mode) MODE=$value ;;
+		erase) ERASE=$value ;;
 		root_device_size) H_SIZE=$value ;;
 		root_device_model) H_MODEL=$value ;;
 		root_device_vendor) H_VENDOR=$value ;;
@@ -245,7 +251,12 @@ lookup() {
 	done <"$answer"
 	rm -f "$answer" # it held the token
 	[ -n "$TOKEN" ] || fail "bmd's lookup answer has no token"
-	[ -n "$CALLBACK_URL" ] && [ -n "$IMAGE_URL" ] || fail "bmd's lookup answer lacks callback_url or image_url"
+	[ -n "$CALLBACK_URL" ] || fail "bmd's lookup answer lacks callback_url"
+	case $MODE in
+	deploy) [ -n "$IMAGE_URL" ] || fail "bmd's lookup answer lacks image_url" ;;
+	clean) ;;
+	*) fail "bmd's lookup answer has an unknown mode '$MODE'" ;;
+	esac
 	log "token received for deployment $DEPLOYMENT_ID (image ${IMAGE_SIZE:-?} bytes)"
 	[ -z "${UNKNOWN_HINT:-}" ] || fail "unsupported root device hint: $UNKNOWN_HINT"
 	case $IMAGE_SIZE in '' | *[!0-9]*) IMAGE_SIZE="" ;; esac
@@ -396,6 +407,16 @@ main() {
 	log "node $NODE_UUID, bmd at $BMD_URL"
 	dhcp
 	lookup
+	if [ "$MODE" = clean ]; then
+		[ -r "$LIB/clean.sh" ] || fail "bmd asked for a clean but $LIB/clean.sh is missing"
+		. "$LIB/clean.sh" || fail "cannot load $LIB/clean.sh"
+		heartbeat "agent up at ${ADDRESS:-unknown address}: cleaning ($ERASE)"
+		bmd_clean "$ERASE"
+		heartbeat "disks erased ($ERASE):$CLEANED_DISKS; calling back"
+		callback "" || exit 1
+		log "clean done: bmd powers this node off"
+		exit 0
+	fi
 	check_memory
 	heartbeat "agent up at ${ADDRESS:-unknown address}: downloading the image"
 	image="$WORK/image"

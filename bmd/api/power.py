@@ -241,10 +241,18 @@ async def unset_maintenance(request: web.Request) -> web.Response:
     return json_response(_states(node))
 
 
+@takes(None)
+async def retry_clean(request: web.Request) -> web.Response:
+    """A node in ``clean failed``: out of maintenance, clean again (docs/cleaning.md). 202 at once."""
+    await ctx_of(request).conductor.retry_clean(request.match_info["node"])
+    return json_response({"provision_state": ProvisionState.CLEANING}, status=202)
+
+
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_boot_reads)
     r = app.router
     r.add_get("/v1/nodes/{node}/states", get_states)
+    r.add_post("/v1/nodes/{node}/clean", retry_clean)
     r.add_put("/v1/nodes/{node}/states/power", set_power)
     r.add_put("/v1/nodes/{node}/management/boot_device", set_boot_device)
     r.add_get("/v1/nodes/{node}/management/boot_device", get_boot_device)

@@ -329,6 +329,10 @@ def maintenance(app: Any) -> None:
     app.print(app.client.put(path, {"reason": a.reason}) if a.action == "set" else app.client.delete(path))
 
 
+def clean(app: Any) -> None:
+    app.print(app.client.post(f"/v1/nodes/{q(app.args.node)}/clean", None))
+
+
 def register_power(ns: Any) -> None:
     p = ns.add_parser("power", help="power on|off|reboot|status of a node")
     p.add_argument("action", choices=("on", "off", "reboot", "status"))
@@ -344,3 +348,6 @@ def register_power(ns: Any) -> None:
     p.add_argument("node")
     p.add_argument("--reason")
     p.set_defaults(func=maintenance)
+    p = ns.add_parser("clean", help="clean a node in 'clean failed' again (it leaves maintenance)")
+    p.add_argument("node")
+    p.set_defaults(func=clean)

@@ -7,7 +7,8 @@ power state is read (``None``: the BMC's own flag is the truth).
 
 - :class:`SimMachine` (``--machines sim``): booting from PXE does what iPXE and bmd's deploy ramdisk would:
   GET ``<boot_url>/ipxe/01-<mac>.ipxe`` from bmd; in deploy mode take ``bmd_node_uuid``/``bmd_url`` from the
-  ``kernel`` line and run the agent protocol (:func:`bmd.drivers.deploy.agent_sim.run_deploy`); no script
+  ``kernel`` line and run the agent protocol (:func:`bmd.drivers.deploy.agent_sim.run_deploy`: a deploy, or
+  the clean after a delete when the lookup answers ``mode: clean``); no script
   (404) or boot mode: it "boots" the disk. Booting from disk touches no network.
 - :class:`~bmd.lab.qemu.QemuMachine` (``--machines qemu``): a QEMU VM per BMC.
 
@@ -62,6 +63,7 @@ class SimMachine:
         self.state = "off"
         self.boots = 0
         self.deploys = 0
+        self.cleans = 0
         self.last: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self.serial = SimSerial(name)
@@ -120,7 +122,10 @@ class SimMachine:
                 self.serial.print(f"bmd-agent: node {args.node_uuid}: deploying from {args.bmd_url}\n")
                 result = await self._deploy(http, args)
             self.last = {"status": result.status, "stage": result.stage, "error": result.error}
-            self.state = "deployed" if result.status == 202 and result.error is None else "agent_failed"
+            ok = result.status == 202 and result.error is None
+            cleaned = result.stage == "clean"  # a clean boot: the lookup answered mode=clean
+            self.cleans += cleaned and ok
+            self.state = ("cleaned" if cleaned else "deployed") if ok else "agent_failed"
             self.serial.print(f"bmd-agent: {self.state} (stage {result.stage}, status {result.status})\n")
             log.info("lab_machine_deployed", machine=self.name, status=result.status, stage=result.stage)
         except asyncio.CancelledError:
@@ -144,7 +149,14 @@ class SimMachine:
             delay = min(delay * 2, 2.0)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "sim", "state": self.state, "boots": self.boots, "deploys": self.deploys, "last": self.last}
+        return {
+            "kind": "sim",
+            "state": self.state,
+            "boots": self.boots,
+            "deploys": self.deploys,
+            "cleans": self.cleans,
+            "last": self.last,
+        }
 
     def close(self) -> None:
         self._cancel()

@@ -27,8 +27,8 @@ from bmd.states import ProvisionState
 
 TOKEN_HEADER = "X-Agent-Token"
 
-# States in which bmd booted a ramdisk and waits for its agent (inspect and clean waits join here).
-AGENT_WAIT_STATES = frozenset({ProvisionState.WAIT_CALLBACK})
+# States in which bmd booted a ramdisk and waits for its agent: a deploy's, a clean's (docs/cleaning.md).
+AGENT_WAIT_STATES = frozenset({ProvisionState.WAIT_CALLBACK, ProvisionState.CLEANING})
 
 
 class AgentTokenRefused(BmdError):

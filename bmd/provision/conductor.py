@@ -1,6 +1,7 @@
-"""The conductor: runs spawn and destroy jobs (one per node at a time), answers the deploy agent (token
-lookup, callback), fails deploys that never call back, and recovers what a crash left behind. Every state
-change is stored (through bmd.states) before it is acted on."""
+"""The conductor: runs spawn and destroy jobs (one per node at a time), cleans a node after its delete
+(docs/cleaning.md), answers the deploy agent (token lookup, callback), fails deploys that never call back,
+and recovers what a crash left behind. Every state change is stored (through bmd.states) before it is
+acted on."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd import states
-from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp, utcnow
+from bmd.db.models import BareMetalNode, Deployment, Instance, InstanceTypeExtraSpec, Interface, PxeIp, utcnow
 from bmd.db.nodes import get_node
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.deploy.refs import scrub_urls
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from bmd.console_recorder import ConsoleRecorder
 
 log = structlog.get_logger(__name__)
+
+CLEAN_ERASE_SPEC = "bmd:clean_erase"  # a flavor's extra spec: "full" zeroes every byte of every disk
+CLEAN_ERASE_NODE_SPEC = "clean_erase"  # the same in a node's extra specs (capability keys have no ':')
+ERASE_MODES = ("metadata", "full")
 
 
 def describe(err: BaseException) -> str:
@@ -254,7 +259,10 @@ class Conductor:
                 if not same_address(peer, pxe_ip):
                     log.warning("agent_lookup_wrong_source", node=node.id, peer=peer, pxe_ip=pxe_ip)
                     raise AgentLookupRefused(f"lookup for node {node.uuid} must come from its PXE address")
-            checksum = await self.p.deploy.image_checksum(node.uuid)  # NotFound: nothing prepared to hand out
+            cleaning = node.provision_state == ProvisionState.CLEANING
+            # NotFound: nothing prepared to hand out (a clean boot has no image)
+            checksum = None if cleaning else await self.p.deploy.image_checksum(node.uuid)
+            erase = await self.clean_erase(session, node, dep) if cleaning else None
             issued = await session.execute(
                 update(Deployment)
                 .where(Deployment.id == dep.id, Deployment.agent_token_issued_at.is_(None))
@@ -262,13 +270,31 @@ class Conductor:
             )
             if issued.rowcount != 1:  # type: ignore[attr-defined]
                 refused, first_address = True, dep.agent_address
-                reason = f"deploy failed: a second agent token lookup came from {peer} (first from {first_address})"
-                await self.record_deploy_failure(session, node.id, node.instance_uuid or "", reason)
+                what = "clean" if cleaning else "deploy"
+                reason = f"{what} failed: a second agent token lookup came from {peer} (first from {first_address})"
+                if cleaning:
+                    await self.record_clean_failure(session, node.id, reason)
+                else:
+                    await self.record_deploy_failure(session, node.id, node.instance_uuid or "", reason)
         if refused:
             log.error("agent_token_reissue_refused", node=node.id, peer=peer, first_address=first_address)
-            await self.discard_boot_files(node)
+            await (self.tidy_after_clean(node, keep_record=True) if cleaning else self.discard_boot_files(node))
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
-        log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id)
+        mode = "clean" if cleaning else "deploy"
+        log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id, mode=mode)
+        if cleaning:  # the mode is said here, to the token's holder, never on the kernel command line
+            urls = self.p.agent_urls(node.uuid)
+            return {
+                "node_uuid": node.uuid,
+                "deployment_id": str(dep.id),
+                "token": token,
+                "mode": "clean",
+                "erase": erase,
+                "root_device": dict(node.root_device or {}),
+                "boot_mode": node.boot_mode,
+                "heartbeat_url": urls["heartbeat_url"],
+                "callback_url": urls["callback_url"],
+            }
         config_drive = await asyncio.to_thread(lambda: (p := config_drive_path(dep)) is not None and p.is_file())
         return {
             "node_uuid": node.uuid,
@@ -328,18 +354,26 @@ class Conductor:
         """Accept the agent's report. A missing, wrong or dead token is refused and changes nothing; the
         token dies with the report. On success the finish (disk boot, reboot) is started as the node's job
         (queued behind the spawn's last step if that still runs) and the state now is returned. The agent's
-        ``console`` tail, when sent, goes to the node's console log."""
+        ``console`` tail, when sent, goes to the node's console log. A node ``cleaning``: the clean agent's
+        report (see :meth:`record_clean_report`)."""
         async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
             instance_uuid = node.instance_uuid or ""
-            reported = records.step_entry("callback", utcnow(), 0.0, not error, error or "")
-            await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
-            if error:
-                await self.record_deploy_failure(session, node.id, instance_uuid, f"deploy failed on the node: {error}")
-            else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
-                await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
-                await records.kill_agent_token(session, node.id)
+            cleaning = node.provision_state == ProvisionState.CLEANING
+            if cleaning:  # the clean agent's report: the same token checks, then the clean's own outcome
+                await self.record_clean_report(session, node, error)
+            else:
+                reported = records.step_entry("callback", utcnow(), 0.0, not error, error or "")
+                await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
+                if error:
+                    reason = f"deploy failed on the node: {error}"
+                    await self.record_deploy_failure(session, node.id, instance_uuid, reason)
+                else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
+                    await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
+                    await records.kill_agent_token(session, node.id)
+        if cleaning:
+            return await self.after_clean_report(node, error, console)
         if (
             console and self.p.console_logs is not None
         ):  # authenticated above: only the boot's agent writes into the node's console log
@@ -416,5 +450,165 @@ class Conductor:
                 await self.fail(node_id, instance_uuid, reason)
                 log.error("destroy_failed", reason=reason)
                 return
-            await self.advance(node_id, instance_uuid, Event.CLEANED)
-            log.info("instance_deleted")
+            if not self.p.settings.deploy.automated_clean:
+                await self.advance(node_id, instance_uuid, Event.CLEANED)
+                log.warning("instance_deleted", cleaning="skipped: deploy.automated_clean is false")
+                return
+            deadline = deadline_after(self.p.settings.deploy.clean_timeout)
+            async with self.p.sessionmaker.begin() as session:  # the instance is deleted now; the node cleans
+                await states.start_clean(session, node_id, instance_uuid, deadline)
+            log.info("instance_deleted", cleaning="started")
+            await self.boot_clean(node_id, instance_uuid)
+
+    # -- cleaning between tenants (docs/cleaning.md) ----------------------------------------------------
+    #
+    # The node is ``cleaning`` and holds no instance. Its boot is a deploy boot without an image: the same
+    # ramdisk and kernel arguments; the lookup answer says ``mode: clean`` and how much to erase, the agent
+    # erases and calls back through the same token-checked endpoints (heartbeat, pass_deploy_info).
+
+    async def clean_erase(self, session: AsyncSession, node: BareMetalNode, dep: Deployment) -> str:
+        """``full`` when the node's extra spec ``clean_erase``, the last tenant's flavor (``bmd:clean_erase``)
+        or ``deploy.clean_erase`` asks for it, else ``metadata``."""
+        asked = [(node.extra_specs or {}).get(CLEAN_ERASE_NODE_SPEC)]
+        if dep.instance_uuid:
+            type_id = await session.scalar(select(Instance.instance_type_id).where(Instance.uuid == dep.instance_uuid))
+            if type_id is not None:
+                asked.append(
+                    await session.scalar(
+                        select(InstanceTypeExtraSpec.value).where(
+                            InstanceTypeExtraSpec.instance_type_id == type_id,
+                            InstanceTypeExtraSpec.key == CLEAN_ERASE_SPEC,
+                        )
+                    )
+                )
+        for value in asked:
+            if value is not None and value not in ERASE_MODES:
+                log.warning("clean_erase_spec_ignored", node=node.id, value=str(value)[:64], allowed=ERASE_MODES)
+        return "full" if "full" in (*asked, self.p.settings.deploy.clean_erase) else "metadata"
+
+    def resume_clean(self, node_id: int, instance_uuid: str | None, *, booted: bool) -> asyncio.Task[None]:
+        """Recovery (or an operator's retry): boot the clean ramdisk again, or (``booted`` and reported)
+        finish the clean."""
+        if booted:
+            return self.start(node_id, "finish_clean", self.finish_clean(node_id))
+        return self.start(node_id, "clean", self.boot_clean(node_id, instance_uuid))
+
+    async def boot_clean(self, node_id: int, instance_uuid: str | None) -> None:
+        """PXE files in clean mode, a PXE IP and DHCP entry, PXE boot, power on; then the agent's turn."""
+        with structlog.contextvars.bound_contextvars(node=node_id):
+            try:
+                async with self.p.sessionmaker() as session:
+                    node = await session.get(BareMetalNode, node_id)
+                    if node is None:
+                        raise NotFound(f"node {node_id} not found")
+                    macs = list(
+                        (
+                            await session.execute(
+                                select(Interface.address).where(Interface.bm_node_id == node_id).order_by(Interface.id)
+                            )
+                        ).scalars()
+                    )
+                async with self.step(node_id, "clean_boot_config"):
+                    async with self.p.sessionmaker.begin() as session:
+                        if instance_uuid is None:  # a retry: the last tenant, as the failed clean knew it
+                            instance_uuid = await session.scalar(
+                                select(Deployment.instance_uuid).where(Deployment.bm_node_id == node_id)
+                            )
+                        await records.allocate_pxe_ip(session, node_id)
+                        dep = await records.create_deployment(session, node_id, instance_uuid, "", 0, 0)
+                    await self.p.write_clean_config(node, macs, dep)
+                async with self.step(node_id, "clean_power_on"):
+                    await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
+                async with self.p.sessionmaker.begin() as session:  # from now on its agent may look up
+                    await records.mark_booted(session, node_id)
+                    await records.note_step(session, node_id, records.step_entry("wait_agent", utcnow()))
+                log.info("clean_waiting_for_agent")
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - recorded on the node, which goes to maintenance
+                await self.fail_cleaning(node_id, f"clean failed: could not boot the clean ramdisk: {describe(err)}")
+
+    async def record_clean_failure(self, session: AsyncSession, node_id: int, reason: str) -> None:
+        """In the caller's transaction: clean failed (and maintenance, with the reason); the token dies."""
+        await states.fail_clean(session, node_id, reason)
+        await records.kill_agent_token(session, node_id)
+        log.error("clean_failed", node=node_id, reason=reason)
+
+    async def fail_cleaning(self, node_id: int, reason: str) -> None:
+        async with self.p.sessionmaker.begin() as session:
+            await self.record_clean_failure(session, node_id, reason)
+            node = await session.get(BareMetalNode, node_id)
+        if node is not None:
+            await self.tidy_after_clean(node, keep_record=True)
+
+    async def retry_clean(self, node_ident: str) -> asyncio.Task[None]:
+        """An operator's retry of a node in ``clean failed``: it leaves maintenance and cleans again
+        (InvalidState, 409, in any other state)."""
+        deadline = deadline_after(self.p.settings.deploy.clean_timeout)
+        async with self.p.sessionmaker.begin() as session:
+            node = await get_node(session, node_ident, for_update=True)
+            if self.running(node.id):
+                raise Conflict(f"node {node.id} is busy: {self.running(node.id)} runs on it")
+            await states.start_clean(session, node.id, None, deadline)
+        log.info("clean_retried", node=node.id)
+        return self.start(node.id, "clean", self.boot_clean(node.id, None))
+
+    async def record_clean_report(self, session: AsyncSession, node: BareMetalNode, error: str | None) -> None:
+        """In the caller's (authenticated) transaction: the clean agent's report; the token dies with it."""
+        reported = records.step_entry("clean_callback", utcnow(), 0.0, not error, error or "")
+        await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
+        if error:
+            await self.record_clean_failure(session, node.id, f"clean failed on the node: {error}")
+        else:
+            await states.clean_callback(session, node.id)
+            await records.kill_agent_token(session, node.id)
+
+    async def after_clean_report(self, node: BareMetalNode, error: str | None, console: str | None) -> ProvisionState:
+        if console and self.p.console_logs is not None:
+            header = f"[bmd: the clean agent's console, sent with its {'error' if error else 'success'} report]\n"
+            await self.p.console_logs.aappend(node.uuid, header + console.rstrip("\n") + "\n")
+        if error:
+            self.start(node.id, "clean_tidy", self.tidy_after_clean(node, keep_record=True), queue=True)
+            return ProvisionState.CLEAN_FAILED
+        self.start(node.id, "finish_clean", self.finish_clean(node.id), queue=True)
+        return ProvisionState.CLEANING
+
+    async def tidy_after_clean(self, node: BareMetalNode, *, keep_record: bool = False) -> list[str]:
+        """Power off, no PXE files, no DHCP entry, no deployment, no PXE IP: each tried; the failures.
+        ``keep_record``: after a failure the deployment row stays (its token dead), so a retry still knows
+        whose flavor asked for what erase."""
+        failures = []
+        try:
+            await self.p.power_off(node)
+        except Exception as err:  # noqa: BLE001 - every step is attempted; failures are reported together
+            log.warning("undo_failed", node=node.id, step="power_off", error=str(err))
+            failures.append(f"power_off: {describe(err)}")
+        undos: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("clean_boot_config", lambda: self.p.clean_boot_config(node.uuid)),
+            ("delete_deployment", lambda: self.p.delete_deployment(node.id)),
+            ("release_pxe_ip", lambda: self.p.release_pxe_ip(node.id)),
+        ]
+        if keep_record:
+            undos = [u for u in undos if u[0] != "delete_deployment"]
+        for name, undo in undos:
+            try:
+                await undo()
+            except Exception as err:  # noqa: BLE001
+                log.warning("undo_failed", node=node.id, step=name, error=str(err))
+                failures.append(f"{name}: {describe(err)}")
+        return failures
+
+    async def finish_clean(self, node_id: int) -> None:
+        """The agent erased the disks: power off, boot files and DHCP entry gone, node available."""
+        with structlog.contextvars.bound_contextvars(node=node_id):
+            async with self.p.sessionmaker() as session:
+                node = await session.get(BareMetalNode, node_id)
+            if node is None:
+                return
+            failures = await self.tidy_after_clean(node)
+            if failures:
+                await self.fail_cleaning(node_id, "clean failed: tidying up failed: " + "; ".join(failures))
+                return
+            async with self.p.sessionmaker.begin() as session:
+                await states.finish_clean(session, node_id)
+            log.info("node_cleaned")

@@ -55,7 +55,7 @@ def new_deployment_key() -> str:
 
 
 async def create_deployment(
-    session: AsyncSession, node_id: int, instance_uuid: str, image_ref: str, root_mb: int, swap_mb: int
+    session: AsyncSession, node_id: int, instance_uuid: str | None, image_ref: str, root_mb: int, swap_mb: int
 ) -> Deployment:
     """One deployment per node: a stale one (from a crashed spawn) is replaced."""
     await session.execute(delete(Deployment).where(Deployment.bm_node_id == node_id))

@@ -3,12 +3,15 @@ instance, or holding an instance that does not exist."""
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 from sqlalchemy import select, update
 
 from bmd import states
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
-from bmd.errors import InvalidState
+from bmd.errors import Conflict, InvalidState
+from bmd.provision import records
 from bmd.provision.conductor import Conductor, describe
 from bmd.states import ProvisionState
 
@@ -41,6 +44,33 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
     return len(failed)
 
 
+async def fail_timed_out_cleans(conductor: Conductor) -> int:
+    """Every clean of this service whose agent deadline passed: clean failed (and maintenance), then the
+    node is powered off and its boot files go (as the node's job)."""
+    p = conductor.p
+    late = (
+        (BareMetalNode.provision_state == ProvisionState.CLEANING)
+        & (BareMetalNode.deploy_deadline < utcnow())
+        & (BareMetalNode.service_host == p.settings.service.host)
+    )
+    reason = f"clean timed out: no callback from the clean agent within {p.settings.deploy.clean_timeout:g} s"
+    async with p.sessionmaker() as session:
+        ids = list((await session.execute(select(BareMetalNode.id).where(late))).scalars())
+    failed = 0
+    for node_id in ids:
+        async with p.sessionmaker.begin() as session:
+            if not await states.fail_clean(session, node_id, reason, where=late):
+                continue
+            await records.kill_agent_token(session, node_id)
+            node = await session.get(BareMetalNode, node_id)
+        failed += 1
+        log.error("clean_timed_out", node=node_id)
+        if node is not None:
+            with contextlib.suppress(Conflict):  # a job still runs on it: the next delete or retry tidies
+                conductor.start(node_id, "clean_tidy", conductor.tidy_after_clean(node, keep_record=True), queue=True)
+    return failed
+
+
 class DeployTimeouts:
     """Periodic loop: fail the deploys whose agent never called back."""
 
@@ -52,6 +82,7 @@ class DeployTimeouts:
 
     async def run_once(self) -> None:
         await fail_timed_out_deploys(self.conductor)
+        await fail_timed_out_cleans(self.conductor)
 
 
 async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
@@ -60,6 +91,34 @@ async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
     failure = "orphan cleanup failed: " + "; ".join(failures) if failures else None
     async with conductor.p.sessionmaker.begin() as session:
         await states.release(session, node.id, node.instance_uuid or "", failure=failure)
+
+
+async def _resume_cleans(conductor: Conductor) -> int:
+    """Nodes found ``cleaning`` (they hold no instance): reported already, the finish runs again; not yet
+    booted (bmd stopped mid-way through the clean boot), the boot runs again; booted and waiting, the agent
+    may still call back (the timeout check fails it otherwise)."""
+    p = conductor.p
+    async with p.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(BareMetalNode.id, BareMetalNode.deploy_deadline, Deployment.booted_at, Deployment.instance_uuid)
+                .outerjoin(Deployment, Deployment.bm_node_id == BareMetalNode.id)
+                .where(
+                    BareMetalNode.service_host == p.settings.service.host,
+                    BareMetalNode.provision_state == ProvisionState.CLEANING,
+                )
+            )
+        ).all()
+    resumed = 0
+    for row in rows:
+        if row.deploy_deadline is None:
+            conductor.resume_clean(row.id, row.instance_uuid, booted=True)
+        elif row.booted_at is None:
+            conductor.resume_clean(row.id, row.instance_uuid, booted=False)
+        else:
+            continue
+        resumed += 1
+    return resumed
 
 
 async def recover(conductor: Conductor) -> dict[str, int]:
@@ -72,6 +131,7 @@ async def recover(conductor: Conductor) -> dict[str, int]:
         "deploys_finished": 0,
         "orphans_released": 0,
         "instances_lost": 0,
+        "cleans_resumed": 0,
     }
     async with p.sessionmaker() as session:
         nodes = (
@@ -110,6 +170,8 @@ async def recover(conductor: Conductor) -> dict[str, int]:
         except (InvalidState, OSError) as err:
             log.error("recovery_failed", node=node.id, error=describe(err))
     await fail_timed_out_deploys(conductor)
+    counts["cleans_resumed"] = await _resume_cleans(conductor)
+    await fail_timed_out_cleans(conductor)
     # Instances that believe they are placed but whose node does not hold them.
     async with p.sessionmaker.begin() as session:
         counts["instances_lost"] = await states.lose_instances(session, host, "the node no longer holds this instance")

@@ -20,7 +20,7 @@ from bmd.db.models import BareMetalNode, Deployment, Instance, Interface, PxeIp,
 from bmd.drivers.base import DeployInterface, NodeDriver, NodeFacts
 from bmd.drivers.deploy.configdrive import build_iso
 from bmd.drivers.deploy.refs import open_refs
-from bmd.drivers.deploy.spec import DeploySpec
+from bmd.drivers.deploy.spec import DeploySpec, ImageRef
 from bmd.drivers.dhcp import DhcpProvider, NoDhcp
 from bmd.drivers.factory import DriverFactory
 from bmd.drivers.power.base import BootDevice, PowerState
@@ -31,7 +31,7 @@ from bmd.errors import InvalidInput, NotFound
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
 from bmd.provision.request import stored_request
-from bmd.ramdisk import ramdisk_dir
+from bmd.ramdisk import KERNEL_NAME, RAMDISK_NAME, ramdisk_dir
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +186,35 @@ class Provisioner:
             pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == job.node.id))
         # After the files: a node answered by DHCP finds its boot files complete.
         await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
+
+    def clean_spec(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> DeploySpec:
+        """The clean boot: the deploy ramdisk (the configured one, as every deploy boots), no disk image,
+        the same deploy label (nothing on the kernel command line says "clean": the lookup answer does)."""
+        d = self.settings.deploy
+        kernel = d.deploy_kernel or str(self.ramdisk_dir / KERNEL_NAME)
+        ramdisk = d.deploy_ramdisk or str(self.ramdisk_dir / RAMDISK_NAME)
+        return DeploySpec(
+            node_uuid=node.uuid,
+            macs=macs,
+            deployment_id=str(dep.id),
+            bmd_url=self.base_url,
+            deploy_kernel=ImageRef(kernel),
+            deploy_ramdisk=ImageRef(ramdisk),
+            kernel=None,
+            ramdisk=None,
+            image=None,
+            boot_mode=node.boot_mode or "bios",
+        )
+
+    async def write_clean_config(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> None:
+        """The node's PXE files for its clean boot, and its DHCP entry (after the files, as for a deploy)."""
+        layout = await self.deploy.prepare(self.clean_spec(node, macs, dep))
+        async with self.sessionmaker.begin() as session:
+            row = await session.get(Deployment, dep.id)
+            if row is not None:
+                row.pxe_config_path = str(layout.config_path)
+            pxe_ip = await session.scalar(select(PxeIp.address).where(PxeIp.bm_node_id == node.id))
+        await self.dhcp.add_node(node.uuid, macs, node.boot_mode, pxe_ip)
 
     async def clean_boot_config(self, node_uuid: str) -> None:
         try:

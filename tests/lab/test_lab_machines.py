@@ -65,12 +65,14 @@ def lab_files(state_dir: Path) -> Path:
 
 async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_path: Path, db_file: Path) -> None:
     """No deploy kernel configured, no agent run by the test: the lab machine PXE-boots (iPXE script over
-    HTTP), runs the agent protocol, bmd reboots it from disk; delete frees the node."""
+    HTTP), runs the agent protocol, bmd reboots it from disk; delete frees the instance, the machine boots
+    the ramdisk again for its clean (cleaning on, as by default in ``make run``) and the node is available."""
     settings: Settings = make_settings(
         tmp_path,
         driver={"default_power_driver": "ipmi"},
         ipmi={"timeout": 2.0, "min_command_interval": 0.0},
         tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
+        deploy={"automated_clean": True},
     )
     assert settings.deploy.deploy_kernel == "" and settings.deploy.boot_kernel == ""
     stop = asyncio.Event()
@@ -94,10 +96,13 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
             assert state["boot"] == {"selector": 2, "valid": True, "persistent": True, "efi": False}
             assert state["power"] is True
 
-            await api.delete(uuid, 60)
-            node = await api.node(inst["node"])
-            assert node["provision_state"] == "available" and node["instance_uuid"] is None
-            assert (await lab.state(name))["power"] is False
+            await api.delete(uuid, 60)  # the instance is deleted at once; its node cleans
+            node = await until(
+                "the node cleaned", lambda: api.node(inst["node"]), lambda n: n["provision_state"] == "available", 60
+            )
+            assert node["instance_uuid"] is None and not node["maintenance"]
+            state = await lab.state(name)
+            assert state["machine"]["cleans"] == 1 and state["power"] is False  # cleaned, then powered off
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

@@ -46,6 +46,11 @@ secret, so it starts with only its identity and bmd's URL and asks bmd for a tok
    when bmd accepts the report: the token dies with it, and bmd finishes the deploy (disk boot, reboot)
    on its own after answering, so the state the answer names is the one at the time of the report
    (``wait_callback``, or ``error`` for a reported failure). The agent returns whatever status it got.
+
+A clean boot (after a delete, ``docs/cleaning.md``) is the same boot: the node is ``cleaning`` and the
+lookup answers ``{"mode": "clean", "erase": "metadata"|"full", "token", "deployment_id", "heartbeat_url",
+"callback_url", ...}`` without image keys; the agent erases its disks, heartbeats, and calls back the same
+way (``202`` ``cleaning``, or ``clean failed`` for a reported error).
 """
 
 from __future__ import annotations
@@ -89,13 +94,15 @@ class Lookup:
 
     token: str = field(repr=False)
     deployment_id: str
-    image_url: str
-    image_checksum: str
-    root_mb: int
-    swap_mb: int
     heartbeat_url: str
     callback_url: str
+    image_url: str = ""  # a clean boot has no image
+    image_checksum: str = ""
+    root_mb: int = 0
+    swap_mb: int = 0
     config_drive_url: str | None = None  # only when the instance has a config drive
+    mode: str = "deploy"  # "clean": erase the disks (``erase``: metadata or full) and call back
+    erase: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +234,16 @@ async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tu
         if resp.status != 200:
             return resp.status, text, None
     got = json.loads(text)
+    if got.get("mode") == "clean":
+        answer = Lookup(
+            token=got["token"],
+            deployment_id=str(got["deployment_id"]),
+            heartbeat_url=got["heartbeat_url"],
+            callback_url=got["callback_url"],
+            mode="clean",
+            erase=str(got["erase"]),
+        )
+        return 200, text, answer
     answer = Lookup(
         token=got["token"],
         deployment_id=str(got["deployment_id"]),
@@ -349,6 +366,8 @@ async def run_deploy(
             log.info("agent_lookup_refused", node_uuid=boot.node_uuid, status=status)
             return AgentResult(status, text, None, 0, False, stage="lookup")
         auth = {TOKEN_HEADER: answer.token if token is None else token}
+        if answer.mode == "clean":
+            return await _clean(client, answer, auth, address, fail_with)
         sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
         error, resumed, config_drive = fail_with, False, None
         if error is None:
@@ -377,6 +396,21 @@ async def run_deploy(
     finally:
         if own_session:
             await client.close()
+
+
+async def _clean(
+    client: aiohttp.ClientSession, answer: Lookup, auth: dict[str, str], address: str, fail_with: str | None
+) -> AgentResult:
+    """A clean boot (the lookup said ``mode: clean``): a simulated machine has no disks to erase; it
+    reports as the real agent does (a heartbeat, then the callback, or ``fail_with`` as its error)."""
+    message = {"message": f"disks erased ({answer.erase})" if fail_with is None else "clean failed"}
+    async with client.post(answer.heartbeat_url, json=message, headers=auth) as resp:
+        log.info("agent_heartbeat_sent", deployment_id=answer.deployment_id, status=resp.status)
+    body = {"deployment_id": answer.deployment_id, "address": address, "error": fail_with}
+    async with client.post(answer.callback_url, json=body, headers=auth) as resp:
+        text = await resp.text()
+        log.info("agent_clean_callback_sent", deployment_id=answer.deployment_id, status=resp.status)
+        return AgentResult(resp.status, text, fail_with, 0, False, stage="clean")
 
 
 def main(argv: list[str] | None = None) -> int:

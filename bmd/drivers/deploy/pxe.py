@@ -125,11 +125,9 @@ class PXEDeploy:
         macs = sorted({normalize_mac(m) for m in spec.macs})
         await self.ensure_layout()
         await in_thread(self._check_mac_owners, spec.node_uuid, macs)
-        names = {
-            t.DEPLOY_KERNEL: spec.deploy_kernel,
-            t.DEPLOY_RAMDISK: spec.deploy_ramdisk,
-            t.DISK_IMAGE: spec.image,
-        }
+        names = {t.DEPLOY_KERNEL: spec.deploy_kernel, t.DEPLOY_RAMDISK: spec.deploy_ramdisk}
+        if spec.image is not None:  # None: a ramdisk-only boot (cleaning), the same deploy label
+            names[t.DISK_IMAGE] = spec.image
         if spec.kernel is not None and spec.ramdisk is not None:
             names[t.KERNEL] = spec.kernel
             names[t.RAMDISK] = spec.ramdisk
@@ -144,7 +142,7 @@ class PXEDeploy:
                 first = group.exceptions[0]
                 raise first from (group if len(group.exceptions) > 1 else None)
             paths = {name: task.result() for name, task in tasks.items()}
-            image_checksum = f"sha256:{self.cache.describe(paths[t.DISK_IMAGE]).sha256}"
+            image_checksum = f"sha256:{self.cache.describe(paths[t.DISK_IMAGE]).sha256}" if spec.image else ""
             node_url = self.node_url(spec.node_uuid)
             deploy_args = t.kernel_args(
                 {t.ARG_NODE_UUID: spec.node_uuid, t.ARG_BMD_URL: spec.bmd_url.rstrip("/")},
@@ -260,7 +258,8 @@ class PXEDeploy:
                 link_or_copy(src, tftp_dir / name)
                 if http_dir != tftp_dir:
                     link_or_copy(src, http_dir / name)
-            write_atomic(image_dir / f"{t.DISK_IMAGE}.sha256", image_checksum + "\n")
+            if image_checksum:
+                write_atomic(image_dir / f"{t.DISK_IMAGE}.sha256", image_checksum + "\n")
             if config_drive is not None:
                 write_private(image_dir / t.CONFIG_DRIVE, config_drive)
             write_atomic(tftp_dir / f".{t.PXE_CONFIG}.boot", t.pxe_config(params, deploy=False))

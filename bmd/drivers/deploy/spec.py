@@ -83,7 +83,7 @@ class DeploySpec:
     deploy_ramdisk: ImageRef
     kernel: ImageRef | None  # None with ramdisk None: a whole-disk image, the boot label boots the local disk
     ramdisk: ImageRef | None
-    image: ImageRef
+    image: ImageRef | None  # None: a ramdisk-only boot (cleaning): no disk image is staged
     root_device: str = "LABEL=root"  # the boot label's root= argument (partition images only)
     boot_mode: str = "bios"  # "uefi": no pxelinux links (pxelinux is BIOS only), GRUB links instead
     # The config drive ISO, written next to the disk image (never under the served roots). It may hold
@@ -104,7 +104,7 @@ class PXELayout:
     ipxe_path: Path
     mac_links: tuple[Path, ...]
     image_path: Path  # <image_root>/<node_uuid>/disk: served only with the deploy's agent token
-    image_checksum: str  # sha256:<hex>, as handed to the agent by the lookup
+    image_checksum: str  # sha256:<hex>, as handed to the agent by the lookup ("" for a ramdisk-only boot)
 
 
 def normalize_mac(mac: object, field: str = "macs") -> str:
@@ -159,7 +159,8 @@ def validate_spec(spec: DeploySpec) -> None:
         )
     if spec.config_drive is not None and not isinstance(spec.config_drive, bytes):
         raise InvalidInput("config_drive must be the ISO's bytes", field="config_drive")
-    names = ("deploy_kernel", "deploy_ramdisk", "image") + (() if spec.whole_disk else ("kernel", "ramdisk"))
+    names = ("deploy_kernel", "deploy_ramdisk") + (() if spec.image is None else ("image",))
+    names += () if spec.whole_disk else ("kernel", "ramdisk")
     for name in names:
         ref = getattr(spec, name)
         if not isinstance(ref, ImageRef) or not isinstance(ref.ref, str) or not ref.ref.strip():
