@@ -119,7 +119,7 @@ class SimMachine:
                     return
                 self.state = "agent"
                 self.deploys += 1
-                self.serial.print(f"bmd-agent: node {args.node_uuid}: deploying from {args.bmd_url}\n")
+                self.serial.print(f"bmd-agent: node {args.node_uuid}: agent started against {args.bmd_url}\n")
                 result = await self._deploy(http, args)
             self.last = {"status": result.status, "stage": result.stage, "error": result.error}
             ok = result.status == 202 and result.error is None
