@@ -337,19 +337,27 @@ size_matches() { # $1 disk GiB, $2 the hint: "N" or "<op> N" with op one of == >
 	esac
 }
 
+# The machine's disks, one sysfs name per line: no RAM, loop, optical, zram, floppy or nbd device, none empty.
+list_disks() {
+	for b in "$SYSFS"/block/*; do
+		[ -e "$b" ] || continue
+		name=${b##*/}
+		case $name in ram* | loop* | sr* | zram* | fd* | nbd*) continue ;; esac
+		sectors=$(attr "$b/size")
+		case $sectors in '' | *[!0-9]* | 0) continue ;; esac
+		echo "$name"
+	done
+}
+
 DISK=""
 DISK_BYTES=0
 choose_disk() {
 	seen=""
 	n=0
 	while :; do
-		for b in "$SYSFS"/block/*; do
-			[ -e "$b" ] || continue
-			name=${b##*/}
-			case $name in ram* | loop* | sr* | zram* | fd* | nbd*) continue ;; esac
-			sectors=$(attr "$b/size")
-			case $sectors in '' | *[!0-9]* | 0) continue ;; esac
-			bytes=$((sectors * 512))
+		for name in $(list_disks); do
+			b="$SYSFS/block/$name"
+			bytes=$(($(attr "$b/size") * 512))
 			gib=$((bytes / 1073741824))
 			model=$(attr "$b/device/model")
 			vendor=$(attr "$b/device/vendor")

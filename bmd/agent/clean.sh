@@ -62,14 +62,7 @@ bmd_clean() {
 	disks=""
 	n=0
 	while :; do
-		for b in "$SYSFS"/block/*; do
-			[ -e "$b" ] || continue
-			name=${b##*/}
-			case $name in ram* | loop* | sr* | zram* | fd* | nbd*) continue ;; esac
-			sectors=$(attr "$b/size")
-			case $sectors in '' | *[!0-9]* | 0) continue ;; esac
-			disks="$disks $name"
-		done
+		disks=$(list_disks) # bmd-agent.sh's
 		[ -n "$disks" ] && break
 		[ "$n" -ge "$DISK_WAIT" ] && fail "no disk found to clean"
 		n=$((n + 1))
