@@ -4,11 +4,17 @@ tests: polls with deadlines (the daemon and the VMs are other processes; nothing
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+
+from bmd.config import Settings
+from bmd.context import AppContext
+from bmd.lab import Lab
+from bmd.service import Endpoint, serve_lab
 
 T = TypeVar("T")
 
@@ -60,3 +66,19 @@ class LabApi:
         status, body = await self.call("DELETE", f"/v1/instances/{uuid}")
         assert status == 202, body
         await self.settle(uuid, "deleted", deadline)
+
+
+@contextlib.asynccontextmanager
+async def serving_lab(
+    settings: Settings, *, within: float = 90, **lab: Any
+) -> AsyncIterator[tuple[Lab, AppContext, Endpoint]]:
+    """``bmd serve --lab`` in-process (``serve_lab`` with ``lab``'s keywords): yields once the lab is enrolled
+    and bmd is up; stops both, bounded by ``within`` seconds each way."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve_lab(settings, stop, on_ready=lambda *a: ready.set_result(a), **lab))
+    try:
+        yield await asyncio.wait_for(asyncio.shield(ready), within)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, within)

@@ -21,13 +21,10 @@ import aiohttp
 import pytest
 
 from bmd.config import Settings
-from bmd.context import AppContext
-from bmd.lab import Lab
 from bmd.lab.qemu import qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER
-from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
-from tests.lab_api import LabApi, until
+from tests.lab_api import LabApi, serving_lab, until
 
 MIB = 1 << 20
 
@@ -65,13 +62,7 @@ async def test_a_deleted_instances_disk_is_erased_by_the_clean_ramdisk_on_a_qemu
     )
     state_dir = Path(settings.service.state_dir)
     await asyncio.to_thread(shutil.copytree, deploy_ramdisk, state_dir / "ramdisk")
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_lab(settings, stop, count=1, machines="qemu", on_ready=lambda *a: ready.set_result(a))
-    )
-    try:
-        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 90)
+    async with serving_lab(settings, count=1, machines="qemu", within=90) as (lab, ctx, endpoint):
         info = lab.machine("lab-0001")
         assert info.disk is not None and info.serial_log is not None
         demo = state_dir / "lab" / "images" / "demo.img"
@@ -107,6 +98,3 @@ async def test_a_deleted_instances_disk_is_erased_by_the_clean_ramdisk_on_a_qemu
         assert after[:MIB] == bytes(MIB) and after[-MIB:] == bytes(MIB)
         assert not has_partition_table(after, tmp_path / "scratch")
         assert DEMO_MARKER.encode() not in after[:MIB]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 90)

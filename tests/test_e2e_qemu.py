@@ -26,13 +26,10 @@ import aiohttp
 import pytest
 
 from bmd.config import Settings
-from bmd.context import AppContext
-from bmd.lab import Lab
 from bmd.lab.qemu import qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER
-from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
-from tests.lab_api import LabApi, until
+from tests.lab_api import LabApi, serving_lab, until
 
 
 def corrupt_when_served(state_dir: Path, node_uuid: str, deadline: float) -> None:
@@ -69,13 +66,7 @@ async def test_two_qemu_machines_bios_and_uefi_deploy_with_bmds_ramdisk(
     await asyncio.to_thread(shutil.copytree, deploy_ramdisk, ramdisk)
     assert settings.deploy.deploy_kernel == "" and settings.deploy.deploy_ramdisk == ""
 
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_lab(settings, stop, count=2, machines="qemu", boot_mode="mixed", on_ready=lambda *a: ready.set_result(a))
-    )
-    try:
-        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 90)
+    async with serving_lab(settings, count=2, machines="qemu", boot_mode="mixed", within=90) as (lab, ctx, endpoint):
         demo = state_dir / "lab" / "images" / "demo.img"
         async with aiohttp.ClientSession(endpoint.url, headers={"Authorization": f"Bearer {ctx.api_token}"}) as http:
             api = LabApi(http)
@@ -150,6 +141,3 @@ async def test_two_qemu_machines_bios_and_uefi_deploy_with_bmds_ramdisk(
             shown = await api.node(bios["id"])
             assert shown["provision_state"] == "available", shown
             assert await schedulable()  # usable again: both flavors find a node
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 90)

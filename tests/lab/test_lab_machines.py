@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 
 from bmd.config import Settings
-from bmd.context import AppContext
 from bmd.drivers.deploy.agent_sim import AgentError, boot_args_from_ipxe
 from bmd.drivers.deploy.templates import BootParams, ipxe_script
 from bmd.drivers.power.base import BMCAccess, BootDevice, PowerState
@@ -36,9 +35,8 @@ from bmd.lab.images import (
 )
 from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER, PLACEHOLDER
-from bmd.service import Endpoint, serve_lab
 from tests.conftest import make_settings
-from tests.lab_api import LabApi, until
+from tests.lab_api import LabApi, serving_lab, until
 
 T = TypeVar("T")
 QUICK = IPMIPowerSettings(client=IPMISettings(timeout=2.0), min_command_interval=0.0, confirm_interval=0.1)
@@ -75,13 +73,7 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
         deploy={"automated_clean": True},
     )
     assert settings.deploy.deploy_kernel == "" and settings.deploy.boot_kernel == ""
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_lab(settings, stop, count=2, machines="sim", on_ready=lambda *a: ready.set_result(a))
-    )
-    try:
-        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 60)
+    async with serving_lab(settings, count=2, machines="sim", within=60) as (lab, ctx, endpoint):
         demo = await asyncio.to_thread(lab_files, Path(settings.service.state_dir))
         headers = {"Authorization": f"Bearer {ctx.api_token}"}
         async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
@@ -103,9 +95,6 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
             assert node["instance_uuid"] is None and not node["maintenance"]
             state = await lab.state(name)
             assert state["machine"]["cleans"] == 1 and state["power"] is False  # cleaned, then powered off
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 # -- QEMU machines ---------------------------------------------------------------------------------------
@@ -124,13 +113,7 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
         tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
     )
     await asyncio.to_thread(install_ramdisk, deploy_ramdisk, Path(settings.service.state_dir, "ramdisk"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[Lab, AppContext, Endpoint]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_lab(settings, stop, count=1, machines="qemu", on_ready=lambda *a: ready.set_result(a))
-    )
-    try:
-        lab, ctx, endpoint = await asyncio.wait_for(asyncio.shield(ready), 60)
+    async with serving_lab(settings, count=1, machines="qemu", within=60) as (lab, ctx, endpoint):
         machine = lab.machine("lab-0001")
         serial_log = machine.serial_log
         assert serial_log is not None
@@ -158,9 +141,6 @@ async def test_serve_lab_with_qemu_machines_deploys_the_demo_image(
             node = await api.node(1)
             assert node["provision_state"] == "available"
             assert (await lab.machine_pids()) == {"lab-0001": None}
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 def install_ramdisk(built: Path, target: Path) -> None:
