@@ -49,6 +49,16 @@ class FakeMachine:
     def sys(self) -> Path:
         return self.root / "sys"
 
+    def env(self) -> dict[str, str]:
+        """The collector's environment for this machine: its sysfs, cpuinfo, meminfo; x86_64; no LLDP wait."""
+        return {
+            "BMD_AGENT_SYSFS": str(self.sys),
+            "BMD_AGENT_CPUINFO": str(self.root / "cpuinfo"),
+            "BMD_AGENT_MEMINFO": str(self.root / "meminfo"),
+            "BMD_AGENT_ARCH": "x86_64",
+            "BMD_AGENT_LLDP_WAIT": "0",
+        }
+
     def disk(self, name: str, gib: int, rotational: int | None = None, **attrs: str) -> None:
         b = self.sys / "block" / name
         write(b / "size", f"{gib * GIB // 512}\n")

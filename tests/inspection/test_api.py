@@ -35,13 +35,7 @@ def settings(tmp_path: Path, db_file: Path) -> Settings:
 def report(tmp_path: Path) -> dict[str, Any]:
     busybox = busybox_or_skip()
     m = fake_machine(tmp_path / "m")
-    env = {
-        "BMD_AGENT_SYSFS": str(m.sys),
-        "BMD_AGENT_CPUINFO": str(m.root / "cpuinfo"),
-        "BMD_AGENT_MEMINFO": str(m.root / "meminfo"),
-        "BMD_AGENT_ARCH": "x86_64",
-        "BMD_AGENT_LLDP_WAIT": "0",
-    }
+    env = m.env()
     raw: dict[str, Any] = run_collector(busybox, tmp_path, env)
     # eth0 heard its switch (what test_lldp.py measures for real)
     raw["nics"][0]["lldp"] = {"chassis_id": "aa:bb:cc:00:00:01", "chassis_id_subtype": 4, "port_id": "Ethernet7",

@@ -46,13 +46,7 @@ def fake_machine(root: Path) -> FakeMachine:
 
 def test_the_report_of_a_machine_made_of_files(tmp_path: Path, busybox: str) -> None:
     m = fake_machine(tmp_path / "m")
-    env = {
-        "BMD_AGENT_SYSFS": str(m.sys),
-        "BMD_AGENT_CPUINFO": str(m.root / "cpuinfo"),
-        "BMD_AGENT_MEMINFO": str(m.root / "meminfo"),
-        "BMD_AGENT_ARCH": "x86_64",
-        "BMD_AGENT_LLDP_WAIT": "0",
-    }
+    env = m.env()
     raw = run_collector(busybox, tmp_path, env)
     assert raw["cpu"] == {"count": 4, "arch": "x86_64", "model": 'Intel(R) Xeon(R) "Gold" 6130\\x'}
     assert raw["memory"] == {"total_mib": 7812, "physical_mib": 64 * 128}
