@@ -209,7 +209,12 @@ class InspectionSettings(_Section):
     tables, each checked here (a bad one stops start-up naming its index and the problem)."""
 
     rules: tuple[dict[str, Any], ...] = ()
+    # seconds the collector listens for LLDP on each NIC (all NICs at once); told to the agent at lookup
     lldp_wait: Annotated[int, Field(ge=0, le=300)] = 35
+    # a node enrolled with a BMC is inspected at once (it boots the ramdisk in inspect mode)
+    on_enroll: bool = False
+    # the inspect agent's deadline: booted, looked up and reported within this, or the node is inspect failed
+    timeout: PositiveSeconds = 1200.0
 
     @field_validator("rules")
     @classmethod

@@ -1,12 +1,14 @@
-"""Recording a node's serial console while it deploys, into its console log (:mod:`bmd.console_log`).
+"""Recording a node's serial console while it deploys, cleans or is inspected, into its console log
+(:mod:`bmd.console_log`).
 
-The conductor starts a recording when it powers the node on for the deploy ramdisk
-(:meth:`ConsoleRecorder.start`); the recording ends ``console.grace`` seconds after the node leaves the
-deploy — ``active``, ``error``, back to ``available``, ``deleting`` or deleted — so the first lines of
-the deployed image's boot are kept too. The recorder learns that from the bus topic ``nodes`` (every
-write of ``bm_nodes`` is published there, see :mod:`bmd.node_events`), with no query of its own; a
-recording also never outlives ``deploy.deploy_timeout`` plus ``console.grace`` plus a margin, whatever
-it missed.
+The conductor starts a recording when it powers the node on for the ramdisk (:meth:`ConsoleRecorder.start`,
+with the boot's purpose); the recording ends ``console.grace`` seconds after the node leaves that boot's
+states (:data:`PURPOSE_STATES`) — a deploy: ``active``, ``error``, back to ``available``, ``deleting`` or
+deleted, so the first lines of the deployed image's boot are kept too; a clean or an inspection: any state
+but ``cleaning`` (``inspecting``). The recorder learns that from the bus topic ``nodes`` (every write of
+``bm_nodes`` is published there, see :mod:`bmd.node_events`), with no query of its own; a recording also
+never outlives its boot's timeout (``deploy.deploy_timeout``, ``deploy.clean_timeout``,
+``inspection.timeout``) plus ``console.grace`` plus a margin, whatever it missed.
 
 A recording writes a header line (time, instance uuid) to the node's log, which keeps the older content
 above it (the log is bounded by :class:`~bmd.console_log.ConsoleLogs`), then reads the node's console
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -42,7 +44,13 @@ from bmd.node_events import TOPIC, NodeView
 
 log = structlog.get_logger(__name__)
 
-DEPLOYING = frozenset({"deploying", "wait_callback"})
+Purpose = Literal["deploy", "clean", "inspect"]
+# The states a node is in while the boot of each purpose lasts.
+PURPOSE_STATES: dict[str, frozenset[str]] = {
+    "deploy": frozenset({"deploying", "wait_callback"}),
+    "clean": frozenset({"cleaning"}),
+    "inspect": frozenset({"inspecting"}),
+}
 FIRST_RETRY = 0.2
 CHUNK = 16384
 LIFETIME_MARGIN = 600.0  # the finish (disk boot, reboot) after the callback, beyond deploy_timeout
@@ -54,9 +62,10 @@ class Recording:
 
     node_id: int
     node_uuid: str
-    instance_uuid: str
+    instance_uuid: str | None  # the instance deployed; None for a clean or an inspection
     endpoint: str
     version: int  # the node row's version when the deploy was loaded: older views do not end it
+    purpose: Purpose = "deploy"
     task: asyncio.Task[None] | None = None
     timeout: asyncio.Timeout | None = None
     end_at: float | None = None  # loop time the recording stops at, once the deploy ended
@@ -75,27 +84,40 @@ class ConsoleRecorder:
         self.grace = settings.console.grace
         self.read_rate = settings.console.read_rate
         self.retry_max = settings.console.retry_max
-        self.lifetime = settings.deploy.deploy_timeout + settings.console.grace + LIFETIME_MARGIN
+        extra = settings.console.grace + LIFETIME_MARGIN
+        self.lifetimes: dict[str, float] = {
+            "deploy": settings.deploy.deploy_timeout + extra,
+            "clean": settings.deploy.clean_timeout + extra,
+            "inspect": settings.inspection.timeout + extra,
+        }
         self.recordings: dict[int, Recording] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- the conductor's verbs ----------------------------------------------------------------------------
 
-    def start(self, node: NodeFacts, node_uuid: str, instance_uuid: str, version: int = 0) -> Recording | None:
-        """Record the node's console for the deploy of ``instance_uuid`` (a recording of an earlier deploy of
-        the node is stopped). None when the node has no console to read (or bmd is stopping)."""
+    def start(
+        self,
+        node: NodeFacts,
+        node_uuid: str,
+        instance_uuid: str | None,
+        version: int = 0,
+        purpose: Purpose = "deploy",
+    ) -> Recording | None:
+        """Record the node's console for the deploy of ``instance_uuid`` (or its clean, its inspection: no
+        instance); a recording of an earlier boot of the node is stopped. None when the node has no console
+        to read (or bmd is stopping)."""
         endpoint = self.console.endpoint(node)
         if endpoint is None or self._closing:
             return None
         self.stop(node.id)
-        rec = Recording(node.id, node_uuid, instance_uuid, endpoint, version)
+        rec = Recording(node.id, node_uuid, instance_uuid, endpoint, version, purpose)
         rec.task = asyncio.create_task(self._record(rec, node), name=f"console:{node.id}")
         self.recordings[node.id] = rec
         rec.task.add_done_callback(lambda _: self._forget(rec))
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch(), name="console-watcher")
-        log.info("console_recording_started", node=node.id, endpoint=endpoint, instance=instance_uuid)
+        log.info("console_recording_started", node=node.id, endpoint=endpoint, instance=instance_uuid, purpose=purpose)
         return rec
 
     def end(self, node_id: int, grace: float | None = None) -> None:
@@ -140,7 +162,8 @@ class ConsoleRecorder:
             rec = self.recordings.get(view.node_id)
             if rec is None or view.version <= rec.version:
                 continue
-            if view.deleted or view.provision_state not in DEPLOYING or view.instance_uuid != rec.instance_uuid:
+            ongoing = PURPOSE_STATES[rec.purpose]
+            if view.deleted or view.provision_state not in ongoing or view.instance_uuid != rec.instance_uuid:
                 self.end(view.node_id)
 
     async def _watch(self) -> None:
@@ -155,10 +178,11 @@ class ConsoleRecorder:
 
     async def _record(self, rec: Recording, node: NodeFacts) -> None:
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        header = f"\n===== bmd: deploy of instance {rec.instance_uuid} on node {rec.node_uuid}, {stamp} =====\n"
+        what = {"deploy": f"deploy of instance {rec.instance_uuid}", "clean": "clean", "inspect": "inspection"}
+        header = f"\n===== bmd: {what[rec.purpose]} on node {rec.node_uuid}, {stamp} =====\n"
         with structlog.contextvars.bound_contextvars(node=rec.node_id):
             try:
-                async with asyncio.timeout(self.lifetime) as rec.timeout:
+                async with asyncio.timeout(self.lifetimes[rec.purpose]) as rec.timeout:
                     if rec.end_at is not None:  # ended before this task first ran
                         rec.timeout.reschedule(rec.end_at)
                     await self.logs.aappend(rec.node_uuid, header)

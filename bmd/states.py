@@ -17,6 +17,8 @@ and read only for display.
     deleting --clean--> cleaning --clean_callback--> cleaning --cleaned--> available
     cleaning --clean_fail--> clean failed (and maintenance, with the reason)
     deploying/wait_callback/deleting --fail--> error        deploying --undo--> available
+    available/inspect failed --inspect--> inspecting --inspect_callback--> inspecting --inspected--> available
+    inspecting --inspect_fail--> inspect failed
 
 Cleaning (docs/cleaning.md) frees the instance at once, as Ironic does: ``clean`` takes the instance off the
 node and marks it deleted, then the node boots the ramdisk in clean mode holding no instance. The verbs
@@ -53,6 +55,8 @@ class ProvisionState(enum.StrEnum):
     ERROR = "error"
     CLEANING = "cleaning"  # the instance is gone; the node boots the ramdisk to erase its disks
     CLEAN_FAILED = "clean failed"  # and the node is in maintenance, the reason in maintenance_reason
+    INSPECTING = "inspecting"  # the node boots the ramdisk to report what it is
+    INSPECT_FAILED = "inspect failed"  # the reason in last_error; `bmd node inspect` retries
 
 
 class Event(enum.StrEnum):
@@ -67,6 +71,10 @@ class Event(enum.StrEnum):
     CLEAN = "clean"  # the delete's teardown is done: the instance is freed, the node goes cleaning
     CLEAN_CALLBACK = "clean_callback"  # the clean agent reported success: power off and tidy up under way
     CLEAN_FAIL = "clean_fail"
+    INSPECT = "inspect"
+    INSPECT_CALLBACK = "inspect_callback"  # the report is stored: power off and tidy up under way
+    INSPECTED = "inspected"
+    INSPECT_FAIL = "inspect_fail"
 
 
 S, E = ProvisionState, Event
@@ -92,6 +100,11 @@ TRANSITIONS: dict[tuple[Event, ProvisionState], ProvisionState] = {
     (E.FAIL, S.WAIT_CALLBACK): S.ERROR,
     (E.FAIL, S.DELETING): S.ERROR,
     (E.UNDO, S.DEPLOYING): S.AVAILABLE,
+    (E.INSPECT, S.AVAILABLE): S.INSPECTING,
+    (E.INSPECT, S.INSPECT_FAILED): S.INSPECTING,  # a retry
+    (E.INSPECT_CALLBACK, S.INSPECTING): S.INSPECTING,
+    (E.INSPECTED, S.INSPECTING): S.AVAILABLE,
+    (E.INSPECT_FAIL, S.INSPECTING): S.INSPECT_FAILED,
 }
 
 
@@ -210,6 +223,10 @@ OUTCOMES: Mapping[Event, tuple[Mapping[str, Any], Mapping[str, Any]]] = MappingP
             ),
             _frozen(),
         ),
+        E.INSPECT: (_frozen(task_state="inspecting", last_error=None), _frozen()),
+        E.INSPECT_CALLBACK: (_frozen(task_state="finishing_inspect", deploy_deadline=None), _frozen()),
+        E.INSPECTED: (_frozen(task_state=None, deploy_deadline=None), _frozen()),
+        E.INSPECT_FAIL: (_frozen(task_state=None, deploy_deadline=None, last_error=REASON), _frozen()),
         E.UNDO: (  # a spawn undone: the node is free again, the instance shows why
             _frozen(instance_uuid=None, task_state=None, deploy_deadline=None, last_error=REASON),
             _frozen(vm_state="error", task_state=None, last_error=REASON),
@@ -367,30 +384,62 @@ async def finish_clean(session: AsyncSession, node_id: int) -> ProvisionState:
     return await transition(session, node_id, E.CLEANED, expect=S.CLEANING, holding=None, **node_values(E.CLEANED))
 
 
-async def fail_clean(
-    session: AsyncSession, node_id: int, reason: str, *, where: ColumnElement[bool] | None = None
+async def _fail_boot(
+    session: AsyncSession, node_id: int, event: Event, reason: str, where: ColumnElement[bool] | None
 ) -> bool:
-    """The node goes ``clean failed`` and into maintenance with the reason (``where`` rechecked in the
-    statement, for the timeout check). False when it was not cleaning (or ``where`` no longer holds)."""
-    conds: list[ColumnElement[bool]] = [
-        BareMetalNode.id == node_id,
-        BareMetalNode.provision_state == S.CLEANING.value,
-    ]
+    """A ramdisk boot of a node holding no instance fails (``event`` from its one source state), with the
+    reason; ``where`` rechecked in the statement. False when the node was not in that state."""
+    (source,) = sources(event)
+    conds: list[ColumnElement[bool]] = [BareMetalNode.id == node_id, BareMetalNode.provision_state == source.value]
     if where is not None:
         conds.append(where)
     result = await session.execute(
         update(BareMetalNode)
         .where(*conds)
         .values(
-            provision_state=target(E.CLEAN_FAIL, S.CLEANING).value,
-            provision_updated_at=utcnow(),
-            **node_values(E.CLEAN_FAIL, reason),
+            provision_state=target(event, source).value, provision_updated_at=utcnow(), **node_values(event, reason)
         )
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     await note_nodes(session, [node_id])
     return True
+
+
+async def fail_clean(
+    session: AsyncSession, node_id: int, reason: str, *, where: ColumnElement[bool] | None = None
+) -> bool:
+    """The node goes ``clean failed`` and into maintenance with the reason (``where`` rechecked in the
+    statement, for the timeout check). False when it was not cleaning (or ``where`` no longer holds)."""
+    return await _fail_boot(session, node_id, E.CLEAN_FAIL, reason, where)
+
+
+async def start_inspect(session: AsyncSession, node_id: int, deadline: dt.datetime) -> ProvisionState:
+    """The node (``available`` or ``inspect failed``, holding no instance) goes inspecting with the
+    agent's ``deadline``."""
+    values = node_values(E.INSPECT) | {"deploy_deadline": deadline}
+    node = await session.get(BareMetalNode, node_id)
+    if node is not None and node.instance_uuid is not None:
+        raise InvalidState(f"node {node_id} holds instance {node.instance_uuid}; it cannot be inspected")
+    return await transition(session, node_id, E.INSPECT, **values)
+
+
+async def inspect_callback(session: AsyncSession, node_id: int) -> ProvisionState:
+    """The inspection report is stored: the agent's deadline goes (the timeout check no longer sees it)."""
+    return await transition(session, node_id, E.INSPECT_CALLBACK, **node_values(E.INSPECT_CALLBACK))
+
+
+async def finish_inspect(session: AsyncSession, node_id: int) -> ProvisionState:
+    """Inspected, powered off, boot files gone: the node is available (in maintenance if a rule said so)."""
+    return await transition(session, node_id, E.INSPECTED, **node_values(E.INSPECTED))
+
+
+async def fail_inspect(
+    session: AsyncSession, node_id: int, reason: str, *, where: ColumnElement[bool] | None = None
+) -> bool:
+    """The node goes ``inspect failed`` with the reason (``where`` rechecked in the statement, for the
+    timeout check). False when it was not inspecting (or ``where`` no longer holds)."""
+    return await _fail_boot(session, node_id, E.INSPECT_FAIL, reason, where)
 
 
 async def forget(session: AsyncSession, instance_uuid: str) -> None:

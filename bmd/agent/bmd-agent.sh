@@ -13,6 +13,9 @@
 #      log, when something failed). Then bmd switches the node to disk boot and reboots it.
 # A clean boot (after a delete) is the same boot; the lookup answer says mode=clean and erase=metadata|full:
 # instead of 4 the agent erases every disk (clean.sh, bmd_clean), then calls back and bmd powers it off.
+# An inspect boot likewise: mode=inspect, inspection_url and lldp_wait; instead of 4 the agent runs the
+# collector (inspect.sh, bmd_inspect_report) and POSTs the report to inspection_url, which ends the boot
+# (bmd powers it off); a failure goes to the callback as for the others.
 #
 # The token trade-off: busybox wget takes headers only as arguments, so the token is in the argv of each
 # short-lived wget (readable in /proc/<pid>/cmdline by processes on this node, and by nothing else: the
@@ -206,6 +209,8 @@ IMAGE_URL=""
 IMAGE_CHECKSUM=""
 IMAGE_SIZE=""
 CONFIG_DRIVE_URL=""
+INSPECTION_URL=""
+LLDP_WAIT=""
 MODE=deploy
 ERASE=metadata
 H_SIZE="" H_MODEL="" H_VENDOR="" H_SERIAL="" H_WWN="" H_NAME=""
@@ -239,6 +244,8 @@ lookup() {
 		callback_url) CALLBACK_URL=$value ;;
 		config_drive_url) CONFIG_DRIVE_URL=$value ;;
 		mode) MODE=$value ;;
+		inspection_url) INSPECTION_URL=$value ;;
+		lldp_wait) LLDP_WAIT=$value ;;
 		erase) ERASE=$value ;;
 		root_device_size) H_SIZE=$value ;;
 		root_device_model) H_MODEL=$value ;;
@@ -255,6 +262,7 @@ lookup() {
 	case $MODE in
 	deploy) [ -n "$IMAGE_URL" ] || fail "bmd's lookup answer lacks image_url" ;;
 	clean) ;;
+	inspect) [ -n "$INSPECTION_URL" ] || fail "bmd's lookup answer lacks inspection_url" ;;
 	*) fail "bmd's lookup answer has an unknown mode '$MODE'" ;;
 	esac
 	log "token received for deployment $DEPLOYMENT_ID (image ${IMAGE_SIZE:-?} bytes)"
@@ -409,6 +417,34 @@ config_drive() {
 	sync
 }
 
+# The inspect boot: the collector's report goes to bmd, which stores and applies it and powers this node off.
+inspect() {
+	[ -r "$LIB/inspect.sh" ] || fail "bmd asked for an inspection but $LIB/inspect.sh is missing"
+	. "$LIB/inspect.sh" || fail "cannot load $LIB/inspect.sh"
+	case $LLDP_WAIT in '' | *[!0-9]*) LLDP_WAIT=35 ;; esac
+	BMD_AGENT_LLDP_WAIT=${BMD_AGENT_LLDP_WAIT:-$LLDP_WAIT} # the environment (tests) wins over bmd's answer
+	export BMD_AGENT_LLDP_WAIT
+	heartbeat "agent up at ${ADDRESS:-unknown address}: inspecting (LLDP: ${BMD_AGENT_LLDP_WAIT} s per NIC)"
+	bmd_inspect_report >"$WORK/report.json" 2>"$WORK/cmd.out" || {
+		sed 's/^/  | /' "$WORK/cmd.out" >>"$LOG"
+		fail "the inspection collector failed: $(tail -n 3 "$WORK/cmd.out" | tr '\n' ' ')"
+	}
+	log "report: $(wc -c <"$WORK/report.json" | tr -d ' ') bytes"
+	attempt=1
+	while ! post_json "$INSPECTION_URL" "$WORK/report.json"; do
+		# bmd answered (a refusal): sending it again would be refused too
+		grep -q "server returned error" "$WORK/cmd.out" && fail "bmd refused the inspection report: $(tail -n 1 "$WORK/cmd.out")"
+		if [ "$attempt" -ge "$RETRIES" ]; then
+			log "the report could not be sent $attempt times: giving up (bmd will time the inspection out)"
+			exit 1
+		fi
+		attempt=$((attempt + 1))
+		sleep "$RETRY_DELAY"
+	done
+	log "inspection report accepted: $(cat "$WORK/answer" 2>/dev/null)"
+	log "inspection done: bmd powers this node off"
+}
+
 main() {
 	log "starting (work dir $WORK)"
 	read_cmdline
@@ -423,6 +459,10 @@ main() {
 		heartbeat "disks erased ($ERASE):$CLEANED_DISKS; calling back"
 		callback "" || exit 1
 		log "clean done: bmd powers this node off"
+		exit 0
+	fi
+	if [ "$MODE" = inspect ]; then
+		inspect
 		exit 0
 	fi
 	check_memory

@@ -5,7 +5,9 @@
 lines for the sh agent (:mod:`bmd.api.shell_text`). The token is then needed for: the disk image
 (``GET /v1/agent/nodes/{node}/image``, Range supported), the config drive when the instance has one
 (``GET /v1/agent/nodes/{node}/configdrive``, named ``config_drive_url`` in the lookup), progress
-(``POST /v1/agent/nodes/{node}/heartbeat``) and the callback
+(``POST /v1/agent/nodes/{node}/heartbeat``), an inspection's report
+(``POST /v1/agent/nodes/{node}/inspection``, the collector's JSON, ``inspection_url`` in the lookup; it
+ends the inspect boot as the callback ends the others) and the callback
 (``POST /v1/nodes/{node}/vendor_passthru/pass_deploy_info``, answered ``202`` at once: the report is stored
 and the finish, disk boot and reboot, runs on as the node's conductor job). None of them takes the operators' bearer
 token: the agent has only its own.
@@ -16,9 +18,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body, public
-from bmd.api.body import takes
+from bmd.api.body import read_json, takes
 from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
 from bmd.api.shell_text import shell_lines, wants_shell_text
+from bmd.inspection.report import InspectionReport
 from bmd.provision.agent import TOKEN_HEADER
 
 
@@ -63,10 +66,22 @@ async def pass_deploy_info(request: web.Request) -> web.Response:
     return json_response({"provision_state": state}, status=202)  # the finish runs on as the node's job
 
 
+@public
+@takes(InspectionReport)
+async def inspection(request: web.Request) -> web.Response:
+    """The inspect agent's report: validated, stored and applied by the conductor (a report it cannot apply
+    fails the inspection with the reason: 200 either way, the outcome in the answer)."""
+    raw = await read_json(request)
+    conductor = ctx_of(request).conductor
+    state, applied = await conductor.agent_inspection(request.match_info["node"], _token(request), raw)
+    return json_response({"provision_state": state, **applied})
+
+
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/agent/lookup", lookup)
     r.add_get("/v1/agent/nodes/{node}/image", image)  # add_get also answers HEAD
     r.add_get("/v1/agent/nodes/{node}/configdrive", configdrive)  # the instance's config drive ISO
     r.add_post("/v1/agent/nodes/{node}/heartbeat", heartbeat)
+    r.add_post("/v1/agent/nodes/{node}/inspection", inspection)
     r.add_post("/v1/nodes/{node}/vendor_passthru/pass_deploy_info", pass_deploy_info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from typing import Any
 
+import structlog
 from aiohttp import web
 from sqlalchemy import delete, false, select
 from sqlalchemy.exc import IntegrityError
@@ -16,10 +17,13 @@ from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
-from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
+from bmd.errors import BmdError, Conflict, InvalidInput, InvalidState, NotFound
 from bmd.ids import is_id_text, parse_id
 from bmd.node_events import note_deleted, note_nodes
 from bmd.plugins import KINDS, POWER_GROUP, is_known, known_names
+from bmd.states import ProvisionState
+
+log = structlog.get_logger(__name__)
 
 
 def check_power_driver(name: str) -> None:
@@ -84,7 +88,28 @@ async def create_node(request: web.Request) -> web.Response:
         except IntegrityError as err:
             raise q.conflict_from(err) from err
         await note_nodes(session, [node.id])
-    return json_response(q.node_to_dict(node, ifaces), status=201)
+    shown = q.node_to_dict(node, ifaces)
+    if await _inspect_on_enroll(ctx, [node]):
+        shown |= {"provision_state": ProvisionState.INSPECTING, "task_state": "inspecting"}
+    return json_response(shown, status=201)
+
+
+async def _inspect_on_enroll(ctx: AppContext, nodes: list[BareMetalNode]) -> list[int]:
+    """With ``inspection.on_enroll``: start inspecting each new node that has a BMC address (the ones
+    started are returned; one that cannot start is logged and stays ``available``)."""
+    if not ctx.settings.inspection.on_enroll:
+        return []
+    started = []
+    for node in nodes:
+        if not node.pm_address:
+            continue
+        try:
+            await ctx.conductor.inspect(str(node.id))
+        except BmdError as err:
+            log.warning("inspection_not_started", node=node.id, error=str(err))
+            continue
+        started.append(node.id)
+    return started
 
 
 @takes(NodeImport)
@@ -113,8 +138,13 @@ async def import_nodes(request: web.Request) -> web.Response:
         except IntegrityError as err:
             raise q.conflict_from(err) from err
         await note_nodes(session, [n.id for n in nodes])
+    inspecting = await _inspect_on_enroll(ctx, nodes)
     return json_response(
-        {"created": len(nodes), "nodes": [{"id": n.id, "uuid": n.uuid, "name": n.name} for n in nodes]},
+        {
+            "created": len(nodes),
+            "nodes": [{"id": n.id, "uuid": n.uuid, "name": n.name} for n in nodes],
+            **({"inspecting": len(inspecting)} if ctx.settings.inspection.on_enroll else {}),
+        },
         status=201,
     )
 
@@ -199,8 +229,10 @@ async def delete_node(request: web.Request) -> web.Response:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
         if node.instance_uuid is not None:
             raise InvalidState(f"node {node.id} holds instance {node.instance_uuid}; delete the instance first")
-        if node.provision_state not in ("available", "error", "enroll", "manageable"):
+        if node.provision_state not in ("available", "error", "inspect failed"):
             raise InvalidState(f"node {node.id} is {node.provision_state}; it cannot be deleted now")
+        if ctx.conductor.running(node.id):  # e.g. the power-off and tidy-up after a failed inspection
+            raise Conflict(f"node {node.id} is busy: {ctx.conductor.running(node.id)} runs on it")
         await note_deleted(session, [node.id])
         await session.execute(delete(Interface).where(Interface.bm_node_id == node.id))
         await session.delete(node)

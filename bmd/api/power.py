@@ -248,11 +248,20 @@ async def retry_clean(request: web.Request) -> web.Response:
     return json_response({"provision_state": ProvisionState.CLEANING}, status=202)
 
 
+@takes(None)
+async def start_inspection(request: web.Request) -> web.Response:
+    """Boot a node that holds no instance (``available``, ``inspect failed``) into the ramdisk to inspect it
+    (docs/inspection.md). 202 at once; the node is ``inspecting``, then ``available``."""
+    await ctx_of(request).conductor.inspect(request.match_info["node"])
+    return json_response({"provision_state": ProvisionState.INSPECTING}, status=202)
+
+
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_boot_reads)
     r = app.router
     r.add_get("/v1/nodes/{node}/states", get_states)
     r.add_post("/v1/nodes/{node}/clean", retry_clean)
+    r.add_post("/v1/nodes/{node}/inspect", start_inspection)
     r.add_put("/v1/nodes/{node}/states/power", set_power)
     r.add_put("/v1/nodes/{node}/management/boot_device", set_boot_device)
     r.add_get("/v1/nodes/{node}/management/boot_device", get_boot_device)

@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +178,41 @@ def import_(app: Any) -> None:
     print(f"imported {result['created']} nodes from {path}")
 
 
-def inspect(app: Any) -> None:
-    """Apply an inspection report (the JSON ``bmd/agent/inspect.sh`` prints) to a node."""
-    path = Path(app.args.report)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InvalidInput(f"inspection report {path}: {err}", field="report") from err
-    app.print(app.client.post(f"/v1/nodes/{q(app.args.node)}/inspection", data))
+def inspect(app: Any) -> int:
+    """Inspect a node: boot it into the ramdisk in inspect mode and follow it until it settles (exit 1
+    when the inspection failed), or with ``--report`` apply a report the collector printed elsewhere."""
+    a = app.args
+    if a.report:
+        path = Path(a.report)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidInput(f"inspection report {path}: {err}", field="report") from err
+        app.print(app.client.post(f"/v1/nodes/{q(a.node)}/inspection", data))
+        return 0
+    app.client.post(f"/v1/nodes/{q(a.node)}/inspect", None)
+    if a.no_wait:
+        print(f"node {a.node}: inspecting", flush=True)
+        return 0
+    last, deadline = "", time.monotonic() + a.timeout
+    while True:
+        node = app.client.get(f"/v1/nodes/{q(a.node)}")
+        line = f"node {node['name'] or node['id']}: {node['provision_state']} {node.get('task_state') or ''}".rstrip()
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if node["provision_state"] != "inspecting":
+            break
+        if time.monotonic() > deadline:
+            print(f"still inspecting after {a.timeout:g} s", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
+    if node["provision_state"] == "inspect failed":
+        print(f"inspection failed: {node.get('last_error')}", file=sys.stderr)
+        return 1
+    fields = ("cpus", "memory_mb", "local_gb", "boot_mode", "maintenance", "maintenance_reason", "extra_specs")
+    app.print({k: node.get(k) for k in fields} | {"interfaces": node.get("interfaces")})
+    return 0
 
 
 def inspection(app: Any) -> None:
@@ -277,9 +305,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
     p.add_argument("file")
     p.set_defaults(func=import_)
-    p = ns.add_parser("inspect", help="apply an inspection report to a node (docs/inspection.md)")
+    p = ns.add_parser(
+        "inspect", help="inspect a node: boot it into the ramdisk, which reports its hardware (docs/inspection.md)"
+    )
     p.add_argument("node", help="id, uuid or name")
-    p.add_argument("--report", required=True, help="the JSON report bmd/agent/inspect.sh printed on the machine")
+    p.add_argument("--report", help="apply this JSON report (what bmd/agent/inspect.sh printed) instead of booting")
+    p.add_argument("--no-wait", dest="no_wait", action="store_true", help="return once the inspection started")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to follow the inspection (1800)")
     p.set_defaults(func=inspect)
     p = ns.add_parser("inspection", help="the node's last inspection report")
     p.add_argument("node", help="id, uuid or name")

@@ -41,6 +41,7 @@ import bmd
 from bmd.errors import BmdError, InvalidInput
 from bmd.lab.faults import Fault, deal_faults
 from bmd.lab.inventory import mac_address, node_entry, write_inventory
+from bmd.lab.machines import sim_report
 
 log = structlog.get_logger(__name__)
 # Where the ``bmd`` package lives, for the workers' PYTHONPATH.
@@ -305,7 +306,15 @@ class Lab:
         names = [f"{spec.name_prefix}{i + 1:04d}" for i in range(spec.count)]
         if spec.machines == "sim":
             for i, name in enumerate(names):
-                self._machine_specs[i] = {"kind": "sim", "name": name, "mac": mac_address(i), "boot_url": spec.boot_url}
+                mac, boot_mode = mac_address(i), spec.machine_boot_mode(i)
+                report = sim_report(i, mac, spec.memory_mb, spec.disk_mb, boot_mode)
+                self._machine_specs[i] = {
+                    "kind": "sim",
+                    "name": name,
+                    "mac": mac,
+                    "boot_url": spec.boot_url,
+                    "report": report,
+                }
                 self.machines[name] = MachineInfo("sim", spec.machine_boot_mode(i))
             return
         from bmd.lab.qemu import QemuMissing, QemuSpec, boot_script, qemu_missing

@@ -8,7 +8,8 @@ power state is read (``None``: the BMC's own flag is the truth).
 - :class:`SimMachine` (``--machines sim``): booting from PXE does what iPXE and bmd's deploy ramdisk would:
   GET ``<boot_url>/ipxe/01-<mac>.ipxe`` from bmd; in deploy mode take ``bmd_node_uuid``/``bmd_url`` from the
   ``kernel`` line and run the agent protocol (:func:`bmd.drivers.deploy.agent_sim.run_deploy`: a deploy, or
-  the clean after a delete when the lookup answers ``mode: clean``); no script
+  the clean after a delete when the lookup answers ``mode: clean``, the inspection when it answers ``mode:
+  inspect``: the report :func:`sim_report` describes, LLDP included); no script
   (404) or boot mode: it "boots" the disk. Booting from disk touches no network.
 - :class:`~bmd.lab.qemu.QemuMachine` (``--machines qemu``): a QEMU VM per BMC.
 
@@ -24,6 +25,7 @@ import aiohttp
 import structlog
 
 from bmd.drivers.deploy.agent_sim import BootArgs, fetch_boot_args, run_deploy
+from bmd.lab.inventory import NODES_PER_RACK
 from bmd.lab.serial import SerialLine, SimSerial
 
 log = structlog.get_logger(__name__)
@@ -52,18 +54,68 @@ class Machine(Protocol):
     def close(self) -> None: ...
 
 
+def sim_report(index: int, mac: str, memory_mb: int, disk_mb: int, boot_mode: str) -> dict[str, Any]:
+    """What lab machine ``index`` reports when inspected: what the lab enrolls it with (one CPU, the lab's
+    memory and disk), and LLDP from its rack's switch — the same switch and port the lab's inventory gives
+    its interface (bmd.lab.inventory)."""
+    rack, port = index // NODES_PER_RACK, index % NODES_PER_RACK + 1
+    return {
+        "version": 1,
+        "cpu": {"count": 1, "arch": "x86_64", "model": "bmd lab simulated CPU"},
+        "memory": {"total_mib": memory_mb - 32, "physical_mib": memory_mb},
+        "boot_mode": boot_mode,
+        "system": {"vendor": "bmd", "product": "lab sim machine", "serial": f"SIM{index + 1:06d}"},
+        "disks": [
+            {
+                "name": "sda",
+                "size": max(1, disk_mb // 1024) << 30,
+                "model": "bmd lab disk",
+                "vendor": "bmd",
+                "serial": f"SIMDISK{index + 1:06d}",
+                "wwn": None,
+                "rotational": False,
+            }
+        ],
+        "nics": [
+            {
+                "name": "eth0",
+                "mac": mac,
+                "carrier": True,
+                "speed_mbps": 10000,
+                "lldp": {
+                    "chassis_id": f"0x{0xB3D0000 + rack:016x}",
+                    "chassis_id_subtype": 7,
+                    "port_id": f"Ethernet{port}",
+                    "port_id_subtype": 5,
+                    "system_name": f"lab-rack-{rack + 1:02d}",
+                    "port_description": None,
+                },
+            }
+        ],
+    }
+
+
 class SimMachine:
     """A machine that PXE-boots bmd's deploy in-process (HTTP to bmd, the real agent protocol)."""
 
-    def __init__(self, name: str, mac: str, boot_url: str = "", agent_address: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        name: str,
+        mac: str,
+        boot_url: str = "",
+        agent_address: str = "127.0.0.1",
+        report: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.mac = mac
         self.boot_url = boot_url
         self.agent_address = agent_address
+        self.report = report  # what it reports when inspected
         self.state = "off"
         self.boots = 0
         self.deploys = 0
         self.cleans = 0
+        self.inspections = 0
         self.last: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self.serial = SimSerial(name)
@@ -123,9 +175,13 @@ class SimMachine:
                 result = await self._deploy(http, args)
             self.last = {"status": result.status, "stage": result.stage, "error": result.error}
             ok = result.status == 202 and result.error is None
+            if result.stage == "inspect":  # an inspect boot: the report's answer is 200
+                ok = result.status == 200 and result.error is None
             cleaned = result.stage == "clean"  # a clean boot: the lookup answered mode=clean
             self.cleans += cleaned and ok
-            self.state = ("cleaned" if cleaned else "deployed") if ok else "agent_failed"
+            self.inspections += result.stage == "inspect" and ok
+            done = {"clean": "cleaned", "inspect": "inspected"}.get(result.stage, "deployed")
+            self.state = done if ok else "agent_failed"
             self.serial.print(f"bmd-agent: {self.state} (stage {result.stage}, status {result.status})\n")
             log.info("lab_machine_deployed", machine=self.name, status=result.status, stage=result.stage)
         except asyncio.CancelledError:
@@ -140,7 +196,9 @@ class SimMachine:
         deadline = loop.time() + LOOKUP_RETRY_SECONDS
         delay = 0.1
         while True:
-            result = await run_deploy(args, self.mac, address=self.agent_address, resume_at=None, session=http)
+            result = await run_deploy(
+                args, self.mac, address=self.agent_address, resume_at=None, session=http, report=self.report
+            )
             if result.stage != "lookup" or result.status != 409 or "invalid_state" not in result.body:
                 return result
             if loop.time() + delay > deadline:
@@ -155,6 +213,7 @@ class SimMachine:
             "boots": self.boots,
             "deploys": self.deploys,
             "cleans": self.cleans,
+            "inspections": self.inspections,
             "last": self.last,
         }
 
@@ -168,7 +227,7 @@ def make_machine(spec: dict[str, Any] | None) -> Machine | None:
         return None
     kind = spec.get("kind")
     if kind == "sim":
-        return SimMachine(spec["name"], spec["mac"], spec.get("boot_url", ""))
+        return SimMachine(spec["name"], spec["mac"], spec.get("boot_url", ""), report=spec.get("report"))
     if kind == "qemu":
         from bmd.lab.qemu import QemuMachine, QemuSpec
 

@@ -27,8 +27,9 @@ from bmd.states import ProvisionState
 
 TOKEN_HEADER = "X-Agent-Token"
 
-# States in which bmd booted a ramdisk and waits for its agent: a deploy's, a clean's (docs/cleaning.md).
-AGENT_WAIT_STATES = frozenset({ProvisionState.WAIT_CALLBACK, ProvisionState.CLEANING})
+# States in which bmd booted a ramdisk and waits for its agent: a deploy's, a clean's (docs/cleaning.md), an
+# inspection's (docs/inspection.md).
+AGENT_WAIT_STATES = frozenset({ProvisionState.WAIT_CALLBACK, ProvisionState.CLEANING, ProvisionState.INSPECTING})
 
 
 class AgentTokenRefused(BmdError):

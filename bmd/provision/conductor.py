@@ -26,7 +26,9 @@ from bmd.drivers.deploy.spec import normalize_mac
 from bmd.drivers.deploy.templates import CONFIG_DRIVE
 from bmd.drivers.power.base import BootDevice
 from bmd.drivers.vif.binding import plug_vifs
-from bmd.errors import Conflict, InvalidState, NotFound
+from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
+from bmd.inspection.apply import apply_report
+from bmd.inspection.rules import compile_rules
 from bmd.provision import records
 from bmd.provision.agent import (
     AgentLookupRefused,
@@ -41,9 +43,12 @@ from bmd.provision.steps import Provisioner
 from bmd.states import Event, ProvisionState, deadline_after
 
 if TYPE_CHECKING:
-    from bmd.console_recorder import ConsoleRecorder
+    from bmd.console_recorder import ConsoleRecorder, Purpose
 
 log = structlog.get_logger(__name__)
+
+# The boot a waiting node's agent is told to do, by the node's state (a deploy otherwise).
+MODES: dict[str, Purpose] = {ProvisionState.CLEANING: "clean", ProvisionState.INSPECTING: "inspect"}
 
 CLEAN_ERASE_SPEC = "bmd:clean_erase"  # a flavor's extra spec: "full" zeroes every byte of every disk
 CLEAN_ERASE_NODE_SPEC = "clean_erase"  # the same in a node's extra specs (capability keys have no ':')
@@ -178,10 +183,13 @@ class Conductor:
         except Exception as err:  # noqa: BLE001 - the record of a step never fails the deploy itself
             log.warning("deploy_step_not_recorded", node=node_id, step=entry["step"], error=str(err))
 
-    def record_console(self, node: BareMetalNode, macs: int, instance_uuid: str) -> None:
-        """Record the node's serial console from now until its deploy ends (when it has one)."""
+    def record_console(
+        self, node: BareMetalNode, macs: int, instance_uuid: str | None, purpose: Purpose = "deploy"
+    ) -> None:
+        """Record the node's serial console from now until its deploy (clean, inspection) ends, when it has
+        one."""
         if self.console is not None:
-            self.console.start(NodeFacts.of_node(node, macs), node.uuid, instance_uuid, node.version)
+            self.console.start(NodeFacts.of_node(node, macs), node.uuid, instance_uuid, node.version, purpose)
 
     # -- spawn ----------------------------------------------------------------------------------------------
 
@@ -259,10 +267,10 @@ class Conductor:
                 if not same_address(peer, pxe_ip):
                     log.warning("agent_lookup_wrong_source", node=node.id, peer=peer, pxe_ip=pxe_ip)
                     raise AgentLookupRefused(f"lookup for node {node.uuid} must come from its PXE address")
-            cleaning = node.provision_state == ProvisionState.CLEANING
-            # NotFound: nothing prepared to hand out (a clean boot has no image)
-            checksum = None if cleaning else await self.p.deploy.image_checksum(node.uuid)
-            erase = await self.clean_erase(session, node, dep) if cleaning else None
+            mode = MODES.get(node.provision_state, "deploy")
+            # NotFound: nothing prepared to hand out (a clean or inspect boot has no image)
+            checksum = await self.p.deploy.image_checksum(node.uuid) if mode == "deploy" else None
+            erase = await self.clean_erase(session, node, dep) if mode == "clean" else None
             issued = await session.execute(
                 update(Deployment)
                 .where(Deployment.id == dep.id, Deployment.agent_token_issued_at.is_(None))
@@ -270,30 +278,37 @@ class Conductor:
             )
             if issued.rowcount != 1:  # type: ignore[attr-defined]
                 refused, first_address = True, dep.agent_address
-                what = "clean" if cleaning else "deploy"
-                reason = f"{what} failed: a second agent token lookup came from {peer} (first from {first_address})"
-                if cleaning:
+                reason = f"{mode} failed: a second agent token lookup came from {peer} (first from {first_address})"
+                if mode == "clean":
                     await self.record_clean_failure(session, node.id, reason)
+                elif mode == "inspect":
+                    await self.record_inspect_failure(session, node.id, reason)
                 else:
                     await self.record_deploy_failure(session, node.id, node.instance_uuid or "", reason)
         if refused:
             log.error("agent_token_reissue_refused", node=node.id, peer=peer, first_address=first_address)
-            await (self.tidy_after_clean(node, keep_record=True) if cleaning else self.discard_boot_files(node))
+            await (
+                self.discard_boot_files(node) if mode == "deploy" else self.tidy_after_ramdisk(node, keep_record=True)
+            )
             raise AgentTokenAlreadyIssued(f"node {node.uuid}: an agent token was already issued for this boot")
-        mode = "clean" if cleaning else "deploy"
         log.info("agent_token_issued", node=node.id, peer=peer, deployment_id=dep.id, mode=mode)
-        if cleaning:  # the mode is said here, to the token's holder, never on the kernel command line
+        if mode != "deploy":  # the mode is said here, to the token's holder, never on the kernel command line
             urls = self.p.agent_urls(node.uuid)
-            return {
+            common = {
                 "node_uuid": node.uuid,
                 "deployment_id": str(dep.id),
                 "token": token,
-                "mode": "clean",
-                "erase": erase,
+                "mode": mode,
                 "root_device": dict(node.root_device or {}),
                 "boot_mode": node.boot_mode,
                 "heartbeat_url": urls["heartbeat_url"],
                 "callback_url": urls["callback_url"],
+            }
+            if mode == "clean":
+                return common | {"erase": erase}
+            return common | {
+                "inspection_url": self.p.inspection_url(node.uuid),
+                "lldp_wait": self.p.settings.inspection.lldp_wait,
             }
         config_drive = await asyncio.to_thread(lambda: (p := config_drive_path(dep)) is not None and p.is_file())
         return {
@@ -355,14 +370,18 @@ class Conductor:
         token dies with the report. On success the finish (disk boot, reboot) is started as the node's job
         (queued behind the spawn's last step if that still runs) and the state now is returned. The agent's
         ``console`` tail, when sent, goes to the node's console log. A node ``cleaning``: the clean agent's
-        report (see :meth:`record_clean_report`)."""
+        report (see :meth:`record_clean_report`). A node ``inspecting``: the inspect agent reports with
+        :meth:`agent_inspection`; a callback is its failure (none given: it sent no report)."""
         async with self.p.sessionmaker.begin() as session:
             boot = await authenticate(session, node_ident, token, for_update=True)
             node = boot.node
             instance_uuid = node.instance_uuid or ""
-            cleaning = node.provision_state == ProvisionState.CLEANING
-            if cleaning:  # the clean agent's report: the same token checks, then the clean's own outcome
+            mode = MODES.get(node.provision_state, "deploy")
+            if mode == "clean":  # the clean agent's report: the same token checks, then the clean's own outcome
                 await self.record_clean_report(session, node, error)
+            elif mode == "inspect":
+                error = error or "the inspect agent called back without sending its report"
+                await self.record_inspect_failure(session, node.id, f"inspection failed on the node: {error}")
             else:
                 reported = records.step_entry("callback", utcnow(), 0.0, not error, error or "")
                 await records.note_step(session, node.id, reported, close="wait_agent", ok=not error)
@@ -372,13 +391,12 @@ class Conductor:
                 else:  # the hand-over: the deadline goes (the timeout check no longer sees the node), the token dies
                     await states.advance(session, node.id, instance_uuid, Event.CALLBACK)
                     await records.kill_agent_token(session, node.id)
-        if cleaning:
-            return await self.after_clean_report(node, error, console)
-        if (
-            console and self.p.console_logs is not None
-        ):  # authenticated above: only the boot's agent writes into the node's console log
-            header = f"[bmd: the deploy agent's console, sent with its {'error' if error else 'success'} report]\n"
-            await self.p.console_logs.aappend(node.uuid, header + console.rstrip("\n") + "\n")
+        await self.keep_agent_console(node, mode, error, console)
+        if mode == "clean":
+            return await self.after_clean_report(node, error)
+        if mode == "inspect":
+            self.start(node.id, "inspect_tidy", self.tidy_after_ramdisk(node, keep_record=True), queue=True)
+            return ProvisionState.INSPECT_FAILED
         if error:
             await self.discard_boot_files(node)
             return ProvisionState.ERROR
@@ -495,6 +513,12 @@ class Conductor:
 
     async def boot_clean(self, node_id: int, instance_uuid: str | None) -> None:
         """PXE files in clean mode, a PXE IP and DHCP entry, PXE boot, power on; then the agent's turn."""
+        await self.boot_ramdisk(node_id, instance_uuid, "clean")
+
+    async def boot_ramdisk(self, node_id: int, instance_uuid: str | None, mode: Purpose) -> None:
+        """The boot of a clean or an inspection (the node holds no instance; ``instance_uuid``: the last
+        tenant, for a clean): PXE files, a PXE IP and DHCP entry, the console recorded, PXE boot, power on;
+        then the agent's turn. A failure fails the clean (inspection) with the reason."""
         with structlog.contextvars.bound_contextvars(node=node_id):
             try:
                 async with self.p.sessionmaker() as session:
@@ -508,25 +532,31 @@ class Conductor:
                             )
                         ).scalars()
                     )
-                async with self.step(node_id, "clean_boot_config"):
+                async with self.step(node_id, f"{mode}_boot_config", first=mode == "inspect"):
                     async with self.p.sessionmaker.begin() as session:
-                        if instance_uuid is None:  # a retry: the last tenant, as the failed clean knew it
+                        if (
+                            instance_uuid is None and mode == "clean"
+                        ):  # a retry: the last tenant, as the failed clean knew it
                             instance_uuid = await session.scalar(
                                 select(Deployment.instance_uuid).where(Deployment.bm_node_id == node_id)
                             )
                         await records.allocate_pxe_ip(session, node_id)
                         dep = await records.create_deployment(session, node_id, instance_uuid, "", 0, 0)
-                    await self.p.write_clean_config(node, macs, dep)
-                async with self.step(node_id, "clean_power_on"):
+                    await self.p.write_ramdisk_config(node, macs, dep)
+                self.record_console(node, len(macs), None, mode)  # from before it powers on
+                async with self.step(node_id, f"{mode}_power_on"):
                     await self.p.power_on_for_boot(node, BootDevice.PXE, persistent=False)
                 async with self.p.sessionmaker.begin() as session:  # from now on its agent may look up
                     await records.mark_booted(session, node_id)
                     await records.note_step(session, node_id, records.step_entry("wait_agent", utcnow()))
-                log.info("clean_waiting_for_agent")
+                log.info(f"{mode}_waiting_for_agent")
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - recorded on the node, which goes to maintenance
-                await self.fail_cleaning(node_id, f"clean failed: could not boot the clean ramdisk: {describe(err)}")
+            except Exception as err:  # noqa: BLE001 - recorded on the node (a clean: and maintenance)
+                reason = f"{mode} failed: could not boot the ramdisk: {describe(err)}"
+                await (
+                    self.fail_cleaning(node_id, reason) if mode == "clean" else self.fail_inspecting(node_id, reason)
+                )
 
     async def record_clean_failure(self, session: AsyncSession, node_id: int, reason: str) -> None:
         """In the caller's transaction: clean failed (and maintenance, with the reason); the token dies."""
@@ -539,7 +569,7 @@ class Conductor:
             await self.record_clean_failure(session, node_id, reason)
             node = await session.get(BareMetalNode, node_id)
         if node is not None:
-            await self.tidy_after_clean(node, keep_record=True)
+            await self.tidy_after_ramdisk(node, keep_record=True)
 
     async def retry_clean(self, node_ident: str) -> asyncio.Task[None]:
         """An operator's retry of a node in ``clean failed``: it leaves maintenance and cleans again
@@ -563,17 +593,21 @@ class Conductor:
             await states.clean_callback(session, node.id)
             await records.kill_agent_token(session, node.id)
 
-    async def after_clean_report(self, node: BareMetalNode, error: str | None, console: str | None) -> ProvisionState:
+    async def keep_agent_console(self, node: BareMetalNode, mode: str, error: str | None, console: str | None) -> None:
+        """The console tail an agent sent with its report goes to the node's console log (the caller
+        authenticated the agent: only the boot's agent writes there)."""
         if console and self.p.console_logs is not None:
-            header = f"[bmd: the clean agent's console, sent with its {'error' if error else 'success'} report]\n"
+            header = f"[bmd: the {mode} agent's console, sent with its {'error' if error else 'success'} report]\n"
             await self.p.console_logs.aappend(node.uuid, header + console.rstrip("\n") + "\n")
+
+    async def after_clean_report(self, node: BareMetalNode, error: str | None) -> ProvisionState:
         if error:
-            self.start(node.id, "clean_tidy", self.tidy_after_clean(node, keep_record=True), queue=True)
+            self.start(node.id, "clean_tidy", self.tidy_after_ramdisk(node, keep_record=True), queue=True)
             return ProvisionState.CLEAN_FAILED
         self.start(node.id, "finish_clean", self.finish_clean(node.id), queue=True)
         return ProvisionState.CLEANING
 
-    async def tidy_after_clean(self, node: BareMetalNode, *, keep_record: bool = False) -> list[str]:
+    async def tidy_after_ramdisk(self, node: BareMetalNode, *, keep_record: bool = False) -> list[str]:
         """Power off, no PXE files, no DHCP entry, no deployment, no PXE IP: each tried; the failures.
         ``keep_record``: after a failure the deployment row stays (its token dead), so a retry still knows
         whose flavor asked for what erase."""
@@ -605,10 +639,104 @@ class Conductor:
                 node = await session.get(BareMetalNode, node_id)
             if node is None:
                 return
-            failures = await self.tidy_after_clean(node)
+            failures = await self.tidy_after_ramdisk(node)
             if failures:
                 await self.fail_cleaning(node_id, "clean failed: tidying up failed: " + "; ".join(failures))
                 return
             async with self.p.sessionmaker.begin() as session:
                 await states.finish_clean(session, node_id)
             log.info("node_cleaned")
+
+    # -- inspection (docs/inspection.md) ----------------------------------------------------------------
+    #
+    # The node is ``inspecting`` and holds no instance. Its boot is a clean's: the lookup answers ``mode:
+    # inspect`` (with ``inspection_url`` and ``lldp_wait``), the agent runs the collector and posts the report
+    # to ``inspection_url`` with its token (:meth:`agent_inspection`); an error goes through the callback.
+
+    async def inspect(self, node_ident: str) -> asyncio.Task[None]:
+        """Start inspecting a node that holds no instance and is ``available`` or ``inspect failed``
+        (InvalidState, 409, otherwise; Conflict when a job runs on it)."""
+        deadline = deadline_after(self.p.settings.inspection.timeout)
+        async with self.p.sessionmaker.begin() as session:
+            node = await get_node(session, node_ident, for_update=True)
+            if self.running(node.id):
+                raise Conflict(f"node {node.id} is busy: {self.running(node.id)} runs on it")
+            if not node.pm_address:
+                raise InvalidState(f"node {node.id} has no BMC address (pm_address): bmd cannot boot it to inspect it")
+            await states.start_inspect(session, node.id, deadline)
+        log.info("inspection_started", node=node.id)
+        return self.start(node.id, "inspect", self.boot_ramdisk(node.id, None, "inspect"))
+
+    def resume_inspect(self, node_id: int, *, booted: bool) -> asyncio.Task[None]:
+        """Recovery: boot the inspect ramdisk again, or (``booted`` and reported) finish the inspection."""
+        if booted:
+            return self.start(node_id, "finish_inspect", self.finish_inspect(node_id))
+        return self.start(node_id, "inspect", self.boot_ramdisk(node_id, None, "inspect"))
+
+    async def agent_inspection(
+        self, node_ident: str, token: str | None, raw: Any
+    ) -> tuple[ProvisionState, dict[str, Any]]:
+        """The inspect agent's report, for the holder of the boot's token: stored and applied in one
+        transaction (bmd.inspection.apply), the token dies with it, and the finish (power off, tidy up,
+        ``available``) runs on as the node's job. A report that cannot be applied (invalid, a ``fail``
+        rule, no root disk, a MAC of another node) fails the inspection with the reason. Returns the state
+        and what was applied (or why not)."""
+        rules = compile_rules(self.p.settings.inspection.rules)  # checked at start-up: cannot fail here
+        failure: str | None = None
+        applied = None
+        try:
+            async with self.p.sessionmaker.begin() as session:
+                boot = await authenticate(session, node_ident, token, for_update=True)
+                node = boot.node
+                if node.provision_state != ProvisionState.INSPECTING:
+                    raise InvalidState(f"node {node.uuid} is {node.provision_state}: it is not being inspected")
+                applied = await apply_report(session, node, raw, rules)
+                failure = applied.failure
+                entry = records.step_entry("inspection_report", utcnow(), 0.0, failure is None, failure or "")
+                await records.note_step(session, node.id, entry, close="wait_agent", ok=failure is None)
+                if failure is None:
+                    await states.inspect_callback(session, node.id)
+                    await records.kill_agent_token(session, node.id)
+                else:
+                    await self.record_inspect_failure(session, node.id, f"inspection failed: {failure}")
+        except (InvalidInput, Conflict) as err:  # nothing of the report was written: the boot fails, with why
+            failure = str(err)
+            async with self.p.sessionmaker.begin() as session:
+                node = await get_node(session, node_ident, for_update=True)
+                await self.record_inspect_failure(session, node.id, f"inspection failed: {failure}")
+        if failure is not None:
+            self.start(node.id, "inspect_tidy", self.tidy_after_ramdisk(node, keep_record=True), queue=True)
+            state = ProvisionState.INSPECT_FAILED
+        else:
+            self.start(node.id, "finish_inspect", self.finish_inspect(node.id), queue=True)
+            state = ProvisionState.INSPECTING
+        log.info("inspection_reported", node=node.id, failure=failure)
+        return state, applied.to_dict() if applied is not None else {"applied": False, "failure": failure}
+
+    async def record_inspect_failure(self, session: AsyncSession, node_id: int, reason: str) -> None:
+        """In the caller's transaction: inspect failed, with the reason; the token dies."""
+        await states.fail_inspect(session, node_id, reason)
+        await records.kill_agent_token(session, node_id)
+        log.error("inspection_failed", node=node_id, reason=reason)
+
+    async def fail_inspecting(self, node_id: int, reason: str) -> None:
+        async with self.p.sessionmaker.begin() as session:
+            await self.record_inspect_failure(session, node_id, reason)
+            node = await session.get(BareMetalNode, node_id)
+        if node is not None:
+            await self.tidy_after_ramdisk(node, keep_record=True)
+
+    async def finish_inspect(self, node_id: int) -> None:
+        """The report is in: power off, boot files, DHCP entry, deployment and PXE IP gone, node available."""
+        with structlog.contextvars.bound_contextvars(node=node_id):
+            async with self.p.sessionmaker() as session:
+                node = await session.get(BareMetalNode, node_id)
+            if node is None:
+                return
+            failures = await self.tidy_after_ramdisk(node)
+            if failures:
+                await self.fail_inspecting(node_id, "inspection failed: tidying up failed: " + "; ".join(failures))
+                return
+            async with self.p.sessionmaker.begin() as session:
+                await states.finish_inspect(session, node_id)
+            log.info("node_inspected")

@@ -44,31 +44,45 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
     return len(failed)
 
 
-async def fail_timed_out_cleans(conductor: Conductor) -> int:
-    """Every clean of this service whose agent deadline passed: clean failed (and maintenance), then the
-    node is powered off and its boot files go (as the node's job)."""
+async def _fail_timed_out_boots(conductor: Conductor, mode: str) -> int:
+    """Every clean (``mode`` "clean") or inspection ("inspect") of this service whose agent deadline
+    passed: clean failed (and maintenance) or inspect failed, then the node is powered off and its boot
+    files go (as the node's job)."""
     p = conductor.p
+    state, fail, timeout = {
+        "clean": (ProvisionState.CLEANING, states.fail_clean, p.settings.deploy.clean_timeout),
+        "inspect": (ProvisionState.INSPECTING, states.fail_inspect, p.settings.inspection.timeout),
+    }[mode]
     late = (
-        (BareMetalNode.provision_state == ProvisionState.CLEANING)
+        (BareMetalNode.provision_state == state)
         & (BareMetalNode.deploy_deadline < utcnow())
         & (BareMetalNode.service_host == p.settings.service.host)
     )
-    reason = f"clean timed out: no callback from the clean agent within {p.settings.deploy.clean_timeout:g} s"
+    reason = f"{mode} timed out: no report from the {mode} agent within {timeout:g} s"
     async with p.sessionmaker() as session:
         ids = list((await session.execute(select(BareMetalNode.id).where(late))).scalars())
     failed = 0
     for node_id in ids:
         async with p.sessionmaker.begin() as session:
-            if not await states.fail_clean(session, node_id, reason, where=late):
+            if not await fail(session, node_id, reason, where=late):
                 continue
             await records.kill_agent_token(session, node_id)
             node = await session.get(BareMetalNode, node_id)
         failed += 1
-        log.error("clean_timed_out", node=node_id)
+        log.error(f"{mode}_timed_out", node=node_id)
         if node is not None:
             with contextlib.suppress(Conflict):  # a job still runs on it: the next delete or retry tidies
-                conductor.start(node_id, "clean_tidy", conductor.tidy_after_clean(node, keep_record=True), queue=True)
+                tidy = conductor.tidy_after_ramdisk(node, keep_record=True)
+                conductor.start(node_id, f"{mode}_tidy", tidy, queue=True)
     return failed
+
+
+async def fail_timed_out_cleans(conductor: Conductor) -> int:
+    return await _fail_timed_out_boots(conductor, "clean")
+
+
+async def fail_timed_out_inspections(conductor: Conductor) -> int:
+    return await _fail_timed_out_boots(conductor, "inspect")
 
 
 class DeployTimeouts:
@@ -83,6 +97,7 @@ class DeployTimeouts:
     async def run_once(self) -> None:
         await fail_timed_out_deploys(self.conductor)
         await fail_timed_out_cleans(self.conductor)
+        await fail_timed_out_inspections(self.conductor)
 
 
 async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
@@ -93,30 +108,28 @@ async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
         await states.release(session, node.id, node.instance_uuid or "", failure=failure)
 
 
-async def _resume_cleans(conductor: Conductor) -> int:
-    """Nodes found ``cleaning`` (they hold no instance): reported already, the finish runs again; not yet
-    booted (bmd stopped mid-way through the clean boot), the boot runs again; booted and waiting, the agent
-    may still call back (the timeout check fails it otherwise)."""
+async def _resume_boots(conductor: Conductor, state: ProvisionState) -> int:
+    """Nodes found ``cleaning`` or ``inspecting`` (they hold no instance): reported already, the finish runs
+    again; not yet booted (bmd stopped mid-way through the boot), the boot runs again; booted and waiting,
+    the agent may still report (the timeout check fails it otherwise)."""
     p = conductor.p
     async with p.sessionmaker() as session:
         rows = (
             await session.execute(
                 select(BareMetalNode.id, BareMetalNode.deploy_deadline, Deployment.booted_at, Deployment.instance_uuid)
                 .outerjoin(Deployment, Deployment.bm_node_id == BareMetalNode.id)
-                .where(
-                    BareMetalNode.service_host == p.settings.service.host,
-                    BareMetalNode.provision_state == ProvisionState.CLEANING,
-                )
+                .where(BareMetalNode.service_host == p.settings.service.host, BareMetalNode.provision_state == state)
             )
         ).all()
     resumed = 0
     for row in rows:
-        if row.deploy_deadline is None:
-            conductor.resume_clean(row.id, row.instance_uuid, booted=True)
-        elif row.booted_at is None:
-            conductor.resume_clean(row.id, row.instance_uuid, booted=False)
-        else:
+        if row.deploy_deadline is not None and row.booted_at is not None:
             continue
+        booted = row.deploy_deadline is None
+        if state == ProvisionState.CLEANING:
+            conductor.resume_clean(row.id, row.instance_uuid, booted=booted)
+        else:
+            conductor.resume_inspect(row.id, booted=booted)
         resumed += 1
     return resumed
 
@@ -132,6 +145,7 @@ async def recover(conductor: Conductor) -> dict[str, int]:
         "orphans_released": 0,
         "instances_lost": 0,
         "cleans_resumed": 0,
+        "inspections_resumed": 0,
     }
     async with p.sessionmaker() as session:
         nodes = (
@@ -170,8 +184,10 @@ async def recover(conductor: Conductor) -> dict[str, int]:
         except (InvalidState, OSError) as err:
             log.error("recovery_failed", node=node.id, error=describe(err))
     await fail_timed_out_deploys(conductor)
-    counts["cleans_resumed"] = await _resume_cleans(conductor)
+    counts["cleans_resumed"] = await _resume_boots(conductor, ProvisionState.CLEANING)
     await fail_timed_out_cleans(conductor)
+    counts["inspections_resumed"] = await _resume_boots(conductor, ProvisionState.INSPECTING)
+    await fail_timed_out_inspections(conductor)
     # Instances that believe they are placed but whose node does not hold them.
     async with p.sessionmaker.begin() as session:
         counts["instances_lost"] = await states.lose_instances(session, host, "the node no longer holds this instance")

@@ -144,6 +144,10 @@ class Provisioner:
             "callback_url": self.callback_url(node_uuid),
         }
 
+    def inspection_url(self, node_uuid: str) -> str:
+        """Where the inspect agent posts its report (with its token)."""
+        return f"{self.base_url}/v1/agent/nodes/{node_uuid}/inspection"
+
     def config_drive_url(self, node_uuid: str) -> str:
         """Where the agent fetches the config drive (with its token), when the instance has one."""
         return f"{self.base_url}/v1/agent/nodes/{node_uuid}/configdrive"
@@ -187,9 +191,10 @@ class Provisioner:
         # After the files: a node answered by DHCP finds its boot files complete.
         await self.dhcp.add_node(job.node.uuid, job.macs, job.node.boot_mode, pxe_ip)
 
-    def clean_spec(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> DeploySpec:
-        """The clean boot: the deploy ramdisk (the configured one, as every deploy boots), no disk image,
-        the same deploy label (nothing on the kernel command line says "clean": the lookup answer does)."""
+    def ramdisk_spec(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> DeploySpec:
+        """A clean or inspect boot: the deploy ramdisk (the configured one, as every deploy boots), no disk
+        image, the same deploy label (nothing on the kernel command line says "clean" or "inspect": the
+        lookup answer does)."""
         d = self.settings.deploy
         kernel = d.deploy_kernel or str(self.ramdisk_dir / KERNEL_NAME)
         ramdisk = d.deploy_ramdisk or str(self.ramdisk_dir / RAMDISK_NAME)
@@ -206,9 +211,10 @@ class Provisioner:
             boot_mode=node.boot_mode or "bios",
         )
 
-    async def write_clean_config(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> None:
-        """The node's PXE files for its clean boot, and its DHCP entry (after the files, as for a deploy)."""
-        layout = await self.deploy.prepare(self.clean_spec(node, macs, dep))
+    async def write_ramdisk_config(self, node: BareMetalNode, macs: list[str], dep: Deployment) -> None:
+        """The node's PXE files for its clean or inspect boot, and its DHCP entry (after the files, as for a
+        deploy)."""
+        layout = await self.deploy.prepare(self.ramdisk_spec(node, macs, dep))
         async with self.sessionmaker.begin() as session:
             row = await session.get(Deployment, dep.id)
             if row is not None:

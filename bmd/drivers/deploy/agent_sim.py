@@ -51,6 +51,11 @@ A clean boot (after a delete, ``docs/cleaning.md``) is the same boot: the node i
 lookup answers ``{"mode": "clean", "erase": "metadata"|"full", "token", "deployment_id", "heartbeat_url",
 "callback_url", ...}`` without image keys; the agent erases its disks, heartbeats, and calls back the same
 way (``202`` ``cleaning``, or ``clean failed`` for a reported error).
+
+An inspect boot (``docs/inspection.md``) too: the lookup answers ``{"mode": "inspect", "inspection_url",
+"lldp_wait", ...}``; the agent heartbeats and POSTs its report (the collector's JSON, here the ``report``
+given to :func:`run_deploy`) to ``inspection_url`` with its token: ``200`` with the outcome. Without a
+report it calls back with an error, as the real agent does when its collector fails.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypedDict, Unpack
+from typing import IO, Any, TypedDict, Unpack
 
 import aiohttp
 import structlog
@@ -101,8 +106,9 @@ class Lookup:
     root_mb: int = 0
     swap_mb: int = 0
     config_drive_url: str | None = None  # only when the instance has a config drive
-    mode: str = "deploy"  # "clean": erase the disks (``erase``: metadata or full) and call back
+    mode: str = "deploy"  # "clean": erase the disks (``erase``: metadata or full) and call back; "inspect"
     erase: str = ""
+    inspection_url: str = ""  # an inspect boot: where the report goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +240,15 @@ async def lookup(session: aiohttp.ClientSession, boot: BootArgs, mac: str) -> tu
         if resp.status != 200:
             return resp.status, text, None
     got = json.loads(text)
-    if got.get("mode") == "clean":
+    if got.get("mode") in ("clean", "inspect"):
         answer = Lookup(
             token=got["token"],
             deployment_id=str(got["deployment_id"]),
             heartbeat_url=got["heartbeat_url"],
             callback_url=got["callback_url"],
-            mode="clean",
-            erase=str(got["erase"]),
+            mode=got["mode"],
+            erase=str(got.get("erase", "")),
+            inspection_url=str(got.get("inspection_url", "")),
         )
         return 200, text, answer
     answer = Lookup(
@@ -331,6 +338,7 @@ class DeployOptions(TypedDict, total=False):
     fail_with: str | None
     session: aiohttp.ClientSession | None
     http_timeout: float
+    report: dict[str, Any] | None
 
 
 async def run_agent(tftp_root: Path, mac: str, **options: Unpack[DeployOptions]) -> AgentResult:
@@ -352,11 +360,13 @@ async def run_deploy(
     fail_with: str | None = None,
     session: aiohttp.ClientSession | None = None,
     http_timeout: float = 60.0,
+    report: dict[str, Any] | None = None,
 ) -> AgentResult:
     """Steps 2-5 for a ramdisk that booted with ``boot`` (from pxelinux, GRUB or iPXE).
 
     ``token`` replaces the token from the lookup (to test a wrong one); ``fail_with`` skips the download
-    and reports that message as the deploy's error; ``dest`` keeps the downloaded image.
+    and reports that message as the deploy's error; ``dest`` keeps the downloaded image; ``report`` is
+    what an inspect boot reports (the collector's JSON).
     """
     own_session = session is None
     client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=http_timeout))
@@ -368,6 +378,8 @@ async def run_deploy(
         auth = {TOKEN_HEADER: answer.token if token is None else token}
         if answer.mode == "clean":
             return await _clean(client, answer, auth, address, fail_with)
+        if answer.mode == "inspect":
+            return await _inspect(client, answer, auth, address, fail_with, report)
         sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
         error, resumed, config_drive = fail_with, False, None
         if error is None:
@@ -411,6 +423,31 @@ async def _clean(
         text = await resp.text()
         log.info("agent_clean_callback_sent", deployment_id=answer.deployment_id, status=resp.status)
         return AgentResult(resp.status, text, fail_with, 0, False, stage="clean")
+
+
+async def _inspect(
+    client: aiohttp.ClientSession,
+    answer: Lookup,
+    auth: dict[str, str],
+    address: str,
+    fail_with: str | None,
+    report: dict[str, Any] | None,
+) -> AgentResult:
+    """An inspect boot: the report goes to ``inspection_url``; no report (or ``fail_with``): the callback
+    carries the error."""
+    message = {"message": "inspecting" if fail_with is None else "inspection failed"}
+    async with client.post(answer.heartbeat_url, json=message, headers=auth) as resp:
+        log.info("agent_heartbeat_sent", deployment_id=answer.deployment_id, status=resp.status)
+    error = fail_with or (None if report is not None else "this machine has no inspection data to report")
+    if error is None:
+        async with client.post(answer.inspection_url, json=report, headers=auth) as resp:
+            text = await resp.text()
+            log.info("agent_inspection_sent", deployment_id=answer.deployment_id, status=resp.status)
+            return AgentResult(resp.status, text, None, 0, False, stage="inspect")
+    body = {"deployment_id": answer.deployment_id, "address": address, "error": error}
+    async with client.post(answer.callback_url, json=body, headers=auth) as resp:
+        text = await resp.text()
+        return AgentResult(resp.status, text, error, 0, False, stage="inspect")
 
 
 def main(argv: list[str] | None = None) -> int:
