@@ -287,10 +287,12 @@ async def serve_lab(
             host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
             base = settings.api.public_url or f"http://{settings.service.my_ip}:{endpoint.port}"
             await lab.connect(boot_url=f"{base.rstrip('/')}/images", bmd_address=f"{host}:{endpoint.port}")
+            added: dict[str, int] = {}
+            if machines != "none":  # PXE addresses first: with inspection.on_enroll the nodes boot at once
+                added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))
             result = await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory())
             log.info("lab_enrolled", bmcs=len(lab.bmcs), machines=machines, **result)
             if machines != "none":
-                added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))
                 log.info("lab_ready", flavor="lab", demo_image=str(lab_dir(settings) / "images" / "demo.img"), **added)
             if on_ready is not None:
                 called = on_ready(lab, ctx, endpoint)

@@ -663,6 +663,11 @@ class Conductor:
                 raise Conflict(f"node {node.id} is busy: {self.running(node.id)} runs on it")
             if not node.pm_address:
                 raise InvalidState(f"node {node.id} has no BMC address (pm_address): bmd cannot boot it to inspect it")
+            if await session.scalar(select(Interface.id).where(Interface.bm_node_id == node.id).limit(1)) is None:
+                raise InvalidState(
+                    f"node {node.id} has no interface: bmd PXE-boots a node by its MAC; add the provisioning "
+                    "NIC's MAC (POST /v1/nodes/{node}/interfaces) first"
+                )
             await states.start_inspect(session, node.id, deadline)
         log.info("inspection_started", node=node.id)
         return self.start(node.id, "inspect", self.boot_ramdisk(node.id, None, "inspect"))
@@ -684,10 +689,14 @@ class Conductor:
         rules = compile_rules(self.p.settings.inspection.rules)  # checked at start-up: cannot fail here
         failure: str | None = None
         applied = None
+        async with self.p.sessionmaker() as session:  # refused before anything: a wrong token, another boot
+            node = (await authenticate(session, node_ident, token)).node
+            if node.provision_state != ProvisionState.INSPECTING:
+                raise InvalidState(f"node {node.uuid} is {node.provision_state}: it is not being inspected")
+        node_id = node.id
         try:
             async with self.p.sessionmaker.begin() as session:
-                boot = await authenticate(session, node_ident, token, for_update=True)
-                node = boot.node
+                node = (await authenticate(session, node_ident, token, for_update=True)).node
                 if node.provision_state != ProvisionState.INSPECTING:
                     raise InvalidState(f"node {node.uuid} is {node.provision_state}: it is not being inspected")
                 applied = await apply_report(session, node, raw, rules)
@@ -699,11 +708,16 @@ class Conductor:
                     await records.kill_agent_token(session, node.id)
                 else:
                     await self.record_inspect_failure(session, node.id, f"inspection failed: {failure}")
+        except InvalidState:
+            raise  # the boot changed under the report (a timeout, say): nothing to add
         except (InvalidInput, Conflict) as err:  # nothing of the report was written: the boot fails, with why
             failure = str(err)
             async with self.p.sessionmaker.begin() as session:
-                node = await get_node(session, node_ident, for_update=True)
-                await self.record_inspect_failure(session, node.id, f"inspection failed: {failure}")
+                if not await states.fail_inspect(session, node_id, f"inspection failed: {failure}"):
+                    raise
+                await records.kill_agent_token(session, node_id)
+                node = await session.get(BareMetalNode, node_id) or node
+            log.error("inspection_failed", node=node_id, reason=failure)
         if failure is not None:
             self.start(node.id, "inspect_tidy", self.tidy_after_ramdisk(node, keep_record=True), queue=True)
             state = ProvisionState.INSPECT_FAILED

@@ -97,6 +97,39 @@ async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_p
             assert state["machine"]["cleans"] == 1 and state["power"] is False  # cleaned, then powered off
 
 
+async def test_sim_machines_are_inspected_at_enroll_and_report_their_switch_port(tmp_path: Path, db_file: Path) -> None:
+    """``inspection.on_enroll``: every lab node boots the ramdisk in inspect mode as it is enrolled, its
+    simulated machine reports (LLDP included: its rack's switch and port), and the node is available with the
+    report applied; then the lab flavor schedules on it as before."""
+    settings: Settings = make_settings(
+        tmp_path,
+        driver={"default_power_driver": "ipmi"},
+        ipmi={"timeout": 2.0, "min_command_interval": 0.0},
+        tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
+        inspection={"on_enroll": True},
+    )
+    async with serving_lab(settings, count=2, machines="sim", within=60) as (lab, ctx, endpoint):
+        headers = {"Authorization": f"Bearer {ctx.api_token}"}
+        async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
+            api = LabApi(http)
+            for name in ("lab-0001", "lab-0002"):
+                node = await until(
+                    f"{name} inspected",
+                    lambda name=name: api.node(name),  # type: ignore[misc]
+                    lambda n: n["provision_state"] == "available" and n["inspected_at"] is not None,
+                    30,
+                )
+                assert node["last_error"] is None and not node["maintenance"]
+                index = int(name[-4:]) - 1
+                (iface,) = node["interfaces"]
+                assert (iface["datapath_id"], iface["port_no"]) == (f"0x{0xB3D0000:016x}", index + 1)
+                state = await lab.state(name)
+                assert state["machine"]["inspections"] == 1 and state["power"] is False  # then powered off
+                status, report = await api.call("GET", f"/v1/nodes/{name}/inspection")
+                assert status == 200 and report["report"]["system"]["serial"] == f"SIM{index + 1:06d}"
+            await until("lab nodes schedulable", lambda: api.schedulable("lab"), bool, 30)
+
+
 # -- QEMU machines ---------------------------------------------------------------------------------------
 
 
