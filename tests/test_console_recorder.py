@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,6 +230,25 @@ async def test_a_recording_ends_when_the_bus_shows_the_deploy_over(recorder: Con
         recorder.bus.publish(TOPIC, [NodeView(4, 7, node_uuid, None, instance, "active")])
         await ended(rec)  # after console.grace
     assert rec.end_at is not None
+
+
+@pytest.mark.parametrize(("purpose", "ongoing", "header"), [("clean", "cleaning", "clean"),
+                                                           ("inspect", "inspecting", "inspection")])  # fmt: skip
+async def test_a_clean_or_an_inspection_is_recorded_until_the_node_leaves_it(
+    recorder: ConsoleRecorder, purpose: Any, ongoing: str, header: str
+) -> None:
+    async with serve(hang) as (_, port):
+        node_uuid = str(uuid.uuid4())
+        rec = recorder.start(facts(4, port), node_uuid, None, version=5, purpose=purpose)
+        assert rec is not None
+        await until(lambda: rec.connections == 1)
+        recorder.observe([NodeView(4, 6, node_uuid, None, None, ongoing)])  # its boot goes on
+        assert rec.end_at is None
+        recorder.observe([NodeView(4, 7, node_uuid, None, None, "wait_callback")])  # not this boot's state
+        assert rec.end_at is not None
+        await ended(rec)
+    log = recorder.logs.read(node_uuid).decode()
+    assert f"===== bmd: {header} on node {node_uuid}" in log
 
 
 async def test_bmd_stopping_cancels_and_awaits_every_recording(recorder: ConsoleRecorder) -> None:
