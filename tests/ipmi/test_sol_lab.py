@@ -18,11 +18,14 @@ from bmd.lab import Lab, LabSpec
 from bmd.lab.console import ConsoleRelay
 from tests.ipmi.helpers import (
     FAST,
+    IPMICONSOLE,
     IPMITOOL,
     Pool,
     Pty,
     eventually,
     ipmi_client,
+    low_udp_port,
+    needs_ipmiconsole,
     needs_ipmitool,
     running_lab,
     target,
@@ -137,6 +140,46 @@ async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
             proc.kill()
             await proc.wait()
         term.close()
+
+
+# -- FreeIPMI's ipmiconsole as the console ----------------------------------------------------------
+@needs_ipmiconsole
+@pytest.mark.parametrize("suite", [17, 3])
+async def test_ipmiconsole(suite: int) -> None:
+    """ipmiconsole asks Get Channel Payload Support and Get Payload Activation Status before it activates
+    (ipmitool does not); its escape ``&.`` deactivates the payload and closes the session."""
+    assert IPMICONSOLE is not None
+    host = "127.1.98.1" if suite == 17 else "127.1.98.2"
+    async with running_lab(LabSpec(count=1, first_address=host, port=low_udp_port(host))) as lab:
+        b = lab.bmcs[0]
+        term = Pty()
+        proc = await asyncio.create_subprocess_exec(
+            IPMICONSOLE,
+            *("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", str(suite)),
+            stdin=term.slave,
+            stdout=term.slave,
+            stderr=term.slave,
+        )
+        try:
+            await term.expect(b"[SOL established]")
+            assert (await lab.state(b.name))["sol"]["active"]
+            await lab.sol([b.name], print_text="bmd-lab-marker for ipmiconsole\n")
+            await term.expect(b"bmd-lab-marker for ipmiconsole")
+            term.type(b"typed-in-ipmiconsole\r")
+            await term.expect(f"{b.name} login: ".encode())
+            await eventually(lambda: _typed(lab, b.name), lambda t: t == "typed-in-ipmiconsole\r", 5)
+            term.type(b"&.")  # ipmiconsole's escape: close the connection
+            async with asyncio.timeout(10):
+                rc = await proc.wait()
+            assert rc == 0, term.out.decode(errors="replace")
+            assert b"[closing the connection]" in term.out
+            state = await lab.state(b.name)
+            assert not state["sol"]["active"] and state["stats"]["sol_deactivated"] == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            term.close()
 
 
 async def test_sim_machine_prints_its_boot_on_sol() -> None:
