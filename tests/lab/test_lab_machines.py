@@ -29,6 +29,7 @@ from bmd.lab import Lab, LabSpec
 from bmd.lab.images import (
     bios_marker_image,
     hybrid_marker_image,
+    mbr_echo_program,
     mbr_program,
     uefi_marker_image,
     uefi_tools_missing,
@@ -332,6 +333,12 @@ def test_mbr_program_is_a_boot_sector_with_the_marker() -> None:
     sector = mbr_program("hello")
     assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
     assert b"hello\r\n\0" in sector
+
+
+def test_mbr_echo_program_is_a_boot_sector_with_the_marker() -> None:
+    sector = mbr_echo_program("hello")
+    assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
+    assert b"hello\r\n\0" in sector and sector != mbr_program("hello")  # booted: tests/ipmi/test_sol_qemu.py
 
 
 def test_lab_image_cli_writes_the_bios_marker_image(tmp_path: Path) -> None:
