@@ -106,8 +106,9 @@ async def test_sol_consoles_talk_to_the_qemu_guest(tmp_path: Path) -> None:
 
         # 1. ipmitool -I lanplus sol activate, attached before power on: the guest's boot, and the echo.
         if IPMITOOL is not None:
-            login = ("-I", "lanplus", "-C", "17", "-H", b.host, "-p", str(b.port), "-U", b.username, "-P", b.password)
-            async with console_process([IPMITOOL, *login, "sol", "activate"]) as (term, proc):
+            argv = [IPMITOOL, "-I", "lanplus", "-C", "17", "-H", b.host, "-p", str(b.port)]
+            argv += ["-U", b.username, "-P", b.password, "sol", "activate"]
+            async with console_process(argv) as (term, proc):
                 await term.expect(b"SOL Session operational")
                 pids.append(await boot_watched(client, t, lab, b.name, first=not pids))
                 await term.expect(MARKER.encode(), within=BOOT_WITHIN)
@@ -125,8 +126,8 @@ async def test_sol_consoles_talk_to_the_qemu_guest(tmp_path: Path) -> None:
 
         # 3. FreeIPMI's ipmiconsole, when installed.
         if IPMICONSOLE is not None:
-            login = ("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", "17")
-            async with console_process([IPMICONSOLE, *login]) as (term, proc):
+            argv = [IPMICONSOLE, "-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", "17"]
+            async with console_process(argv) as (term, proc):
                 await term.expect(b"[SOL established]")
                 pids.append(await boot_watched(client, t, lab, b.name, first=not pids))
                 await term.expect(MARKER.encode(), within=BOOT_WITHIN)
