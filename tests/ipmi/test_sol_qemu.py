@@ -10,8 +10,6 @@ changes a character). Every boot is one QEMU process; powering off through IPMI 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,29 +21,11 @@ from bmd.lab import Lab, LabBMCInfo, LabSpec
 from bmd.lab.images import bios_echo_image
 from bmd.lab.qemu import qemu_missing
 from tests.ipmi.helpers import FAST, IPMICONSOLE, IPMITOOL, Pty, eventually, ipmi_client, low_udp_port, target
+from tests.lab_api import alive, closed_port, put_on_disk
 
 MARKER = "bmd-guest-sol-marker-31"
 BOOT_WITHIN = 30.0  # seconds from power on to the marker: SeaBIOS under TCG on a busy 2-core machine
 QUICK_SOL = SolSettings(ack_timeout=0.2, nack_pause=0.05)
-
-
-def closed_port() -> int:
-    """A TCP port nothing listens on: the guest's bmd address (this guest never uses the network)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def put_on_disk(image: Path, disk: Path) -> None:
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(image), str(disk)], check=True, timeout=60)
 
 
 @asynccontextmanager
