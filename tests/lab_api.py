@@ -1,10 +1,13 @@
 """Driving a bmd that runs beside a lab (``bmd.service.serve_lab``) over its HTTP API, for the lab and e2e
-tests: polls with deadlines (the daemon and the VMs are other processes; nothing in-process to wait on)."""
+tests: polls with deadlines (the daemon and the VMs are other processes; nothing in-process to wait on);
+and the small helpers of the tests that run QEMU lab machines."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +20,27 @@ from bmd.lab import Lab
 from bmd.service import Endpoint, serve_lab
 
 T = TypeVar("T")
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def closed_port() -> int:
+    """A TCP port nothing listens on (a lab VM's bmd address when the guest never reaches bmd)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def put_on_disk(image: Path, disk: Path) -> None:
+    """A raw image onto a lab VM's qcow2 disk."""
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(image), str(disk)], check=True, timeout=60)
 
 
 async def until(what: str, probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], deadline: float) -> T:

@@ -7,7 +7,8 @@
 #   3. POST <bmd_url>/v1/agent/lookup once, Accept: text/plain -> key=value lines (bmd/api/shell_text.py),
 #      read with `read -r`, never evaluated; the token lives only in a shell variable from then on;
 #   4. every later call carries X-Agent-Token: download the image (resumed with Range, every transfer
-#      bounded by `timeout`), check its checksum, pick the disk by the root-device hints, dd, sync;
+#      bounded by `timeout`), check its checksum, pick the disk by the root-device hints (disks read by
+#      inspect.sh's bmd_disk_serial, as inspection reads them), dd, sync;
 #      heartbeats {"message": ...} at each stage; the config drive when bmd hands one out;
 #   5. POST the callback: {"deployment_id", "address", "error"} (+ "console", the tail of this agent's
 #      log, when something failed). Then bmd switches the node to disk boot and reboots it.
@@ -369,7 +370,7 @@ choose_disk() {
 			gib=$((bytes / 1073741824))
 			model=$(attr "$b/device/model")
 			vendor=$(attr "$b/device/vendor")
-			serial=$(attr "$b/serial" "$b/device/serial")
+			serial=$(bmd_disk_serial "$b") # inspect.sh: sysfs serial, else the SCSI VPD page 0x80
 			wwn=$(attr "$b/wwid" "$b/device/wwid")
 			seen="$seen $name(${gib}GiB model='$model' vendor='$vendor' serial='$serial' wwn='$wwn')"
 			[ -z "$H_NAME" ] || [ "${H_NAME##*/}" = "$name" ] || continue
@@ -465,6 +466,9 @@ main() {
 		inspect
 		exit 0
 	fi
+	# how disks are read (bmd_disk_serial), shared with the inspection collector; before the download
+	[ -r "$LIB/inspect.sh" ] || fail "the root device hints need $LIB/inspect.sh, which is missing"
+	. "$LIB/inspect.sh" || fail "cannot load $LIB/inspect.sh"
 	check_memory
 	heartbeat "agent up at ${ADDRESS:-unknown address}: downloading the image"
 	image="$WORK/image"

@@ -78,15 +78,29 @@ bmd_inspect_memory() {
 	printf '{"total_mib": %s, "physical_mib": %s}' "$total" "$physical"
 }
 
-# A disk's serial: sysfs "serial" (virtio, NVMe), else the SCSI unit serial number VPD page (0x80: a
-# 4-byte header, then the serial; SATA and SAS disks behind sd).
-bmd_inspect_serial() {
-	v=$(bmd_inspect_attr "$1/serial" "$1/device/serial")
-	if [ "$v" = null ] && [ -r "$1/device/vpd_pg80" ]; then
-		s=$(tail -c +5 "$1/device/vpd_pg80" 2>/dev/null | tr -cd '\41-\176' | head -c 255)
-		[ -n "$s" ] && v=$(printf '%s' "$s" | bmd_inspect_json)
+# A disk's serial number as plain text ($1: its /sys/block/<name>; nothing when it has none): sysfs
+# "serial" (virtio, NVMe) or device/serial, else the SCSI unit serial number VPD page (0x80: a 4-byte
+# header, then the serial; SATA and SAS disks behind sd). The deploy agent (bmd-agent.sh sources this
+# file) matches the root device hint "serial" against it, so a serial read from a report matches.
+bmd_disk_serial() {
+	for ds_file in "$1/serial" "$1/device/serial"; do
+		[ -r "$ds_file" ] || continue
+		ds_v=$(sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$ds_file" 2>/dev/null | head -n 1)
+		if [ -n "$ds_v" ]; then
+			printf '%s' "$ds_v"
+			return 0
+		fi
+	done
+	if [ -r "$1/device/vpd_pg80" ]; then
+		tail -c +5 "$1/device/vpd_pg80" 2>/dev/null | tr -cd '\41-\176' | head -c 255
 	fi
-	printf '%s' "$v"
+	return 0
+}
+
+# The same as a JSON string, null when there is none.
+bmd_inspect_serial() {
+	v=$(bmd_disk_serial "$1")
+	if [ -n "$v" ]; then printf '%s' "$v" | bmd_inspect_json; else printf 'null'; fi
 }
 
 bmd_inspect_disks() {

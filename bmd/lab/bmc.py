@@ -15,7 +15,9 @@ Fixes over stock pyghmi 1.6.19 (see shared/notes/bmc-peers.md):
   retransmission never re-runs a chassis control nor desynchronises RAKP.
 - Unknown users get RAKP 2 status 0x0D, a bad RAKP 3 gets RAKP 4 status 0x0F (pyghmi stays silent).
 - Serial over LAN (Activate/Deactivate Payload, SOL packets) is :mod:`bmd.lab.sol`, bridged to the
-  machine's serial line (pyghmi's answers the payload port big-endian and needs its I/O thread).
+  machine's serial line (pyghmi's answers the payload port big-endian and needs its I/O thread); Get
+  Channel Payload Support/Version and Get Payload Activation Status are answered too (pyghmi: 0xC1),
+  which FreeIPMI's ipmiconsole needs before it activates.
 """
 
 from __future__ import annotations
@@ -239,6 +241,42 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         size = INBOUND_SIZE.to_bytes(2, "little")
         # aux data, inbound and outbound payload sizes, payload UDP port (little-endian), VLAN none
         session.send_ipmi_response(data=b"\0\0\0\0" + size + size + self.port.to_bytes(2, "little") + b"\xff\xff")
+
+    def payload_activation_status(self, request: dict[str, Any], session: LabSession) -> None:
+        """Get Payload Activation Status (24.4): one SOL instance, and whether it is active. FreeIPMI's
+        ipmiconsole asks before activating (to deactivate a stale payload first, unless --dont-steal)."""
+        data = bytes(request["data"])
+        if not data or data[0] & 0x3F != 1:
+            session.send_ipmi_response(code=0xCC)
+            return
+        active = self.sol is not None and self.sol.active
+        session.send_ipmi_response(data=bytes((1, int(active), 0)))
+
+    def channel_payload_support(self, request: dict[str, Any], session: LabSession) -> None:
+        """Get Channel Payload Support (24.8): IPMI messages and SOL; the RMCP+ session setup payloads."""
+        # standard types 0-15 (IPMI message, SOL), session setup 16-31 (open session, RAKP 1-4), no OEM
+        session.send_ipmi_response(data=bytes((0x03, 0x00, 0x3F, 0x00, 0x00, 0x00, 0x00, 0x00)))
+
+    def channel_payload_version(self, request: dict[str, Any], session: LabSession) -> None:
+        """Get Channel Payload Version (24.9): SOL 1.0 (0x10)."""
+        data = bytes(request["data"])
+        if len(data) < 2 or data[1] not in (0, 1):
+            session.send_ipmi_response(code=0x80)  # payload type not available on this channel
+            return
+        session.send_ipmi_response(data=b"\x10")
+
+    def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
+        """pyghmi's dispatch, plus the payload queries SOL consoles make around Activate Payload."""
+        if request["netfn"] == 6:
+            handler = {
+                0x4A: self.payload_activation_status,
+                0x4E: self.channel_payload_support,
+                0x4F: self.channel_payload_version,
+            }.get(request["command"])
+            if handler is not None:
+                handler(request, session)
+                return
+        super().handle_raw_request(request, session)
 
     def deactivate_payload(self, request: dict[str, Any], session: LabSession) -> None:
         data = bytes(request["data"])

@@ -4,6 +4,9 @@
   ``<marker>\\r\\n`` to COM1 (I/O port 0x3F8) and then asks the chipset's ACPI PM1a control register for
   soft-off (SLP_EN with sleep type 0: QEMU ``pc`` with SeaBIOS has it at 0x604, older layouts at 0xB004);
   when neither port powers off it halts forever. Padded with zeros to ``size`` bytes (2 MiB by default).
+- :func:`bios_echo_image`: an MBR program that prints ``<marker>\\r\\n`` on COM1, then echoes what arrives
+  on COM1 with lower-case letters made upper-case, forever (the VM is powered off from outside): proof
+  that typed characters reached the guest and that the guest, not a relay, answered.
 - :func:`uefi_marker_image`: a GPT disk with one EFI system partition (FAT, written with mtools, no mount)
   holding ``EFI/BOOT/BOOTX64.EFI``, a GRUB made by ``grub-mkstandalone -O x86_64-efi`` around an embedded
   grub.cfg that prints the marker on the serial console and halts (GRUB's halt powers the VM off).
@@ -76,6 +79,55 @@ def mbr_program(marker: str) -> bytes:
     return bytes(code) + bytes(510 - len(code)) + b"\x55\xaa"
 
 
+def _rel8(code: bytearray, target: int) -> bytes:
+    """The 8-bit displacement of a short jump written at the end of ``code`` (2 bytes) to ``target``."""
+    return bytes(((target - (len(code) + 2)) & 0xFF,))
+
+
+def mbr_echo_program(marker: str) -> bytes:
+    """The 512-byte boot sector: print ``marker`` on COM1, then echo COM1 upper-cased (polling the UART's
+    line status register, 0x3FD bit 0 "data ready")."""
+    text = check_marker(marker).encode() + b"\r\n\0"
+    code = bytearray()
+    code += b"\xfa"  # cli
+    code += b"\x31\xc0"  # xor ax, ax
+    code += b"\x8e\xd8"  # mov ds, ax
+    msg_fixup = len(code) + 1
+    code += b"\xbe\x00\x00"  # mov si, <message>  (patched below)
+    code += b"\xba\xf8\x03"  # mov dx, 0x3f8
+    loop = len(code)
+    code += b"\xac"  # lodsb
+    code += b"\x84\xc0"  # test al, al
+    code += b"\x74\x03"  # jz +3               (end of string: to the echo loop)
+    code += b"\xee"  # out dx, al
+    code += b"\xeb" + _rel8(code, loop)  # jmp loop
+    echo = len(code)
+    code += b"\xba\xfd\x03"  # mov dx, 0x3fd      (COM1 line status register)
+    wait = len(code)
+    code += b"\xec"  # in al, dx
+    code += b"\xa8\x01"  # test al, 1          (data ready)
+    code += b"\x74" + _rel8(code, wait)  # jz wait
+    code += b"\xba\xf8\x03"  # mov dx, 0x3f8
+    code += b"\xec"  # in al, dx            (the character)
+    code += b"\x3c\x61"  # cmp al, 'a'
+    code += b"\x72\x06"  # jb +6               (to the out)
+    code += b"\x3c\x7a"  # cmp al, 'z'
+    code += b"\x77\x02"  # ja +2
+    code += b"\x2c\x20"  # sub al, 0x20        (upper case)
+    code += b"\xee"  # out dx, al
+    code += b"\xeb" + _rel8(code, echo)  # jmp echo
+    struct.pack_into("<H", code, msg_fixup, _ORIGIN + len(code))
+    code += text
+    if len(code) > 446:
+        raise InvalidInput("marker too long for a boot sector", field="marker")
+    return bytes(code) + bytes(510 - len(code)) + b"\x55\xaa"
+
+
+def bios_echo_image(path: Path, marker: str = DEFAULT_MARKER, size: int = BIOS_IMAGE_SIZE) -> Path:
+    """A disk whose boot sector prints ``marker`` and then echoes the serial line upper-cased."""
+    return _write_boot_sector(path, mbr_echo_program(marker), size)
+
+
 def hybrid_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = UEFI_IMAGE_SIZE) -> Path:
     """A disk that proves it booted under SeaBIOS and under OVMF alike (see the module's docstring)."""
     code = mbr_program(marker)[:446].rstrip(b"\0")
@@ -89,9 +141,12 @@ def hybrid_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = UE
 
 def bios_marker_image(path: Path, marker: str = DEFAULT_MARKER, size: int = BIOS_IMAGE_SIZE) -> Path:
     """Write the MBR marker program padded to ``size`` bytes (atomically: temp file + rename)."""
+    return _write_boot_sector(path, mbr_program(marker), size)
+
+
+def _write_boot_sector(path: Path, sector: bytes, size: int) -> Path:
     if size < 512 or size % 512:
         raise InvalidInput("size must be a positive multiple of 512", field="size")
-    sector = mbr_program(marker)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(sector)

@@ -40,6 +40,7 @@ class Disk:
     vendor: str = ""
     serial: str = ""
     wwn: str = ""
+    vpd_serial: str = ""  # only in the SCSI unit serial number VPD page (SATA/SAS disks behind sd)
 
 
 @dataclass
@@ -79,6 +80,9 @@ class Machine:
             (block / "serial").write_text(disk.serial + "\n")
         if disk.wwn:
             (block / "wwid").write_text(disk.wwn + "\n")
+        if disk.vpd_serial:  # page 0x80: peripheral byte, page code, 2-byte length, then the serial (padded)
+            page = disk.vpd_serial.encode() + b"    "
+            (block / "device" / "vpd_pg80").write_bytes(bytes((0, 0x80)) + len(page).to_bytes(2, "big") + page)
         dev = self.root / "dev" / disk.name
         dev.write_bytes(b"\xee" * 4096)  # what was there before: must be overwritten only by the image
         self.disks.append(disk)

@@ -56,6 +56,7 @@ def test_the_ramdisk_holds_init_busybox_the_agent_and_the_modules(deploy_ramdisk
     assert stat.S_ISCHR(entries["dev/console"][0])
     assert entries["usr/lib/bmd-agent/bmd-agent.sh"][1] == (Path("bmd/agent/bmd-agent.sh").read_bytes())
     assert "usr/lib/bmd-agent/udhcpc.script" in entries
+    assert "usr/lib/bmd-agent/inspect.sh" in entries  # the agent sources it (bmd_disk_serial)
     order = entries["lib/bmd-modules.order"][1].decode().split()
     names = [p.rsplit("/", 1)[-1].removesuffix(".ko") for p in order]
     assert names == manifest["modules"] or [n.replace("-", "_") for n in names] == manifest["modules"]

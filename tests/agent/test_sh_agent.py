@@ -102,6 +102,7 @@ DISKS = [
     Disk("sda", 10, model="SLOW DISK", vendor="ACME", serial="S-A", wwn="naa.5000c500a0000001"),
     Disk("sdb", 20, model="FAST DISK", vendor="ACME", serial="S-B", wwn="naa.5000c500a0000002"),
     Disk("sdc", 20, model="FAST DISK", vendor="Other", serial="S-C", wwn="naa.5000c500a0000003"),
+    Disk("sdd", 20, model="SATA DISK", vendor="ATA", vpd_serial="WD-WCC4N0123456"),  # no sysfs serial
     Disk("sr0", 20),
 ]
 
@@ -112,6 +113,7 @@ DISKS = [
         ({}, "sda"),  # no hints: the first disk (loop, ram and sr devices are no disks)
         ({"size": 20}, "sdb"),
         ({"size": 20, "serial": "S-C"}, "sdc"),
+        ({"serial": "WD-WCC4N0123456"}, "sdd"),  # the serial only in the VPD page 0x80, as inspection reads it
         ({"model": "fast disk", "vendor": "other"}, "sdc"),
         ({"wwn": "naa.5000c500a0000002"}, "sdb"),
         ({"name": "/dev/sdc"}, "sdc"),
@@ -185,7 +187,7 @@ async def test_the_config_drive_hook(tmp_path: Path, db_file: Path, busybox: str
     port = await proxy.start()
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("bmd-agent.sh", "udhcpc.script"):
+    for name in ("bmd-agent.sh", "inspect.sh", "udhcpc.script"):
         shutil.copy(AGENT_DIR / name, lib / name)
     if with_lib:
         (lib / "configdrive.sh").write_text(
@@ -214,6 +216,24 @@ async def test_the_config_drive_hook(tmp_path: Path, db_file: Path, busybox: str
                 assert f"a config drive was requested but {lib}/configdrive.sh is missing" in (node.last_error or "")
     finally:
         await proxy.close()
+
+
+async def test_a_ramdisk_without_inspect_sh_fails_before_the_download(
+    tmp_path: Path, cloud: Cloud, busybox: str
+) -> None:
+    """The agent reads disks with inspect.sh's bmd_disk_serial: without the file it says so, downloads nothing."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("bmd-agent.sh", "udhcpc.script"):
+        shutil.copy(AGENT_DIR / name, lib / name)
+    (w,) = await deploy_until_waiting(cloud)
+    machine = Machine(cloud.tmp / "machine", busybox, lib=lib)
+    machine.add_disk(Disk("vda", 10))
+    assert await machine.run(url_of(cloud), w.node_uuid, MAC) == 1
+    node = await cloud.node(w.node_id)
+    assert node.provision_state == "error"
+    assert f"the root device hints need {lib}/inspect.sh, which is missing" in (node.last_error or "")
+    assert not (machine.work / "image").exists() and machine.disk("vda") == b"\xee" * 4096
 
 
 async def test_an_image_larger_than_the_nodes_memory_is_refused_before_the_download(cloud: Cloud, busybox: str) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import os
 import pty
+import random
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -24,6 +26,29 @@ FAST = IPMISettings(timeout=2.0, attempt_timeout=0.2, retries=2)
 
 IPMITOOL = shutil.which("ipmitool")
 needs_ipmitool = pytest.mark.skipif(IPMITOOL is None, reason="Debian's ipmitool is not installed")
+IPMICONSOLE = shutil.which("ipmiconsole") or shutil.which("ipmiconsole", path="/usr/sbin:/sbin")
+needs_ipmiconsole = pytest.mark.skipif(
+    IPMICONSOLE is None, reason="FreeIPMI's ipmiconsole is not installed (Debian freeipmi-tools)"
+)
+
+
+def low_udp_port(host: str) -> int:
+    """A free UDP port below 32768 on ``host`` (a loopback address of the test's own).
+
+    FreeIPMI 1.6.10's ipmiconsole turns the port of ``--hostname host:port`` into a signed 16-bit number
+    before resolving it (port 55792 is looked up as service "-9744": "hostname invalid"), so a lab BMC
+    it talks to must not sit on an ephemeral port (32768-60999 on Linux), which is what port 0 gives.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free UDP port below 32768 on {host}")
 
 
 def target(b: LabBMCInfo, *, password: str | None = None, username: str | None = None) -> BMCTarget:

@@ -14,15 +14,19 @@ import pytest
 import pytest_asyncio
 
 from bmd.ipmi import ChassisControl, CompletionCodeError, IPMIClient, SolSettings
+from bmd.ipmi.protocol import NetFn
 from bmd.lab import Lab, LabSpec
 from bmd.lab.console import ConsoleRelay
 from tests.ipmi.helpers import (
     FAST,
+    IPMICONSOLE,
     IPMITOOL,
     Pool,
     Pty,
     eventually,
     ipmi_client,
+    low_udp_port,
+    needs_ipmiconsole,
     needs_ipmitool,
     running_lab,
     target,
@@ -98,6 +102,24 @@ async def test_one_console_at_a_time_and_take_over(solpool: Pool) -> None:
             await first.close()
 
 
+async def test_payload_queries(solpool: Pool) -> None:
+    """Get Payload Activation Status (24.4), Get Channel Payload Support and Version (24.8, 24.9): what
+    FreeIPMI's ipmiconsole asks before activating."""
+    b = solpool.one()
+    async with ipmi_client(FAST) as client:
+        t = target(b)
+        assert await client.command(t, NetFn.APP, 0x4A, b"\x01") == b"\x01\x00\x00"  # one instance, inactive
+        async with client.sol(t, settings=QUICK_SOL):
+            assert await client.command(t, NetFn.APP, 0x4A, b"\x01") == b"\x01\x01\x00"  # instance 1 active
+        assert await client.command(t, NetFn.APP, 0x4A, b"\x01") == b"\x01\x00\x00"
+        support = await client.command(t, NetFn.APP, 0x4E, b"\x0e")
+        assert support[0] == 0x03 and support[2] == 0x3F  # IPMI messages and SOL; open session, RAKP 1-4
+        assert await client.command(t, NetFn.APP, 0x4F, b"\x0e\x01") == b"\x10"  # SOL 1.0
+        with pytest.raises(CompletionCodeError) as refused:
+            await client.command(t, NetFn.APP, 0x4A, b"\x02")  # an OEM payload: not served
+        assert refused.value.completion_code == 0xCC
+
+
 async def test_commands_beside_sol(solpool: Pool) -> None:
     b = solpool.one()
     client: IPMIClient
@@ -137,6 +159,87 @@ async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
             proc.kill()
             await proc.wait()
         term.close()
+
+
+# -- FreeIPMI's ipmiconsole as the console ----------------------------------------------------------
+@needs_ipmiconsole
+@pytest.mark.parametrize("suite", [17, 3])
+async def test_ipmiconsole(suite: int) -> None:
+    """ipmiconsole asks Get Channel Payload Support and Get Payload Activation Status before it activates
+    (ipmitool does not); its escape ``&.`` deactivates the payload and closes the session."""
+    assert IPMICONSOLE is not None
+    host = "127.1.98.1" if suite == 17 else "127.1.98.2"
+    async with running_lab(LabSpec(count=1, first_address=host, port=low_udp_port(host))) as lab:
+        b = lab.bmcs[0]
+        term = Pty()
+        proc = await asyncio.create_subprocess_exec(
+            IPMICONSOLE,
+            *("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", str(suite)),
+            stdin=term.slave,
+            stdout=term.slave,
+            stderr=term.slave,
+        )
+        try:
+            await term.expect(b"[SOL established]")
+            assert (await lab.state(b.name))["sol"]["active"]
+            await lab.sol([b.name], print_text="bmd-lab-marker for ipmiconsole\n")
+            await term.expect(b"bmd-lab-marker for ipmiconsole")
+            term.type(b"typed-in-ipmiconsole\r")
+            await term.expect(f"{b.name} login: ".encode())
+            await eventually(lambda: _typed(lab, b.name), lambda t: t == "typed-in-ipmiconsole\r", 5)
+            term.type(b"&.")  # ipmiconsole's escape: close the connection
+            async with asyncio.timeout(10):
+                rc = await proc.wait()
+            assert rc == 0, term.out.decode(errors="replace")
+            assert b"[closing the connection]" in term.out
+            state = await lab.state(b.name)
+            assert not state["sol"]["active"] and state["stats"]["sol_deactivated"] == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            term.close()
+
+
+@needs_ipmiconsole
+async def test_ipmiconsole_takes_the_payload_from_bmds_console() -> None:
+    """Without --dont-steal, ipmiconsole finds the payload active (activation status), deactivates it and
+    activates its own: bmd's console is told the BMC deactivated it."""
+    assert IPMICONSOLE is not None
+    host = "127.1.98.3"
+    async with (
+        running_lab(LabSpec(count=1, first_address=host, port=low_udp_port(host))) as lab,
+        ipmi_client(FAST) as client,
+    ):
+        b = lab.bmcs[0]
+        console = await client.open_sol(target(b), settings=QUICK_SOL)
+        term = Pty()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                IPMICONSOLE,
+                *("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", "17"),
+                stdin=term.slave,
+                stdout=term.slave,
+                stderr=term.slave,
+            )
+            try:
+                await term.expect(b"[SOL established]")
+                async with asyncio.timeout(5):
+                    assert [c async for c in console.read()] == []
+                assert "deactivated" in (console.end_reason or "")
+                await lab.sol([b.name], print_text="for-ipmiconsole\n")
+                await term.expect(b"for-ipmiconsole")
+                term.type(b"&.")
+                async with asyncio.timeout(10):
+                    assert await proc.wait() == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        finally:
+            term.close()
+            await console.close()
+        assert (await lab.state(b.name))["stats"]["sol_activated"] == 2
 
 
 async def test_sim_machine_prints_its_boot_on_sol() -> None:

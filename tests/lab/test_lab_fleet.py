@@ -17,6 +17,7 @@ from bmd.errors import BMCAuthError, BMCTimeout
 from bmd.ipmi import BMCTarget
 from bmd.lab import Fault, Lab, LabError, LabSpec, run_lab
 from tests.ipmi.helpers import FAST, eventually, ipmi_client, running_lab, target
+from tests.lab_api import alive
 
 NODE_KEYS = {
     "name",
@@ -31,15 +32,6 @@ NODE_KEYS = {
     "extra_specs",
     "interfaces",
 }
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_fleet_over_workers_with_faults_and_inventory(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable
@@ -29,6 +28,7 @@ from bmd.lab import Lab, LabSpec
 from bmd.lab.images import (
     bios_marker_image,
     hybrid_marker_image,
+    mbr_echo_program,
     mbr_program,
     uefi_marker_image,
     uefi_tools_missing,
@@ -36,18 +36,10 @@ from bmd.lab.images import (
 from bmd.lab.qemu import OVMF_CODE, OVMF_VARS, QemuMissing, qemu_missing
 from bmd.lab.quickstart import DEMO_MARKER, PLACEHOLDER
 from tests.conftest import make_settings
-from tests.lab_api import LabApi, serving_lab, until
+from tests.lab_api import LabApi, alive, closed_port, put_on_disk, serving_lab, until
 
 T = TypeVar("T")
 QUICK = IPMIPowerSettings(client=IPMISettings(timeout=2.0), min_command_interval=0.0, confirm_interval=0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -- serve --lab with simulated machines -----------------------------------------------------------------
@@ -186,16 +178,6 @@ def needs_qemu(*modes: str) -> None:
     missing = qemu_missing(set(modes))
     if missing:
         pytest.skip(f"QEMU lab machines: {missing}")
-
-
-def put_on_disk(image: Path, disk: Path) -> None:
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(image), str(disk)], check=True, timeout=60)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def read_console(host: str, port: int, marker: bytes, deadline: float) -> bytes:
@@ -365,6 +347,12 @@ def test_mbr_program_is_a_boot_sector_with_the_marker() -> None:
     sector = mbr_program("hello")
     assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
     assert b"hello\r\n\0" in sector
+
+
+def test_mbr_echo_program_is_a_boot_sector_with_the_marker() -> None:
+    sector = mbr_echo_program("hello")
+    assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
+    assert b"hello\r\n\0" in sector and sector != mbr_program("hello")  # booted: tests/ipmi/test_sol_qemu.py
 
 
 def test_lab_image_cli_writes_the_bios_marker_image(tmp_path: Path) -> None:
