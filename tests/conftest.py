@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from bmd.api.app import create_app
 from bmd.config import Settings, load_settings
@@ -20,8 +22,50 @@ from bmd.context import AppContext
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.service import open_context
+from tests.openapi_check import SpecChecker
 
 PG_ENV = "BMD_TEST_POSTGRES_URL"
+_SPEC: list[SpecChecker] = []  # fetched once per run from the first bmd server that answers
+
+
+@pytest.fixture(autouse=True)
+def openapi_answers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every answer of a bmd server to any aiohttp client in the test is checked against bmd's OpenAPI
+    document (tests/openapi_check.py); the test fails at teardown, listing each answer that does not match."""
+    problems: list[str] = []
+    if request.node.get_closest_marker("no_openapi_check"):
+        yield problems
+        return
+    original = aiohttp.ClientSession._request
+
+    async def checked(self: aiohttp.ClientSession, method: str, str_or_url: Any, **kwargs: Any) -> Any:
+        resp = await original(self, method, str_or_url, **kwargs)
+        if "X-Request-Id" in resp.headers and resp.status != 101:
+            try:
+                problem = await _check_answer(self, original, resp)
+            except Exception as err:  # noqa: BLE001 - the check itself broke: say so, never pass
+                problem = f"{resp.method} {resp.url} -> {resp.status}: could not be checked: {err!r}"
+            if problem:
+                problems.append(problem)
+        return resp
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", checked)
+    yield problems
+    monkeypatch.undo()
+    assert not problems, "answers that do not match bmd's OpenAPI document:\n" + "\n".join(problems[:20])
+
+
+async def _check_answer(session: aiohttp.ClientSession, original: Any, resp: aiohttp.ClientResponse) -> str | None:
+    if not _SPEC:
+        async with await original(session, "GET", resp.url.origin().join(URL("/v1/openapi.json"))) as got:
+            got.raise_for_status()
+            _SPEC.append(SpecChecker(await got.json()))
+    content_type = resp.headers.get("Content-Type", "")
+    if content_type.startswith("application/json") and resp.method != "HEAD":
+        body = await resp.read()  # kept by aiohttp: the test reads the same bytes after this
+    else:  # not read (a disk image can be large): whether there is a body is all that is checked
+        body = b"" if resp.content_length == 0 else b"?"
+    return _SPEC[0].problem(resp.method, resp.url.raw_path, resp.status, content_type, body)
 
 
 def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, Any]) -> Settings:

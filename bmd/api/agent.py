@@ -19,8 +19,10 @@ from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body, public
 from bmd.api.body import read_json, takes
+from bmd.api.openapi import answers
 from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
 from bmd.api.shell_text import shell_lines, wants_shell_text
+from bmd.api.views import AgentLookupAnswer, InspectionApplied, ProvisionStateView
 from bmd.inspection.report import InspectionReport
 from bmd.provision.agent import TOKEN_HEADER
 
@@ -30,6 +32,8 @@ def _token(request: web.Request) -> str | None:
 
 
 @public
+@answers(200, AgentLookupAnswer)
+@answers(200, media="text/plain", description="with Accept: text/plain, the same answer as key=value lines")
 @takes(AgentLookup)
 async def lookup(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentLookup)
@@ -39,18 +43,25 @@ async def lookup(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+@answers(200, media="application/octet-stream", description="the disk image")
+@answers(206, media="application/octet-stream")
+@answers(416)
 async def image(request: web.Request) -> web.StreamResponse:
     path = await ctx_of(request).conductor.agent_image(request.match_info["node"], _token(request))
     return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
+@answers(200, media="application/octet-stream", description="the config drive ISO")
+@answers(206, media="application/octet-stream")
+@answers(416)
 async def configdrive(request: web.Request) -> web.StreamResponse:
     path = await ctx_of(request).conductor.agent_config_drive(request.match_info["node"], _token(request))
     return web.FileResponse(path, headers={"Cache-Control": "no-store", "Content-Type": "application/octet-stream"})
 
 
 @public
-@takes(AgentHeartbeat)
+@answers(202, ProvisionStateView)
+@takes(AgentHeartbeat, required=False)
 async def heartbeat(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentHeartbeat) if request.can_read_body else AgentHeartbeat()
     state = await ctx_of(request).conductor.agent_heartbeat(request.match_info["node"], _token(request), body.message)
@@ -58,6 +69,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 @public
+@answers(202, ProvisionStateView)
 @takes(DeployInfo)
 async def pass_deploy_info(request: web.Request) -> web.Response:
     body = await parse_body(request, DeployInfo)
@@ -67,6 +79,7 @@ async def pass_deploy_info(request: web.Request) -> web.Response:
 
 
 @public
+@answers(200, InspectionApplied)
 @takes(InspectionReport)
 async def inspection(request: web.Request) -> web.Response:
     """The inspect agent's report: validated, stored and applied by the conductor (a report it cannot apply

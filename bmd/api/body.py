@@ -8,7 +8,8 @@ text that is not UTF-8, lone surrogates and NUL characters (the database cannot 
 
 Registering a route's body: decorate its handler with ``@takes(Model)`` (``@takes(None)`` for a body-taking
 method that reads none) and call ``parse_body(request, Model)`` inside. The fuzz test reads ``body_model``
-from every POST/PUT/PATCH handler and fails for a route that has none.
+from every POST/PUT/PATCH handler and fails for a route that has none; the OpenAPI spec (bmd/api/openapi.py)
+takes its request schemas from the same models.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MAX_DEPTH = 32
 MAX_NUMBER_LEN = 64
 THREAD_PARSE_BYTES = 64 * 1024
 BODY_MODEL_ATTR = "body_model"
+BODY_REQUIRED_ATTR = "body_required"
 
 H = TypeVar("H", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 
@@ -38,11 +40,13 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKETS = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def takes(model: type[BaseModel] | None) -> Callable[[H], H]:
-    """Declare the body model a handler parses (None: it takes no body); the fuzz test builds bodies from it."""
+def takes(model: type[BaseModel] | None, *, required: bool = True) -> Callable[[H], H]:
+    """Declare the body model a handler parses (None: it takes no body; ``required=False``: a call without
+    a body is valid too); the fuzz test builds bodies from it, the OpenAPI spec describes it."""
 
     def mark(handler: H) -> H:
         setattr(handler, BODY_MODEL_ATTR, model)
+        setattr(handler, BODY_REQUIRED_ATTR, required)
         return handler
 
     return mark

@@ -9,8 +9,10 @@ from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import LIMIT, NAME_MARKER, answers, query
 from bmd.api.paging import name_marker, page_limit, split_page
 from bmd.api.schemas import RESERVED_SPEC_KEYS, CapabilityValue, check_spec_key
+from bmd.api.views import CapabilitiesView, NodeCapabilities
 from bmd.db import nodes as q
 from bmd.errors import InvalidInput, NotFound
 from bmd.tasks.report_driver_status import TOPIC
@@ -26,6 +28,8 @@ def check_capability_key(key: str) -> str:
     return key
 
 
+@answers(200, CapabilitiesView)
+@query(LIMIT, NAME_MARKER)
 async def get_capabilities(request: web.Request) -> web.Response:
     """The last published list, paged by node name (``next``: the last node of the page)."""
     ctx = ctx_of(request)
@@ -43,6 +47,7 @@ def _node_of(stats: dict[str, Any]) -> str:
     return str(stats.get("node", ""))
 
 
+@answers(200, NodeCapabilities)
 @takes(CapabilityValue)
 async def set_capability(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -54,6 +59,7 @@ async def set_capability(request: web.Request) -> web.Response:
     return json_response({"node": node.id, "extra_specs": node.extra_specs})
 
 
+@answers(200, NodeCapabilities)
 async def unset_capability(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     key = request.match_info["key"]

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated
+from bmd.api.openapi import answers, query, query_bool, query_int
 from bmd.console_hub import Attachment, ConsoleHub, TerminalServer, describe
 from bmd.context import AppContext
 from bmd.db import nodes as q
@@ -43,6 +44,10 @@ def tail_param(request: web.Request) -> int | None:
     return int(raw)
 
 
+@answers(
+    200, media="text/plain", description="the recorded bytes (empty when nothing was recorded); bearer token required"
+)
+@query(query_int("tail", "only the last this many bytes"))
 async def console_log(request: web.Request) -> web.StreamResponse:
     if not is_authenticated(request):
         return error_response(401, "unauthorized", "a valid bearer token is required to read a console log")
@@ -75,6 +80,8 @@ def _flag(request: web.Request, name: str) -> bool:
     raise InvalidInput(f"{name}: expected true or false, got {raw[:40]!r}", field=name)
 
 
+@answers(101, description="the websocket: binary frames carry the console's bytes, text frames JSON control messages")
+@query(query_bool("take_over", "become the writer on attach"))
 async def console(request: web.Request) -> web.StreamResponse:
     if not is_authenticated(request):
         return error_response(401, "unauthorized", "a valid bearer token is required to attach to a console")

@@ -10,8 +10,10 @@ from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import LIMIT, NAME_MARKER, answers, query
 from bmd.api.paging import name_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import ExtraSpecsBody, ExtraSpecValueBody, FlavorCreate, check_extra_spec_key
+from bmd.api.views import ExtraSpec, ExtraSpecs, FlavorPage, FlavorView
 from bmd.db import flavors as q
 from bmd.db.models import InstanceType, InstanceTypeExtraSpec
 from bmd.db.nodes import conflict_from
@@ -19,6 +21,7 @@ from bmd.errors import Conflict, InvalidInput, NotFound
 from bmd.flavors import Flavor
 
 
+@answers(201, FlavorView)
 @takes(FlavorCreate)
 async def create_flavor(request: web.Request) -> web.Response:
     body = await parse_body(request, FlavorCreate)
@@ -50,6 +53,8 @@ async def create_flavor(request: web.Request) -> web.Response:
     return json_response(flavor.as_dict(), status=201)
 
 
+@answers(200, FlavorPage)
+@query(LIMIT, NAME_MARKER)
 async def list_flavors(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     limit = page_limit(request, ctx.settings.api.max_page_size)
@@ -59,12 +64,14 @@ async def list_flavors(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "flavors", page, Flavor.as_dict, next_marker)
 
 
+@answers(200, FlavorView)
 async def show_flavor(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         flavor = await q.get_flavor(session, request.match_info["name"])
     return json_response(flavor.as_dict())
 
 
+@answers(204)
 async def delete_flavor(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker.begin() as session:
         row = await q.get_flavor_row(session, request.match_info["name"], for_update=True)
@@ -73,12 +80,14 @@ async def delete_flavor(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@answers(200, ExtraSpecs)
 async def get_extra_specs(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         flavor = await q.get_flavor(session, request.match_info["name"])
     return json_response({"extra_specs": dict(flavor.extra_specs)})
 
 
+@answers(200, ExtraSpecs)
 @takes(ExtraSpecsBody)
 async def add_extra_specs(request: web.Request) -> web.Response:
     body = await parse_body(request, ExtraSpecsBody)
@@ -97,6 +106,7 @@ def _key(request: web.Request) -> str:
         raise InvalidInput(f"key: {err}", field="key") from err
 
 
+@answers(200, ExtraSpec)
 @takes(ExtraSpecValueBody)
 async def set_extra_spec(request: web.Request) -> web.Response:
     key = _key(request)
@@ -107,6 +117,7 @@ async def set_extra_spec(request: web.Request) -> web.Response:
     return json_response({key: body.value})
 
 
+@answers(204)
 async def delete_extra_spec(request: web.Request) -> web.Response:
     key = _key(request)
     async with ctx_of(request).sessionmaker.begin() as session:

@@ -7,6 +7,8 @@ from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import answers
+from bmd.api.views import InspectionApplied, InspectionStored
 from bmd.db import nodes as q
 from bmd.errors import NotFound
 from bmd.inspection.apply import apply_report
@@ -14,6 +16,7 @@ from bmd.inspection.report import InspectionReport
 from bmd.inspection.rules import compile_rules
 
 
+@answers(200, InspectionApplied)
 @takes(InspectionReport)
 async def post_inspection(request: web.Request) -> web.Response:
     """Apply a report to a node that holds no instance (200 with what was set, or why it was not)."""
@@ -29,6 +32,7 @@ async def post_inspection(request: web.Request) -> web.Response:
     return json_response({"node_id": node_id, **applied.to_dict()})
 
 
+@answers(200, InspectionStored)
 async def get_inspection(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessionmaker() as session:

@@ -11,8 +11,10 @@ from sqlalchemy import select
 
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InstanceCreate, ScheduleRequest
+from bmd.api.views import Deleting, InstancePage, InstanceView, Reservation, SelectionView
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
 from bmd.drivers.deploy.configdrive import decode_user_data
@@ -92,6 +94,7 @@ async def _flavor(request: web.Request, name: str) -> Flavor:
             raise InvalidInput(f"flavor: {err}", field="flavor") from err
 
 
+@answers(200, SelectionView)
 @takes(ScheduleRequest)
 async def schedule(request: web.Request) -> web.Response:
     body = await parse_body(request, ScheduleRequest)
@@ -99,6 +102,7 @@ async def schedule(request: web.Request) -> web.Response:
     return json_response(selection_to_dict(ctx_of(request).scheduler.select_destinations(spec)))
 
 
+@answers(202, Reservation)
 @takes(InstanceCreate)
 async def create_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -149,6 +153,8 @@ async def create_instances(request: web.Request) -> web.Response:
     return json_response({"reservation_id": instances[0]["reservation_id"], "instances": instances}, status=202)
 
 
+@answers(200, InstancePage)
+@query(query_bool("deleted", "include deleted instances"), LIMIT, ID_MARKER)
 async def list_instances(request: web.Request) -> web.StreamResponse:
     """Instances by creation; ``next`` is an opaque keyset marker (the last row's internal id)."""
     ctx = ctx_of(request)
@@ -165,6 +171,7 @@ async def list_instances(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "instances", page, instance_to_dict, next_marker)
 
 
+@answers(200, InstanceView)
 async def show_instance(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         inst = await session.scalar(select(Instance).where(Instance.uuid == request.match_info["uuid"]))
@@ -175,6 +182,8 @@ async def show_instance(request: web.Request) -> web.Response:
     return json_response(instance_to_dict(inst, node))
 
 
+@answers(202, Deleting)
+@answers(204, description="it was already gone")
 async def delete_instance(request: web.Request) -> web.Response:
     job = await ctx_of(request).conductor.destroy(request.match_info["uuid"])
     if job is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bmd.api.app import CTX
+from bmd.api.openapi import answers
 from bmd.context import AppContext
 
 
@@ -72,6 +73,7 @@ def render(ctx: AppContext) -> str:
     return "\n".join(lines) + "\n"
 
 
+@answers(200, media="text/plain", description="Prometheus text exposition format")
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=render(request.app[CTX]), content_type="text/plain", charset="utf-8")
 

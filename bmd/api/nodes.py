@@ -12,8 +12,10 @@ from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body, validate_model
 from bmd.api.body import takes
+from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool, query_str
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
+from bmd.api.views import InterfacePage, InterfaceView, NodeImportResult, NodePage, NodeView
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
@@ -71,6 +73,7 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
     )
 
 
+@answers(201, NodeView)
 @takes(NodeCreate)
 async def create_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -112,6 +115,7 @@ async def _inspect_on_enroll(ctx: AppContext, nodes: list[BareMetalNode]) -> lis
     return started
 
 
+@answers(201, NodeImportResult)
 @takes(NodeImport)
 async def import_nodes(request: web.Request) -> web.Response:
     """Enroll a whole inventory in one transaction: every entry is valid and new, or nothing is written."""
@@ -149,6 +153,15 @@ async def import_nodes(request: web.Request) -> web.Response:
     )
 
 
+@answers(200, NodePage)
+@query(
+    query_str("service_host", "only the nodes of this service"),
+    query_str("provision_state", "only the nodes in this provision state"),
+    query_bool("maintenance", "only the nodes in (true) or out of (false) maintenance"),
+    query_bool("associated", "only the nodes that hold (true) or do not hold (false) an instance"),
+    LIMIT,
+    ID_MARKER,
+)
 async def list_nodes(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     limit = page_limit(request, ctx.settings.api.max_page_size)
@@ -166,6 +179,7 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "nodes", page, q.node_to_dict, next_marker)
 
 
+@answers(200, NodeView)
 async def show_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessionmaker() as session:
@@ -206,6 +220,7 @@ def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None
         setattr(node, key, value)
 
 
+@answers(200, NodeView)
 @takes(NodeUpdate)
 async def update_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -223,6 +238,7 @@ async def update_node(request: web.Request) -> web.Response:
     return json_response(q.node_to_dict(node, ifaces))
 
 
+@answers(204)
 async def delete_node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessionmaker.begin() as session:
@@ -239,6 +255,8 @@ async def delete_node(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@answers(200, InterfacePage)
+@query(LIMIT, ID_MARKER)
 async def list_interfaces(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     limit = page_limit(request, ctx.settings.api.max_page_size)
@@ -253,6 +271,7 @@ async def list_interfaces(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
 
 
+@answers(201, InterfaceView)
 @takes(InterfaceCreate)
 async def add_interface(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -269,6 +288,7 @@ async def add_interface(request: web.Request) -> web.Response:
     return json_response(q.interface_to_dict(iface), status=201)
 
 
+@answers(204)
 async def delete_interface(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessionmaker.begin() as session:

@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import answers, query, query_bool
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
+from bmd.api.views import BootDeviceSet, BootDeviceView, PowerView, ProvisionStateView, StatesView
 from bmd.db import nodes as q
 from bmd.db.boot_devices import record_boot_device
 from bmd.db.models import BareMetalNode, utcnow
@@ -59,6 +61,7 @@ async def _bounded(coro: Any, seconds: float) -> Any:
         raise BMCTimeout(f"the BMC did not finish within {seconds:g} s") from err
 
 
+@answers(200, StatesView)
 async def get_states(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
@@ -79,6 +82,7 @@ async def _on_idle_node(request: web.Request, name: str, action: Callable[[BareM
     return await ctx_of(request).conductor.run(node.id, name, functools.partial(action, node))
 
 
+@answers(200, PowerView)
 @takes(PowerTarget)
 async def set_power(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -188,6 +192,7 @@ def _live(request: web.Request) -> bool:
     return value in ("true", "1")
 
 
+@answers(200, BootDeviceSet)
 @takes(BootDeviceBody)
 async def set_boot_device(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -205,6 +210,8 @@ async def set_boot_device(request: web.Request) -> web.Response:
     return json_response({"node": node.id, "boot_device": body.boot_device, "persistent": body.persistent})
 
 
+@answers(200, BootDeviceView)
+@query(query_bool("live", "ask the BMC (bearer token required)"))
 async def get_boot_device(request: web.Request) -> web.Response:
     """The last known boot device with its age (``"source": "cache"``), for anyone; ``?live=true`` asks the
     BMC (``"source": "bmc"``) and needs the bearer token: an anonymous read never makes bmd talk to a BMC."""
@@ -221,7 +228,8 @@ async def get_boot_device(request: web.Request) -> web.Response:
     return json_response(_boot_view(_device(info), info.persistent, started, "bmc"))
 
 
-@takes(MaintenanceBody)
+@answers(200, StatesView)
+@takes(MaintenanceBody, required=False)
 async def set_maintenance(request: web.Request) -> web.Response:
     body = await parse_body(request, MaintenanceBody) if request.can_read_body else MaintenanceBody()
     async with ctx_of(request).sessionmaker.begin() as session:
@@ -232,6 +240,7 @@ async def set_maintenance(request: web.Request) -> web.Response:
     return json_response(_states(node))
 
 
+@answers(200, StatesView)
 async def unset_maintenance(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker.begin() as session:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
@@ -241,6 +250,7 @@ async def unset_maintenance(request: web.Request) -> web.Response:
     return json_response(_states(node))
 
 
+@answers(202, ProvisionStateView)
 @takes(None)
 async def retry_clean(request: web.Request) -> web.Response:
     """A node in ``clean failed``: out of maintenance, clean again (docs/cleaning.md). 202 at once."""
@@ -248,6 +258,7 @@ async def retry_clean(request: web.Request) -> web.Response:
     return json_response({"provision_state": ProvisionState.CLEANING}, status=202)
 
 
+@answers(202, ProvisionStateView)
 @takes(None)
 async def start_inspection(request: web.Request) -> web.Response:
     """Boot a node that holds no instance (``available``, ``inspect failed``) into the ramdisk to inspect it

@@ -8,14 +8,18 @@ from sqlalchemy.exc import IntegrityError
 
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.openapi import ID_MARKER, LIMIT, answers, query
 from bmd.api.paging import id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import PxeIpCreate
+from bmd.api.views import PxeIpPage, PxeIpView
 from bmd.db import nodes as q
 from bmd.db.models import PxeIp
 from bmd.errors import Conflict, NotFound
 from bmd.ids import parse_id
 
 
+@answers(200, PxeIpPage)
+@query(LIMIT, ID_MARKER)
 async def list_pxe_ips(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     limit = page_limit(request, ctx.settings.api.max_page_size)
@@ -29,6 +33,7 @@ async def list_pxe_ips(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "pxe_ips", page, q.pxe_ip_to_dict, next_marker)
 
 
+@answers(201, PxeIpView)
 @takes(PxeIpCreate)
 async def create_pxe_ip(request: web.Request) -> web.Response:
     body = await parse_body(request, PxeIpCreate)
@@ -49,6 +54,7 @@ async def create_pxe_ip(request: web.Request) -> web.Response:
     return json_response(q.pxe_ip_to_dict(ip), status=201)
 
 
+@answers(204)
 async def delete_pxe_ip(request: web.Request) -> web.Response:
     ident = request.match_info["id"]
     pxe_id = parse_id(ident)

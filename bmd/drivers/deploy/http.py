@@ -23,8 +23,11 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from bmd.api.openapi import answers
+
 log = structlog.get_logger(__name__)
 
+OPENAPI_TAG = "images"
 ROOT_KEY = web.AppKey("bmd_deploy_http_root", Path)
 
 
@@ -43,6 +46,10 @@ def locate(root: Path, relative: str) -> Path | None:
     return target
 
 
+@answers(200, media="*/*", description="the file (iPXE scripts, kernels, ramdisks); Range supported")
+@answers(206, media="*/*")
+@answers(304)
+@answers(416)
 async def _serve(request: web.Request) -> web.StreamResponse:
     root = request.app[ROOT_KEY]
     relative = request.match_info["path"]
