@@ -227,8 +227,9 @@ def _operation(route: _Route, schemas: _Schemas, head: bool) -> dict[str, Any]:
         for answer in alternatives:
             if answer.model is not None:
                 content["application/json"] = {"schema": schemas.ref(answer.model, "serialization")}
-            elif answer.media is not None:
-                content[answer.media] = {"schema": {"type": "string"}}
+            elif answer.media is not None:  # not described further: JSON of no model of ours, text, bytes
+                kind = "object" if answer.media == "application/json" else "string"
+                content[answer.media] = {"schema": {"type": kind}}
         if content and not head:
             entry["content"] = content
         responses[str(status)] = entry
