@@ -234,14 +234,15 @@ class InspectionApplied(View):
     provision_state: str | None = Field(None, description="in the agent's call")
     applied: bool
     failure: str | None
-    cpus: int | None
-    memory_mb: int | None
-    local_gb: int | None
-    root_disk: dict[str, Json] | None
-    capabilities: dict[str, Json]
-    rules_matched: list[int] = Field(description="the indexes of the inspection rules that matched")
-    maintenance: str | None
-    interfaces_added: list[str]
+    # The rest is absent only from the agent's answer to a report that could not be read at all.
+    cpus: int | None = None
+    memory_mb: int | None = None
+    local_gb: int | None = None
+    root_disk: str | None = Field(None, description="the name of the disk chosen as root (sda, nvme0n1)")
+    capabilities: dict[str, Json] | None = None
+    rules_matched: list[int] | None = Field(None, description="the indexes of the inspection rules that matched")
+    maintenance: str | None = Field(None, description="the reason, when a rule put the node in maintenance")
+    interfaces_added: list[str] | None = None
 
 
 class InspectionStored(View):
