@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -75,6 +76,11 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _prose(text: Any) -> str:
+    """Docstring text as HTML: escaped, with its ``code`` and `code` spans set as code."""
+    return re.sub(r"``?([^`]+)``?", r"<code>\1</code>", _e(text))
+
+
 def _ref_name(ref: str) -> str:
     return ref.rsplit("/", 1)[-1]
 
@@ -113,7 +119,7 @@ def _fields_table(schema: dict[str, Any]) -> str:
     required = set(schema.get("required", ()))
     rows = "".join(
         f"<tr><td><code>{_e(name)}</code>{' <b>*</b>' if name in required else ''}</td><td>{type_of(prop)}</td>"
-        f"<td>{_e(prop.get('description', ''))} <span class=c>{_constraints(prop)}</span></td></tr>"
+        f"<td>{_prose(prop.get('description', ''))} <span class=c>{_constraints(prop)}</span></td></tr>"
         for name, prop in props.items()
     )
     extra = schema.get("additionalProperties")
@@ -121,14 +127,16 @@ def _fields_table(schema: dict[str, Any]) -> str:
     return f"<table><tr><th>field</th><th>type</th><th></th></tr>{rows}</table>{note}"
 
 
-def _operation(method: str, path: str, op: dict[str, Any]) -> str:
+def _operation(method: str, path: str, op: dict[str, Any], with_head: bool) -> str:
     parts = [f"<details class=op id={_e(op['operationId'])}><summary><span class='m {method}'>{method}</span> "]
-    parts.append(f"<span class=path>{_e(path)}</span> — {_e(op.get('summary', ''))}")
+    parts.append(f"<span class=path>{_e(path)}</span> — {_prose(op.get('summary', ''))}")
+    if method == "get" and with_head:
+        parts.append(" <span class=c>(and HEAD: the same headers, no body)</span>")
     if "security" in op:
         parts.append(" <span class=c>(bearer token)</span>")
     parts.append("</summary>")
     if op.get("description"):
-        parts.append(f"<p>{_e(op['description'])}</p>")
+        parts.append(f"<p>{_prose(op['description'])}</p>")
     params = op.get("parameters", [])
     if params:
         params_html = "".join(
@@ -156,28 +164,28 @@ def render_page(spec: dict[str, Any]) -> str:
     by_tag: dict[str, list[str]] = {t["name"]: [] for t in spec.get("tags", [])}
     for path, item in spec["paths"].items():
         for method in _METHODS:
-            if method in item:
+            if method in item and not (method == "head" and "get" in item):  # a GET's HEAD: said on the GET
                 op = item[method]
-                by_tag.setdefault(op["tags"][0], []).append(_operation(method, path, op))
+                by_tag.setdefault(op["tags"][0], []).append(_operation(method, path, op, "head" in item))
     described = {t["name"]: t.get("description", "") for t in spec.get("tags", [])}
     info = spec["info"]
     out = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>{_e(info['title'])} API {_e(info['version'])}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_e(info['title'])} API <span class=c>{_e(info['version'])}, OpenAPI {_e(spec['openapi'])}</span></h1>",
-        f"<p>{_e(info.get('description', ''))}</p>",
+        f"<p>{_prose(info.get('description', ''))}</p>",
         '<p>The machine-readable document: <a href="/v1/openapi.json">/v1/openapi.json</a>.</p>',
         "<nav>"
         + "".join(f'<a href="#tag-{_e(t)}">{_e(t)}</a>' for t in by_tag)
         + '<a href="#schemas">schemas</a></nav>',
     ]
     for tag, ops in by_tag.items():
-        out.append(f"<h2 id=tag-{_e(tag)}>{_e(tag)}</h2><p class=c>{_e(described.get(tag, ''))}</p>")
+        out.append(f"<h2 id=tag-{_e(tag)}>{_e(tag)}</h2><p class=c>{_prose(described.get(tag, ''))}</p>")
         out.extend(ops)
     out.append("<h2 id=schemas>schemas</h2>")
     for name, schema in spec["components"]["schemas"].items():
         doc = schema.get("description", "")
-        out.append(f"<h3 id=schema-{_e(name)}>{_e(name)}</h3><p>{_e(doc)}</p>{_fields_table(schema)}")
+        out.append(f"<h3 id=schema-{_e(name)}>{_e(name)}</h3><p>{_prose(doc)}</p>{_fields_table(schema)}")
     out.append("</body></html>")
     return "\n".join(out)
 

@@ -24,7 +24,6 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 import structlog
@@ -32,6 +31,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+import bmd
 from bmd.api.body import BODY_MODEL_ATTR, BODY_REQUIRED_ATTR
 from bmd.api.views import Error
 
@@ -166,8 +166,11 @@ def _summary(handler: Any, method: str, template: str) -> tuple[str, str]:
     doc = (handler.__doc__ or "").strip()
     if not doc:  # the handler's name says it: "delete_interface" -> "delete interface"
         return handler.__name__.strip("_").replace("_", " "), ""
-    first = re.split(r"\.\s|\n\n", doc, maxsplit=1)[0].replace("\n", " ").strip().rstrip(".")
-    return first[:120], " ".join(doc.split())
+    first = " ".join(re.split(r"\.\s|\n\n", doc, maxsplit=1)[0].split()).rstrip(".")
+    if len(first) > 100:  # a long first sentence: its first words, the whole is the description
+        first = first[:100].rsplit(" ", 1)[0] + " …"
+    whole = " ".join(doc.split())
+    return first, "" if whole.rstrip(".") == first else whole
 
 
 def _tag(handler: Any) -> tuple[str, str]:
@@ -284,7 +287,7 @@ def build_spec(app: web.Application, *, strict: bool = True) -> dict[str, Any]:
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "info": {
             "title": "bmd",
-            "version": _version(),
+            "version": bmd.__version__,
             "description": "The bare-metal management daemon's HTTP API. Errors are always "
             '`{"error": code, "message": text, "field": name or null}`. Lists page by keyset: '
             "`?limit=` and `?marker=` (the `next` of the previous page).",
@@ -311,13 +314,6 @@ def _place_refs(node: Any, by_key: dict[Any, dict[str, Any]]) -> None:
     elif isinstance(node, list):
         for item in node:
             _place_refs(item, by_key)
-
-
-def _version() -> str:
-    try:
-        return version("bmd")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0"
 
 
 _REASONS: dict[int, str] = {
