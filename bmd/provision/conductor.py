@@ -565,8 +565,14 @@ class Conductor:
         log.error("clean_failed", node=node_id, reason=reason)
 
     async def fail_cleaning(self, node_id: int, reason: str) -> None:
+        await self._fail_ramdisk(node_id, reason, self.record_clean_failure)
+
+    async def _fail_ramdisk(
+        self, node_id: int, reason: str, record: Callable[[AsyncSession, int, str], Awaitable[None]]
+    ) -> None:
+        """A clean's or an inspection's boot failed: ``record`` it with the reason, then power off and tidy."""
         async with self.p.sessionmaker.begin() as session:
-            await self.record_clean_failure(session, node_id, reason)
+            await record(session, node_id, reason)
             node = await session.get(BareMetalNode, node_id)
         if node is not None:
             await self.tidy_after_ramdisk(node, keep_record=True)
@@ -634,6 +640,15 @@ class Conductor:
 
     async def finish_clean(self, node_id: int) -> None:
         """The agent erased the disks: power off, boot files and DHCP entry gone, node available."""
+        await self._finish_ramdisk(node_id, "clean")
+
+    async def _finish_ramdisk(self, node_id: int, mode: Purpose) -> None:
+        """The agent of a clean or an inspection is done: power off, boot files, DHCP entry, deployment and
+        PXE IP gone, the node available (or the boot failed, when tidying up did)."""
+        finish, fail, failed, done = {
+            "clean": (states.finish_clean, self.fail_cleaning, "clean failed", "node_cleaned"),
+            "inspect": (states.finish_inspect, self.fail_inspecting, "inspection failed", "node_inspected"),
+        }[mode]
         with structlog.contextvars.bound_contextvars(node=node_id):
             async with self.p.sessionmaker() as session:
                 node = await session.get(BareMetalNode, node_id)
@@ -641,11 +656,11 @@ class Conductor:
                 return
             failures = await self.tidy_after_ramdisk(node)
             if failures:
-                await self.fail_cleaning(node_id, "clean failed: tidying up failed: " + "; ".join(failures))
+                await fail(node_id, f"{failed}: tidying up failed: " + "; ".join(failures))
                 return
             async with self.p.sessionmaker.begin() as session:
-                await states.finish_clean(session, node_id)
-            log.info("node_cleaned")
+                await finish(session, node_id)
+            log.info(done)
 
     # -- inspection (docs/inspection.md) ----------------------------------------------------------------
     #
@@ -734,23 +749,8 @@ class Conductor:
         log.error("inspection_failed", node=node_id, reason=reason)
 
     async def fail_inspecting(self, node_id: int, reason: str) -> None:
-        async with self.p.sessionmaker.begin() as session:
-            await self.record_inspect_failure(session, node_id, reason)
-            node = await session.get(BareMetalNode, node_id)
-        if node is not None:
-            await self.tidy_after_ramdisk(node, keep_record=True)
+        await self._fail_ramdisk(node_id, reason, self.record_inspect_failure)
 
     async def finish_inspect(self, node_id: int) -> None:
         """The report is in: power off, boot files, DHCP entry, deployment and PXE IP gone, node available."""
-        with structlog.contextvars.bound_contextvars(node=node_id):
-            async with self.p.sessionmaker() as session:
-                node = await session.get(BareMetalNode, node_id)
-            if node is None:
-                return
-            failures = await self.tidy_after_ramdisk(node)
-            if failures:
-                await self.fail_inspecting(node_id, "inspection failed: tidying up failed: " + "; ".join(failures))
-                return
-            async with self.p.sessionmaker.begin() as session:
-                await states.finish_inspect(session, node_id)
-            log.info("node_inspected")
+        await self._finish_ramdisk(node_id, "inspect")
