@@ -7,6 +7,10 @@ the binary's own), and forward a TCP port of the bridge address to a TCP port on
 through a UNIX socket: the file system is shared, the network is not), so a bmd served on 127.0.0.1 is
 reachable as ``http://10.77.0.1:<port>`` from inside.
 
+For the tests that boot a QEMU VM on ``tap0``: :func:`qemu_argv` (BIOS or UEFI, PXE first) and
+:func:`ramdisk_cloud`, an in-process bmd (``tests.cloud``) whose dnsmasq serves the bridge and whose PXE
+boots hand out bmd's real ramdisk, its API reachable from inside as ``PUBLIC``.
+
 Everything started here is killed by PID and the namespace is deleted at teardown, even on failure. Without
 root/CAP_NET_ADMIN (``ip netns add`` refused) the test skips, saying why.
 """
@@ -14,6 +18,7 @@ root/CAP_NET_ADMIN (``ip netns add`` refused) the test skips, saying why.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -21,7 +26,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,14 @@ from typing import Any
 import pytest
 
 from bmd.config import Settings
+from tests.cloud import Cloud, make_cloud
 from tests.conftest import make_settings
 
 BRIDGE_IP = "10.77.0.1"
 PREFIX = 24
+PUBLIC = f"http://{BRIDGE_IP}:8080"  # bmd's API as the namespace (the VM) reaches it: api.public_url
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def skip(reason: str) -> None:
@@ -145,6 +155,41 @@ class PxeNetns:
             self.stop(proc)
 
 
+class AccessLog(logging.Handler):
+    """The request lines bmd's aiohttp access log writes (``GET /images/boot.ipxe HTTP/1.1``...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.seen: dict[str, float] = {}  # request line -> time.monotonic() it was logged
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        self.seen.setdefault(line.split('"')[1] if '"' in line else line, time.monotonic())
+
+    def got(self, path: str) -> bool:
+        return any(f'"GET {path} ' in line for line in self.lines)
+
+    def when(self, path: str, method: str = "GET") -> float | None:
+        """When the first ``method path`` request was logged (aiohttp logs a request once it is answered)."""
+        return next((t for line, t in self.seen.items() if line.startswith(f"{method} {path} ")), None)
+
+
+@pytest.fixture
+def access_log() -> Iterator[AccessLog]:
+    handler = AccessLog()
+    logger = logging.getLogger("aiohttp.access")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _create(name: str) -> None:
     if os.geteuid() != 0:
         skip("network namespace tests need root (CAP_NET_ADMIN); running as uid " + str(os.geteuid()))
@@ -217,3 +262,52 @@ def dnsmasq_installed() -> None:
     for name in ("undionly.kpxe", "snponly.efi"):
         if not Path("/usr/lib/ipxe", name).is_file():
             skip(f"/usr/lib/ipxe/{name} not installed (Debian ipxe)")
+
+
+def qemu_argv(ns: PxeNetns, tmp: Path, boot_mode: str, mac: str, *, memory_mb: int = 128, cpus: int = 1) -> list[str]:
+    """A TCG VM whose one NIC (``mac``) is the namespace's tap, booting from the network first; its serial
+    console goes to ``tmp/serial.log``."""
+    argv = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", str(memory_mb), "-smp", str(cpus)]
+    argv += ["-display", "none", "-monitor", "none", "-serial", f"file:{tmp / 'serial.log'}", "-boot", "order=n"]
+    argv += ["-netdev", f"tap,id=n0,ifname={ns.tap},script=no,downscript=no"]
+    if boot_mode == "uefi":
+        vars_copy = tmp / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+        argv += ["-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        # No option ROM: OVMF's own virtio-net driver and PXE client (client-arch 7, not iPXE) boot first.
+        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+    else:
+        argv += ["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"]
+        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
+    return argv
+
+
+async def qemu_disk(path: Path, size: str) -> Path:
+    """An empty qcow2 disk (sparse: its size costs nothing until written)."""
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), size]
+    await asyncio.to_thread(subprocess.run, create, check=True, timeout=30)
+    return path
+
+
+@asynccontextmanager
+async def ramdisk_cloud(tmp: Path, ns: PxeNetns, ramdisk: Path, **sections: dict[str, Any]) -> AsyncIterator[Cloud]:
+    """bmd in-process (``tests.cloud``) for a VM on ``ns``: dnsmasq serves the bridge (an IPv6 RA, else iPXE
+    waits ~12 s for one; no ping before an offer), PXE boots hand out ``ramdisk`` (a ``bmd ramdisk build``,
+    its kernel's console on the serial port), and the API is reachable from inside as ``PUBLIC``.
+    ``sections`` override settings; ``deploy`` keys are merged with the ramdisk's."""
+    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
+    extra = ns.advertise_ipv6()
+    pxe = dnsmasq_settings(tmp, ns, extra_options=[*extra, "no-ping"]).pxe.model_dump()
+    deploy = {
+        "deploy_kernel": str(ramdisk / "deploy_kernel"),
+        "deploy_ramdisk": str(ramdisk / "deploy_ramdisk"),
+        "allowed_image_roots": [str(tmp / "images-src"), str(ramdisk)],
+        "append_params": "console=ttyS0",
+        **sections.pop("deploy", {}),
+    }
+    api = {"public_url": PUBLIC, **sections.pop("api", {})}
+    async with make_cloud(tmp, pxe=pxe, api=api, deploy=deploy, **sections) as cloud:
+        assert cloud.client.port is not None
+        ns.forward(8080, cloud.client.port)
+        yield cloud
