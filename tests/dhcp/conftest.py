@@ -239,6 +239,42 @@ async def dhcp_client(
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
+# A DHCPv6 Information-Request (what iPXE sends once an RA says "stateless"), from a port inside the
+# namespace: argv PORT MAC TIMEOUT_S; prints "reply" when the server answers, else "none".
+DHCPV6_INFO = r"""
+import os, socket, struct, sys
+port, mac, wait = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), float(sys.argv[3])
+index = socket.if_nametoindex(port)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
+s.bind(("::", 546, 0, index))
+xid, duid = os.urandom(3), struct.pack("!HH", 3, 1) + mac  # DUID-LL
+s.sendto(b"\x0b" + xid + struct.pack("!HH", 1, len(duid)) + duid + struct.pack("!HHH", 8, 2, 0),
+         ("ff02::1:2", 547, 0, index))
+s.settimeout(wait)
+try:
+    while (data := s.recv(2048))[:4] != b"\x07" + xid:
+        pass
+    print("reply")
+except TimeoutError:
+    print("none")
+"""
+
+
+async def dhcpv6_info_request(ns: PxeNetns, port: str, mac: str, wait: float = 3.0) -> bool:
+    """One DHCPv6 Information-Request from ``port`` (its link-local address usable first); True if answered."""
+
+    def ready() -> bool:
+        out = must(ns.argv("ip", "-6", "addr", "show", "dev", port, "scope", "link"))
+        return "inet6" in out and "tentative" not in out
+
+    await asyncio.to_thread(wait_for, ready, 10, f"{port}'s IPv6 link-local address")
+    done = await asyncio.to_thread(run, ns.argv(sys.executable, "-c", DHCPV6_INFO, port, mac, str(wait)), wait + 10)
+    assert done.returncode == 0 and done.stdout.strip() in ("reply", "none"), done.stderr
+    return done.stdout.strip() == "reply"
+
+
 def dnsmasq_settings(tmp: Path, ns: PxeNetns, **pxe: Any) -> Settings:
     """Settings with dnsmasq serving the namespace's bridge (run inside it through the wrapper)."""
     values: dict[str, Any] = {
