@@ -330,9 +330,8 @@ async def qemu_disk(path: Path, size: str) -> Path:
 async def ramdisk_cloud(tmp: Path, ns: PxeNetns, ramdisk: Path, **sections: dict[str, Any]) -> AsyncIterator[Cloud]:
     """bmd in-process (``tests.cloud``) for a VM on ``ns``: dnsmasq serves the bridge (an IPv6 RA, else iPXE
     waits ~12 s for one; no ping before an offer), PXE boots hand out ``ramdisk`` (a ``bmd ramdisk build``,
-    its kernel's console on the serial port), and the API is reachable from inside as ``PUBLIC``.
-    ``sections`` override settings; ``deploy`` keys are merged with the ramdisk's."""
-    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
+    its kernel's console on the serial port: the ``vm_ramdisk`` fixture), and the API is reachable from
+    inside as ``PUBLIC``. ``sections`` override settings; ``deploy`` keys are merged with the ramdisk's."""
     extra = ns.advertise_ipv6()
     pxe = dnsmasq_settings(tmp, ns, extra_options=[*extra, "no-ping"]).pxe.model_dump()
     deploy = {
@@ -347,3 +346,13 @@ async def ramdisk_cloud(tmp: Path, ns: PxeNetns, ramdisk: Path, **sections: dict
         assert cloud.client.port is not None
         ns.forward(8080, cloud.client.port)
         yield cloud
+
+
+@pytest.fixture
+def vm_ramdisk(pxe_netns: PxeNetns, dnsmasq_installed: None, request: pytest.FixtureRequest) -> Path:
+    """``deploy_ramdisk``, asked for only once the namespace and dnsmasq are there. Named as an argument,
+    the session fixture is set up first (wider scope), so without root the ramdisk (~40 s, Debian
+    downloads) was built for a test that then skipped. The VM's tools are checked first for the same reason."""
+    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
+    ramdisk: Path = request.getfixturevalue("deploy_ramdisk")
+    return ramdisk

@@ -36,12 +36,12 @@ INSPECT_TIMEOUT = 240.0  # TCG on 2 shared cores; measured: 12-15 s from the POS
 async def test_a_vm_is_inspected_through_bmd_and_its_nic_hears_the_switch(
     pxe_netns: PxeNetns,
     dnsmasq_installed: None,
-    deploy_ramdisk: Path,
+    vm_ramdisk: Path,
     access_log: AccessLog,
     tmp_path: Path,
     db_file: Path,
 ) -> None:
-    async with ramdisk_cloud(tmp_path, pxe_netns, deploy_ramdisk, inspection={"lldp_wait": LLDP_WAIT}) as cloud:
+    async with ramdisk_cloud(tmp_path, pxe_netns, vm_ramdisk, inspection={"lldp_wait": LLDP_WAIT}) as cloud:
         pxe_ip = {"address": PXE_IP, "server_address": pxe_netns.address}  # on the bridge: dnsmasq pins it
         assert (await cloud.client.post("/v1/pxe_ips", json=pxe_ip, headers=cloud.auth)).status == 201
         enroll = {
@@ -113,8 +113,8 @@ async def test_a_vm_is_inspected_through_bmd_and_its_nic_hears_the_switch(
             "power off": powered_off,
             "available": done,
         }
-        shown = ", ".join(f"{k} {t - posted:.1f}" for k, t in marks.items() if t is not None)
-        print(f"\ninspection: s from POST /inspect: {shown}")
+        timeline = ", ".join(f"{k} {t - posted:.1f}" for k, t in marks.items() if t is not None)
+        print(f"\ninspection: s from POST /inspect: {timeline}")
 
         # The VM's hardware, on the node.
         assert (node.cpus, node.memory_mb, node.local_gb) == (CPUS, MEMORY_MB, DISK_GIB), why

@@ -127,7 +127,7 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
 async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
     pxe_netns: PxeNetns,
     dnsmasq_installed: None,
-    deploy_ramdisk: Path,
+    vm_ramdisk: Path,
     tmp_path: Path,
     db_file: Path,
 ) -> None:
@@ -135,7 +135,7 @@ async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
     TFTP gives the NIC's firmware iPXE's chain to bmd's HTTP scripts, iPXE boots bmd's ramdisk, whose agent
     gets its address from dnsmasq too (the node's PXE IP, pinned), looks up its token, writes the image
     to the VM's disk and calls back: the node is ``active`` and the disk holds the image."""
-    async with ramdisk_cloud(tmp_path, pxe_netns, deploy_ramdisk) as cloud:
+    async with ramdisk_cloud(tmp_path, pxe_netns, vm_ramdisk) as cloud:
         image = tmp_path / "images-src" / "two-mib.img"
         data = bytes(range(256)) * (2 * 1024 * 1024 // 256)
         image.write_bytes(data)
