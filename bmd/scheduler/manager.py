@@ -76,6 +76,9 @@ class Placement:
     host: str
 
 
+FleetKey = tuple[str | None, str, bool]
+"""A node's (power_state, provision_state, maintenance), as the fleet gauges count them."""
+
 InstanceRows = Callable[[list[Placement]], list[dict[str, Any]]]
 """Builds the instance rows for the placements of one claim (``bmd.provision.instances``)."""
 
@@ -100,6 +103,9 @@ class HostManager:
         self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
         self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE)
         self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
+        # the views counted by (power_state, provision_state, maintenance), kept as views come and go so a
+        # /metrics scrape reads a handful of numbers, not 100,000 views (deleted ones are not counted)
+        self._fleet: collections.Counter[FleetKey] = collections.Counter()
         self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
 
     # -- feeding host states ---------------------------------------------------------------------------
@@ -132,9 +138,14 @@ class HostManager:
         node's state, unless a claim on the node is in flight. Returns how many were newer."""
         newer = 0
         for view in views:
-            if not view.newer_than(self._views.get(view.node_id)):
+            held = self._views.get(view.node_id)
+            if not view.newer_than(held):
                 continue
             newer += 1
+            if held is not None and not held.deleted:
+                self._fleet[_fleet_key(held)] -= 1
+            if not view.deleted:
+                self._fleet[_fleet_key(view)] += 1
             self._views[view.node_id] = view
             if view.node_id not in self._claiming:
                 self._apply(view.node_id)
@@ -159,10 +170,15 @@ class HostManager:
         self.selector.set_node(nodename, free=view.free, maintenance=view.maintenance, power_fault=view.power_fault)
 
     def node_views(self) -> Iterable[NodeView]:
-        """The newest view of every node in ``bm_nodes`` (events taken in first): what ``/metrics`` counts
-        by power and provision state, without a query."""
+        """The newest view of every node in ``bm_nodes`` (events taken in first)."""
         self.take_node_events()
         return self._views.values()
+
+    def fleet(self) -> dict[FleetKey, int]:
+        """Nodes in ``bm_nodes`` by (power_state, provision_state, maintenance), from the views held (events
+        taken in first): what ``/metrics`` reports, without a query or a pass over the nodes."""
+        self.take_node_events()
+        return {key: n for key, n in self._fleet.items() if n > 0}
 
     async def consume_bus(self) -> None:
         """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
@@ -248,6 +264,10 @@ class HostManager:
                 self._claiming[node_id] = left
             else:
                 self._apply(node_id)
+
+
+def _fleet_key(view: NodeView) -> FleetKey:
+    return (view.power_state, view.provision_state, view.maintenance)
 
 
 def _refusal(selection: Selection) -> str:
