@@ -30,6 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "config" / "grafana" / "bmd.json"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+# What the hand-made page served, under the same names (dashboards built on them keep working).
+EARLIER = (
+    "bmd_task_passes_total",
+    "bmd_task_failures_total",
+    "bmd_task_last_duration_seconds",
+    "bmd_task_last_success_timestamp_seconds",
+    "bmd_node_step_failures_total",
+    "bmd_claims_total",
+    "bmd_claim_lost_races_total",
+    "bmd_scheduler_hosts",
+    "bmd_provision_jobs",
+    "bmd_bus_dropped_total",
+)
 
 
 @pytest.fixture
@@ -89,6 +102,7 @@ async def test_a_timestamp_and_a_counter_past_a_million_print_exactly(cloud: Clo
     line = value_line(text, 'bmd_task_passes_total{task="report_driver_status"}')
     assert float(line.split()[-1]) == 1
     assert "# TYPE bmd_task_passes_total counter" in text and "# TYPE bmd_nodes gauge" in text
+    assert [name for name in EARLIER if f"\n{name}" not in text] == []
     assert cloud.ctx.api_token not in text
 
 
@@ -126,7 +140,8 @@ def recount(cloud: Cloud) -> dict[tuple[str | None, str, bool], int]:
 
 async def test_api_latency_is_labelled_by_route_template_and_status(cloud: Cloud) -> None:
     await cloud.enroll(2)
-    for path in ("/v1/nodes/node-1", "/v1/nodes/node-2", "/v1/nodes/no-such-node", "/no/such/route", "/healthz"):
+    paths = ("/v1/nodes/node-1", "/v1/nodes/node-2", "/v1/nodes/no-such-node", "/no/such/route", "/healthz")
+    for path in (*paths, "/images/no/such-file"):
         await cloud.client.get(path)
     assert (await cloud.client.delete("/v1/nodes/node-1")).status == 401  # no token
     assert (await cloud.client.request("PROPFIND", "/v1/nodes", headers=cloud.auth)).status == 405
@@ -141,6 +156,7 @@ async def test_api_latency_is_labelled_by_route_template_and_status(cloud: Cloud
     assert counts[("DELETE", "/v1/nodes/{node}", "401")] == 1
     assert counts[("other", "unmatched", "405")] == 1
     assert counts[("POST", "/v1/nodes/import", "201")] == 1
+    assert counts[("GET", "/images/{path}", "404")] == 1  # the sub-application's route, with its prefix
     assert any(key[:2] == ("GET", "/healthz") for key in counts)  # 200 or 503: no probe pass ran here
     assert "node-1" not in text and "no-such" not in text and "PROPFIND" not in text  # never the raw path or method
     le = {ls["le"] for ls, _ in samples["bmd_api_request_duration_seconds_bucket"]}
