@@ -29,7 +29,9 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     data: dict[str, Any] = {
         "service": {"host": "test-host", "state_dir": str(tmp / "state")},
         "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"},
-        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token")},
+        # Reads open to anyone, as `make run` has them, so a test reads without a token; tests/test_tokens.py
+        # checks the default (api.anonymous_read = false: reads need a reader token).
+        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token"), "anonymous_read": True},
         "secrets": {"key_file": str(tmp / "secret.key")},
         "logging": {"format": "json", "level": "info"},
         "driver": {"default_power_driver": "fake"},
