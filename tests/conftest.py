@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 from bmd.api.app import create_app
@@ -48,6 +50,13 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return Settings.model_validate(data)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def logs_to_stderr() -> None:
+    """The in-process API logs (an ``audit`` event per mutating call) on stderr, as the CLI's users see them:
+    a CLI test reads the command's stdout, which structlog's unconfigured default would share."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,17 @@ def is_authenticated(request: web.Request) -> bool:
     return caller is not None and caller.may(Role.operator)
 
 
+def untrusted_response(request: web.Request, what: str) -> web.Response:
+    """The refusal of a read that needs an operator's token (:func:`is_authenticated` is false): 401 with
+    no token, 403 naming the token's role when it has too few rights."""
+    caller = request.get(CALLER)
+    if caller is None:
+        return error_response(401, "unauthorized", f"an API token with role operator or above is required {what}")
+    return error_response(
+        403, "forbidden", f"token {caller.name!r} has role {caller.role.value}; {what} needs operator or above"
+    )
+
+
 def _dumps(data: Any) -> str:
     # strict JSON: NaN/Infinity are refused at input, and a response never carries them either
     return json.dumps(data, default=str, allow_nan=False)

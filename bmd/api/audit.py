@@ -76,6 +76,8 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_of(request)
         caller = request.get(CALLER)
         fields: dict[str, Any] = resource_fields(route, dict(request.match_info))
+        if not route:  # no route matched: the path, bounded, is all there is to say what was called
+            fields["path"] = request.path[:255]
         log.info(
             "audit",
             caller=caller.name if caller is not None else None,
@@ -83,7 +85,6 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
             role=caller.role.value if caller is not None else None,
             method=request.method,
             route=route or None,
-            path=None if route else request.path[:255],
             status=status,
             outcome=outcome(status),
             seconds=round(time.monotonic() - started, 6),
