@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from bmd.api.app import create_app
+from bmd.api.auth import AUTHENTICATOR, Authenticator
 from bmd.auth import Role
 from bmd.config import Settings
 from bmd.context import AppContext
@@ -221,8 +222,13 @@ async def test_token_cli_on_the_database_and_through_the_api(  # type: ignore[no
     assert [t["name"] for t in json.loads(out)] == ["alice"] and "token" not in json.loads(out)[0]
     code, out, _ = await run_cli(sclient, None, *base, "token", "revoke", "alice", capsys=capsys)
     assert code == 0 and json.loads(out)["revoked_at"]
+    # revoked in the database: the running service, which found the token a moment ago, refuses it once its
+    # cache entry is older than Authenticator.CACHE_SECONDS (the clock is the authenticator's, moved here)
+    authenticator = sclient.server.app[AUTHENTICATOR]
+    started = authenticator.clock()
+    authenticator.clock = lambda: started + Authenticator.CACHE_SECONDS + 0.1
     resp = await sclient.delete("/v1/flavors/f1", headers={"Authorization": f"Bearer {alice['token']}"})
-    assert resp.status == 401  # revoked in the database: refused by the running service at once
+    assert resp.status == 401
     code, out, _ = await run_cli(sclient, None, *base, "token", "list", "--all", capsys=capsys)
     assert [t["name"] for t in json.loads(out)] == ["alice"]
 

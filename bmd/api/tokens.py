@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import Field
 
 from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.auth import AUTHENTICATOR
 from bmd.api.body import takes
 from bmd.api.schemas import Body
 from bmd.db.tokens import create_token, list_tokens, revoke_token, token_view
@@ -38,6 +39,7 @@ async def create(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker.begin() as session:
         row = await revoke_token(session, request.match_info["name"])
+    request.app[AUTHENTICATOR].forget(row.name)  # at once here; other services within CACHE_SECONDS
     return json_response(token_view(row))
 
 
