@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
@@ -42,7 +44,7 @@ def openapi_answers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
         resp = await original(self, method, str_or_url, **kwargs)
         if "X-Request-Id" in resp.headers and resp.status != 101:
             try:
-                problem = await _check_answer(self, original, resp)
+                problem = await _check_answer(self, original, resp, kwargs.get("ssl", True))
             except Exception as err:  # noqa: BLE001 - the check itself broke: say so, never pass
                 problem = f"{resp.method} {resp.url} -> {resp.status}: could not be checked: {err!r}"
             if problem:
@@ -55,9 +57,12 @@ def openapi_answers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     assert not problems, "answers that do not match bmd's OpenAPI document:\n" + "\n".join(problems[:20])
 
 
-async def _check_answer(session: aiohttp.ClientSession, original: Any, resp: aiohttp.ClientResponse) -> str | None:
-    if not _SPEC:
-        async with await original(session, "GET", resp.url.origin().join(URL("/v1/openapi.json"))) as got:
+async def _check_answer(
+    session: aiohttp.ClientSession, original: Any, resp: aiohttp.ClientResponse, ssl: Any
+) -> str | None:
+    if not _SPEC:  # asked as the test asked (its session, its TLS trust); the document is open to anyone
+        url = resp.url.origin().join(URL("/v1/openapi.json"))
+        async with await original(session, "GET", url, ssl=ssl) as got:
             got.raise_for_status()
             _SPEC.append(SpecChecker(await got.json()))
     content_type = resp.headers.get("Content-Type", "")
@@ -73,7 +78,9 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     data: dict[str, Any] = {
         "service": {"host": "test-host", "state_dir": str(tmp / "state")},
         "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"},
-        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token")},
+        # Reads open to anyone, as `make run` has them, so a test reads without a token; tests/test_tokens.py
+        # checks the default (api.anonymous_read = false: reads need a reader token).
+        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token"), "anonymous_read": True},
         "secrets": {"key_file": str(tmp / "secret.key")},
         "logging": {"format": "json", "level": "info"},
         "driver": {"default_power_driver": "fake"},
@@ -90,6 +97,13 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return Settings.model_validate(data)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def logs_to_stderr() -> None:
+    """The in-process API logs (an ``audit`` event per mutating call) on stderr, as the CLI's users see them:
+    a CLI test reads the command's stdout, which structlog's unconfigured default would share."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 @pytest.fixture(scope="session")

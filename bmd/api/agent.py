@@ -43,6 +43,7 @@ async def lookup(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+@public
 @answers(200, media="application/octet-stream", description="the disk image")
 @answers(206, media="application/octet-stream")
 @answers(416)
@@ -51,6 +52,7 @@ async def image(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
+@public
 @answers(200, media="application/octet-stream", description="the config drive ISO")
 @answers(206, media="application/octet-stream")
 @answers(416)

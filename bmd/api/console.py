@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from bmd.api.app import CTX, ctx_of, error_response, is_authenticated
+from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, untrusted_response
 from bmd.api.openapi import answers, query, query_bool, query_int
 from bmd.console_hub import Attachment, ConsoleHub, TerminalServer, describe
 from bmd.context import AppContext
@@ -52,7 +52,7 @@ async def console_log(request: web.Request) -> web.StreamResponse:
     """What the node printed while bmd deployed, cleaned or inspected it. Needs the bearer token, unlike the
     other reads (a console can show secrets)."""
     if not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to read a console log")
+        return untrusted_response(request, "to read a console log")
     ctx = ctx_of(request)
     tail = tail_param(request)
     async with ctx.sessionmaker() as session:
@@ -90,7 +90,7 @@ async def console(request: web.Request) -> web.StreamResponse:
     (``{"op": "take_over"}``, ``{"op": "break"}``; the server sends ``attached``, ``role``, ``error``,
     ``closed`` events)."""
     if not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to attach to a console")
+        return untrusted_response(request, "to attach to a console")
     ctx = ctx_of(request)
     take_over = _flag(request, "take_over")
     async with ctx.sessionmaker() as session:

@@ -1,5 +1,5 @@
 """``GET /v1/openapi.json`` (the OpenAPI 3.1 document, bmd/api/openapi.py) and ``GET /docs``, the same
-document as one self-contained HTML page.
+document as one self-contained HTML page. Both are open to anyone (``@public``), as the source is.
 
 The page is rendered here, on the server, from the document itself: no script, no stylesheet or font from
 elsewhere (a data centre's management network is often offline) and no build step. Operations are grouped
@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bmd.api.app import public
 from bmd.api.openapi import answers, build_spec
 
 # filled on first use (the router is frozen by then); a dict set at setup, as a started app's state is frozen
@@ -57,12 +58,14 @@ def _spec(request: web.Request) -> dict[str, Any]:
     return spec
 
 
+@public  # open whatever api.anonymous_read says: the document holds what the source says, no secret
 @answers(200, media="application/json", description="the OpenAPI 3.1 document of this API")
 async def openapi_json(request: web.Request) -> web.Response:
     """This API's OpenAPI 3.1 document, built from its router and its pydantic models."""
     return web.json_response(_spec(request), dumps=lambda data: json.dumps(data, indent=1))
 
 
+@public
 @answers(200, media="text/html", description="the API reference, one self-contained page")
 async def docs_page(request: web.Request) -> web.Response:
     """The API reference as HTML, rendered from the OpenAPI document."""
@@ -132,8 +135,10 @@ def _operation(method: str, path: str, op: dict[str, Any], with_head: bool) -> s
     parts.append(f"<span class=path>{_e(path)}</span> — {_prose(op.get('summary', ''))}")
     if method == "get" and with_head:
         parts.append(" <span class=c>(and HEAD: the same headers, no body)</span>")
-    if "security" in op:
-        parts.append(" <span class=c>(bearer token)</span>")
+    role = op.get("x-bmd-role", "none")
+    if role != "none":
+        unless = " unless api.anonymous_read" if role == "reader" else ""
+        parts.append(f" <span class=c>(token: {_e(role)} or above{unless})</span>")
     parts.append("</summary>")
     if op.get("description"):
         parts.append(f"<p>{_prose(op['description'])}</p>")

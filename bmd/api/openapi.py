@@ -125,6 +125,7 @@ class _Route:
     template: str
     pattern: str
     handler: Any
+    open: bool = False  # served by a sub-application open to anyone (auth.OPEN_APP: /images/)
 
     @property
     def label(self) -> str:
@@ -134,6 +135,14 @@ class _Route:
 def routes_of(app: web.Application) -> list[_Route]:
     """Every (method, path template) the app answers, sub-applications included; HEAD of a GET is folded
     into the GET (aiohttp's ``add_get`` adds it) and described from it."""
+    from bmd.api.auth import OPEN_APP  # here: bmd.api.auth imports the app module, which must not import this
+
+    open_resources = {
+        id(sub_resource)
+        for resource in app.router.resources()
+        if isinstance(resource, web.PrefixedSubAppResource) and resource._app.get(OPEN_APP, False)
+        for sub_resource in resource._app.router.resources()
+    }
     found: dict[tuple[str, str], _Route] = {}
     for route in app.router.routes():
         if route.resource is None:
@@ -141,7 +150,8 @@ def routes_of(app: web.Application) -> list[_Route]:
         info = route.resource.get_info()
         template = info.get("formatter") or info.get("path") or route.resource.canonical
         pattern = info["pattern"].pattern if "pattern" in info else re.escape(template)
-        found[(route.method, template)] = _Route(route.method, template, pattern, route.handler)
+        is_open = id(route.resource) in open_resources
+        found[(route.method, template)] = _Route(route.method, template, pattern, route.handler, is_open)
     return sorted(found.values(), key=lambda r: (r.template, r.method))
 
 
@@ -240,9 +250,23 @@ def _operation(route: _Route, schemas: _Schemas, head: bool) -> dict[str, Any]:
         content = {} if head else {"content": {"application/json": {"schema": schemas.ref(Error, "serialization")}}}
         responses[series] = {"description": "an error: {error, message, field}", **content}
     op["responses"] = responses
-    if route.method not in SAFE_METHODS and not getattr(handler, "_bmd_public", False):
+    role = _role(route)
+    op["x-bmd-role"] = role or "none"
+    if role == "reader":  # a read: no token when api.anonymous_read is true
+        op["security"] = [{}, {"bearer": []}]
+    elif role is not None:
         op["security"] = [{"bearer": []}]
     return op
+
+
+def _role(route: _Route) -> str | None:
+    """The least role the route needs, as bmd/api/auth.py's ``needed_role`` decides it (None: anyone; a
+    change there is a change here). ``/metrics`` is open unless ``metrics.token_required``."""
+    if route.open or getattr(route.handler, "_bmd_public", False) or route.template in ("/healthz", "/metrics"):
+        return None
+    if route.template == "/v1/tokens" or route.template.startswith("/v1/tokens/"):
+        return "admin"
+    return "reader" if route.method in SAFE_METHODS else "operator"
 
 
 def _missing(route: _Route) -> str | None:
@@ -274,7 +298,7 @@ def build_spec(app: web.Application, *, strict: bool = True) -> dict[str, Any]:
         head = route.method == "HEAD"
         if head and route.template in gets:
             source = next(r for r in routes if r.template == route.template and r.method == "GET")
-            route = _Route("HEAD", route.template, route.pattern, source.handler)
+            route = _Route("HEAD", route.template, route.pattern, source.handler, route.open)
         paths.setdefault(route.template, {})[route.method.lower()] = _operation(route, schemas, head)
         name, doc = _tag(route.handler)
         tags.setdefault(name, doc)
@@ -297,7 +321,12 @@ def build_spec(app: web.Application, *, strict: bool = True) -> dict[str, Any]:
         "components": {
             "schemas": dict(sorted(defs.items())),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "a token of api.token_file"}
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the token of api.token_file or a named token (bmd token create NAME --role "
+                    "ROLE); each operation's x-bmd-role is the least role it needs",
+                }
             },
         },
     }

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
+from bmd.api.app import CTX, ctx_of, is_authenticated, json_response, parse_body, untrusted_response
 from bmd.api.body import takes
 from bmd.api.openapi import answers, query, query_bool
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
@@ -217,7 +217,7 @@ async def get_boot_device(request: web.Request) -> web.Response:
     BMC (``"source": "bmc"``) and needs the bearer token: an anonymous read never makes bmd talk to a BMC."""
     live = _live(request)
     if live and not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to read the BMC live (?live=true)")
+        return untrusted_response(request, "to read the BMC live (?live=true)")
     async with ctx_of(request).sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
     if not live:

@@ -315,3 +315,21 @@ InstancePage = page_of("instances", InstanceView)
 
 class ExtraSpec(RootModel[Annotated[dict[str, str], Field(min_length=1, max_length=1)]]):
     """One extra spec as set: ``{"<key>": "<value>"}``."""
+
+
+class TokenView(View):
+    """A named API token: never its hash, never its clear text (but once, at creation)."""
+
+    id: int
+    name: str
+    role: Literal["reader", "operator", "service", "admin"]
+    created_at: Timestamp | None
+    revoked_at: Timestamp | None
+    last_used_at: Timestamp | None
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="the token's clear text: shown here once, kept nowhere")
+
+
+TokenPage = page_of("tokens", TokenView, str)

@@ -46,14 +46,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from bmd.cli import db, flavors, instances, lab, nodes, ramdisk, serve
+    from bmd.cli import db, flavors, instances, lab, nodes, ramdisk, serve, tokens
 
     parser = Parser(prog="bmd", description="bare-metal management daemon")
     parser.add_argument("--config", default=os.environ.get("BMD_CONFIG"), help="TOML config file ($BMD_CONFIG)")
     parser.add_argument("--url", default=os.environ.get("BMD_URL"), help="API URL (default from config)")
-    parser.add_argument("--token", default=os.environ.get("BMD_TOKEN"), help="API token (default: api.token_file)")
+    parser.add_argument(
+        "--token", default=os.environ.get("BMD_TOKEN"), help="API token ($BMD_TOKEN; default: api.token_file)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (serve, db, nodes, flavors, instances, lab, ramdisk):
+    for module in (serve, db, nodes, flavors, instances, lab, ramdisk, tokens):
         module.register(sub)
     return parser
 

@@ -82,8 +82,10 @@ def run(app: Any) -> int:
             if app.args.enroll:
                 token = app.client.token
                 if not token:
-                    raise InvalidInput("--enroll needs the API token (--token or api.token_file)", field="--token")
-                result = await enroll_inventory(app.client.url, token, lab.inventory())
+                    raise InvalidInput(
+                        "--enroll needs an API token: set api.token_file or BMD_TOKEN (or --token)", field="--token"
+                    )
+                result = await enroll_inventory(app.client.url, token, lab.inventory(), replace=app.args.replace)
                 print(json.dumps({"enrolled": result}))
             sys.stdout.flush()
             await stop.wait()
@@ -104,6 +106,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--port", type=int, default=0, help="UDP port (0: a free one)")
     p.add_argument("--inventory", help="write the inventory (bmd node import format) to this file")
     p.add_argument("--enroll", action="store_true", help="enroll the BMCs into bmd at --url")
+    p.add_argument("--replace", action="store_true",
+                   help="--enroll: nodes already enrolled under these names get this lab's BMC addresses")  # fmt: skip
     p.add_argument("--machines", choices=("sim", "qemu", "none"), default="sim",
                    help="behind each BMC: sim (a simulated deploy agent), qemu (a VM), none")  # fmt: skip
     p.add_argument("--boot-url", dest="boot_url", help="sim: bmd's boot files URL (default <--url>/images)")

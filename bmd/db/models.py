@@ -280,6 +280,23 @@ class Service(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
 
 
+class ApiToken(Base):
+    """A named API token with a role (bmd.auth). Only the token's SHA-256 is kept: the clear text is shown
+    once, by ``bmd token create``. A revoked row stays (``revoked_at``), so an audit line naming its id
+    still names one token, and the name cannot be taken again by a new token."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[timestamp]
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+
+
 # Core handles for bulk statements (executemany) that bypass the ORM.
 bm_nodes_table = cast(Table, BareMetalNode.__table__)
 compute_nodes_table = cast(Table, ComputeNode.__table__)
