@@ -49,8 +49,8 @@ def tail_param(request: web.Request) -> int | None:
 )
 @query(query_int("tail", "only the last this many bytes"))
 async def console_log(request: web.Request) -> web.StreamResponse:
-    """What the node printed while bmd deployed, cleaned or inspected it. Needs the bearer token, unlike the
-    other reads (a console can show secrets)."""
+    """What the node printed while bmd deployed, cleaned or inspected it. Needs an operator's token, unlike
+    the other reads (a console can show secrets)."""
     if not is_authenticated(request):
         return untrusted_response(request, "to read a console log")
     ctx = ctx_of(request)
@@ -85,7 +85,7 @@ def _flag(request: web.Request, name: str) -> bool:
 @answers(101, description="the websocket: binary frames carry the console's bytes, text frames JSON control messages")
 @query(query_bool("take_over", "become the writer on attach"))
 async def console(request: web.Request) -> web.StreamResponse:
-    """A websocket attached to the node's live serial console (docs/console.md). Needs the bearer token.
+    """A websocket attached to the node's live serial console (docs/console.md). Needs an operator's token.
     Binary frames carry the console's bytes both ways; text frames are JSON control messages
     (``{"op": "take_over"}``, ``{"op": "break"}``; the server sends ``attached``, ``role``, ``error``,
     ``closed`` events)."""
