@@ -207,3 +207,16 @@ def test_response_models_are_closed(spec: dict[str, Any]) -> None:
     """A key added to an answer but not to its model fails the suite's check: models are closed."""
     assert spec["components"]["schemas"]["NodeView"]["additionalProperties"] is False
     assert set(spec["components"]["schemas"]["NodeView"]["properties"]) >= set(NodeView.model_fields)
+
+
+def test_each_operation_names_the_least_role_auth_asks_for(spec: dict[str, Any]) -> None:
+    def role(path: str, method: str = "get") -> str:
+        return str(spec["paths"][path][method]["x-bmd-role"])
+
+    assert [role("/healthz"), role("/metrics"), role("/images/{path}"), role("/docs")] == ["none"] * 4
+    assert role("/v1/agent/lookup", "post") == "none" and role("/v1/openapi.json") == "none"
+    assert role("/v1/nodes") == "reader" and spec["paths"]["/v1/nodes"]["get"]["security"] == [{}, {"bearer": []}]
+    assert role("/v1/nodes", "post") == "operator" and spec["paths"]["/v1/nodes"]["post"]["security"] == [
+        {"bearer": []}
+    ]
+    assert role("/v1/tokens") == "admin" and role("/v1/tokens/{name}", "delete") == "admin"
