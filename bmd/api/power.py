@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bmd import node_history as history
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
 from bmd.api.body import takes
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
@@ -229,15 +230,19 @@ async def set_maintenance(request: web.Request) -> web.Response:
         node.maintenance, node.maintenance_set_by = True, "operator"
         node.maintenance_reason = body.reason or "set by an operator"
         await note_nodes(session, [node.id])
+        await history.record(session, [history.maintenance(node.id, True, node.maintenance_reason, "operator")])
     return json_response(_states(node))
 
 
 async def unset_maintenance(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker.begin() as session:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
+        was_on = node.maintenance
         node.maintenance, node.maintenance_set_by, node.maintenance_reason = False, None, None
         node.power_failures = 0
         await note_nodes(session, [node.id])
+        if was_on:
+            await history.record(session, [history.maintenance(node.id, False, None, "operator")])
     return json_response(_states(node))
 
 
