@@ -1,0 +1,186 @@
+"""A node's history (bmd/node_history.py) against the real app on 127.0.0.1 (real SQLite, fake power, the
+Python agent as the node): a deploy, a delete, its clean and a maintenance give the expected entries in
+order; ``GET /v1/nodes/{node}/events`` pages newest first; the bound holds; a deleted node takes its
+history with it; power sync and the loops' errors are recorded on change only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bmd import node_history as history
+from bmd.config import TaskSettings
+from bmd.db.models import NodeEvent
+from bmd.drivers.deploy.agent_sim import run_agent
+from bmd.errors import BMCUnreachable
+from bmd.tasks.steps import StepChanges, record_step_errors
+from bmd.tasks.sync_power_states import SyncPowerStates
+from tests.cloud import Cloud, make_cloud
+from tests.test_agent_token import MAC
+from tests.test_cleaning import delete, deploy_active
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path, db_file: Path) -> AsyncIterator[Cloud]:
+    async with make_cloud(tmp_path, deploy={"automated_clean": True}) as c:
+        yield c
+
+
+async def events(cloud: Cloud, node: int | str, **query: Any) -> dict[str, Any]:
+    resp = await cloud.client.get(f"/v1/nodes/{node}/events", params=query, headers=cloud.auth)
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+def brief(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["kind"], e["event"], e["from_state"], e["to_state"]) for e in entries]
+
+
+async def stored(cloud: Cloud, node_id: int) -> int:
+    async with cloud.ctx.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).where(NodeEvent.bm_node_id == node_id)) or 0)
+
+
+async def test_deploy_delete_clean_and_maintenance_are_recorded_in_order(cloud: Cloud) -> None:
+    w = await deploy_active(cloud)
+    await delete(cloud, w)
+    assert (await run_agent(cloud.tftp_root, MAC)).status == 202  # the clean agent
+    await cloud.settle()
+    put = await cloud.client.put(
+        f"/v1/nodes/{w.node_id}/maintenance", json={"reason": "fan replacement"}, headers=cloud.auth
+    )
+    assert put.status == 200, await put.text()
+    off = await cloud.client.delete(f"/v1/nodes/{w.node_id}/maintenance", headers=cloud.auth)
+    assert off.status == 200
+
+    body = await events(cloud, "node-1")  # by name, as every node route
+    entries = list(reversed(body["events"]))  # oldest first, to read as a story
+    assert brief(entries) == [
+        ("provision", "deploy", "available", "deploying"),
+        ("provision", "wait", "deploying", "wait_callback"),
+        ("provision", "callback", "wait_callback", "wait_callback"),
+        ("provision", "done", "wait_callback", "active"),
+        ("provision", "delete", "active", "deleting"),
+        ("provision", "clean", "deleting", "cleaning"),
+        ("provision", "clean_callback", "cleaning", "cleaning"),
+        ("provision", "cleaned", "cleaning", "available"),
+        ("maintenance", "set", "off", "on"),
+        ("maintenance", "unset", "on", "off"),
+    ]
+    assert body["next"] is None
+    assert {e["instance_uuid"] for e in entries[:5]} == {w.instance_uuid}  # the instance it was about
+    assert entries[8]["message"] == "fan replacement" and entries[8]["actor"] == "operator"
+    assert [e["id"] for e in body["events"]] == sorted((e["id"] for e in body["events"]), reverse=True)
+    assert all(e["node_id"] == w.node_id and e["at"] for e in entries)
+
+
+async def test_a_failed_clean_records_the_reason_and_the_maintenance_it_sets(cloud: Cloud) -> None:
+    w = await deploy_active(cloud)
+    await delete(cloud, w)
+    assert (await run_agent(cloud.tftp_root, MAC, fail_with="dd: /dev/vda: Input/output error")).status == 202
+    await cloud.settle()
+    newest = (await events(cloud, w.node_id, limit=2))["events"]
+    assert brief(newest) == [
+        ("maintenance", "set", "off", "on"),
+        ("provision", "clean_fail", "cleaning", "clean failed"),
+    ]
+    assert "Input/output error" in newest[1]["message"] and newest[0]["actor"] == "bmd"
+    assert newest[0]["message"] == newest[1]["message"]
+
+
+async def test_the_list_pages_newest_first_with_a_marker(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    async with cloud.ctx.sessionmaker.begin() as session:
+        await history.record(session, [history.Entry(node_id, history.Kind.ERROR, message=str(i)) for i in range(7)])
+    seen: list[str] = []
+    marker = None
+    pages = 0
+    while True:
+        query: dict[str, Any] = {"limit": 3} | ({"marker": marker} if marker is not None else {})
+        body = await events(cloud, node_id, **query)
+        seen += [e["message"] for e in body["events"]]
+        pages += 1
+        marker = body["next"]
+        if marker is None:
+            break
+    assert seen == [str(i) for i in reversed(range(7))] and pages == 3
+    missing = await cloud.client.get("/v1/nodes/no-such-node/events", headers=cloud.auth)
+    assert missing.status == 404
+    bad = await cloud.client.get(f"/v1/nodes/{node_id}/events?marker=x", headers=cloud.auth)
+    assert bad.status == 400 and (await bad.json())["field"] == "marker"
+
+
+async def test_the_bound_holds_and_keeps_the_newest(cloud: Cloud) -> None:
+    a, b = await cloud.enroll(2)
+    async with cloud.ctx.sessionmaker.begin() as session:  # one write over the bound, in one transaction
+        await history.record(session, [history.Entry(a, history.Kind.ERROR, message=str(i)) for i in range(250)])
+    async with cloud.ctx.sessionmaker.begin() as session:
+        await history.record(session, [history.Entry(b, history.Kind.ERROR, message="only one")])
+    for i in range(250, 260):  # and one at a time past it
+        async with cloud.ctx.sessionmaker.begin() as session:
+            await history.record(session, [history.Entry(a, history.Kind.ERROR, message=str(i))])
+    assert await stored(cloud, a) == history.KEEP and await stored(cloud, b) == 1
+    async with cloud.ctx.sessionmaker() as session:
+        kept = await history.list_events(session, a, 1000)
+    assert [e.message for e in kept] == [str(i) for i in reversed(range(60, 260))]
+
+
+async def test_a_deleted_node_takes_its_history_with_it(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    assert (await cloud.client.put(f"/v1/nodes/{node_id}/maintenance", headers=cloud.auth)).status == 200
+    assert await stored(cloud, node_id) == 1
+    assert (await cloud.client.delete(f"/v1/nodes/{node_id}", headers=cloud.auth)).status == 204
+    assert await stored(cloud, node_id) == 0
+    # An entry for a node deleted meanwhile (a loop read it before) is skipped, never an error.
+    async with cloud.ctx.sessionmaker.begin() as session:
+        await history.record(session, [history.Entry(node_id, history.Kind.ERROR, message="late")])
+    assert await stored(cloud, node_id) == 0
+
+
+async def test_patching_maintenance_is_recorded(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    for body in ({"maintenance": True, "maintenance_reason": "rack move"}, {"cpus": 4}, {"maintenance": False}):
+        resp = await cloud.client.patch(f"/v1/nodes/{node_id}", json=body, headers=cloud.auth)
+        assert resp.status == 200, await resp.text()
+    entries = (await events(cloud, node_id))["events"]
+    assert brief(entries) == [("maintenance", "unset", "on", "off"), ("maintenance", "set", "off", "on")]
+    assert entries[1]["message"] == "rack move"
+
+
+async def test_power_sync_records_changes_failures_and_recovery_once_each(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    settings = TaskSettings(power_sync_max_retries=2, force_power_state_during_sync=False)
+    sync = SyncPowerStates(cloud.ctx.sessionmaker, cloud.ctx.power, cloud.ctx.settings.service.host, settings)
+    await sync.run_once()
+    await sync.run_once()  # nothing changed: nothing added
+    cloud.fake.inject_failure(node_id, BMCUnreachable("no route to the BMC"))
+    for _ in range(3):
+        await sync.run_once()
+    cloud.fake.inject_failure(node_id, None)
+    await sync.run_once()
+    entries = list(reversed((await events(cloud, node_id))["events"]))
+    assert brief(entries) == [
+        ("power", "changed", None, "power off"),
+        ("power", "failed", None, None),
+        ("power", "changed", "power off", "error"),
+        ("maintenance", "set", "off", "on"),
+        ("power", "changed", "error", "power off"),
+        ("power", "recovered", None, None),
+        ("maintenance", "unset", "on", "off"),
+    ]
+    assert {e["actor"] for e in entries} == {"power_sync"} and "power failure" in entries[3]["message"]
+
+
+async def test_a_loop_step_error_and_its_recovery_are_recorded(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    for changes in (StepChanges({node_id: "t: KeyError: 'x'"}, {}), StepChanges({}, {node_id: "t: KeyError: 'x'"})):
+        async with cloud.ctx.sessionmaker.begin() as session:
+            await record_step_errors(session, changes)
+    entries = (await events(cloud, node_id))["events"]
+    assert brief(entries) == [("error", "recovered", None, None), ("error", "failed", None, None)]
+    assert entries[1]["message"] == "t: KeyError: 'x'"
