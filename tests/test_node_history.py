@@ -5,6 +5,7 @@ history with it; power sync and the loops' errors are recorded on change only.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bmd import node_history as history
+from bmd.cli import main
 from bmd.config import TaskSettings
 from bmd.db.models import NodeEvent
 from bmd.drivers.deploy.agent_sim import run_agent
@@ -22,6 +24,7 @@ from bmd.tasks.sync_power_states import SyncPowerStates
 from tests.cloud import Cloud, make_cloud
 from tests.test_agent_token import MAC
 from tests.test_cleaning import delete, deploy_active
+from tests.test_cli import run_cli
 
 
 @pytest.fixture
@@ -184,3 +187,29 @@ async def test_a_loop_step_error_and_its_recovery_are_recorded(cloud: Cloud) -> 
     entries = (await events(cloud, node_id))["events"]
     assert brief(entries) == [("error", "recovered", None, None), ("error", "failed", None, None)]
     assert entries[1]["message"] == "t: KeyError: 'x'"
+
+
+async def test_bmd_node_history_prints_the_newest_first(cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    (node_id,) = await cloud.enroll(1)
+    put = await cloud.client.put(
+        f"/v1/nodes/{node_id}/maintenance", json={"reason": "fan replacement"}, headers=cloud.auth
+    )
+    assert put.status == 200
+    entries = [history.Entry(node_id, history.Kind.ERROR, "failed", message=f"e{i}") for i in range(5)]
+    async with cloud.ctx.sessionmaker.begin() as session:
+        await history.record(session, entries)
+    code, out, err = await run_cli(cloud.client, cloud.ctx.api_token, "node", "history", "node-1", capsys=capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["at", "kind", "event", "change", "actor", "message"] and len(lines) == 7
+    assert lines[1].endswith("e4") and "maintenance" in lines[-1] and "off -> on" in lines[-1]
+    assert lines[-1].endswith("fan replacement") and "operator" in lines[-1]
+    code, out, _ = await run_cli(
+        cloud.client, None, "node", "history", "node-1", "--limit", "2", "--json", capsys=capsys
+    )
+    assert code == 0 and [e["message"] for e in json.loads(out)] == ["e4", "e3"]
+    with pytest.raises(SystemExit) as usage:
+        main(["node", "history", "node-1", "--limit", "0"])
+    assert usage.value.code == 2 and "--limit" in capsys.readouterr().err
+    code, _, err = await run_cli(cloud.client, None, "node", "history", "nope", capsys=capsys)
+    assert code == 1 and "nope" in err
