@@ -6,6 +6,7 @@ history with it; power sync and the loops' errors are recorded on change only.""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ import pytest
 from sqlalchemy import func, select
 
 from bmd import node_history as history
+from bmd import states
 from bmd.cli import main
-from bmd.config import TaskSettings
-from bmd.db.models import NodeEvent
+from bmd.config import DatabaseSettings, TaskSettings
+from bmd.db.engine import make_engine, make_sessionmaker
+from bmd.db.migrate import upgrade
+from bmd.db.models import BareMetalNode, NodeEvent
 from bmd.drivers.deploy.agent_sim import run_agent
 from bmd.errors import BMCUnreachable
 from bmd.tasks.steps import StepChanges, record_step_errors
@@ -213,3 +217,45 @@ async def test_bmd_node_history_prints_the_newest_first(cloud: Cloud, capsys: py
     assert usage.value.code == 2 and "--limit" in capsys.readouterr().err
     code, _, err = await run_cli(cloud.client, None, "node", "history", "nope", capsys=capsys)
     assert code == 1 and "nope" in err
+
+
+async def test_the_history_on_postgresql(postgres_url: str) -> None:
+    """The same verbs on PostgreSQL: the state a multi-source transition leaves is read under FOR UPDATE,
+    the trim's OFFSET subquery and the INSERT ... SELECT that skips a deleted node work there too."""
+    engine = make_engine(DatabaseSettings(url=postgres_url))
+    try:
+        await upgrade(engine)
+        sm = make_sessionmaker(engine)
+        async with sm.begin() as session:
+            node = BareMetalNode(uuid=str(uuid.uuid4()), service_host="pg", cpus=1, memory_mb=1, local_gb=1)
+            session.add(node)
+            await session.flush()
+            node_id = node.id
+        async with sm.begin() as session:  # INSPECT has two sources: the one left is read first
+            await states.start_inspect(session, node_id, states.deadline_after(60))
+        async with sm.begin() as session:
+            await states.fail_inspect(session, node_id, "no answer")
+        async with sm.begin() as session:
+            await history.record(
+                session, [history.Entry(node_id, history.Kind.ERROR, message=str(i)) for i in range(205)]
+            )
+            await history.record(session, [history.Entry(10**9, history.Kind.ERROR, message="no such node")])
+        async with sm() as session:
+            rows = await history.list_events(session, node_id, 1000)
+            assert len(rows) == history.KEEP and rows[0].message == "204" and rows[-1].message == "5"
+        async with sm.begin() as session:  # a fresh node: its first two entries are the transitions
+            other = BareMetalNode(uuid=str(uuid.uuid4()), service_host="pg", cpus=1, memory_mb=1, local_gb=1)
+            session.add(other)
+            await session.flush()
+            await states.start_inspect(session, other.id, states.deadline_after(60))
+            await states.fail_inspect(session, other.id, "no answer")
+        async with sm() as session:
+            got = [
+                (r.event, r.from_state, r.to_state, r.message) for r in await history.list_events(session, other.id, 9)
+            ]
+        assert got == [
+            ("inspect_fail", "inspecting", "inspect failed", "no answer"),
+            ("inspect", "available", "inspecting", None),
+        ]
+    finally:
+        await engine.dispose()
