@@ -9,7 +9,8 @@ transactions that change the node, so an entry exists exactly when its change wa
 - ``maintenance``: set or lifted (``event`` ``set``/``unset``), by whom (``actor``: ``operator``, ``bmd``,
   ``power_sync``, ``inspection``) and why;
 - ``power``: a power state seen by ``sync_power_states`` that differs from the one kept (``changed``), a
-  BMC that stops answering (``failed``, the error) or answers again (``recovered``);
+  BMC that stops answering (``failed``, the error) or answers again (``recovered``), an operator's power
+  action through the API (``event`` its target: ``power on``, ``power off``, ``reboot``);
 - ``error``: a ``last_error`` written outside a transition (a loop's step failing or recovering, an
   inspection report refused).
 

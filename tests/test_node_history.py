@@ -183,6 +183,16 @@ async def test_power_sync_records_changes_failures_and_recovery_once_each(cloud:
     assert {e["actor"] for e in entries} == {"power_sync"} and "power failure" in entries[3]["message"]
 
 
+async def test_an_operators_power_action_is_recorded(cloud: Cloud) -> None:
+    (node_id,) = await cloud.enroll(1)
+    for target in ("power on", "reboot"):
+        resp = await cloud.client.put(f"/v1/nodes/{node_id}/states/power", json={"target": target}, headers=cloud.auth)
+        assert resp.status == 200, await resp.text()
+    entries = (await events(cloud, node_id))["events"]
+    assert brief(entries) == [("power", "reboot", "power on", "power on"), ("power", "power on", None, "power on")]
+    assert {e["actor"] for e in entries} == {"operator"}
+
+
 async def test_a_loop_step_error_and_its_recovery_are_recorded(cloud: Cloud) -> None:
     (node_id,) = await cloud.enroll(1)
     for changes in (StepChanges({node_id: "t: KeyError: 'x'"}, {}), StepChanges({}, {node_id: "t: KeyError: 'x'"})):

@@ -97,7 +97,11 @@ async def set_power(request: web.Request) -> web.Response:
     node, state = await _on_idle_node(request, "set_power", act)
     async with ctx.sessionmaker.begin() as session:
         row = await q.get_node(session, str(node.id))
+        before = row.power_state
         row.power_state, row.last_power_check = state.value, utcnow()
+        # An operator's power action: in the history even when the state is the same (a reboot).
+        entry = history.Entry(row.id, history.Kind.POWER, body.target, before, state.value, actor="operator")
+        await history.record(session, [entry])
     return json_response({"node": node.id, "power_state": state.value})
 
 
