@@ -372,7 +372,7 @@ async def fail_many(
     if where is not None:
         conds.append(where)
     now = utcnow()
-    states_now = select(BareMetalNode.id, BareMetalNode.provision_state).where(*conds)
+    states_now = select(BareMetalNode.id, BareMetalNode.provision_state).where(*conds).with_for_update()
     before: dict[int, str] = {r.id: r.provision_state for r in await session.execute(states_now)}  # they leave
     failed = [
         row.id
