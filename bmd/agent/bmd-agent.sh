@@ -116,16 +116,27 @@ callback() {
 	printf '{"deployment_id": %s, "address": %s, "error": %s%s}' \
 		"$(printf '%s' "$DEPLOYMENT_ID" | json_string)" "$(printf '%s' "${ADDRESS:-}" | json_string)" \
 		"$err" "$console" >"$WORK/callback.json"
+	deliver "$CALLBACK_URL" "$WORK/callback.json" callback
+}
+
+# POST a JSON file to bmd until it is accepted: $1 URL, $2 file, $3 what it is (for the log). Returns 0
+# once accepted, 1 when bmd could not be reached in $RETRIES attempts (bmd times this boot out), 2 when
+# bmd refused it (sending it again would be refused too).
+deliver() {
 	attempt=1
-	while ! post_json "$CALLBACK_URL" "$WORK/callback.json"; do
+	while ! post_json "$1" "$2"; do
+		if grep -q "server returned error" "$WORK/cmd.out"; then
+			log "bmd refused the $3: $(tail -n 1 "$WORK/cmd.out")"
+			return 2
+		fi
 		if [ "$attempt" -ge "$RETRIES" ]; then
-			log "the callback failed $attempt times: giving up (bmd will time the deploy out)"
+			log "the $3 could not be sent in $attempt attempts: giving up (bmd will time this boot out)"
 			return 1
 		fi
 		attempt=$((attempt + 1))
 		sleep "$RETRY_DELAY"
 	done
-	log "callback accepted: $(cat "$WORK/answer" 2>/dev/null)"
+	log "$3 accepted: $(cat "$WORK/answer" 2>/dev/null)"
 }
 
 fail() {
@@ -431,18 +442,11 @@ inspect() {
 		fail "the inspection collector failed: $(tail -n 3 "$WORK/cmd.out" | tr '\n' ' ')"
 	}
 	log "report: $(wc -c <"$WORK/report.json" | tr -d ' ') bytes"
-	attempt=1
-	while ! post_json "$INSPECTION_URL" "$WORK/report.json"; do
-		# bmd answered (a refusal): sending it again would be refused too
-		grep -q "server returned error" "$WORK/cmd.out" && fail "bmd refused the inspection report: $(tail -n 1 "$WORK/cmd.out")"
-		if [ "$attempt" -ge "$RETRIES" ]; then
-			log "the report could not be sent $attempt times: giving up (bmd will time the inspection out)"
-			exit 1
-		fi
-		attempt=$((attempt + 1))
-		sleep "$RETRY_DELAY"
-	done
-	log "inspection report accepted: $(cat "$WORK/answer" 2>/dev/null)"
+	deliver "$INSPECTION_URL" "$WORK/report.json" "inspection report"
+	case $? in
+	1) exit 1 ;;
+	2) fail "bmd refused the inspection report: $(tail -n 1 "$WORK/cmd.out")" ;;
+	esac
 	log "inspection done: bmd powers this node off"
 }
 

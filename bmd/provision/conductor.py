@@ -29,6 +29,7 @@ from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
 from bmd.inspection.apply import apply_report
 from bmd.inspection.rules import compile_rules
+from bmd.metrics import DeployMeter
 from bmd.provision import records
 from bmd.provision.agent import (
     AgentLookupRefused,
@@ -93,6 +94,7 @@ class Conductor:
         self.console = console  # records the node's serial console during its deploys
         self.jobs: dict[int, asyncio.Task[Any]] = {}
         self._closing = False
+        self.deploys = DeployMeter()  # outcomes and durations, for /metrics
 
     # -- the per-node lock: every job is created here and cancelled/awaited in close() -------------------
     #
@@ -198,6 +200,7 @@ class Conductor:
 
     async def _spawn(self, node_id: int, instance_uuid: str) -> None:
         node: BareMetalNode | None = None
+        self.deploys.started(node_id)
         with structlog.contextvars.bound_contextvars(node=node_id, instance=instance_uuid):
             try:
                 job = await self.p.load(node_id, instance_uuid)
@@ -228,6 +231,7 @@ class Conductor:
                     async with self.p.sessionmaker.begin() as session:
                         await states.fail(session, None, instance_uuid, reason)
                     log.error("spawn_failed", reason=reason)
+                    self.deploys.ended(node_id, "spawn_failed")
                 else:
                     await self.fail_spawn(node, instance_uuid, reason)
 
@@ -244,6 +248,7 @@ class Conductor:
                 log.warning("spawn_failure_not_recorded", error=str(state_err))
                 await states.fail(session, None, instance_uuid, reason)
         log.error("spawn_failed", reason=reason, node_state="error" if failures else "available")
+        self.deploys.ended(node.id, "spawn_failed")
 
     # -- the deploy agent: token lookup, progress, callback ---------------------------------------------
 
@@ -330,6 +335,7 @@ class Conductor:
         await states.fail(session, node_id, instance_uuid, reason)
         await records.kill_agent_token(session, node_id)
         log.error("deploy_failed", node=node_id, reason=reason)
+        self.deploys.ended(node_id, "agent_failed")
 
     async def discard_boot_files(self, node: BareMetalNode) -> None:
         """After a failed deploy: nothing left would boot the node into the deploy ramdisk again."""
@@ -429,9 +435,11 @@ class Conductor:
             reason = f"finishing the deploy failed: {describe(err)}"
             await self.fail(node_id, instance_uuid, reason)
             log.error("deploy_finish_failed", node=node_id, reason=reason)
+            self.deploys.ended(node_id, "finish_failed")
             return False
         await self.advance(node_id, instance_uuid, Event.DONE)
         log.info("instance_active", node=node_id, instance=instance_uuid)
+        self.deploys.ended(node_id, "active")
         return True
 
     # -- destroy ------------------------------------------------------------------------------------------
@@ -565,8 +573,14 @@ class Conductor:
         log.error("clean_failed", node=node_id, reason=reason)
 
     async def fail_cleaning(self, node_id: int, reason: str) -> None:
+        await self._fail_ramdisk(node_id, reason, self.record_clean_failure)
+
+    async def _fail_ramdisk(
+        self, node_id: int, reason: str, record: Callable[[AsyncSession, int, str], Awaitable[None]]
+    ) -> None:
+        """A clean's or an inspection's boot failed: ``record`` it with the reason, then power off and tidy."""
         async with self.p.sessionmaker.begin() as session:
-            await self.record_clean_failure(session, node_id, reason)
+            await record(session, node_id, reason)
             node = await session.get(BareMetalNode, node_id)
         if node is not None:
             await self.tidy_after_ramdisk(node, keep_record=True)
@@ -634,6 +648,15 @@ class Conductor:
 
     async def finish_clean(self, node_id: int) -> None:
         """The agent erased the disks: power off, boot files and DHCP entry gone, node available."""
+        await self._finish_ramdisk(node_id, "clean")
+
+    async def _finish_ramdisk(self, node_id: int, mode: Purpose) -> None:
+        """The agent of a clean or an inspection is done: power off, boot files, DHCP entry, deployment and
+        PXE IP gone, the node available (or the boot failed, when tidying up did)."""
+        finish, fail, failed, done = {
+            "clean": (states.finish_clean, self.fail_cleaning, "clean failed", "node_cleaned"),
+            "inspect": (states.finish_inspect, self.fail_inspecting, "inspection failed", "node_inspected"),
+        }[mode]
         with structlog.contextvars.bound_contextvars(node=node_id):
             async with self.p.sessionmaker() as session:
                 node = await session.get(BareMetalNode, node_id)
@@ -641,11 +664,11 @@ class Conductor:
                 return
             failures = await self.tidy_after_ramdisk(node)
             if failures:
-                await self.fail_cleaning(node_id, "clean failed: tidying up failed: " + "; ".join(failures))
+                await fail(node_id, f"{failed}: tidying up failed: " + "; ".join(failures))
                 return
             async with self.p.sessionmaker.begin() as session:
-                await states.finish_clean(session, node_id)
-            log.info("node_cleaned")
+                await finish(session, node_id)
+            log.info(done)
 
     # -- inspection (docs/inspection.md) ----------------------------------------------------------------
     #
@@ -734,23 +757,8 @@ class Conductor:
         log.error("inspection_failed", node=node_id, reason=reason)
 
     async def fail_inspecting(self, node_id: int, reason: str) -> None:
-        async with self.p.sessionmaker.begin() as session:
-            await self.record_inspect_failure(session, node_id, reason)
-            node = await session.get(BareMetalNode, node_id)
-        if node is not None:
-            await self.tidy_after_ramdisk(node, keep_record=True)
+        await self._fail_ramdisk(node_id, reason, self.record_inspect_failure)
 
     async def finish_inspect(self, node_id: int) -> None:
         """The report is in: power off, boot files, DHCP entry, deployment and PXE IP gone, node available."""
-        with structlog.contextvars.bound_contextvars(node=node_id):
-            async with self.p.sessionmaker() as session:
-                node = await session.get(BareMetalNode, node_id)
-            if node is None:
-                return
-            failures = await self.tidy_after_ramdisk(node)
-            if failures:
-                await self.fail_inspecting(node_id, "inspection failed: tidying up failed: " + "; ".join(failures))
-                return
-            async with self.p.sessionmaker.begin() as session:
-                await states.finish_inspect(session, node_id)
-            log.info("node_inspected")
+        await self._finish_ramdisk(node_id, "inspect")

@@ -172,10 +172,12 @@ class SyncPowerStates:
             )
             rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
             entries.extend(_power_entries(node, state, failures, r.error))
-            if (state == PowerState.ERROR.value or bool(failures)) != (
+            if state != node.power_state or (state == PowerState.ERROR.value or bool(failures)) != (
                 node.power_state == PowerState.ERROR.value or bool(node.power_failures)
             ):
-                changed.append(node.id)  # a power fault begins or ends: the scheduler is told
+                # a power fault begins or ends (the scheduler is told), or the power state changed (the
+                # views /metrics counts by power state stay current between resyncs)
+                changed.append(node.id)
             if r.error is not None and failures >= limit and not node.maintenance:
                 to_maint.append({"b_id": node.id, "reason": f"power failure: {r.error}"})
                 log.error("node_power_failure_maintenance", node=node.id, failures=failures, error=r.error)

@@ -53,17 +53,22 @@ def lab_files(state_dir: Path) -> Path:
     return (state_dir / "lab" / "images" / "demo.img").resolve()
 
 
-async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_path: Path, db_file: Path) -> None:
-    """No deploy kernel configured, no agent run by the test: the lab machine PXE-boots (iPXE script over
-    HTTP), runs the agent protocol, bmd reboots it from disk; delete frees the instance, the machine boots
-    the ramdisk again for its clean (cleaning on, as by default in ``make run``) and the node is available."""
-    settings: Settings = make_settings(
+def sim_lab_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """``bmd serve --lab`` with simulated machines: the IPMI driver on the lab BMCs, quick loops."""
+    return make_settings(
         tmp_path,
         driver={"default_power_driver": "ipmi"},
         ipmi={"timeout": 2.0, "min_command_interval": 0.0},
         tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
-        deploy={"automated_clean": True},
+        **sections,
     )
+
+
+async def test_serve_lab_with_sim_machines_deploys_with_zero_configuration(tmp_path: Path, db_file: Path) -> None:
+    """No deploy kernel configured, no agent run by the test: the lab machine PXE-boots (iPXE script over
+    HTTP), runs the agent protocol, bmd reboots it from disk; delete frees the instance, the machine boots
+    the ramdisk again for its clean (cleaning on, as by default in ``make run``) and the node is available."""
+    settings = sim_lab_settings(tmp_path, deploy={"automated_clean": True})
     assert settings.deploy.deploy_kernel == "" and settings.deploy.boot_kernel == ""
     async with serving_lab(settings, count=2, machines="sim", within=60) as (lab, ctx, endpoint):
         demo = await asyncio.to_thread(lab_files, Path(settings.service.state_dir))
@@ -93,13 +98,7 @@ async def test_sim_machines_are_inspected_at_enroll_and_report_their_switch_port
     """``inspection.on_enroll``: every lab node boots the ramdisk in inspect mode as it is enrolled, its
     simulated machine reports (LLDP included: its rack's switch and port), and the node is available with the
     report applied; then the lab flavor schedules on it as before."""
-    settings: Settings = make_settings(
-        tmp_path,
-        driver={"default_power_driver": "ipmi"},
-        ipmi={"timeout": 2.0, "min_command_interval": 0.0},
-        tasks={"host_state_interval": 0.2, "update_resources_interval": 0.2},
-        inspection={"on_enroll": True},
-    )
+    settings = sim_lab_settings(tmp_path, inspection={"on_enroll": True})
     async with serving_lab(settings, count=2, machines="sim", within=60) as (lab, ctx, endpoint):
         headers = {"Authorization": f"Bearer {ctx.api_token}"}
         async with aiohttp.ClientSession(endpoint.url, headers=headers) as http:
