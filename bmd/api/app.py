@@ -43,6 +43,12 @@ def ctx_of(request: web.Request) -> AppContext:
     return request.app[CTX]
 
 
+def actor_of(request: web.Request) -> str:
+    """Who made the request, for a node's history: the token's name (never the token), else "anonymous"."""
+    caller = request.get(CALLER)
+    return caller.name if caller is not None else "anonymous"
+
+
 def is_authenticated(request: web.Request) -> bool:
     """For handlers of reads that do more for a trusted caller (a live BMC read, a console): the caller's
     token has the operator's rights (bmd/auth.py)."""
