@@ -158,6 +158,7 @@ def create_app(ctx: AppContext) -> web.Application:
         agent,
         capabilities,
         console,
+        dashboard,
         flavors,
         health,
         inspection,
@@ -182,6 +183,7 @@ def create_app(ctx: AppContext) -> web.Application:
     instances.setup(app)
     agent.setup(app)
     console.setup(app)
+    dashboard.setup(app)
     http_root = Path(ctx.settings.deploy.http_root).resolve()
     http_root.mkdir(parents=True, exist_ok=True)
     app.add_subapp("/images/", create_image_app(http_root))

@@ -97,6 +97,7 @@ async def set_power(request: web.Request) -> web.Response:
     async with ctx.sessionmaker.begin() as session:
         row = await q.get_node(session, str(node.id))
         row.power_state, row.last_power_check = state.value, utcnow()
+        await note_nodes(session, [row.id])  # the scheduler and the dashboard's stream see it at once
     return json_response({"node": node.id, "power_state": state.value})
 
 
