@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bmd.node_events import TOPIC, NodeView
 from tests.conftest import make_settings
 from tests.lab_api import serving_lab
 
@@ -87,6 +88,15 @@ async def test_the_dashboard_shows_the_lab_live(tmp_path: Path, db_file: Path) -
             await expect(tile).to_have_attribute("data-power", target, timeout=WITHIN_MS)
             assert await page.evaluate("window.__loaded_once") is True  # the same page, never reloaded
             assert sum(1 for r in requests if r.url.endswith("/v1/nodes?limit=1000")) == lists_before
+
+            # a stream that fell behind (more batches than its queue holds, at once) is told to resync: the page
+            # reloads the list, once, and shows the same nodes
+            reload_of_list = page.expect_request(lambda r: r.url.endswith("/v1/nodes?limit=1000"), timeout=WITHIN_MS)
+            async with reload_of_list:
+                for version in range(256):  # no await between: the stream's queue (32) overflows
+                    ctx.bus.publish(TOPIC, [NodeView(node_id=10**9, version=version)])
+            await expect(grid).to_have_count(8)
+            assert not [r for r in requests if "/v1/nodes/1000000000" in r.url]  # the dropped views were not used
 
             # filter by capability: disk_type = ssd is every other lab node; then by name
             ssd = sorted(n for n, node in nodes.items() if node["extra_specs"]["disk_type"] == "ssd")

@@ -302,7 +302,7 @@ class Harness:
         url = self.server.make_url(path).with_query(query) if query else self.server.make_url(path)
         async with self.http.request(method, url, data=body, headers=headers) as resp:
             content_type = resp.headers.get("Content-Type", "")
-            if content_type.startswith("text/event-stream"):  # never ends: its first event is the answer
+            if method != "HEAD" and content_type.startswith("text/event-stream"):  # never ends: 1st event
                 return resp.status, content_type, await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
             return resp.status, content_type, await resp.read()
 

@@ -11,6 +11,8 @@ const TOKEN_KEY = "bmd.token";
 const HEALTH_EVERY_MS = 5000;
 const CONSOLE_TAIL = 16384;
 const EVENTS_SHOWN = 20;
+const MAX_SINGLE_FETCHES = 20;
+const DETAIL_EVERY_MS = 300;
 const VIEW_FIELDS = ["uuid", "name", "power_state", "provision_state", "maintenance", "instance_uuid", "power_failures"];
 const PROVISION_LEGEND = [
   ["available", "prov-available"], ["active", "prov-active"], ["deploying / cleaning", "prov-deploying"],
@@ -26,6 +28,8 @@ const state = {
   pending: new Map(), // id -> newest view seen while loading
   selected: null,
   detailSeq: 0,
+  detailTimer: null,
+  wake: null, // ends the stream's wait before a reconnect
   stream: null, // AbortController of the open stream
   heartbeatMs: 15000,
 };
@@ -141,6 +145,10 @@ function applyViews(views, quiet = false) {
     if (!quiet) renderTile(view.id);
   }
   if (state.loading) return;
+  if (unknown.length > MAX_SINGLE_FETCHES) {
+    resync(); // many new nodes (an import): one list load rather than a fetch each
+    return;
+  }
   for (const id of unknown) {
     request(`/v1/nodes/${id}`).then((node) => {
       state.nodes.set(node.id, node);
@@ -151,7 +159,16 @@ function applyViews(views, quiet = false) {
     renderFilters();
     renderSummary();
   }
-  if (changedSelected) showDetail(state.selected);
+  if (changedSelected) refreshDetailSoon();
+}
+
+function refreshDetailSoon() {
+  // a node that changes often (a deploy's heartbeats) is refetched at most every DETAIL_EVERY_MS
+  if (state.detailTimer) return;
+  state.detailTimer = setTimeout(() => {
+    state.detailTimer = null;
+    if (state.selected !== null) showDetail(state.selected);
+  }, DETAIL_EVERY_MS);
 }
 
 // ---- the grid -----------------------------------------------------------------------------------------
@@ -527,7 +544,11 @@ async function streamForever() {
     if (state.stream === controller) resync(); // no stream (yet): the list at least, reloaded at each retry
     if (state.stream !== controller) continue; // restarted on purpose (a new token): reconnect at once
     setLive(false, "reconnecting…");
-    await new Promise((resolve) => setTimeout(resolve, backoff));
+    await new Promise((resolve) => {
+      state.wake = resolve; // a new token ends the wait
+      setTimeout(resolve, backoff);
+    });
+    state.wake = null;
     backoff = Math.min(backoff * 2, 15000);
   }
 }
@@ -536,6 +557,7 @@ function restartStream() {
   const old = state.stream;
   state.stream = null;
   if (old) old.abort();
+  if (state.wake) state.wake();
 }
 
 // ---- wiring -------------------------------------------------------------------------------------------
