@@ -155,6 +155,12 @@ async def test_the_dashboard_shows_the_lab_live(tmp_path: Path, db_file: Path) -
                     await expect(shown).to_have_attribute("data-power", api_node["power_state"], timeout=WITHIN_MS)
                     await expect(shown).to_have_attribute("data-provision", api_node["provision_state"])
 
+            await deployed.click()  # its detail: the deploy's steps
+            await expect(page.locator("#detail-title")).to_have_text(await deployed.get_attribute("data-name") or "")
+            steps = detail.locator("[data-section=deploy-steps]")
+            await expect(steps).to_be_visible(timeout=WITHIN_MS)
+            await expect(steps.locator("tbody tr").first).to_be_visible()
+
             shot = artifacts(tmp_path) / "dashboard.png"
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -332,6 +332,14 @@ function closeDetail() {
   for (const tile of state.tiles.values()) tile.setAttribute("aria-pressed", "false");
 }
 
+function when(iso, timeOnly = false) {
+  // the API's timestamps are UTC ISO 8601; shown as UTC, to the second (a step's start to the millisecond)
+  const date = new Date(iso);
+  if (!iso || Number.isNaN(date.getTime())) return iso || "";
+  const text = date.toISOString().replace("T", " ");
+  return timeOnly ? text.slice(11, 23) : `${text.slice(0, 19)} UTC`;
+}
+
 function kv(pairs) {
   const out = el("dl", { class: "kv" });
   for (const [key, value, cls] of pairs) {
@@ -374,7 +382,7 @@ async function showDetail(id) {
       ["maintenance", node.maintenance ? `yes: ${node.maintenance_reason || "no reason given"} (${node.maintenance_set_by || "?"})` : "no"],
       ["instance", node.instance_uuid],
       ["task", node.task_state],
-      ["last power check", node.last_power_check],
+      ["last power check", node.last_power_check && when(node.last_power_check)],
       ["hardware", `${node.cpus} cpus, ${node.memory_mb} MiB, ${node.local_gb} GB, ${node.boot_mode}`],
       ["BMC", `${node.pm_driver} ${node.pm_address || ""}`],
       ["service host", node.service_host],
@@ -392,14 +400,15 @@ async function showDetail(id) {
     (node.interfaces || []).map((i) => [i.address, i.datapath_id, i.port_no, i.vif_uuid]))));
   const steps = (node.deploy_steps || []).filter((s) => s && typeof s === "object");
   if (steps.length) {
-    body.push(section("Deploy steps", "deploy-steps", table(["step", "started", "s", "outcome", "detail"], steps.map((s) => [
-      s.step, s.started_at, s.seconds, s.ok === null || s.ok === undefined ? "running" : s.ok ? "ok" : "FAILED", s.detail,
+    body.push(section("Deploy steps", "deploy-steps", table(["step", "started (UTC)", "s", "outcome", "detail"], steps.map((s) => [
+      s.step, when(s.started_at, true), typeof s.seconds === "number" ? s.seconds.toFixed(3) : "",
+      s.ok === null || s.ok === undefined ? "running" : s.ok ? "ok" : "FAILED", s.detail,
     ]))));
   }
   if (events) {
     body.push(section("Recent events", "events", events.length
       ? table(["at", "event", "state", "message"], events.map((e) => [
-        e.at, [e.kind, e.event].filter(Boolean).join(" "),
+        when(e.at), [e.kind, e.event].filter(Boolean).join(" "),
         e.from_state || e.to_state ? `${e.from_state || ""} → ${e.to_state || ""}` : "", e.message,
       ]))
       : el("p", { class: "muted", text: "no events recorded" })));
