@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ async def test_the_dashboard_shows_the_lab_live(tmp_path: Path, db_file: Path) -
             lists_before = sum(1 for r in requests if r.url.endswith("/v1/nodes?limit=1000"))
             async with http.put(f"/v1/nodes/{name}/states/power", json={"target": target}) as resp:
                 assert resp.status == 200, await resp.text()
+            answered = time.perf_counter()
             await expect(tile).to_have_attribute("data-power", target, timeout=WITHIN_MS)
+            print(f"power change on the page {(time.perf_counter() - answered) * 1e3:.0f} ms after the API answered")
             assert await page.evaluate("window.__loaded_once") is True  # the same page, never reloaded
             assert sum(1 for r in requests if r.url.endswith("/v1/nodes?limit=1000")) == lists_before
 
