@@ -87,6 +87,18 @@ async def test_a_node_change_arrives_as_its_newest_view(client: TestClient[Any, 
         assert "pm_password" not in view
 
 
+async def test_a_stream_is_no_request_latency(client: TestClient[Any, Any]) -> None:
+    """Its life is how long a dashboard stayed open: kept out of the API latency histogram (here it ends
+    from the server's side, as at shutdown, so the handler returns its response)."""
+    async with open_stream(client) as events:
+        streams_of(client).close_all()
+        assert await asyncio.wait_for(events.resp.content.read(), 5) == b""
+    await until("the stream released", lambda: not streams_of(client).open)
+    await client.get("/v1/nodes")
+    text = await (await client.get("/metrics")).text()
+    assert 'route="/v1/nodes"' in text and PATH not in text
+
+
 async def test_an_overflowed_queue_says_resync(client: TestClient[Any, Any], ctx: AppContext) -> None:
     """More batches than the queue holds, published while the stream waits: the oldest are dropped and the
     client is told to reload rather than given a partial picture; later changes arrive as views again."""
