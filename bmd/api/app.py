@@ -158,6 +158,7 @@ def create_app(ctx: AppContext) -> web.Application:
         auth,
         capabilities,
         console,
+        dashboard,
         flavors,
         health,
         inspection,
@@ -186,6 +187,7 @@ def create_app(ctx: AppContext) -> web.Application:
     agent.setup(app)
     console.setup(app)
     tokens.setup(app)
+    dashboard.setup(app)
     http_root = Path(ctx.settings.deploy.http_root).resolve()
     http_root.mkdir(parents=True, exist_ok=True)
     images = create_image_app(http_root)

@@ -102,6 +102,7 @@ async def set_power(request: web.Request) -> web.Response:
         # An operator's power action: in the history even when the state is the same (a reboot).
         entry = history.Entry(row.id, history.Kind.POWER, body.target, before, state.value, actor=actor_of(request))
         await history.record(session, [entry])
+        await note_nodes(session, [row.id])  # the scheduler and the dashboard's stream see it at once
     return json_response({"node": node.id, "power_state": state.value})
 
 
