@@ -70,19 +70,26 @@ async def test_deploy_delete_clean_and_maintenance_are_recorded_in_order(cloud: 
     entries = list(reversed(body["events"]))  # oldest first, to read as a story
     assert brief(entries) == [
         ("provision", "deploy", "available", "deploying"),
+        ("power", "power on", None, "power on"),  # bmd's own power actions: known at once, not at the next sync
         ("provision", "wait", "deploying", "wait_callback"),
         ("provision", "callback", "wait_callback", "wait_callback"),
+        ("power", "reboot", "power on", "power on"),  # from its disk
         ("provision", "done", "wait_callback", "active"),
         ("provision", "delete", "active", "deleting"),
+        ("power", "power off", "power on", "power off"),
         ("provision", "clean", "deleting", "cleaning"),
+        ("power", "power on", "power off", "power on"),  # the clean ramdisk
         ("provision", "clean_callback", "cleaning", "cleaning"),
+        ("power", "power off", "power on", "power off"),
         ("provision", "cleaned", "cleaning", "available"),
         ("maintenance", "set", "off", "on"),
         ("maintenance", "unset", "on", "off"),
     ]
     assert body["next"] is None
-    assert {e["instance_uuid"] for e in entries[:5]} == {w.instance_uuid}  # the instance it was about
-    assert entries[8]["message"] == "fan replacement" and entries[8]["actor"] == FILE_TOKEN_NAME
+    deploy = [e for e in entries if e["kind"] == "provision"][:5]
+    assert {e["instance_uuid"] for e in deploy} == {w.instance_uuid}  # the instance it was about
+    assert {e["actor"] for e in entries if e["kind"] == "power"} == {"bmd"}
+    assert entries[13]["message"] == "fan replacement" and entries[13]["actor"] == FILE_TOKEN_NAME
     assert [e["id"] for e in body["events"]] == sorted((e["id"] for e in body["events"]), reverse=True)
     assert all(e["node_id"] == w.node_id and e["at"] for e in entries)
 
@@ -92,7 +99,9 @@ async def test_a_failed_clean_records_the_reason_and_the_maintenance_it_sets(clo
     await delete(cloud, w)
     assert (await run_agent(cloud.tftp_root, MAC, fail_with="dd: /dev/vda: Input/output error")).status == 202
     await cloud.settle()
-    newest = (await events(cloud, w.node_id, limit=2))["events"]
+    recent = (await events(cloud, w.node_id, limit=3))["events"]
+    assert brief(recent[:1]) == [("power", "power off", "power on", "power off")]  # the tidy-up after it
+    newest = recent[1:]
     assert brief(newest) == [
         ("maintenance", "set", "off", "on"),
         ("provision", "clean_fail", "cleaning", "clean failed"),
