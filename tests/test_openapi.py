@@ -107,6 +107,8 @@ def test_non_json_routes_say_their_media_types(spec: dict[str, Any]) -> None:
     assert media("/v1/agent/nodes/{node}/image", status="206") == {"application/octet-stream"}
     assert media("/v1/agent/lookup", "post") == {"application/json", "text/plain"}
     assert media("/images/{path}") == {"*/*"}
+    assert media("/v1/events/stream") == {"text/event-stream"}
+    assert media("/") == {"text/html"} and media("/dashboard/{file}") == {"text/javascript", "text/css"}
     assert "101" in spec["paths"]["/v1/nodes/{node}/console"]["get"]["responses"]
     image_path = spec["paths"]["/images/{path}"]["get"]["parameters"][0]
     assert image_path["x-bmd-pattern"] == ".+"  # a file path holds slashes: the checker matches it so
@@ -214,6 +216,7 @@ def test_each_operation_names_the_least_role_auth_asks_for(spec: dict[str, Any])
         return str(spec["paths"][path][method]["x-bmd-role"])
 
     assert [role("/healthz"), role("/metrics"), role("/images/{path}"), role("/docs")] == ["none"] * 4
+    assert role("/") == "none" and role("/dashboard/{file}") == "none" and role("/v1/events/stream") == "reader"
     assert role("/v1/agent/lookup", "post") == "none" and role("/v1/openapi.json") == "none"
     assert role("/v1/nodes") == "reader" and spec["paths"]["/v1/nodes"]["get"]["security"] == [{}, {"bearer": []}]
     assert role("/v1/nodes", "post") == "operator" and spec["paths"]["/v1/nodes"]["post"]["security"] == [

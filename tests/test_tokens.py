@@ -71,6 +71,10 @@ async def test_open_routes_stay_open_without_a_token(sclient) -> None:  # type: 
     # the agent's routes check their own X-Agent-Token (a 401 of theirs, not the bearer middleware's)
     resp = await sclient.get("/v1/agent/nodes/1/image")
     assert (await resp.json())["error"] != "unauthorized"
+    # the dashboard's page loads so that a token can be pasted into it; its data stream needs the token
+    assert (await sclient.get("/")).status == 200
+    assert (await sclient.get("/dashboard/app.js")).status == 200
+    assert (await sclient.get("/v1/events/stream")).status == 401
 
 
 async def test_metrics_token_required(tmp_path: Path, db_file: Path) -> None:

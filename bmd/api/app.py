@@ -43,6 +43,12 @@ def ctx_of(request: web.Request) -> AppContext:
     return request.app[CTX]
 
 
+def actor_of(request: web.Request) -> str:
+    """Who made the request, for a node's history: the token's name (never the token), else "anonymous"."""
+    caller = request.get(CALLER)
+    return caller.name if caller is not None else "anonymous"
+
+
 def is_authenticated(request: web.Request) -> bool:
     """For handlers of reads that do more for a trusted caller (a live BMC read, a console): the caller's
     token has the operator's rights (bmd/auth.py)."""
@@ -152,6 +158,7 @@ def create_app(ctx: AppContext) -> web.Application:
         auth,
         capabilities,
         console,
+        dashboard,
         docs,
         flavors,
         health,
@@ -181,6 +188,7 @@ def create_app(ctx: AppContext) -> web.Application:
     agent.setup(app)
     console.setup(app)
     tokens.setup(app)
+    dashboard.setup(app)
     docs.setup(app)
     http_root = Path(ctx.settings.deploy.http_root).resolve()
     http_root.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,8 @@ def route_of(request: web.Request) -> str:
 
 def observe_requests(latency: Histogram) -> Middleware:
     """Middleware: every answered request's duration by method, route template and status. A websocket's
-    life (101) is no request latency and is left out, as is a request whose client went away."""
+    life (101) and an event stream's (``text/event-stream``, the dashboard's) are no request latency and are
+    left out, as is a request whose client went away."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -170,7 +171,7 @@ def observe_requests(latency: Histogram) -> Middleware:
         status: int | None = None
         try:
             response = await handler(request)
-            status = response.status
+            status = None if response.content_type == "text/event-stream" else response.status
             return response
         except web.HTTPException as exc:
             status = exc.status

@@ -55,6 +55,7 @@ PATH_PARAMS = {
     "path": "a file's path under deploy.http_root",
 }
 H = TypeVar("H", bound=Callable[..., Any])
+OPEN_ROUTES = ("/healthz", "/metrics", "/", "/dashboard/{file}")  # bmd/api/auth.py's is_open
 
 
 class UndeclaredRoutes(Exception):
@@ -262,7 +263,7 @@ def _operation(route: _Route, schemas: _Schemas, head: bool) -> dict[str, Any]:
 def _role(route: _Route) -> str | None:
     """The least role the route needs, as bmd/api/auth.py's ``needed_role`` decides it (None: anyone; a
     change there is a change here). ``/metrics`` is open unless ``metrics.token_required``."""
-    if route.open or getattr(route.handler, "_bmd_public", False) or route.template in ("/healthz", "/metrics"):
+    if route.open or getattr(route.handler, "_bmd_public", False) or route.template in OPEN_ROUTES:
         return None
     if route.template == "/v1/tokens" or route.template.startswith("/v1/tokens/"):
         return "admin"

@@ -333,3 +333,21 @@ class TokenCreated(TokenView):
 
 
 TokenPage = page_of("tokens", TokenView, str)
+
+
+class NodeEventView(View):
+    """One entry of a node's history (bmd.node_history)."""
+
+    id: int
+    node_id: int
+    at: Timestamp
+    kind: str
+    event: str | None
+    from_state: str | None
+    to_state: str | None
+    message: str | None
+    instance_uuid: str | None
+    actor: str | None = Field(description="the token's name for an API call; null for bmd's own work")
+
+
+EventPage = page_of("events", NodeEventView)

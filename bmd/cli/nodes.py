@@ -146,6 +146,48 @@ def steps_table(steps: list[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def history_table(events: list[Any]) -> str:
+    """A node's history for a human, newest first: when, what, the state it left and reached, who, why."""
+    if not events:
+        return "no events recorded\n"
+    cols = ("at", "kind", "event", "change", "actor", "message")
+    rows = []
+    for e in events:
+        change = f"{e.get('from_state') or '-'} -> {e.get('to_state') or '-'}" if e.get("to_state") else ""
+        rows.append(
+            [
+                str(e.get("at", ""))[:23],
+                str(e.get("kind", "")),
+                str(e.get("event") or ""),
+                change,
+                str(e.get("actor") or ""),
+                " ".join(str(e.get("message") or "").split())[:120],
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def history(app: Any) -> None:
+    """The node's newest ``--limit`` events (pages followed), or all of them with ``--all``."""
+    a = app.args
+    path, marker = f"/v1/nodes/{q(a.node)}/events", None
+    events: list[Any] = []
+    while a.all or len(events) < a.limit:
+        size = 1000 if a.all else min(1000, a.limit - len(events))
+        page = app.client.get(f"{path}?limit={size}" + ("" if marker is None else f"&marker={q(str(marker))}"))
+        events.extend(page["events"])
+        marker = page.get("next")
+        if marker is None:
+            break
+    if a.json:
+        app.print(events)
+    else:
+        sys.stdout.write(history_table(events))
+
+
 def console_log(app: Any) -> None:
     a = app.args
     path = f"/v1/nodes/{q(a.node)}/console-log" + ("" if a.tail is None else f"?tail={a.tail}")
@@ -242,6 +284,12 @@ def pxe_delete(app: Any) -> None:
     print(f"pxe_ip {app.args.id} deleted")
 
 
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {raw!r}")
+    return int(raw)
+
+
 def _byte_count(raw: str) -> int:
     if not raw.isdigit():
         raise argparse.ArgumentTypeError(f"--tail: expected a number of bytes, got {raw!r}")
@@ -294,6 +342,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         p.set_defaults(func=func)
         if verb == "show":
             p.add_argument("--steps", action="store_true", help="the last deploy's steps as a table, not JSON")
+    p = ns.add_parser("history", help="what happened to the node, newest first (state changes, maintenance, ...)")
+    p.add_argument("node", help="id, uuid or name")
+    p.add_argument("--limit", type=_positive, default=50, metavar="N", help="the newest N events (default 50)")
+    p.add_argument("--all", action="store_true", help="every event kept (the newest 200)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=history)
     p = ns.add_parser("console-log", help="what the node printed during its deploys (raw bytes; token needed)")
     p.add_argument("node", help="id, uuid or name")
     p.add_argument("--tail", type=_byte_count, metavar="N", help="only the last N bytes")

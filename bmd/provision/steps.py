@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bmd import node_history as history
 from bmd.config import Settings
 from bmd.console_log import ConsoleLogs
 from bmd.db.boot_devices import record_boot_device
@@ -28,6 +29,7 @@ from bmd.drivers.power.registry import PowerRegistry
 from bmd.drivers.vif.base import VifDriver
 from bmd.drivers.vif.binding import unplug_vifs
 from bmd.errors import InvalidInput, NotFound
+from bmd.node_events import note_nodes
 from bmd.provision import records
 from bmd.provision.precheck import deploy_refs
 from bmd.provision.request import stored_request
@@ -236,12 +238,28 @@ class Provisioner:
             await record_boot_device(session, node.id, device.value, persistent, utcnow())
         if await driver.get_power_state(access) == PowerState.ON:
             await driver.reboot(access)
+            await self.record_power(node.id, PowerState.ON, "reboot")
         else:
             await driver.set_power_state(access, PowerState.ON)
+            await self.record_power(node.id, PowerState.ON, "power on")
 
     async def power_off(self, node: BareMetalNode) -> None:
         driver, access = self.power.for_node(node)
         await driver.set_power_state(access, PowerState.OFF)
+        await self.record_power(node.id, PowerState.OFF, "power off")
+
+    async def record_power(self, node_id: int, state: PowerState, action: str) -> None:
+        """What bmd just had the BMC do is the node's power state from now on (the next sync pass checks
+        it): the scheduler, the dashboard and the node's history see it at once, not a sync interval later."""
+        async with self.sessionmaker.begin() as session:
+            node = await session.get(BareMetalNode, node_id, with_for_update=True)
+            if node is None:
+                return
+            before = node.power_state
+            node.power_state, node.last_power_check = state.value, utcnow()
+            entry = history.Entry(node_id, history.Kind.POWER, action, before, state.value, actor="bmd")
+            await history.record(session, [entry])
+            await note_nodes(session, [node_id])
 
     async def unplug(self, node: BareMetalNode) -> None:
         await unplug_vifs(self.sessionmaker, self.vif, node.id, node.prov_vlan_id)

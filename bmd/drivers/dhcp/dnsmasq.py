@@ -39,7 +39,7 @@ import structlog
 
 from bmd.config import Settings
 from bmd.config_pxe import PxeSettings
-from bmd.drivers.deploy.fsutil import in_thread, write_atomic
+from bmd.drivers.deploy.fsutil import in_thread, make_public_dirs, write_atomic
 from bmd.drivers.deploy.spec import check_node_uuid, normalize_mac
 from bmd.drivers.dhcp.base import BOOT_MODES
 from bmd.drivers.dhcp.supervisor import Supervisor
@@ -197,7 +197,7 @@ class HostsDir:
 
 def install_loaders(ipxe_dir: Path, tftp_root: Path) -> None:
     """Copy iPXE's BIOS and UEFI loaders into ``tftp_root`` (when missing or different). Blocking."""
-    tftp_root.mkdir(parents=True, exist_ok=True)
+    make_public_dirs(tftp_root)
     for name in LOADERS:
         src, dst = ipxe_dir / name, tftp_root / name
         if not src.is_file():
