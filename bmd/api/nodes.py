@@ -253,6 +253,25 @@ async def list_interfaces(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
 
 
+async def list_all_interfaces(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/interfaces``: every node's interfaces by id (``bmd port list``); ``?node=`` (id, uuid or
+    name) and ``?address=`` (a MAC) narrow it."""
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = id_marker(request)
+    stmt = select(Interface)
+    async with ctx.sessionmaker() as session:
+        if "node" in request.query:
+            stmt = stmt.where(Interface.bm_node_id == (await q.get_node(session, request.query["node"])).id)
+        if "address" in request.query:
+            stmt = stmt.where(_iface_lookup(request.query["address"], by_id=False))
+        if marker is not None:
+            stmt = stmt.where(Interface.id > marker)
+        ifaces = (await session.execute(stmt.order_by(Interface.id).limit(limit + 1))).scalars().all()
+    page, next_marker = split_page(ifaces, limit, lambda i: i.id)
+    return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
+
+
 @takes(InterfaceCreate)
 async def add_interface(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -284,13 +303,15 @@ async def delete_interface(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _iface_lookup(ident: str) -> Any:
-    if is_id_text(ident):
+def _iface_lookup(ident: str, by_id: bool = True) -> Any:
+    if by_id and is_id_text(ident):
         iface_id = parse_id(ident)
         return Interface.id == iface_id if iface_id is not None else false()
     try:
         mac = validate_model(InterfaceCreate, {"address": ident}).address
     except InvalidInput as err:
+        if not by_id:
+            raise InvalidInput(f"query parameter address: {ident!r} is not a MAC address", field="address") from err
         raise NotFound(f"interface {ident} not found") from err
     return Interface.address == mac
 
@@ -303,6 +324,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/nodes/{node}", show_node)
     r.add_patch("/v1/nodes/{node}", update_node)
     r.add_delete("/v1/nodes/{node}", delete_node)
+    r.add_get("/v1/interfaces", list_all_interfaces)
     r.add_get("/v1/nodes/{node}/interfaces", list_interfaces)
     r.add_post("/v1/nodes/{node}/interfaces", add_interface)
     r.add_delete("/v1/nodes/{node}/interfaces/{iface}", delete_interface)
