@@ -37,7 +37,8 @@ def cli(ctx: click.Context, config: str | None, url: str | None, token: str | No
 
     Lists take -f table|json|yaml|value|csv, -c COLUMN (repeat), --long and --sort COLUMN[:desc]; shows
     take -f and -c. Shell completion: bmd completion bash|zsh|fish (see its --help)."""
-    ctx.obj = CliApp(config, url, token)
+    app = ctx.ensure_object(CliApp)
+    app.config, app.url, app.token = config, url, token
 
 
 def _register() -> None:
@@ -83,8 +84,8 @@ def _usage_line(err: click.UsageError) -> str:
     return f"{PROG}: error: {err.format_message()} (see '{where} --help')"
 
 
-def _api_error_line(err: ApiError, app: CliApp | None) -> str:
-    if err.status == 401 and app is not None and not _has_token(app):
+def _api_error_line(err: ApiError, app: CliApp) -> str:
+    if err.status == 401 and not _has_token(app):
         return f"{PROG}: error: {err}: no API token: set api.token_file (or its file is empty or missing) or BMD_TOKEN"
     if err.status == 401:
         return f"{PROG}: error: {err}: the token was refused; check --token, BMD_TOKEN or the api.token_file"
@@ -104,10 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from click.shell_completion import shell_complete
 
         return shell_complete(cli, {}, PROG, COMPLETE_VAR, os.environ[COMPLETE_VAR])
-    app: CliApp | None = None
+    app = CliApp(None, None, None)  # the root group fills it in from the global options
     try:
-        with cli.make_context(PROG, list(sys.argv[1:] if argv is None else argv)) as ctx:
-            app = ctx.obj
+        with cli.make_context(PROG, list(sys.argv[1:] if argv is None else argv), obj=app) as ctx:
             result = cli.invoke(ctx)
         return result if isinstance(result, int) else EXIT_OK
     except click.exceptions.Exit as err:  # --help, --version
@@ -121,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as err:  # e.g. a file option naming a file that cannot be opened
         click.echo(f"{PROG}: error: {err.format_message()}", err=True)
         return EXIT_FAILED
-    except (ConfigError, InvalidInput) as err:
-        click.echo(f"{PROG}: error: {err}", err=True)
+    except ConfigError as err:
+        click.echo(f"{PROG}: error: {err} (the config: --config or BMD_CONFIG)", err=True)
+        return EXIT_USAGE
+    except InvalidInput as err:
+        click.echo(f"{PROG}: error: {err} (see '{app.command_path} --help')", err=True)
         return EXIT_USAGE
     except ApiError as err:
         click.echo(_api_error_line(err, app), err=True)

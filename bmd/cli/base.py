@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bmd.cli.client import Client
-from bmd.cli.output import FORMATS, Output
+from bmd.cli.output import FORMATS, Output, parse_sort
 
 __all__ = [
     "CliApp",
@@ -45,6 +45,7 @@ class CliApp:
         self.config = config
         self.url = url
         self.token = token
+        self.command_path = "bmd"
 
     @cached_property
     def settings(self) -> Settings:
@@ -64,9 +65,18 @@ class CliApp:
 
 
 def pass_app(func: F) -> F:
-    """Give a command the :class:`CliApp` as its first argument."""
-    decorated: F = click.make_pass_decorator(CliApp)(func)
-    return decorated
+    """Give a command the :class:`CliApp` as its first argument (and tell the app which command runs, for
+    the error line's "see 'bmd ... --help'")."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        ctx = click.get_current_context()
+        app = ctx.find_object(CliApp)
+        assert app is not None  # the root group made it
+        app.command_path = ctx.command_path
+        return func(app, *args, **kw)
+
+    return wrapper
 
 
 def _format_options(f: F, with_list: bool) -> F:
@@ -107,6 +117,7 @@ def list_output(default: Sequence[str], long: Sequence[str] = ()) -> Callable[[F
         def wrapper(
             *args: Any, fmt: str, columns: tuple[str, ...], long_: bool, sort: tuple[str, ...], **kw: Any
         ) -> Any:
+            parse_sort(sort)  # a bad --sort is a usage error before any API call
             out = Output(fmt, columns, long_, sort, tuple(default), tuple(long) or tuple(default))
             return func(*args, out=out, **kw)
 
