@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ import pytest
 
 from bmd.cli import main
 from tests.conftest import node_body
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+
+
+def machine_out(out: str) -> Any:
+    """The CLI's JSON on stdout, without the log lines the in-process server wrote there meanwhile."""
+    return json.loads("".join(line for line in out.splitlines(keepends=True) if not LOG_LINE.match(line)))
 
 
 async def run_cli(

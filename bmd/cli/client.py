@@ -7,10 +7,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bmd.config import Settings
 from bmd.errors import BmdError
+
+if TYPE_CHECKING:  # bmd.config (pydantic) is read only when a command needs the settings: start-up time
+    from bmd.config import Settings
 
 
 def q(value: str) -> str:
