@@ -13,7 +13,6 @@ import pytest
 from bmd.cli import main
 from tests.conftest import node_body
 
-
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 

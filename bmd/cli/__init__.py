@@ -86,10 +86,12 @@ def _usage_line(err: click.UsageError) -> str:
 
 def _api_error_line(err: ApiError, app: CliApp) -> str:
     if err.status == 401 and not _has_token(app):
-        return f"{PROG}: error: {err}: no API token: set api.token_file (or its file is empty or missing) or BMD_TOKEN"
-    if err.status == 401:
-        return f"{PROG}: error: {err}: the token was refused; check --token, BMD_TOKEN or the api.token_file"
-    return f"{PROG}: error: {err} (HTTP {err.status})"
+        hint = ": no API token: set api.token_file (its file is missing or empty) or BMD_TOKEN"
+    elif err.status == 401:
+        hint = ": the token was refused; check --token, BMD_TOKEN or the file api.token_file names"
+    else:
+        hint = ""
+    return f"{PROG}: error: {err} (HTTP {err.status}){hint}"
 
 
 def _has_token(app: CliApp) -> bool:
