@@ -112,10 +112,6 @@ class Output:
         else:
             _table(self.out, ["field", "value"], [[c, v] for c, v in zip(columns, values, strict=True)], True)
 
-    def message(self, text: str) -> None:
-        """Prose for a human: stdout in table format, stderr otherwise (machine output stays parseable)."""
-        click.echo(text, err=self.fmt != "table")
-
 
 def _bad(message: str, option: str) -> click.BadParameter:
     """A bad option value found while printing; the error names the command (its --help)."""

@@ -92,3 +92,6 @@ def delete(app: CliApp, idents: tuple[str, ...]) -> None:
     for ident in idents:
         app.client.delete(f"/v1/pxe_ips/{q(ident)}")
         click.echo(f"pxe_ip {ident} deleted")
+
+
+group.add_command(add, "create")  # the verb every other resource uses
