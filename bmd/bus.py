@@ -1,7 +1,8 @@
 """In-process pub/sub: named topics, async-iterator subscriptions, latest value replayed to late subscribers.
 
 A publisher never waits: each subscriber has a bounded queue, and when it is full the oldest item is dropped
-and the subscriber's ``dropped`` counter says so.
+and the subscriber's ``dropped`` counter says so; the bus's ``dropped`` counts every drop of a topic since
+start, kept when the subscriber goes (``bmd_bus_dropped_total`` reads it, and a counter never goes down).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Subscription:
         if len(self._items) >= self.maxlen:
             self._items.popleft()
             self.dropped += 1
+            self._bus.dropped[self.topic] += 1
         self._items.append(item)
         self._ready.set()
 
@@ -83,6 +85,7 @@ class Bus:
         self._subs: dict[str, list[Subscription]] = collections.defaultdict(list)
         self._latest: dict[str, Any] = {}
         self.published: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.Counter[str] = collections.Counter()  # by topic, since start
 
     def publish(self, topic: str, payload: Any) -> None:
         self._latest[topic] = payload

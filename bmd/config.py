@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bmd.config_pxe import PxeSettings
 from bmd.errors import ConfigError
@@ -102,6 +102,32 @@ class ApiSettings(_Section):
     public_url: str = ""
     max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
     keepalive_timeout: PositiveSeconds = 15.0
+    # false: reads need a token (role reader or above); true: anyone may read the inventory (README: Security)
+    anonymous_read: bool = False
+    # TLS: both files (PEM) or neither; loaded when the service starts (a bad file stops it, naming the key)
+    tls_cert: str = ""
+    tls_key: str = Field(default="", validate_default=True)
+    # The CLI's trust for an API served with TLS (a CA or the self-signed certificate; empty: the system's)
+    tls_ca: str = ""
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, key: str, info: ValidationInfo) -> str:
+        cert = info.data.get("tls_cert", "")
+        if cert and not key:
+            raise ValueError("empty while api.tls_cert is set: TLS needs both files (or neither)")
+        if key and not cert:
+            raise ValueError("set while api.tls_cert is empty: TLS needs both files (or neither)")
+        return key
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+
+class MetricsSettings(_Section):
+    # true: GET /metrics needs an API token (role reader or above) like any other read
+    token_required: bool = False
 
 
 class LoggingSettings(_Section):
@@ -242,6 +268,7 @@ class Settings(_Section):
     driver: DriverSettings = Field(default_factory=DriverSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     ipmi: IpmiSettings = Field(default_factory=IpmiSettings)

@@ -24,6 +24,7 @@ import structlog
 
 from bmd.console_log import ConsoleLogs
 from bmd.drivers.power.ipmi import IPMIPower
+from bmd.drivers.power.metered import unwrap
 from bmd.drivers.power.registry import PowerRegistry
 from bmd.errors import BMCError, BmdError, UnsupportedOperation
 from bmd.ipmi import SolConsole
@@ -176,7 +177,8 @@ class ConsoleHub:
             return console.attach(label, take_over, on_role)
 
     async def _open(self, node: Any) -> NodeConsole:
-        driver, access = self.power.for_node(node)
+        metered, access = self.power.for_node(node)
+        driver = unwrap(metered)  # SOL is the IPMI client's own session, not a timed power verb
         if not isinstance(driver, IPMIPower):
             raise UnsupportedOperation(
                 f"node {node.name or node.uuid}: power driver {node.pm_driver!r} has no serial console "

@@ -48,6 +48,7 @@ from bmd.tasks.runner import Runner
 from bmd.tasks.steps import StepFailureCounter
 from bmd.tasks.sync_power_states import SyncPowerStates
 from bmd.tasks.update_available_resource import UpdateAvailableResource
+from bmd.tls import server_context
 
 if TYPE_CHECKING:
     from bmd.lab import Lab
@@ -59,10 +60,11 @@ log = structlog.get_logger(__name__)
 class Endpoint:
     host: str
     port: int
+    scheme: str = "http"  # https when api.tls_cert is set
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
@@ -192,12 +194,14 @@ async def serve(
     notifier: Notifier | None = None,
 ) -> None:
     notifier = notifier or Notifier()
+    tls = server_context(settings.api)  # before the socket: a bad certificate stops start-up naming the key
+    scheme = settings.api.scheme
     # The socket first: its port is in the URL the deploy agents are given, so every part is built knowing it.
     sock = bind_api_socket(settings.api.host, settings.api.port)
     port = sock.getsockname()[1]
-    endpoint = Endpoint(settings.api.host, port)
+    endpoint = Endpoint(settings.api.host, port, scheme)
     try:
-        async with open_context(settings, public_url=f"http://{settings.service.my_ip}:{port}") as ctx:
+        async with open_context(settings, public_url=f"{scheme}://{settings.service.my_ip}:{port}") as ctx:
             web_runner = web.AppRunner(
                 create_app(ctx),
                 access_log=None,
@@ -206,7 +210,7 @@ async def serve(
             )
             await web_runner.setup()
             try:
-                await web.SockSite(web_runner, sock).start()
+                await web.SockSite(web_runner, sock, ssl_context=tls).start()
                 await recover(ctx.conductor)
                 await warm_scheduler(ctx)
                 log.info("service_started", host=settings.service.host, api=endpoint.url)
@@ -285,7 +289,7 @@ async def serve_lab(
 
         async def enroll(ctx: AppContext, endpoint: Endpoint) -> None:
             host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
-            base = settings.api.public_url or f"http://{settings.service.my_ip}:{endpoint.port}"
+            base = settings.api.public_url or f"{endpoint.scheme}://{settings.service.my_ip}:{endpoint.port}"
             await lab.connect(boot_url=f"{base.rstrip('/')}/images", bmd_address=f"{host}:{endpoint.port}")
             ctx.extras["lab"] = {  # /healthz shows it (bmd status)
                 "bmcs": len(lab.bmcs),
@@ -297,7 +301,8 @@ async def serve_lab(
             added: dict[str, int] = {}
             if machines != "none":  # PXE addresses first: with inspection.on_enroll the nodes boot at once
                 added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))
-            result = await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory())
+            # the lab's own nodes: its BMCs listen on fresh ports at every start, so their addresses move
+            result = await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory(), replace=True)
             log.info("lab_enrolled", bmcs=len(lab.bmcs), machines=machines, **result)
             if machines != "none":
                 log.info("lab_ready", flavor="lab", demo_image=str(lab_dir(settings) / "images" / "demo.img"), **added)

@@ -5,7 +5,8 @@ event writes besides the state (``OUTCOMES``: the node's ``task_state`` and the 
 ``vm_state``/``task_state`` in lockstep). Callers use the verbs below (``claim_statement``, ``advance``,
 ``fail``, ``fail_many``, ``release``, ``forget``, ``lose_instances``) and pass events and reasons, never
 column values; no other module writes ``provision_state``, ``vm_state`` or ``task_state``
-(tests/test_states.py checks it). Every node write is published to the scheduler (``note_nodes``).
+(tests/test_states.py checks it). Every node write is published to the scheduler (``note_nodes``), and every
+transition is added to the node's history (``bmd.node_history``) in its transaction.
 
 The link between an instance and its node is ``bm_nodes.instance_uuid``: a node holds an instance, and
 whatever decides something reads that. ``instances.bm_node_id``, ``instances.node``, ``instances.host``
@@ -40,6 +41,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bmd import node_history as history
 from bmd.db.models import BareMetalNode, Instance, bm_nodes_table, utcnow
 from bmd.db.nodes import FREE
 from bmd.errors import InvalidState, NotFound
@@ -144,11 +146,15 @@ async def transition(
     if holding is not None:
         conds.append(BareMetalNode.instance_uuid == holding)
     if allowed:
+        # The state it leaves, for its history: known when one source is allowed, else read (and on
+        # PostgreSQL locked) in this transaction first; SQLite's write transaction holds the lock already.
+        before = allowed[0].value if len(allowed) == 1 else await _state_of(session, node_id)
         result = await session.execute(
             update(BareMetalNode).where(*conds).values(provision_state=new.value, provision_updated_at=now, **values)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
             await note_nodes(session, [node_id])  # the scheduler's view of the node, once this commits
+            await history.record(session, _entries(node_id, event, before, new, holding, values))
             return new
     row = (
         await session.execute(
@@ -160,6 +166,33 @@ async def transition(
     if holding is not None and row.instance_uuid != holding:
         raise InvalidState(f"node {node_id} no longer holds instance {holding} (it is {row.provision_state})")
     raise InvalidState(f"cannot {event} node {node_id}: it is {row.provision_state}")
+
+
+async def _state_of(session: AsyncSession, node_id: int) -> str | None:
+    stmt = select(BareMetalNode.provision_state).where(BareMetalNode.id == node_id).with_for_update()
+    return await session.scalar(stmt)
+
+
+def _entries(
+    node_id: int,
+    event: Event,
+    before: str | None,
+    new: ProvisionState,
+    instance_uuid: str | None,
+    values: Mapping[str, Any],
+) -> list[history.Entry]:
+    """A transition's history: the transition with its reason, and maintenance when the event sets or lifts
+    it (a failed clean; an operator's retry of one)."""
+    reason = values.get("last_error")
+    entries = [
+        history.Entry(
+            node_id, history.Kind.PROVISION, event.value, before, new.value, message=reason, instance_uuid=instance_uuid
+        )
+    ]
+    if "maintenance" in values:
+        on = bool(values["maintenance"])
+        entries.append(history.maintenance(node_id, on, values.get("maintenance_reason"), "bmd" if on else "operator"))
+    return entries
 
 
 def deadline_after(seconds: float) -> dt.datetime:
@@ -281,6 +314,16 @@ def claimed_instance() -> dict[str, Any]:
     return instance_values(E.DEPLOY)
 
 
+async def record_claims(session: AsyncSession, claims: Sequence[tuple[int, str]]) -> None:
+    """The history of claims written with ``claim_statement`` in this transaction: (node id, instance)."""
+    to = target(E.DEPLOY, S.AVAILABLE).value
+    entries = [
+        history.Entry(n, history.Kind.PROVISION, E.DEPLOY.value, S.AVAILABLE.value, to, instance_uuid=u)
+        for n, u in claims
+    ]
+    await history.record(session, entries)
+
+
 async def advance(
     session: AsyncSession,
     node_id: int,
@@ -329,6 +372,8 @@ async def fail_many(
     if where is not None:
         conds.append(where)
     now = utcnow()
+    states_now = select(BareMetalNode.id, BareMetalNode.provision_state).where(*conds).with_for_update()
+    before: dict[int, str] = {r.id: r.provision_state for r in await session.execute(states_now)}  # they leave
     failed = [
         row.id
         for row in await session.execute(
@@ -344,6 +389,11 @@ async def fail_many(
     ]
     await note_nodes(session, failed)
     holders = dict(nodes)
+    to = target(E.FAIL, S.DEPLOYING).value
+    await history.record(
+        session,
+        [history.Entry(n, history.Kind.PROVISION, E.FAIL, before.get(n), to, reason, holders.get(n)) for n in failed],
+    )
     await _write_instances(session, [u for n in failed if (u := holders.get(n))], instance_values(E.FAIL, reason, now))
     return failed
 
@@ -403,6 +453,8 @@ async def _fail_boot(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     await note_nodes(session, [node_id])
+    new = target(event, source)
+    await history.record(session, _entries(node_id, event, source.value, new, None, node_values(event, reason)))
     return True
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 from bmd.api.app import create_app
@@ -29,7 +31,9 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     data: dict[str, Any] = {
         "service": {"host": "test-host", "state_dir": str(tmp / "state")},
         "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"},
-        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token")},
+        # Reads open to anyone, as `make run` has them, so a test reads without a token; tests/test_tokens.py
+        # checks the default (api.anonymous_read = false: reads need a reader token).
+        "api": {"host": "127.0.0.1", "port": 0, "token_file": str(tmp / "api-token"), "anonymous_read": True},
         "secrets": {"key_file": str(tmp / "secret.key")},
         "logging": {"format": "json", "level": "info"},
         "driver": {"default_power_driver": "fake"},
@@ -46,6 +50,13 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return Settings.model_validate(data)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def logs_to_stderr() -> None:
+    """The in-process API logs (an ``audit`` event per mutating call) on stderr, as the CLI's users see them:
+    a CLI test reads the command's stdout, which structlog's unconfigured default would share."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 @pytest.fixture(scope="session")

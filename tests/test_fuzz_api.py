@@ -301,7 +301,10 @@ class Harness:
             headers["Authorization"] = "Bearer wrong-token"
         url = self.server.make_url(path).with_query(query) if query else self.server.make_url(path)
         async with self.http.request(method, url, data=body, headers=headers) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+            content_type = resp.headers.get("Content-Type", "")
+            if method != "HEAD" and content_type.startswith("text/event-stream"):  # never ends: 1st event
+                return resp.status, content_type, await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+            return resp.status, content_type, await resp.read()
 
 
 async def start(tmp_path: Path, db_url: str | None = None) -> tuple[Harness, Any, web.Application]:

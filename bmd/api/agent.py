@@ -39,11 +39,13 @@ async def lookup(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+@public
 async def image(request: web.Request) -> web.StreamResponse:
     path = await ctx_of(request).conductor.agent_image(request.match_info["node"], _token(request))
     return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
+@public
 async def configdrive(request: web.Request) -> web.StreamResponse:
     path = await ctx_of(request).conductor.agent_config_drive(request.match_info["node"], _token(request))
     return web.FileResponse(path, headers={"Cache-Control": "no-store", "Content-Type": "application/octet-stream"})

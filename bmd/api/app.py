@@ -1,8 +1,7 @@
-"""The aiohttp application: middlewares (request id, errors as JSON, bearer auth) and route wiring."""
+"""The aiohttp application: middlewares (audit, request id, errors as JSON, bearer auth) and route wiring."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import uuid
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from bmd.api.body import MAX_BODY_BYTES, read_json
+from bmd.auth import Caller, Role
 from bmd.context import AppContext
 from bmd.db.faults import db_fault
 from bmd.errors import BmdError, InvalidInput
@@ -27,12 +27,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+CALLER: web.RequestKey[Caller | None] = web.RequestKey("caller")  # set by bmd.api.auth for every request
 H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
 
 
 def public(handler: H) -> H:
-    """Mark a mutating handler as needing no bearer token (it authenticates its caller itself)."""
+    """Mark a handler as needing no bearer token, whatever ``api.anonymous_read`` says (it authenticates its
+    caller itself: the deploy agent's ``X-Agent-Token``); its calls are not audited (bmd/api/audit.py)."""
     handler._bmd_public = True  # type: ignore[attr-defined]
     return handler
 
@@ -41,20 +43,28 @@ def ctx_of(request: web.Request) -> AppContext:
     return request.app[CTX]
 
 
-def carries_token(request: web.Request, token: str) -> bool:
-    """The request's ``Authorization`` is ``Bearer <token>`` (constant-time compare; a header with
-    non-ASCII bytes, which aiohttp keeps as surrogates, never matches)."""
-    try:
-        given = request.headers.get("Authorization", "").encode("ascii")
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(given, f"Bearer {token}".encode())
+def actor_of(request: web.Request) -> str:
+    """Who made the request, for a node's history: the token's name (never the token), else "anonymous"."""
+    caller = request.get(CALLER)
+    return caller.name if caller is not None else "anonymous"
 
 
 def is_authenticated(request: web.Request) -> bool:
-    """For the handlers of safe methods, which bearer_auth lets through anonymously, that do more for an
-    authenticated caller."""
-    return carries_token(request, ctx_of(request).api_token)
+    """For handlers of reads that do more for a trusted caller (a live BMC read, a console): the caller's
+    token has the operator's rights (bmd/auth.py)."""
+    caller = request.get(CALLER)
+    return caller is not None and caller.may(Role.operator)
+
+
+def untrusted_response(request: web.Request, what: str) -> web.Response:
+    """The refusal of a read that needs an operator's token (:func:`is_authenticated` is false): 401 with
+    no token, 403 naming the token's role when it has too few rights."""
+    caller = request.get(CALLER)
+    if caller is None:
+        return error_response(401, "unauthorized", f"an API token with role operator or above is required {what}")
+    return error_response(
+        403, "forbidden", f"token {caller.name!r} has role {caller.role.value}; {what} needs operator or above"
+    )
 
 
 def _dumps(data: Any) -> str:
@@ -141,23 +151,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
 
 
-def bearer_auth(token: str) -> Callable[..., Any]:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in SAFE_METHODS or getattr(handler, "_bmd_public", False):
-            return await handler(request)
-        if not carries_token(request, token):
-            return error_response(401, "unauthorized", "a valid bearer token is required for this call")
-        return await handler(request)
-
-    return middleware
-
-
 def create_app(ctx: AppContext) -> web.Application:
     from bmd.api import (
         agent,
+        audit,
+        auth,
         capabilities,
         console,
+        dashboard,
         flavors,
         health,
         inspection,
@@ -166,11 +167,14 @@ def create_app(ctx: AppContext) -> web.Application:
         nodes,
         power,
         pxe_ips,
+        tokens,
     )
     from bmd.drivers.deploy.http import create_image_app
 
-    app = web.Application(middlewares=[request_context, bearer_auth(ctx.api_token)], client_max_size=MAX_BODY_BYTES)
+    middlewares = [audit.audit, request_context, auth.authenticate]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
+    auth.setup(app)
     health.setup(app)
     metrics.setup(app)
     nodes.setup(app)
@@ -182,7 +186,11 @@ def create_app(ctx: AppContext) -> web.Application:
     instances.setup(app)
     agent.setup(app)
     console.setup(app)
+    tokens.setup(app)
+    dashboard.setup(app)
     http_root = Path(ctx.settings.deploy.http_root).resolve()
     http_root.mkdir(parents=True, exist_ok=True)
-    app.add_subapp("/images/", create_image_app(http_root))
+    images = create_image_app(http_root)
+    images[auth.OPEN_APP] = True  # boot files: nothing a booting machine fetches is secret
+    app.add_subapp("/images/", images)
     return app

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from bmd.api.app import CTX, ctx_of, error_response, is_authenticated
+from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, untrusted_response
 from bmd.console_hub import Attachment, ConsoleHub, TerminalServer, describe
 from bmd.context import AppContext
 from bmd.db import nodes as q
@@ -45,7 +45,7 @@ def tail_param(request: web.Request) -> int | None:
 
 async def console_log(request: web.Request) -> web.StreamResponse:
     if not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to read a console log")
+        return untrusted_response(request, "to read a console log")
     ctx = ctx_of(request)
     tail = tail_param(request)
     async with ctx.sessionmaker() as session:
@@ -77,7 +77,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def console(request: web.Request) -> web.StreamResponse:
     if not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to attach to a console")
+        return untrusted_response(request, "to attach to a console")
     ctx = ctx_of(request)
     take_over = _flag(request, "take_over")
     async with ctx.sessionmaker() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from bmd import node_history as history
 from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
 from bmd.db import nodes as q
@@ -25,6 +26,8 @@ async def post_inspection(request: web.Request) -> web.Response:
         applied = await apply_report(session, node, report.model_dump(mode="json"), rules)
         if applied.failure is not None:
             node.last_error = f"inspection: {applied.failure}"
+            entry = history.Entry(node.id, history.Kind.ERROR, "inspection", message=node.last_error)
+            await history.record(session, [entry])
         node_id = node.id
     return json_response({"node_id": node_id, **applied.to_dict()})
 

@@ -10,7 +10,8 @@ from aiohttp import web
 from sqlalchemy import delete, false, select
 from sqlalchemy.exc import IntegrityError
 
-from bmd.api.app import ctx_of, json_response, parse_body, validate_model
+from bmd import node_history as history
+from bmd.api.app import actor_of, ctx_of, json_response, parse_body, validate_model
 from bmd.api.body import takes
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
@@ -212,6 +213,7 @@ async def update_node(request: web.Request) -> web.Response:
     body = await parse_body(request, NodeUpdate)
     async with ctx.sessionmaker.begin() as session:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
+        was = (node.maintenance, node.maintenance_reason)
         apply_update(ctx, node, body)
         await q.check_unique(session, node_id=node.id, name=node.name, prov_mac=node.prov_mac_address)
         try:
@@ -219,6 +221,9 @@ async def update_node(request: web.Request) -> web.Response:
         except IntegrityError as err:
             raise q.conflict_from(err) from err
         await note_nodes(session, [node.id])
+        if (node.maintenance, node.maintenance_reason) != was and (node.maintenance or was[0]):
+            entry = history.maintenance(node.id, node.maintenance, node.maintenance_reason, actor_of(request))
+            await history.record(session, [entry])
         ifaces = (await q.node_interfaces(session, [node.id]))[node.id]
     return json_response(q.node_to_dict(node, ifaces))
 
@@ -237,6 +242,17 @@ async def delete_node(request: web.Request) -> web.Response:
         await session.execute(delete(Interface).where(Interface.bm_node_id == node.id))
         await session.delete(node)
     return web.Response(status=204)
+
+
+async def list_events(request: web.Request) -> web.StreamResponse:
+    """The node's history (``bmd.node_history``), newest first; ``next`` pages on to older entries."""
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    async with ctx.sessionmaker() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        rows = await history.list_events(session, node.id, limit + 1, id_marker(request))
+    page, next_marker = split_page(rows, limit, lambda e: e.id)
+    return await stream_page(request, "events", page, history.event_to_dict, next_marker)
 
 
 async def list_interfaces(request: web.Request) -> web.StreamResponse:
@@ -325,6 +341,7 @@ def setup(app: web.Application) -> None:
     r.add_patch("/v1/nodes/{node}", update_node)
     r.add_delete("/v1/nodes/{node}", delete_node)
     r.add_get("/v1/interfaces", list_all_interfaces)
+    r.add_get("/v1/nodes/{node}/events", list_events)
     r.add_get("/v1/nodes/{node}/interfaces", list_interfaces)
     r.add_post("/v1/nodes/{node}/interfaces", add_interface)
     r.add_delete("/v1/nodes/{node}/interfaces/{iface}", delete_interface)

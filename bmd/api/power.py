@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, json_response, parse_body
+from bmd import node_history as history
+from bmd.api.app import CTX, actor_of, ctx_of, is_authenticated, json_response, parse_body, untrusted_response
 from bmd.api.body import takes
 from bmd.api.schemas import BootDeviceBody, MaintenanceBody, PowerTarget
 from bmd.db import nodes as q
@@ -96,7 +97,12 @@ async def set_power(request: web.Request) -> web.Response:
     node, state = await _on_idle_node(request, "set_power", act)
     async with ctx.sessionmaker.begin() as session:
         row = await q.get_node(session, str(node.id))
+        before = row.power_state
         row.power_state, row.last_power_check = state.value, utcnow()
+        # An operator's power action: in the history even when the state is the same (a reboot).
+        entry = history.Entry(row.id, history.Kind.POWER, body.target, before, state.value, actor=actor_of(request))
+        await history.record(session, [entry])
+        await note_nodes(session, [row.id])  # the scheduler and the dashboard's stream see it at once
     return json_response({"node": node.id, "power_state": state.value})
 
 
@@ -210,7 +216,7 @@ async def get_boot_device(request: web.Request) -> web.Response:
     BMC (``"source": "bmc"``) and needs the bearer token: an anonymous read never makes bmd talk to a BMC."""
     live = _live(request)
     if live and not is_authenticated(request):
-        return error_response(401, "unauthorized", "a valid bearer token is required to read the BMC live (?live=true)")
+        return untrusted_response(request, "to read the BMC live (?live=true)")
     async with ctx_of(request).sessionmaker() as session:
         node = await q.get_node(session, request.match_info["node"])
     if not live:
@@ -229,15 +235,19 @@ async def set_maintenance(request: web.Request) -> web.Response:
         node.maintenance, node.maintenance_set_by = True, "operator"
         node.maintenance_reason = body.reason or "set by an operator"
         await note_nodes(session, [node.id])
+        await history.record(session, [history.maintenance(node.id, True, node.maintenance_reason, actor_of(request))])
     return json_response(_states(node))
 
 
 async def unset_maintenance(request: web.Request) -> web.Response:
     async with ctx_of(request).sessionmaker.begin() as session:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
+        was_on = node.maintenance
         node.maintenance, node.maintenance_set_by, node.maintenance_reason = False, None, None
         node.power_failures = 0
         await note_nodes(session, [node.id])
+        if was_on:
+            await history.record(session, [history.maintenance(node.id, False, None, actor_of(request))])
     return json_response(_states(node))
 
 

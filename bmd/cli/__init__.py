@@ -47,6 +47,7 @@ def _register() -> None:
         completion,
         db,
         flavors,
+        history,  # noqa: F401 - adds node history to nodes.group
         instances,
         lab,
         nodes,
@@ -56,6 +57,7 @@ def _register() -> None:
         ramdisk,
         serve,
         status,
+        tokens,
     )
 
     for command in (
@@ -71,6 +73,7 @@ def _register() -> None:
         pxe_ips.group,
         lab.command,
         ramdisk.group,
+        tokens.group,
         completion.completion,
     ):
         cli.add_command(command)
@@ -86,7 +89,7 @@ def _usage_line(err: click.UsageError) -> str:
 
 def _api_error_line(err: ApiError, app: CliApp) -> str:
     if err.status == 401 and not _has_token(app):
-        hint = ": no API token: set api.token_file (its file is missing or empty) or BMD_TOKEN"
+        hint = ""  # the client's message already says which token to set (bmd.cli.client.NO_TOKEN)
     elif err.status == 401:
         hint = ": the token was refused; check --token, BMD_TOKEN or the file api.token_file names"
     else:

@@ -55,7 +55,7 @@ class CliApp:
 
     @cached_property
     def client(self) -> Client:
-        if self.url is not None and self.token is not None:  # no config needed (and none read)
+        if self.url is not None and self.url.startswith("http:") and self.token is not None:  # no config read
             return Client(self.url, self.token)
         return Client.from_settings(self.settings, self.url, self.token)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +15,8 @@ from bmd.errors import BmdError
 
 if TYPE_CHECKING:  # bmd.config (pydantic) is read only when a command needs the settings: start-up time
     from bmd.config import Settings
+
+NO_TOKEN = "no API token: set api.token_file or BMD_TOKEN"
 
 
 def q(value: str) -> str:
@@ -29,24 +33,37 @@ class ApiError(BmdError):
 
 
 class Client:
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str | None, timeout: float = 30.0, tls: ssl.SSLContext | None = None, why: str = ""
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.tls = tls  # None: the system's CAs (for https URLs)
+        self.why = why  # why there is no token (an unreadable token file), told with NO_TOKEN
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None, token: str | None) -> Client:
+        """The token: ``--token``, else ``$BMD_TOKEN``, else the content of ``api.token_file`` (an admin
+        token); none is fine for reads when the service has ``api.anonymous_read``."""
+        from bmd.tls import client_context
+
         if url is None:
             host = settings.api.host
             host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-            url = f"http://{host}:{settings.api.port}"
+            url = f"{settings.api.scheme}://{host}:{settings.api.port}"
+        why = ""
+        token = token or os.environ.get("BMD_TOKEN") or None
         if token is None:
             path = Path(settings.api.token_file)
             try:
                 token = path.read_text().strip() or None
-            except OSError:
-                token = None
-        return cls(url, token)
+            except FileNotFoundError:
+                why = f"{path} does not exist"
+            except OSError as err:
+                why = f"cannot read {path}: {err.strerror}"
+        tls = client_context(settings.api) if url.startswith("https:") else None
+        return cls(url, token, tls=tls, why=why)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         raw = self.send(method, path, body)
@@ -65,7 +82,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             raw = err.read()
@@ -73,7 +90,10 @@ class Client:
                 parsed = json.loads(raw)
             except ValueError:
                 parsed = {"message": raw.decode(errors="replace")[:500] or err.reason}
-            raise ApiError(err.code, parsed if isinstance(parsed, dict) else {"message": str(parsed)}) from err
+            body = parsed if isinstance(parsed, dict) else {"message": str(parsed)}
+            if err.code == 401 and not self.token:  # say what to do, not what the server refused
+                body = {**body, "message": NO_TOKEN + (f" ({self.why})" if self.why else "")}
+            raise ApiError(err.code, body) from err
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise BmdError(

@@ -68,6 +68,9 @@ def write_image(args: Any) -> int:
 @click.option("--inventory", help="write the inventory (bmd node import format) to this file")
 @click.option("--enroll", is_flag=True, help="enroll the BMCs into bmd at --url")
 @click.option(
+    "--replace", is_flag=True, help="--enroll: nodes already enrolled under these names get this lab's BMC addresses"
+)
+@click.option(
     "--machines",
     type=click.Choice(("sim", "qemu", "none")),
     default="sim",
@@ -111,8 +114,10 @@ def command(app: CliApp, **kw: Any) -> int:
             if args.enroll:
                 token = app.client.token
                 if not token:
-                    raise InvalidInput("--enroll needs the API token (--token, BMD_TOKEN or api.token_file)", "--token")
-                result = await enroll_inventory(app.client.url, token, lab.inventory())
+                    raise InvalidInput(
+                        "--enroll needs an API token: set api.token_file or BMD_TOKEN (or --token)", field="--token"
+                    )
+                result = await enroll_inventory(app.client.url, token, lab.inventory(), replace=args.replace)
                 print(json.dumps({"enrolled": result}))
             sys.stdout.flush()
             await stop.wait()

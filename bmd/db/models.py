@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -167,6 +168,25 @@ class PxeIp(Timestamps, Base):
     bm_node_id: Mapped[int | None] = mapped_column(ForeignKey("bm_nodes.id", ondelete="SET NULL"), unique=True)
 
 
+class NodeEvent(Base):
+    """One entry of a node's history (``bmd.node_history``): a provision transition, maintenance set or
+    lifted, a power change or fault, an error written on the node. Bounded per node; goes with the node."""
+
+    __tablename__ = "bm_node_events"
+    __table_args__ = (Index("ix_bm_node_events_bm_node_id_id", "bm_node_id", "id"), NEVER_REUSE_IDS)
+
+    id: Mapped[intpk]
+    bm_node_id: Mapped[int] = mapped_column(ForeignKey("bm_nodes.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str | None] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    instance_uuid: Mapped[str | None] = mapped_column(String(36))
+    actor: Mapped[str | None] = mapped_column(String(64))
+
+
 class Deployment(Timestamps, Base):
     __tablename__ = "bm_deployments"
     __table_args__ = NEVER_REUSE_IDS
@@ -280,6 +300,24 @@ class Service(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
 
 
+class ApiToken(Base):
+    """A named API token with a role (bmd.auth). Only the token's SHA-256 is kept: the clear text is shown
+    once, by ``bmd token create``. A revoked row stays (``revoked_at``), so an audit line naming its id
+    still names one token, and the name cannot be taken again by a new token."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[timestamp]
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+
+
 # Core handles for bulk statements (executemany) that bypass the ORM.
 bm_nodes_table = cast(Table, BareMetalNode.__table__)
 compute_nodes_table = cast(Table, ComputeNode.__table__)
+node_events_table = cast(Table, NodeEvent.__table__)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bmd import node_history as history
 from bmd.db.models import BareMetalNode, Interface, utcnow
 from bmd.errors import Conflict, InvalidInput, InvalidState
 from bmd.inspection.mapping import NodeFacts, NoRootDisk, map_report
@@ -87,6 +88,7 @@ async def apply_report(session: AsyncSession, node: BareMetalNode, raw: Any, rul
         node.maintenance = True
         node.maintenance_reason = facts.outcome.maintenance
         node.maintenance_set_by = "inspection"
+        await history.record(session, [history.maintenance(node.id, True, node.maintenance_reason, "inspection")])
     added: list[str] = []
     macs = [i.address for i in facts.interfaces]
     rows = (await session.scalars(select(Interface).where(Interface.address.in_(macs)))).all() if macs else []

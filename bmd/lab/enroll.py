@@ -1,5 +1,8 @@
-"""Enroll a lab's inventory into a running bmd over its HTTP API: new nodes are imported (all or nothing),
-nodes already there (same name) get the lab's current BMC address and credentials."""
+"""Enroll a lab's inventory into a running bmd over its HTTP API: new nodes are imported (all or nothing).
+A node already there (same name) with another BMC address is a machine bmd manages elsewhere as far as
+this lab knows: enrolment refuses, naming those nodes, before writing anything, unless ``replace`` (then
+they get the lab's BMC address and credentials: ``bmd lab --enroll --replace``, and ``bmd serve --lab``,
+whose own nodes get fresh ports on every start)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ from typing import Any
 
 import aiohttp
 
-from bmd.errors import BmdError
+from bmd.errors import BmdError, Conflict
 
 BMC_FIELDS = ("pm_driver", "pm_address", "pm_user", "pm_password")
 
 
-async def enroll_inventory(url: str, token: str, nodes: list[dict[str, Any]]) -> dict[str, int]:
+async def enroll_inventory(
+    url: str, token: str, nodes: list[dict[str, Any]], *, replace: bool = False
+) -> dict[str, int]:
     headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout) as http:
@@ -32,12 +37,21 @@ async def enroll_inventory(url: str, token: str, nodes: list[dict[str, Any]]) ->
                 break
             page = await call("GET", f"v1/nodes?marker={page['next']}")
         new = [n for n in nodes if n["name"] not in existing]
+        moved = [(existing[n["name"]], n) for n in nodes if n["name"] in existing]
+        moved = [(old, node) for old, node in moved if old["pm_address"] != node["pm_address"]]
+        if moved and not replace:
+            shown = ", ".join(
+                f"{node['name']} ({old['pm_address']} -> {node['pm_address']})" for old, node in moved[:10]
+            )
+            more = f" and {len(moved) - 10} more" if len(moved) > 10 else ""
+            raise Conflict(
+                f"{len(moved)} node(s) already enrolled with another BMC address: {shown}{more}; nothing was "
+                "changed. Pass --replace to point them at this lab's BMCs, or enroll into another bmd"
+            )
         updated = 0
-        for node in nodes:
-            old = existing.get(node["name"])
-            if old is not None and old["pm_address"] != node["pm_address"]:
-                await call("PATCH", f"v1/nodes/{old['id']}", {k: node[k] for k in BMC_FIELDS})
-                updated += 1
+        for old, node in moved:
+            await call("PATCH", f"v1/nodes/{old['id']}", {k: node[k] for k in BMC_FIELDS})
+            updated += 1
         if new:
             await call("POST", "v1/nodes/import", {"nodes": new})
     return {"created": len(new), "updated": updated, "unchanged": len(nodes) - len(new) - updated}

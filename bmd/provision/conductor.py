@@ -29,6 +29,7 @@ from bmd.drivers.vif.binding import plug_vifs
 from bmd.errors import Conflict, InvalidInput, InvalidState, NotFound
 from bmd.inspection.apply import apply_report
 from bmd.inspection.rules import compile_rules
+from bmd.metrics import DeployMeter
 from bmd.provision import records
 from bmd.provision.agent import (
     AgentLookupRefused,
@@ -93,6 +94,7 @@ class Conductor:
         self.console = console  # records the node's serial console during its deploys
         self.jobs: dict[int, asyncio.Task[Any]] = {}
         self._closing = False
+        self.deploys = DeployMeter()  # outcomes and durations, for /metrics
 
     # -- the per-node lock: every job is created here and cancelled/awaited in close() -------------------
     #
@@ -198,6 +200,7 @@ class Conductor:
 
     async def _spawn(self, node_id: int, instance_uuid: str) -> None:
         node: BareMetalNode | None = None
+        self.deploys.started(node_id)
         with structlog.contextvars.bound_contextvars(node=node_id, instance=instance_uuid):
             try:
                 job = await self.p.load(node_id, instance_uuid)
@@ -228,6 +231,7 @@ class Conductor:
                     async with self.p.sessionmaker.begin() as session:
                         await states.fail(session, None, instance_uuid, reason)
                     log.error("spawn_failed", reason=reason)
+                    self.deploys.ended(node_id, "spawn_failed")
                 else:
                     await self.fail_spawn(node, instance_uuid, reason)
 
@@ -244,6 +248,7 @@ class Conductor:
                 log.warning("spawn_failure_not_recorded", error=str(state_err))
                 await states.fail(session, None, instance_uuid, reason)
         log.error("spawn_failed", reason=reason, node_state="error" if failures else "available")
+        self.deploys.ended(node.id, "spawn_failed")
 
     # -- the deploy agent: token lookup, progress, callback ---------------------------------------------
 
@@ -330,6 +335,7 @@ class Conductor:
         await states.fail(session, node_id, instance_uuid, reason)
         await records.kill_agent_token(session, node_id)
         log.error("deploy_failed", node=node_id, reason=reason)
+        self.deploys.ended(node_id, "agent_failed")
 
     async def discard_boot_files(self, node: BareMetalNode) -> None:
         """After a failed deploy: nothing left would boot the node into the deploy ramdisk again."""
@@ -429,9 +435,11 @@ class Conductor:
             reason = f"finishing the deploy failed: {describe(err)}"
             await self.fail(node_id, instance_uuid, reason)
             log.error("deploy_finish_failed", node=node_id, reason=reason)
+            self.deploys.ended(node_id, "finish_failed")
             return False
         await self.advance(node_id, instance_uuid, Event.DONE)
         log.info("instance_active", node=node_id, instance=instance_uuid)
+        self.deploys.ended(node_id, "active")
         return True
 
     # -- destroy ------------------------------------------------------------------------------------------

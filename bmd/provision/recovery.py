@@ -41,6 +41,7 @@ async def fail_timed_out_deploys(conductor: Conductor) -> int:
     holders = {r.id: r.instance_uuid for r in rows}
     for node_id in failed:
         log.error("deploy_timed_out", node=node_id, instance=holders[node_id])
+        conductor.deploys.ended(node_id, "timed_out")
     return len(failed)
 
 

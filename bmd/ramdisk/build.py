@@ -374,6 +374,8 @@ def build(
     manifest["build_seconds"] = round(time.monotonic() - started, 2)
     manifest_tmp = out_dir / f".{MANIFEST_NAME}.tmp"
     manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for staged in (kernel_tmp, ramdisk_tmp, manifest_tmp):  # served over TFTP/HTTP: 0644, not the umask's
+        os.chmod(staged, 0o644)
     os.replace(kernel_tmp, out_dir / KERNEL_NAME)
     os.replace(ramdisk_tmp, out_dir / RAMDISK_NAME)
     os.replace(manifest_tmp, out_dir / MANIFEST_NAME)

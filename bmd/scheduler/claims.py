@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
 from bmd.node_events import NodeView, note_views, read_views
-from bmd.states import claim_statement
+from bmd.states import claim_statement, record_claims
 
 _T = bm_nodes_table
 
@@ -68,6 +68,7 @@ async def _write(session: AsyncSession, requests: Sequence[ClaimRequest]) -> dic
         if done != len(params):
             raise _LostRace(None)
     await session.execute(insert(Instance), [row for r in requests for row in r.instances])
+    await record_claims(session, [(p["b_id"], p["b_uuid"]) for p in params])
     views = await read_views(session, [node_id for r in requests for node_id in r.node_ids])
     note_views(session, views)
     return {view.node_id: view for view in views}

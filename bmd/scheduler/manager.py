@@ -20,6 +20,7 @@ marks the lost node as its row now says, gives the request's other picks back, a
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
@@ -75,6 +76,9 @@ class Placement:
     host: str
 
 
+FleetKey = tuple[str | None, str, bool]
+"""A node's (power_state, provision_state, maintenance), as the fleet gauges count them."""
+
 InstanceRows = Callable[[list[Placement]], list[dict[str, Any]]]
 """Builds the instance rows for the placements of one claim (``bmd.provision.instances``)."""
 
@@ -89,12 +93,19 @@ class HostManager:
         self.selector = build_selector(settings)
         self._lock = asyncio.Lock()
         self.writer = ClaimWriter(sessionmaker)
-        self.claims = 0
+        self.claims = 0  # nodes claimed
         self.lost_races = 0
+        self.requests = 0  # claim requests (one per instance-create request, whatever its num_instances)
+        # claim requests refused, by why: the filter that removed the last hosts, "no_hosts" (none known) or
+        # "lost_races" (other schedulers kept taking the picks); bounded by the configured filters
+        self.no_valid_host: collections.Counter[str] = collections.Counter()
         self.failures = failures if failures is not None else StepFailureCounter()
         self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
         self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE)
         self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
+        # the views counted by (power_state, provision_state, maintenance), kept as views come and go so a
+        # /metrics scrape reads a handful of numbers, not 100,000 views (deleted ones are not counted)
+        self._fleet: collections.Counter[FleetKey] = collections.Counter()
         self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
 
     # -- feeding host states ---------------------------------------------------------------------------
@@ -127,9 +138,14 @@ class HostManager:
         node's state, unless a claim on the node is in flight. Returns how many were newer."""
         newer = 0
         for view in views:
-            if not view.newer_than(self._views.get(view.node_id)):
+            held = self._views.get(view.node_id)
+            if not view.newer_than(held):
                 continue
             newer += 1
+            if held is not None and not held.deleted:
+                self._fleet[_fleet_key(held)] -= 1
+            if not view.deleted:
+                self._fleet[_fleet_key(view)] += 1
             self._views[view.node_id] = view
             if view.node_id not in self._claiming:
                 self._apply(view.node_id)
@@ -152,6 +168,17 @@ class HostManager:
         if view is None or nodename not in self.selector:
             return
         self.selector.set_node(nodename, free=view.free, maintenance=view.maintenance, power_fault=view.power_fault)
+
+    def node_views(self) -> Iterable[NodeView]:
+        """The newest view of every node in ``bm_nodes`` (events taken in first)."""
+        self.take_node_events()
+        return self._views.values()
+
+    def fleet(self) -> dict[FleetKey, int]:
+        """Nodes in ``bm_nodes`` by (power_state, provision_state, maintenance), from the views held (events
+        taken in first): what ``/metrics`` reports, without a query or a pass over the nodes."""
+        self.take_node_events()
+        return {key: n for key, n in self._fleet.items() if n > 0}
 
     async def consume_bus(self) -> None:
         """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
@@ -195,10 +222,14 @@ class HostManager:
         until the claim's outcome is known. Claimed: their state is the claim's view. Lost to another
         writer on one node: that node takes its current row, the other picks are given back as bm_nodes
         last said, and the selection runs again."""
+        self.requests += 1
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._lock:
                 self.take_node_events()
-                chosen = self.selector.select(spec).require()  # NoValidHost with the chain's reason
+                selection = self.selector.select(spec)
+                if not selection.ok:
+                    self.no_valid_host[_refusal(selection)] += 1
+                chosen = selection.require()  # NoValidHost with the chain's reason
                 for c in chosen:
                     self.selector.consume(c.nodename, spec)
             placements = [Placement(str(uuid.uuid4()), int(c.nodename), c.nodename, c.host) for c in chosen]
@@ -216,6 +247,7 @@ class HostManager:
                 return placements
             self.lost_races += 1
             log.info("claim_lost_race", node=outcome.lost, given_back=[n for n in node_ids if n != outcome.lost])
+        self.no_valid_host["lost_races"] += 1
         raise NoValidHost("concurrent schedulers kept taking the chosen nodes; try again")
 
     def _hold(self, node_ids: list[int]) -> None:
@@ -232,6 +264,18 @@ class HostManager:
                 self._claiming[node_id] = left
             else:
                 self._apply(node_id)
+
+
+def _fleet_key(view: NodeView) -> FleetKey:
+    return (view.power_state, view.provision_state, view.maintenance)
+
+
+def _refusal(selection: Selection) -> str:
+    """Which filter removed the last hosts of a refused selection, or ``no_hosts``."""
+    counts = selection.filter_counts[-1] if selection.filter_counts else ()
+    if counts and counts[-1].after == 0 and counts[-1].before > 0:
+        return counts[-1].filter
+    return "no_hosts"
 
 
 class SchedulerRefresh:

@@ -2,6 +2,7 @@
 
 A loop is any object with ``name``, ``interval`` and ``async run_once()``. A failing pass is logged on the
 transition (ok → failing: error; failing → ok: ``task_recovered``), not on every pass, and the loop goes on.
+Every pass's duration also goes into ``pass_duration`` (``bmd_task_pass_duration_seconds`` on /metrics).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
+from prometheus_client import Histogram
+
+from bmd.metrics import LOOP_BUCKETS
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +83,13 @@ class Runner:
         self._rng = rng or random.Random()
         self._tasks: dict[str, PeriodicTask] = {}
         self.records: dict[str, TaskRecord] = {}
+        self.pass_duration = Histogram(
+            "bmd_task_pass_duration_seconds",
+            "Duration of each periodic loop's passes, failed and timed-out ones included.",
+            ["task"],
+            buckets=LOOP_BUCKETS,
+            registry=None,
+        )
 
     @property
     def tasks(self) -> dict[str, PeriodicTask]:
@@ -90,6 +101,7 @@ class Runner:
             raise ValueError(f"a periodic task named {task.name!r} is already registered")
         self._tasks[task.name] = task
         self.records[task.name] = TaskRecord(task.name, task.interval)
+        self.pass_duration.labels(task=task.name)  # the loop's series exists before its first pass ends
 
     async def run_pass(self, name: str) -> bool:
         """Run one pass of one loop now, with the timeout and bookkeeping. True when it succeeded."""
@@ -113,7 +125,9 @@ class Runner:
             error, exc = f"{type(err).__name__}: {err}", err
         finally:
             rec.running = False
-            rec.last_duration = round(time.perf_counter() - mono, 6)
+            took = time.perf_counter() - mono
+            rec.last_duration = round(took, 6)
+            self.pass_duration.labels(task=name).observe(took)
             rec.passes += 1
         if error is None:
             if rec.failing:

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bmd import node_history as history
 from bmd.db.models import bm_nodes_table
 
 log = structlog.get_logger(__name__)
@@ -92,6 +93,11 @@ class NodeSteps:
 async def record_step_errors(session: AsyncSession, changes: StepChanges) -> None:
     """Write ``last_error`` of the nodes that changed: one executemany per kind, whatever their number."""
     t = bm_nodes_table
+    await history.record(
+        session,
+        [history.Entry(n, history.Kind.ERROR, "failed", message=m) for n, m in changes.failed.items()]
+        + [history.Entry(n, history.Kind.ERROR, "recovered", message=m) for n, m in changes.recovered.items()],
+    )
     if changes.failed:
         await session.execute(
             update(t).where(t.c.id == bindparam("b_id")).values(last_error=bindparam("err")),

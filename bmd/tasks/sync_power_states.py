@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bmd import node_history as history
 from bmd.config import TaskSettings
 from bmd.db.models import BareMetalNode, bm_nodes_table, utcnow
 from bmd.db.nodes import is_free
@@ -160,6 +161,7 @@ class SyncPowerStates:
         limit = self.settings.power_sync_max_retries
         rows, to_maint, to_lift = [], [], []
         changed: list[int] = []
+        entries: list[history.Entry] = []
         for r in readings:
             node = r.node
             failures = 0 if r.error is None else node.power_failures + 1
@@ -169,10 +171,13 @@ class SyncPowerStates:
                 else (PowerState.ERROR.value if failures >= limit else node.power_state)
             )
             rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
-            if (state == PowerState.ERROR.value or bool(failures)) != (
+            entries.extend(_power_entries(node, state, failures, r.error))
+            if state != node.power_state or (state == PowerState.ERROR.value or bool(failures)) != (
                 node.power_state == PowerState.ERROR.value or bool(node.power_failures)
             ):
-                changed.append(node.id)  # a power fault begins or ends: the scheduler is told
+                # a power fault begins or ends (the scheduler is told), or the power state changed (the
+                # views /metrics counts by power state stay current between resyncs)
+                changed.append(node.id)
             if r.error is not None and failures >= limit and not node.maintenance:
                 to_maint.append({"b_id": node.id, "reason": f"power failure: {r.error}"})
                 log.error("node_power_failure_maintenance", node=node.id, failures=failures, error=r.error)
@@ -194,6 +199,7 @@ class SyncPowerStates:
                     rows,
                 )
             if to_maint:  # only where nobody put it in maintenance meanwhile
+                to_maint = await _still(session, to_maint, t.c.maintenance.is_(False))
                 await session.execute(
                     update(t)
                     .where(t.c.id == bindparam("b_id"), t.c.maintenance.is_(False))
@@ -201,6 +207,7 @@ class SyncPowerStates:
                     to_maint,
                 )
             if to_lift:  # only maintenance this loop set itself
+                to_lift = await _still(session, to_lift, t.c.maintenance_set_by == POWER_SYNC)
                 await session.execute(
                     update(t)
                     .where(t.c.id == bindparam("b_id"), t.c.maintenance_set_by == POWER_SYNC)
@@ -210,9 +217,34 @@ class SyncPowerStates:
             ids = {*changed, *(m["b_id"] for m in to_maint), *(m["b_id"] for m in to_lift)}
             if ids:
                 await note_nodes(session, ids)
+            entries += [history.maintenance(m["b_id"], True, m["reason"], POWER_SYNC) for m in to_maint]
+            entries += [history.maintenance(m["b_id"], False, None, POWER_SYNC) for m in to_lift]
+            await history.record(session, entries)
         self.last_pass = {
             "nodes": len(readings),
             "failed": sum(1 for r in readings if r.error is not None),
             "to_maintenance": len(to_maint),
             "recovered": len(to_lift),
         }
+
+
+def _power_entries(node: Any, state: str | None, failures: int, error: str | None) -> list[history.Entry]:
+    """What a reading adds to the node's history: a power state other than the one kept, the first failure
+    of a run (not every failed pass), the first answer after failures."""
+    entries = []
+    if state != node.power_state:
+        entries.append(history.Entry(node.id, history.Kind.POWER, "changed", node.power_state, state, actor=POWER_SYNC))
+    if error is not None and not node.power_failures:
+        entries.append(history.Entry(node.id, history.Kind.POWER, "failed", message=error, actor=POWER_SYNC))
+    elif error is None and node.power_failures:
+        entries.append(history.Entry(node.id, history.Kind.POWER, "recovered", actor=POWER_SYNC))
+    return entries
+
+
+async def _still(session: AsyncSession, rows: list[dict[str, Any]], condition: Any) -> list[dict[str, Any]]:
+    """The rows whose node still meets ``condition`` in this transaction (so the history says only what the
+    guarded update below really did)."""
+    t = bm_nodes_table
+    ids = {m["b_id"] for m in rows}
+    keep = set((await session.scalars(select(t.c.id).where(t.c.id.in_(ids), condition))).all())
+    return [m for m in rows if m["b_id"] in keep]

@@ -7,6 +7,10 @@ the binary's own), and forward a TCP port of the bridge address to a TCP port on
 through a UNIX socket: the file system is shared, the network is not), so a bmd served on 127.0.0.1 is
 reachable as ``http://10.77.0.1:<port>`` from inside.
 
+For the tests that boot a QEMU VM on ``tap0``: :func:`qemu_argv` (BIOS or UEFI, PXE first) and
+:func:`ramdisk_cloud`, an in-process bmd (``tests.cloud``) whose dnsmasq serves the bridge and whose PXE
+boots hand out bmd's real ramdisk, its API reachable from inside as ``PUBLIC``.
+
 Everything started here is killed by PID and the namespace is deleted at teardown, even on failure. Without
 root/CAP_NET_ADMIN (``ip netns add`` refused) the test skips, saying why.
 """
@@ -14,6 +18,7 @@ root/CAP_NET_ADMIN (``ip netns add`` refused) the test skips, saying why.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -21,7 +26,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,14 @@ from typing import Any
 import pytest
 
 from bmd.config import Settings
+from tests.cloud import Cloud, make_cloud
 from tests.conftest import make_settings
 
 BRIDGE_IP = "10.77.0.1"
 PREFIX = 24
+PUBLIC = f"http://{BRIDGE_IP}:8080"  # bmd's API as the namespace (the VM) reaches it: api.public_url
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def skip(reason: str) -> None:
@@ -145,6 +155,41 @@ class PxeNetns:
             self.stop(proc)
 
 
+class AccessLog(logging.Handler):
+    """The request lines bmd's aiohttp access log writes (``GET /images/boot.ipxe HTTP/1.1``...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.seen: dict[str, float] = {}  # request line -> time.monotonic() it was logged
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        self.seen.setdefault(line.split('"')[1] if '"' in line else line, time.monotonic())
+
+    def got(self, path: str) -> bool:
+        return any(f'"GET {path} ' in line for line in self.lines)
+
+    def when(self, path: str, method: str = "GET") -> float | None:
+        """When the first ``method path`` request was logged (aiohttp logs a request once it is answered)."""
+        return next((t for line, t in self.seen.items() if line.startswith(f"{method} {path} ")), None)
+
+
+@pytest.fixture
+def access_log() -> Iterator[AccessLog]:
+    handler = AccessLog()
+    logger = logging.getLogger("aiohttp.access")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _create(name: str) -> None:
     if os.geteuid() != 0:
         skip("network namespace tests need root (CAP_NET_ADMIN); running as uid " + str(os.geteuid()))
@@ -194,6 +239,42 @@ async def dhcp_client(
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
+# A DHCPv6 Information-Request (what iPXE sends once an RA says "stateless"), from a port inside the
+# namespace: argv PORT MAC TIMEOUT_S; prints "reply" when the server answers, else "none".
+DHCPV6_INFO = r"""
+import os, socket, struct, sys
+port, mac, wait = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), float(sys.argv[3])
+index = socket.if_nametoindex(port)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
+s.bind(("::", 546, 0, index))
+xid, duid = os.urandom(3), struct.pack("!HH", 3, 1) + mac  # DUID-LL
+s.sendto(b"\x0b" + xid + struct.pack("!HH", 1, len(duid)) + duid + struct.pack("!HHH", 8, 2, 0),
+         ("ff02::1:2", 547, 0, index))
+s.settimeout(wait)
+try:
+    while (data := s.recv(2048))[:4] != b"\x07" + xid:
+        pass
+    print("reply")
+except TimeoutError:
+    print("none")
+"""
+
+
+async def dhcpv6_info_request(ns: PxeNetns, port: str, mac: str, wait: float = 3.0) -> bool:
+    """One DHCPv6 Information-Request from ``port`` (its link-local address usable first); True if answered."""
+
+    def ready() -> bool:
+        out = must(ns.argv("ip", "-6", "addr", "show", "dev", port, "scope", "link"))
+        return "inet6" in out and "tentative" not in out
+
+    await asyncio.to_thread(wait_for, ready, 10, f"{port}'s IPv6 link-local address")
+    done = await asyncio.to_thread(run, ns.argv(sys.executable, "-c", DHCPV6_INFO, port, mac, str(wait)), wait + 10)
+    assert done.returncode == 0 and done.stdout.strip() in ("reply", "none"), done.stderr
+    return done.stdout.strip() == "reply"
+
+
 def dnsmasq_settings(tmp: Path, ns: PxeNetns, **pxe: Any) -> Settings:
     """Settings with dnsmasq serving the namespace's bridge (run inside it through the wrapper)."""
     values: dict[str, Any] = {
@@ -217,3 +298,61 @@ def dnsmasq_installed() -> None:
     for name in ("undionly.kpxe", "snponly.efi"):
         if not Path("/usr/lib/ipxe", name).is_file():
             skip(f"/usr/lib/ipxe/{name} not installed (Debian ipxe)")
+
+
+def qemu_argv(ns: PxeNetns, tmp: Path, boot_mode: str, mac: str, *, memory_mb: int = 128, cpus: int = 1) -> list[str]:
+    """A TCG VM whose one NIC (``mac``) is the namespace's tap, booting from the network first; its serial
+    console goes to ``tmp/serial.log``."""
+    argv = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", str(memory_mb), "-smp", str(cpus)]
+    argv += ["-display", "none", "-monitor", "none", "-serial", f"file:{tmp / 'serial.log'}", "-boot", "order=n"]
+    argv += ["-netdev", f"tap,id=n0,ifname={ns.tap},script=no,downscript=no"]
+    if boot_mode == "uefi":
+        vars_copy = tmp / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+        argv += ["-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        # No option ROM: OVMF's own virtio-net driver and PXE client (client-arch 7, not iPXE) boot first.
+        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+    else:
+        argv += ["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"]
+        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
+    return argv
+
+
+async def qemu_disk(path: Path, size: str) -> Path:
+    """An empty qcow2 disk (sparse: its size costs nothing until written)."""
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), size]
+    await asyncio.to_thread(subprocess.run, create, check=True, timeout=30)
+    return path
+
+
+@asynccontextmanager
+async def ramdisk_cloud(tmp: Path, ns: PxeNetns, ramdisk: Path, **sections: dict[str, Any]) -> AsyncIterator[Cloud]:
+    """bmd in-process (``tests.cloud``) for a VM on ``ns``: dnsmasq serves the bridge (an IPv6 RA, else iPXE
+    waits ~12 s for one; no ping before an offer), PXE boots hand out ``ramdisk`` (a ``bmd ramdisk build``,
+    its kernel's console on the serial port: the ``vm_ramdisk`` fixture), and the API is reachable from
+    inside as ``PUBLIC``. ``sections`` override settings; ``deploy`` keys are merged with the ramdisk's."""
+    extra = ns.advertise_ipv6()
+    pxe = dnsmasq_settings(tmp, ns, extra_options=[*extra, "no-ping"]).pxe.model_dump()
+    deploy = {
+        "deploy_kernel": str(ramdisk / "deploy_kernel"),
+        "deploy_ramdisk": str(ramdisk / "deploy_ramdisk"),
+        "allowed_image_roots": [str(tmp / "images-src"), str(ramdisk)],
+        "append_params": "console=ttyS0",
+        **sections.pop("deploy", {}),
+    }
+    api = {"public_url": PUBLIC, **sections.pop("api", {})}
+    async with make_cloud(tmp, pxe=pxe, api=api, deploy=deploy, **sections) as cloud:
+        assert cloud.client.port is not None
+        ns.forward(8080, cloud.client.port)
+        yield cloud
+
+
+@pytest.fixture
+def vm_ramdisk(pxe_netns: PxeNetns, dnsmasq_installed: None, request: pytest.FixtureRequest) -> Path:
+    """``deploy_ramdisk``, asked for only once the namespace and dnsmasq are there. Named as an argument,
+    the session fixture is set up first (wider scope), so without root the ramdisk (~40 s, Debian
+    downloads) was built for a test that then skipped. The VM's tools are checked first for the same reason."""
+    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
+    ramdisk: Path = request.getfixturevalue("deploy_ramdisk")
+    return ramdisk

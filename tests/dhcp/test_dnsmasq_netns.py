@@ -21,7 +21,7 @@ from bmd.api.app import create_app
 from bmd.context import AppContext
 from bmd.drivers.dhcp.dnsmasq import DnsmasqProvider
 from bmd.service import open_context
-from tests.dhcp.conftest import PxeNetns, dhcp_client, dnsmasq_settings, need, run, wait_for
+from tests.dhcp.conftest import PxeNetns, dhcp_client, dhcpv6_info_request, dnsmasq_settings, need, run, wait_for
 
 NODE = "6f1c1b4e-3f7a-4a62-9d0e-1b2c3d4e5f60"
 KNOWN = "52:54:00:aa:00:01"
@@ -130,6 +130,24 @@ async def test_supervised_dnsmasq_serves_only_deploying_macs(
     # The service stopped: so did dnsmasq.
     assert not dhcp.supervisor.status.running
     assert not exe_of(last_pid)
+
+
+async def test_dhcpv6_information_requests_are_answered_for_deploying_macs_only(
+    pxe_netns: PxeNetns, dnsmasq_installed: None, tmp_path: Path, db_file: Path
+) -> None:
+    """With an IPv6 RA (the documented pxe.extra_options), iPXE asks DHCPv6 for stateless information and
+    waits ~13 s for an answer. A node pinned to its IPv4 PXE IP matches there only as "known-othernet": it
+    is answered too; a MAC of no deploying node is still ignored."""
+    settings = dnsmasq_settings(tmp_path, pxe_netns, extra_options=pxe_netns.advertise_ipv6())
+    known = pxe_netns.add_port("vk0", KNOWN)
+    unknown = pxe_netns.add_port("vu0", UNKNOWN)
+    async with open_context(settings, public_url=PUBLIC) as ctx:
+        await ctx.dhcp.add_node(NODE, [KNOWN], "bios", "10.77.0.42")
+        assert await dhcpv6_info_request(pxe_netns, known, KNOWN), log_text(ctx)
+        assert not await dhcpv6_info_request(pxe_netns, unknown, UNKNOWN, wait=2.0), log_text(ctx)
+        requests = [line for line in log_text(ctx).splitlines() if "DHCPINFORMATION-REQUEST(br0)" in line]
+        assert len(requests) == 2 and requests[1].endswith(" ignored"), requests
+        assert not requests[0].rstrip().endswith("ignored"), requests
 
 
 async def test_dead_dnsmasq_degrades_health(

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,65 +27,23 @@ import pytest
 from bmd.drivers.deploy.spec import mac_link_name
 from bmd.drivers.dhcp.dnsmasq import DnsmasqProvider
 from tests.cloud import make_cloud
-from tests.dhcp.conftest import PxeNetns, dhcp_client, dnsmasq_settings, need
+from tests.dhcp.conftest import (
+    OVMF_CODE,
+    OVMF_VARS,
+    PUBLIC,
+    AccessLog,
+    PxeNetns,
+    dhcp_client,
+    dnsmasq_settings,
+    need,
+    qemu_argv,
+    qemu_disk,
+    ramdisk_cloud,
+)
 
-PUBLIC = "http://10.77.0.1:8080"
 VM_MAC = "52:54:00:00:01:00"  # the MAC tests.cloud gives node 1
 STRANGER = "52:54:00:ee:00:09"
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 BOOT_TIMEOUT = 150.0  # TCG, 2 shared cores: BIOS reaches the deploy kernel in ~10 s, OVMF in ~40 s
-
-
-class AccessLog(logging.Handler):
-    """The request lines bmd's aiohttp access log writes (``GET /images/boot.ipxe HTTP/1.1``...)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self.seen: dict[str, float] = {}  # request line -> time.monotonic() it was logged
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = record.getMessage()
-        self.lines.append(line)
-        self.seen.setdefault(line.split('"')[1] if '"' in line else line, time.monotonic())
-
-    def got(self, path: str) -> bool:
-        return any(f'"GET {path} ' in line for line in self.lines)
-
-    def when(self, path: str) -> float | None:
-        return next((t for line, t in self.seen.items() if line.startswith(f"GET {path} ")), None)
-
-
-@pytest.fixture
-def access_log() -> Iterator[AccessLog]:
-    handler = AccessLog()
-    logger = logging.getLogger("aiohttp.access")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def qemu_argv(ns: PxeNetns, tmp: Path, boot_mode: str, mac: str) -> list[str]:
-    argv = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "128", "-smp", "1"]
-    argv += ["-display", "none", "-monitor", "none", "-serial", f"file:{tmp / 'serial.log'}", "-boot", "order=n"]
-    argv += ["-netdev", f"tap,id=n0,ifname={ns.tap},script=no,downscript=no"]
-    if boot_mode == "uefi":
-        vars_copy = tmp / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
-        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
-        argv += ["-drive", f"if=pflash,format=raw,file={vars_copy}"]
-        # No option ROM: OVMF's own virtio-net driver and PXE client (client-arch 7, not iPXE) boot first.
-        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
-    else:
-        argv += ["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"]
-        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
-    return argv
 
 
 def ovmf_installed() -> bool:
@@ -172,7 +127,7 @@ async def test_vm_pxe_boots_through_bmd_dnsmasq(
 async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
     pxe_netns: PxeNetns,
     dnsmasq_installed: None,
-    deploy_ramdisk: Path,
+    vm_ramdisk: Path,
     tmp_path: Path,
     db_file: Path,
 ) -> None:
@@ -180,18 +135,7 @@ async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
     TFTP gives the NIC's firmware iPXE's chain to bmd's HTTP scripts, iPXE boots bmd's ramdisk, whose agent
     gets its address from dnsmasq too (the node's PXE IP, pinned), looks up its token, writes the image
     to the VM's disk and calls back: the node is ``active`` and the disk holds the image."""
-    need("qemu-system-x86_64", "qemu-img", "socat", "busybox")
-    extra = pxe_netns.advertise_ipv6()  # iPXE otherwise waits ~12 s for a router advertisement
-    pxe = dnsmasq_settings(tmp_path, pxe_netns, extra_options=[*extra, "no-ping"]).pxe.model_dump()
-    deploy = {
-        "deploy_kernel": str(deploy_ramdisk / "deploy_kernel"),
-        "deploy_ramdisk": str(deploy_ramdisk / "deploy_ramdisk"),
-        "allowed_image_roots": [str(tmp_path / "images-src"), str(deploy_ramdisk)],
-        "append_params": "console=ttyS0",
-    }
-    async with make_cloud(tmp_path, pxe=pxe, api={"public_url": PUBLIC}, deploy=deploy) as cloud:
-        assert cloud.client.port is not None
-        pxe_netns.forward(8080, cloud.client.port)
+    async with ramdisk_cloud(tmp_path, pxe_netns, vm_ramdisk) as cloud:
         image = tmp_path / "images-src" / "two-mib.img"
         data = bytes(range(256)) * (2 * 1024 * 1024 // 256)
         image.write_bytes(data)
@@ -204,11 +148,8 @@ async def test_a_vm_deploys_through_bmd_dnsmasq_with_bmds_ramdisk(
         await cloud.settle()
         node = await cloud.node(node_id)
         assert node.provision_state == "wait_callback", node.last_error
-        disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
-        create = ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"]
-        await asyncio.to_thread(subprocess.run, create, check=True, timeout=30)
-        argv = qemu_argv(pxe_netns, tmp_path, "bios", VM_MAC)
-        argv[argv.index("-m") + 1] = "256"
+        disk, serial = await qemu_disk(tmp_path / "disk.qcow2", "64M"), tmp_path / "serial.log"
+        argv = qemu_argv(pxe_netns, tmp_path, "bios", VM_MAC, memory_mb=256)
         argv += ["-drive", f"file={disk},if=virtio,format=qcow2"]
         vm = pxe_netns.spawn(argv, log=tmp_path / "qemu.log")
         try:

@@ -21,20 +21,24 @@ from bmd.inspection.mapping import map_report
 from bmd.inspection.report import InspectionReport
 from tests.inspection.collector import busybox_or_skip, run_collector
 
+# argv: IFACE SRC_MAC [CHASSIS_MAC PORT_ID INTERVAL_S COUNT] (all four or none); prints "sending" once bound.
+# Bounded: COUNT frames (by default 600 every 0.1 s: at most a minute); the tests kill it by PID when done.
 SENDER = r"""
 import socket, struct, sys, time
 iface, src = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+defaults = ["aa:bb:cc:00:00:01", "Ethernet7", "0.1", "600"]
+chassis, port, interval, count = sys.argv[3:7] if len(sys.argv) > 3 else defaults
 def tlv(t, v): return struct.pack("!H", (t << 9) | len(v)) + v
 frame = (bytes.fromhex("0180c200000e") + src + b"\x88\xcc"
-    + tlv(1, b"\x04" + bytes.fromhex("aabbcc000001"))   # chassis id: a MAC address
-    + tlv(2, b"\x05" + b"Ethernet7")                     # port id: an interface name
+    + tlv(1, b"\x04" + bytes.fromhex(chassis.replace(":", "")))   # chassis id: a MAC address
+    + tlv(2, b"\x05" + port.encode())                              # port id: an interface name
     + tlv(3, b"\x00\x78") + tlv(4, b'to "rack 3" \\ uplink') + tlv(5, b"tor-1.lab") + tlv(0, b""))
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((iface, 0))
 print("sending", flush=True)
-for _ in range(600):  # at most a minute: the test kills it as soon as the collector is done
+for _ in range(int(count)):
     s.send(frame)
-    time.sleep(0.1)
+    time.sleep(float(interval))
 """
 
 

@@ -1,4 +1,10 @@
-"""Small file-system helpers for the deploy writer: atomic writes, atomic symlinks, link-or-copy."""
+"""Small file-system helpers for the deploy writer: atomic writes, atomic symlinks, link-or-copy.
+
+Modes are explicit, never the umask's: what a TFTP or HTTP server serves (boot files, loaders, the
+directories above them) is 0644 / 0755, so a tftpd or dnsmasq running as another user can read it even
+under the unit's ``UMask=0077``; what only bmd reads (a config drive, the disk image's directory) is
+0600 / 0700. Nothing served is secret (docs/architecture.md, "Invariants").
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,33 @@ async def in_thread(fn: Callable[..., T], *args: object) -> T:
         with contextlib.suppress(Exception):
             await fut
         raise
+
+
+PUBLIC_FILE, PUBLIC_DIR = 0o644, 0o755
+
+
+def make_public_dirs(path: Path) -> None:
+    """``mkdir -p path`` where every directory it creates is 0755 whatever the umask; directories that
+    exist already keep their mode (an operator's /srv/tftpboot is theirs)."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=PUBLIC_DIR)
+        except FileExistsError:
+            continue  # made meanwhile by another writer: its mode is its own
+        os.chmod(d, PUBLIC_DIR)  # mkdir's mode is masked by the umask
+
+
+def make_public_dir(path: Path) -> None:
+    """``mkdir path`` (the parent exists) at 0755 whatever the umask; FileExistsError if it exists."""
+    path.mkdir(mode=PUBLIC_DIR)
+    os.chmod(path, PUBLIC_DIR)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -65,10 +98,27 @@ def symlink_atomic(target: str, link: Path) -> None:
         raise
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path, *, public: bool = False) -> None:
+    """Hard-link ``src`` at ``dst``, or copy it where a link cannot be made. ``public``: ``dst`` is served
+    to other users (0644): a source others cannot read is copied, not linked (a link shares its mode, and
+    bmd does not change the mode of a file it does not own, e.g. the image cache's 0600 entries)."""
+    if public and os.stat(src).st_mode & 0o044 != 0o044:
+        _copy(src, dst, PUBLIC_FILE)
+        return
     try:
         os.link(src, dst)
     except OSError as err:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-        shutil.copyfile(src, dst)
+        _copy(src, dst, PUBLIC_FILE if public else 0o600)
+
+
+def _copy(src: Path, dst: Path, mode: int) -> None:
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as data:
+            shutil.copyfileobj(data, out, 1 << 20)
+            os.fchmod(out.fileno(), mode)  # os.open's mode is masked by the umask
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise

@@ -432,6 +432,9 @@ class ImageCache:
         try:
             meta_tmp.write_text(json.dumps(meta, sort_keys=True))
             os.utime(meta_tmp, (entry.last_used, entry.last_used))
+            # 0644 inside the 0700 root (private through it, whatever the umask): the PXE writer can then
+            # hard-link a kernel or ramdisk into the TFTP tree, where others read it, instead of copying it.
+            os.chmod(tmp, 0o644)
             os.replace(tmp, entry.path)  # data first: a json without its data is dropped at load
             os.replace(meta_tmp, self._meta_path(entry.key))
         except BaseException:

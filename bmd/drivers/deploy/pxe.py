@@ -42,7 +42,15 @@ from pathlib import Path
 import structlog
 
 from bmd.drivers.deploy import templates as t
-from bmd.drivers.deploy.fsutil import in_thread, link_or_copy, symlink_atomic, write_atomic, write_private
+from bmd.drivers.deploy.fsutil import (
+    in_thread,
+    link_or_copy,
+    make_public_dir,
+    make_public_dirs,
+    symlink_atomic,
+    write_atomic,
+    write_private,
+)
 from bmd.drivers.deploy.images import ImageCache
 from bmd.drivers.deploy.spec import (
     DeploySpec,
@@ -210,7 +218,7 @@ class PXEDeploy:
 
     def _ensure_layout(self) -> None:
         for link_dir, _, _, _ in self._link_dirs():
-            link_dir.mkdir(parents=True, exist_ok=True)
+            make_public_dirs(link_dir)
         text = t.ipxe_chain(self.settings.http_url)
         # Both roots: iPXE may fetch the chain script over HTTP or TFTP (QEMU user-mode TFTP, dnsmasq).
         for root in {self.settings.http_root, self.settings.tftp_root}:
@@ -248,16 +256,16 @@ class PXEDeploy:
         self._clean(node_uuid)
         try:
             for d in {tftp_dir, http_dir}:
-                d.mkdir(mode=0o755)
+                make_public_dir(d)  # served by tftpd / dnsmasq as another user: 0755, not the umask's
             self.settings.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             image_dir.mkdir(mode=0o700)
             for name, src in paths.items():
                 if name == t.DISK_IMAGE:
-                    link_or_copy(src, image_dir / name)
+                    link_or_copy(src, image_dir / name)  # bmd serves it itself, to the agent's token only
                     continue
-                link_or_copy(src, tftp_dir / name)
+                link_or_copy(src, tftp_dir / name, public=True)
                 if http_dir != tftp_dir:
-                    link_or_copy(src, http_dir / name)
+                    link_or_copy(src, http_dir / name, public=True)
             if image_checksum:
                 write_atomic(image_dir / f"{t.DISK_IMAGE}.sha256", image_checksum + "\n")
             if config_drive is not None:

@@ -8,7 +8,8 @@ Files, under ``pxe.state_dir`` (default ``<service.state_dir>/dnsmasq``)::
     dnsmasq.pid       written by dnsmasq once it serves (bmd's readiness check)
     dnsmasq.leases    its lease database
 
-Only MACs in ``hosts/`` get an answer (``dhcp-ignore=tag:!known``). dnsmasq reads a new or changed file in
+Only MACs in ``hosts/`` get an answer (``dhcp-ignore=tag:!known``; to DHCPv6, a host pinned to an IPv4
+address is "known-othernet", which is answered too). dnsmasq reads a new or changed file in
 ``hosts/`` by itself (inotify), but keeps the records of a deleted or rewritten file until SIGHUP: bmd
 sends SIGHUP whenever it removes or rewrites a node's file. Files are written under a dot-name and renamed
 (dnsmasq ignores dot-files), so it never reads half a file.
@@ -38,7 +39,7 @@ import structlog
 
 from bmd.config import Settings
 from bmd.config_pxe import PxeSettings
-from bmd.drivers.deploy.fsutil import in_thread, write_atomic
+from bmd.drivers.deploy.fsutil import in_thread, make_public_dirs, write_atomic
 from bmd.drivers.deploy.spec import check_node_uuid, normalize_mac
 from bmd.drivers.dhcp.base import BOOT_MODES
 from bmd.drivers.dhcp.supervisor import Supervisor
@@ -115,8 +116,11 @@ def render_config(pxe: PxeSettings, files: DnsmasqFiles, tftp_root: Path, url: s
         f"dhcp-leasefile={files.leases}",
         f"dhcp-range={pxe.dhcp_range_start},{pxe.dhcp_range_end},{pxe.dhcp_netmask},{pxe.dhcp_lease_time}",
         f"dhcp-hostsdir={files.hosts}",
-        # Only the MACs of nodes being deployed (a dhcp-host in hosts/ makes a client "known").
-        "dhcp-ignore=tag:!known",
+        # Only the MACs of nodes being deployed (a dhcp-host in hosts/ makes a client "known"). A DHCPv6
+        # request (with an IPv6 RA in pxe.extra_options, iPXE's stateless information-request) matches a
+        # host pinned to an IPv4 PXE IP only as "known-othernet": answered too, or iPXE waits ~13 s for it.
+        "dhcp-ignore=tag:!known,tag:!dhcpv6",
+        "dhcp-ignore=tag:!known,tag:!known-othernet,tag:dhcpv6",
     ]
     # Unset: dnsmasq's defaults (router: its own address on the interface; DNS: none, as port=0). An empty
     # "dhcp-option=3" would send a zero-length option, which DHCP clients (busybox udhcpc) reject whole.
@@ -193,7 +197,7 @@ class HostsDir:
 
 def install_loaders(ipxe_dir: Path, tftp_root: Path) -> None:
     """Copy iPXE's BIOS and UEFI loaders into ``tftp_root`` (when missing or different). Blocking."""
-    tftp_root.mkdir(parents=True, exist_ok=True)
+    make_public_dirs(tftp_root)
     for name in LOADERS:
         src, dst = ipxe_dir / name, tftp_root / name
         if not src.is_file():
