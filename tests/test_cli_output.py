@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from sqlalchemy import update
 
 from bmd.config import Settings
 from bmd.context import AppContext
+from bmd.db.models import Interface
 from tests.conftest import make_settings, node_body
 from tests.test_cli import machine_out, run_cli
 
@@ -124,6 +126,23 @@ async def test_ports(
     by_id = machine_out(await cli(client, capsys, "port", "show", str(added["id"]), "-f", "json"))
     assert by_id == machine_out(await cli(client, capsys, "port", "show", "52:54:00:aa:bb:cc", "-f", "json"))
     assert by_id["bm_node_id"] == rows[1]["bm_node_id"]
+    moved = machine_out(
+        await cli(client, capsys, "port", "set", "52:54:00:aa:bb:cc", "--datapath-id", "0x2a", "--port-no", "7",
+                  "-f", "json", token=tok)
+    )  # fmt: skip
+    assert (moved["datapath_id"], moved["port_no"]) == ("0x2a", 7)
+    cleared = machine_out(
+        await cli(client, capsys, "port", "set", str(added["id"]), "--port-no", "", "-f", "json", token=tok)
+    )
+    assert (cleared["datapath_id"], cleared["port_no"]) == ("0x2a", None)
+    code, _, err = await run_cli(client, tok, "port", "set", str(added["id"]), "--port-no", "-1", capsys=capsys)
+    assert code == 2 and "--port-no" in err
+    async with ctx.sessionmaker.begin() as session:  # a vif bound to it: the port stays where it is
+        await session.execute(update(Interface).where(Interface.id == added["id"]).values(vif_uuid="vif-1"))
+    code, _, err = await run_cli(client, tok, "port", "set", str(added["id"]), "--port-no", "8", capsys=capsys)
+    assert code == 1 and "bound to vif vif-1" in err
+    async with ctx.sessionmaker.begin() as session:
+        await session.execute(update(Interface).where(Interface.id == added["id"]).values(vif_uuid=None))
     assert "deleted" in await cli(client, capsys, "port", "delete", "52:54:00:aa:bb:cc", token=tok)
     code, _, err = await run_cli(client, None, "port", "show", "52:54:00:aa:bb:cc", capsys=capsys)
     assert code == 1 and "not found" in err

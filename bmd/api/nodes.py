@@ -14,7 +14,7 @@ from bmd import node_history as history
 from bmd.api.app import actor_of, ctx_of, json_response, parse_body, validate_model
 from bmd.api.body import takes
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
-from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
+from bmd.api.schemas import InterfaceCreate, InterfaceUpdate, NodeCreate, NodeImport, NodeUpdate
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
@@ -304,6 +304,28 @@ async def add_interface(request: web.Request) -> web.Response:
     return json_response(q.interface_to_dict(iface), status=201)
 
 
+@takes(InterfaceUpdate)
+async def update_interface(request: web.Request) -> web.Response:
+    """Change an interface's switch attachment (``datapath_id``, ``port_no``); refused while a vif is bound
+    to it (the vif was plugged on the old port)."""
+    ctx = ctx_of(request)
+    body = await parse_body(request, InterfaceUpdate)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        iface = await session.scalar(
+            select(Interface)
+            .where(Interface.bm_node_id == node.id, _iface_lookup(request.match_info["iface"]))
+            .with_for_update()
+        )
+        if iface is None:
+            raise NotFound(f"interface {request.match_info['iface']} not found on node {node.id}")
+        if iface.vif_uuid is not None:
+            raise Conflict(f"interface {iface.address} is bound to vif {iface.vif_uuid}; unbind it first")
+        for field in body.model_fields_set:
+            setattr(iface, field, getattr(body, field))
+    return json_response(q.interface_to_dict(iface))
+
+
 async def delete_interface(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessionmaker.begin() as session:
@@ -344,4 +366,5 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/nodes/{node}/events", list_events)
     r.add_get("/v1/nodes/{node}/interfaces", list_interfaces)
     r.add_post("/v1/nodes/{node}/interfaces", add_interface)
+    r.add_patch("/v1/nodes/{node}/interfaces/{iface}", update_interface)
     r.add_delete("/v1/nodes/{node}/interfaces/{iface}", delete_interface)

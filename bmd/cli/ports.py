@@ -1,6 +1,6 @@
 """``bmd port ...``: a node's network interfaces (Ironic calls them ports): list, show, create, delete.
 
-An interface is named by its MAC or its id; the API has no call that changes one (delete and create it).
+An interface is named by its MAC or its id; ``set`` changes where it is plugged (its MAC is its identity).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import click
 
 from bmd.cli.base import CliApp, Output, list_output, pass_app, show_output, walk
 from bmd.cli.client import ApiError, q
+from bmd.errors import InvalidInput
 
 COLUMNS = ("id", "address", "bm_node_id", "vif_uuid")
 LONG = (*COLUMNS, "datapath_id", "port_no")
@@ -73,6 +74,27 @@ def create(app: CliApp, out: Output, node: str, address: str, datapath_id: str |
     if port_no is not None:
         body["port_no"] = port_no
     out.one(app.client.post(f"/v1/nodes/{q(node)}/interfaces", body))
+
+
+@group.command("set")
+@click.argument("port", metavar="ID|MAC")
+@click.option("--datapath-id", help="the OpenFlow switch's datapath id ('' clears it)")
+@click.option("--port-no", help="the switch port number ('' clears it)")
+@show_output
+@pass_app
+def set_(app: CliApp, out: Output, port: str, datapath_id: str | None, port_no: str | None) -> None:
+    """Change where a port is plugged (refused while a vif is bound to it)."""
+    body: dict[str, Any] = {}
+    if datapath_id is not None:
+        body["datapath_id"] = datapath_id or None
+    if port_no is not None:
+        if port_no and not port_no.isdigit():
+            raise InvalidInput(f"--port-no {port_no!r}: a whole number, or '' to clear it", field="--port-no")
+        body["port_no"] = int(port_no) if port_no else None
+    if not body:
+        raise InvalidInput("give --datapath-id or --port-no", field="arguments")
+    row = find(app, port)
+    out.one(app.client.patch(f"/v1/nodes/{row['bm_node_id']}/interfaces/{row['id']}", body))
 
 
 @group.command("delete")
