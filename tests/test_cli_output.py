@@ -262,7 +262,7 @@ async def test_a_closed_pipe_ends_quietly(client: TestClient[Any, Any], auth: di
     assert proc.returncode == 0 and err == b"", err.decode()
 
 
-async def test_shell_completion_scripts_and_answers() -> None:
+async def test_shell_completion_scripts_and_answers(client: TestClient[Any, Any], auth: dict[str, str]) -> None:
     for shell, marker in (
         ("bash", b"complete -o nosort -F"),
         ("zsh", b"#compdef bmd"),
@@ -279,3 +279,13 @@ async def test_shell_completion_scripts_and_answers() -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert b"--provision-state" in out
+    await enroll(client, auth)  # NODE arguments complete with the API's node names
+    url = str(client.make_url("")).rstrip("/")
+    words = f"bmd --url {url} node show node-"
+    proc = await bmd_subprocess(env={"_BMD_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": "5"})
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().split() == [f"plain,node-{i}" for i in range(1, NODES + 1)]  # every page of 2
+    words = "bmd --url http://127.0.0.1:9 node show node-"  # no daemon: nothing offered, no error
+    proc = await bmd_subprocess(env={"_BMD_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": "5"})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0 and out.strip() == b"" and err == b""

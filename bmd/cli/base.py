@@ -23,6 +23,7 @@ __all__ = [
     "CliApp",
     "Output",
     "list_output",
+    "node_argument",
     "pairs",
     "parse_value",
     "pass_app",
@@ -134,6 +135,24 @@ def show_output(func: F) -> F:
         return func(*args, out=Output(fmt, columns), **kw)
 
     return _format_options(wrapper, with_list=False)
+
+
+def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a NODE argument: the names (else ids) of the nodes the API lists, through the
+    root's --config/--url/--token. Completion must never fail loudly: any error completes nothing."""
+    root = ctx.find_root().params
+    app = CliApp(root.get("config"), root.get("url"), root.get("token"))
+    try:
+        names = [str(n.get("name") or n["id"]) for n in walk(app.client, "/v1/nodes", "nodes")]
+    except Exception:  # noqa: BLE001 - no daemon, no token, bad config: nothing to offer
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def node_argument(name: str = "node") -> Callable[[F], F]:
+    """A NODE argument (id, uuid or name) that the shell completes with the API's node names."""
+    decorate: Callable[[F], F] = click.argument(name, metavar="NODE", shell_complete=complete_nodes)
+    return decorate
 
 
 def parse_value(raw: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from bmd.cli.base import CliApp, Output, list_output, parse_value, pass_app, show_output, walk
+from bmd.cli.base import CliApp, Output, list_output, node_argument, parse_value, pass_app, show_output, walk
 from bmd.cli.client import ApiError, q
 
 COLUMNS = ("node", "host", "deploy_ready", "deploy_blocker", "host_memory_free", "disk_available", "maintenance")
@@ -38,7 +38,7 @@ def show(app: CliApp, out: Output, node: str) -> None:
 
 
 @group.command("set")
-@click.argument("node")
+@node_argument()
 @click.argument("key")
 @click.argument("value")
 @show_output
@@ -49,7 +49,7 @@ def set_(app: CliApp, out: Output, node: str, key: str, value: str) -> None:
 
 
 @group.command("delete")
-@click.argument("node")
+@node_argument()
 @click.argument("key")
 @show_output
 @pass_app

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from bmd.cli.base import CliApp, Output, list_output, pass_app
+from bmd.cli.base import CliApp, Output, list_output, node_argument, pass_app
 from bmd.cli.client import q
 from bmd.cli.nodes import group
 
@@ -22,7 +22,7 @@ def with_change(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @group.command("history")
-@click.argument("node")
+@node_argument()
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="the newest N events"
 )

@@ -11,7 +11,19 @@ from typing import Any
 
 import click
 
-from bmd.cli.base import CliApp, F, Output, list_output, pairs, parse_value, pass_app, read_json_file, show_output, walk
+from bmd.cli.base import (
+    CliApp,
+    F,
+    Output,
+    list_output,
+    node_argument,
+    pairs,
+    parse_value,
+    pass_app,
+    read_json_file,
+    show_output,
+    walk,
+)
 from bmd.cli.client import q
 from bmd.errors import BmdError, InvalidInput
 
@@ -151,7 +163,7 @@ def _set(app: CliApp, out: Output, node: str, kw: dict[str, Any]) -> None:
 
 
 @group.command("set")
-@click.argument("node")
+@node_argument()
 @node_fields(create=False)
 @show_output
 @pass_app
@@ -161,7 +173,7 @@ def set_(app: CliApp, out: Output, node: str, **kw: Any) -> None:
 
 
 @group.command("update")
-@click.argument("node")
+@node_argument()
 @node_fields(create=False)
 @show_output
 @pass_app
@@ -199,7 +211,7 @@ def list_(app: CliApp, out: Output, **kw: Any) -> None:
 
 
 @group.command("show")
-@click.argument("node")
+@node_argument()
 @click.option("--steps", is_flag=True, help="the last deploy's steps, one row each")
 @show_output
 @pass_app
@@ -254,7 +266,7 @@ def import_(app: CliApp, file: str) -> None:
 
 
 @group.command("inspect")
-@click.argument("node")
+@node_argument()
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
@@ -297,7 +309,7 @@ def inspect(app: CliApp, out: Output, node: str, report: str | None, no_wait: bo
 
 
 @group.command("inspection")
-@click.argument("node")
+@node_argument()
 @show_output
 @pass_app
 def inspection(app: CliApp, out: Output, node: str) -> None:
@@ -306,7 +318,7 @@ def inspection(app: CliApp, out: Output, node: str) -> None:
 
 
 @group.command("set-capability")
-@click.argument("node")
+@node_argument()
 @click.argument("key")
 @click.argument("value")
 @show_output
@@ -317,7 +329,7 @@ def set_capability(app: CliApp, out: Output, node: str, key: str, value: str) ->
 
 
 @group.command("unset-capability")
-@click.argument("node")
+@node_argument()
 @click.argument("key")
 @show_output
 @pass_app
@@ -327,7 +339,7 @@ def unset_capability(app: CliApp, out: Output, node: str, key: str) -> None:
 
 
 @group.command("console-log")
-@click.argument("node")
+@node_argument()
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="only the last N bytes")
 @pass_app
 def console_log(app: CliApp, node: str, tail: int | None) -> None:
@@ -339,7 +351,7 @@ def console_log(app: CliApp, node: str, tail: int | None) -> None:
 
 
 @group.command("console")
-@click.argument("node")
+@node_argument()
 @click.option("--take-over", is_flag=True, help="become the writer even if another client types")
 @pass_app
 def console(app: CliApp, node: str, take_over: bool) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from bmd.cli.base import CliApp, Output, list_output, pass_app, show_output, walk
+from bmd.cli.base import CliApp, Output, list_output, node_argument, pass_app, show_output, walk
 from bmd.cli.client import ApiError, q
 from bmd.errors import InvalidInput
 
@@ -60,7 +60,7 @@ def show(app: CliApp, out: Output, port: str) -> None:
 
 
 @group.command("create")
-@click.argument("node")
+@node_argument()
 @click.argument("address", metavar="MAC")
 @click.option("--datapath-id", help="the OpenFlow switch's datapath id (openflow vif)")
 @click.option("--port-no", type=click.IntRange(min=0), help="the switch port number (openflow vif)")

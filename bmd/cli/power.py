@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bmd.cli.base import CliApp, Output, pass_app, show_output
+from bmd.cli.base import CliApp, Output, node_argument, pass_app, show_output
 from bmd.cli.client import q
 from bmd.cli.nodes import group
 
@@ -13,7 +13,7 @@ TARGETS = {"on": "power on", "off": "power off", "reboot": "reboot"}
 
 @group.command("power")
 @click.argument("action", type=click.Choice(("on", "off", "reboot", "status")))
-@click.argument("node")
+@node_argument()
 @show_output
 @pass_app
 def power(app: CliApp, out: Output, action: str, node: str) -> None:
@@ -25,7 +25,7 @@ def power(app: CliApp, out: Output, action: str, node: str) -> None:
 
 
 @group.command("boot-device")
-@click.argument("node")
+@node_argument()
 @click.argument("device", type=click.Choice(("pxe", "disk", "bios")), required=False)
 @click.option("--persistent", is_flag=True, help="every boot, not only the next one")
 @show_output
@@ -41,7 +41,7 @@ def boot_device(app: CliApp, out: Output, node: str, device: str | None, persist
 
 @group.command("maintenance")
 @click.argument("action", type=click.Choice(("set", "unset")))
-@click.argument("node")
+@node_argument()
 @click.option("--reason", help="why (shown in node list --long and bmd status)")
 @show_output
 @pass_app
@@ -52,7 +52,7 @@ def maintenance(app: CliApp, out: Output, action: str, node: str, reason: str | 
 
 
 @group.command("clean")
-@click.argument("node")
+@node_argument()
 @show_output
 @pass_app
 def clean(app: CliApp, out: Output, node: str) -> None:
