@@ -156,4 +156,5 @@ class HealthChecker:
             "uptime_s": round(now - self.ctx.started_at, 3),
             "checks": {"database": db, "dhcp": dhcp},
             "tasks": tasks,
+            **({"lab": self.ctx.extras["lab"]} if "lab" in self.ctx.extras else {}),  # bmd serve --lab N
         }

@@ -291,6 +291,13 @@ async def serve_lab(
             host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
             base = settings.api.public_url or f"{endpoint.scheme}://{settings.service.my_ip}:{endpoint.port}"
             await lab.connect(boot_url=f"{base.rstrip('/')}/images", bmd_address=f"{host}:{endpoint.port}")
+            ctx.extras["lab"] = {  # /healthz shows it (bmd status)
+                "bmcs": len(lab.bmcs),
+                "machines": machines,
+                "boot_mode": boot_mode,
+                "first_bmc": lab.bmcs[0].address if lab.bmcs else None,
+                "last_bmc": lab.bmcs[-1].address if lab.bmcs else None,
+            }
             added: dict[str, int] = {}
             if machines != "none":  # PXE addresses first: with inspection.on_enroll the nodes boot at once
                 added = await prepare_bmd(endpoint.url, ctx.api_token, len(lab.bmcs))

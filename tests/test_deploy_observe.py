@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -200,11 +201,14 @@ async def test_the_cli_shows_steps_and_writes_the_console_log_raw(
         assert await run_cli(cloud, None, "node", "console-log", "node-1") == 1
         assert b"no API token: set api.token_file or BMD_TOKEN" in capsysbinary.readouterr().err
 
-        assert await run_cli(cloud, None, "node", "show", "node-1", "--steps") == 0
-        lines = capsysbinary.readouterr().out.decode().splitlines()
-        assert lines[0].split() == ["step", "started_at", "seconds", "ok", "detail"]
-        assert [line.split()[0] for line in lines[1:]] == [*SPAWN_STEPS, "wait_agent"]
-        assert lines[-1].split()[2:] == ["-", "running"] and all(" ok" in line for line in lines[1:-1])
+        assert await run_cli(cloud, None, "node", "show", "node-1", "--steps", "-f", "csv") == 0
+        rows = list(csv.reader(capsysbinary.readouterr().out.decode().splitlines()))
+        assert rows[0] == ["step", "started_at", "seconds", "ok", "detail"]
+        assert [row[0] for row in rows[1:]] == [*SPAWN_STEPS, "wait_agent"]
+        assert rows[-1][2:4] == ["", "running"] and all(row[3] == "ok" for row in rows[1:-1])
+        assert await run_cli(cloud, None, "node", "show", "node-1", "--steps") == 0  # the table for a human
+        table = capsysbinary.readouterr().out.decode().splitlines()
+        assert table[1].split("|")[1].strip() == "step" and "running" in table[-2]
 
 
 async def test_a_restart_resumes_the_recording_of_a_deploy_that_waits(tmp_path: Path, db_file: Path) -> None:

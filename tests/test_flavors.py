@@ -81,7 +81,7 @@ async def test_flavor_cli_like_nova_manage(client, ctx, capsys) -> None:  # type
         capsys=capsys,
     )
     assert code == 0 and "Key capabilities:gpu set to a100 on instance type bm.large" in out
-    code, out, _ = await run_cli(client, None, "flavor", "show", "bm.large", capsys=capsys)
+    code, out, _ = await run_cli(client, None, "flavor", "show", "bm.large", "-f", "json", capsys=capsys)
     assert json.loads(out)["extra_specs"] == {"capabilities:gpu": "a100"}
     code, out, _ = await run_cli(
         client, tok, "flavor", "unset-key", "--name", "bm.large", "--key", "capabilities:gpu", capsys=capsys

@@ -278,7 +278,7 @@ async def test_recovery_releases_orphans_and_fails_interrupted_spawns(cloud: Clo
 
 
 async def test_instance_cli_follows_the_deploy(cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_cli import run_cli
+    from tests.test_cli import machine_out, run_cli
 
     (node_id,) = await cloud.enroll(1)
     await cloud.add_pxe_ips(1)
@@ -297,15 +297,24 @@ async def test_instance_cli_follows_the_deploy(cloud: Cloud, capsys: pytest.Capt
         "--network",
         "tenant:42",
         "--no-wait",
+        "-f",
+        "json",
         capsys=capsys,
     )
     assert code == 0, err
-    uuid = json.loads(out.split("\n", 1)[1])["instances"][0]["uuid"]
+    (created,) = machine_out(out)  # stdout is the machine output alone; the prose went to stderr
+    uuid = created["uuid"]
+    assert "scheduled" in err and "scheduled" not in out
     await cloud.settle()
+    code, out, _ = await run_cli(cloud.client, None, "instance", "list", "-f", "json", "--long", capsys=capsys)
+    (listed,) = machine_out(out)
+    node = await cloud.node(node_id)
+    assert code == 0 and listed["uuid"] == uuid and listed["task_state"] == "wait_callback"
+    assert listed["provision_state"] == node.provision_state and listed["node_name"] == node.name  # not "-"
     code, out, _ = await run_cli(cloud.client, None, "instance", "list", capsys=capsys)
-    assert code == 0 and uuid in out and "wait_callback" in out
-    code, out, _ = await run_cli(cloud.client, tok, "instance", "delete", uuid, "--poll", "0.05", capsys=capsys)
-    assert code == 0 and "deleted" in out.splitlines()[-1]
+    assert code == 0 and uuid in out and node.name in out and "wait_callback" in out
+    code, out, err = await run_cli(cloud.client, tok, "instance", "delete", uuid, "--poll", "0.05", capsys=capsys)
+    assert code == 0 and out.endswith(f"instance {uuid} deleted\n") and "deleted" in err.splitlines()[-1]
     assert (await cloud.node(node_id)).provision_state == "available"
     code, _, err = await run_cli(
         cloud.client,
@@ -409,7 +418,7 @@ async def _done(tasks: list[asyncio.Task[tuple[int, str]]], count: int) -> bool:
 async def test_instance_cli_carries_the_config_drive_fields(
     cloud: Cloud, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from tests.test_cli import run_cli
+    from tests.test_cli import machine_out, run_cli
 
     await cloud.enroll(1)
     await cloud.add_pxe_ips(1)
@@ -418,7 +427,7 @@ async def test_instance_cli_carries_the_config_drive_fields(
     (tmp_path / "user-data").write_text("#cloud-config\nruncmd: [echo hi]\n")
     (tmp_path / "net.json").write_text('{"links": [], "networks": [], "services": []}')
     tok = cloud.ctx.api_token
-    base = ["instance", "create", "--flavor", "bm.small", "--image-ref", cloud.image_ref, "--no-wait"]
+    base = ["instance", "create", "--flavor", "bm.small", "--image-ref", cloud.image_ref, "--no-wait", "-f", "json"]
     code, out, err = await run_cli(
         cloud.client,
         tok,
@@ -438,7 +447,7 @@ async def test_instance_cli_carries_the_config_drive_fields(
         capsys=capsys,
     )
     assert code == 0, err
-    shown = json.loads(out.split("\n", 1)[1])["instances"][0]
+    (shown,) = machine_out(out)
     await cloud.settle()
     got = await (await cloud.client.get(f"/v1/instances/{shown['uuid']}")).json()
     text = json.dumps(got)

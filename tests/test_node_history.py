@@ -224,17 +224,20 @@ async def test_bmd_node_history_prints_the_newest_first(cloud: Cloud, capsys: py
         await history.record(session, entries)
     code, out, err = await run_cli(cloud.client, cloud.ctx.api_token, "node", "history", "node-1", capsys=capsys)
     assert code == 0, err
-    lines = out.splitlines()
-    assert lines[0].split() == ["at", "kind", "event", "change", "actor", "message"] and len(lines) == 7
-    assert lines[1].endswith("e4") and "maintenance" in lines[-1] and "off -> on" in lines[-1]
-    assert lines[-1].endswith("fan replacement") and FILE_TOKEN_NAME in lines[-1]
+    lines = out.splitlines()  # a table: border, header, border, 6 rows, border
+    assert [c.strip() for c in lines[1].split("|")[1:-1]] == ["at", "kind", "event", "change", "actor", "message"]
+    assert len(lines) == 10 and "e4" in lines[3] and "maintenance" in lines[-2] and "off -> on" in lines[-2]
+    assert "fan replacement" in lines[-2] and FILE_TOKEN_NAME in lines[-2]
     code, out, _ = await run_cli(
         cloud.client, None, "node", "history", "node-1", "--limit", "2", "--json", capsys=capsys
     )
     assert code == 0 and [e["message"] for e in json.loads(out)] == ["e4", "e3"]
-    with pytest.raises(SystemExit) as usage:
-        main(["node", "history", "node-1", "--limit", "0"])
-    assert usage.value.code == 2 and "--limit" in capsys.readouterr().err
+    code, out, _ = await run_cli(
+        cloud.client, None, "node", "history", "node-1", "--limit", "2", "-f", "value", "-c", "message", capsys=capsys
+    )
+    assert code == 0 and out.split() == ["e4", "e3"]
+    assert main(["node", "history", "node-1", "--limit", "0"]) == 2
+    assert "--limit" in capsys.readouterr().err
     code, _, err = await run_cli(cloud.client, None, "node", "history", "nope", capsys=capsys)
     assert code == 1 and "nope" in err
 

@@ -104,10 +104,15 @@ async def test_cli_lists_follow_next_through_every_page(
 ) -> None:
     await enroll(client, auth)
     base = ["--url", str(client.make_url("")).rstrip("/")]
-    code = await asyncio.to_thread(main, [*base, "node", "list", "--json"])
+    code = await asyncio.to_thread(main, [*base, "node", "list", "--json"])  # the older spelling: every field
     out, err = capsys.readouterr()
     assert code == 0, err
     assert sorted(n["name"] for n in json.loads(out)) == sorted(f"node-{i}" for i in range(ROWS))
+    assert "pm_address" in json.loads(out)[0]
+    code = await asyncio.to_thread(main, [*base, "node", "list", "-f", "value", "-c", "name", "--sort", "id:desc"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.split() == [f"node-{i}" for i in reversed(range(ROWS))]  # every page, sorted here
 
 
 async def test_head_of_a_list_sends_no_body(client: TestClient[Any, Any], auth: dict[str, str]) -> None:

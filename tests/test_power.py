@@ -275,7 +275,7 @@ async def test_power_cli(env, lab: Lab, capsys) -> None:  # type: ignore[no-unty
     code, out, err = await run_cli(client, ctx.api_token, "node", "power", "on", name, capsys=capsys)
     assert code == 0, err
     assert (await lab.state(name))["power"] is True
-    code, out, _ = await run_cli(client, None, "node", "power", "status", name, capsys=capsys)
+    code, out, _ = await run_cli(client, None, "node", "power", "status", name, "-f", "json", capsys=capsys)
     assert code == 0 and '"power on"' in out
     code, out, _ = await run_cli(client, ctx.api_token, "node", "boot-device", name, "disk", capsys=capsys)
     assert code == 0 and (await lab.state(name))["boot"]["selector"] == 2  # 2: hard disk

@@ -57,6 +57,7 @@ def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[
     if node is not None and node.instance_uuid == inst.uuid:
         out["provision_state"] = node.provision_state
         out["power_state"] = node.power_state
+        out["node_name"] = node.name
     return out
 
 
@@ -167,8 +168,11 @@ async def list_instances(request: web.Request) -> web.StreamResponse:
         stmt = stmt.where(Instance.id > marker)
     async with ctx.sessionmaker() as session:
         rows = (await session.execute(stmt.order_by(Instance.id).limit(limit + 1))).scalars().all()
-    page, next_marker = split_page(rows, limit, lambda i: i.id)
-    return await stream_page(request, "instances", page, instance_to_dict, next_marker)
+        page, next_marker = split_page(rows, limit, lambda i: i.id)
+        # the nodes that hold the page's instances (as show does): their provision state and name
+        held = select(BareMetalNode).where(BareMetalNode.instance_uuid.in_([i.uuid for i in page]))
+        nodes = {n.instance_uuid: n for n in (await session.execute(held)).scalars()} if page else {}
+    return await stream_page(request, "instances", page, lambda i: instance_to_dict(i, nodes.get(i.uuid)), next_marker)
 
 
 @answers(200, InstanceView)

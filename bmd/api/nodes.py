@@ -15,7 +15,7 @@ from bmd.api.app import actor_of, ctx_of, json_response, parse_body, validate_mo
 from bmd.api.body import takes
 from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool, query_str
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
-from bmd.api.schemas import InterfaceCreate, NodeCreate, NodeImport, NodeUpdate
+from bmd.api.schemas import InterfaceCreate, InterfaceUpdate, NodeCreate, NodeImport, NodeUpdate
 from bmd.api.views import EventPage, InterfacePage, InterfaceView, NodeImportResult, NodePage, NodeView
 from bmd.context import AppContext
 from bmd.db import nodes as q
@@ -289,6 +289,32 @@ async def list_interfaces(request: web.Request) -> web.StreamResponse:
     return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
 
 
+@answers(200, InterfacePage)
+@query(
+    query_str("node", "only this node's interfaces (its id, uuid or name)"),
+    query_str("address", "only the interface with this MAC address"),
+    LIMIT,
+    ID_MARKER,
+)
+async def list_all_interfaces(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/interfaces``: every node's interfaces by id (``bmd port list``); ``?node=`` (id, uuid or
+    name) and ``?address=`` (a MAC) narrow it."""
+    ctx = ctx_of(request)
+    limit = page_limit(request, ctx.settings.api.max_page_size)
+    marker = id_marker(request)
+    stmt = select(Interface)
+    async with ctx.sessionmaker() as session:
+        if "node" in request.query:
+            stmt = stmt.where(Interface.bm_node_id == (await q.get_node(session, request.query["node"])).id)
+        if "address" in request.query:
+            stmt = stmt.where(_iface_lookup(request.query["address"], by_id=False))
+        if marker is not None:
+            stmt = stmt.where(Interface.id > marker)
+        ifaces = (await session.execute(stmt.order_by(Interface.id).limit(limit + 1))).scalars().all()
+    page, next_marker = split_page(ifaces, limit, lambda i: i.id)
+    return await stream_page(request, "interfaces", page, q.interface_to_dict, next_marker)
+
+
 @answers(201, InterfaceView)
 @takes(InterfaceCreate)
 async def add_interface(request: web.Request) -> web.Response:
@@ -304,6 +330,29 @@ async def add_interface(request: web.Request) -> web.Response:
         except IntegrityError as err:
             raise q.conflict_from(err) from err
     return json_response(q.interface_to_dict(iface), status=201)
+
+
+@answers(200, InterfaceView)
+@takes(InterfaceUpdate)
+async def update_interface(request: web.Request) -> web.Response:
+    """Change an interface's switch attachment (``datapath_id``, ``port_no``); refused while a vif is bound
+    to it (the vif was plugged on the old port)."""
+    ctx = ctx_of(request)
+    body = await parse_body(request, InterfaceUpdate)
+    async with ctx.sessionmaker.begin() as session:
+        node = await q.get_node(session, request.match_info["node"])
+        iface = await session.scalar(
+            select(Interface)
+            .where(Interface.bm_node_id == node.id, _iface_lookup(request.match_info["iface"]))
+            .with_for_update()
+        )
+        if iface is None:
+            raise NotFound(f"interface {request.match_info['iface']} not found on node {node.id}")
+        if iface.vif_uuid is not None:
+            raise Conflict(f"interface {iface.address} is bound to vif {iface.vif_uuid}; unbind it first")
+        for field in body.model_fields_set:
+            setattr(iface, field, getattr(body, field))
+    return json_response(q.interface_to_dict(iface))
 
 
 @answers(204)
@@ -322,13 +371,15 @@ async def delete_interface(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _iface_lookup(ident: str) -> Any:
-    if is_id_text(ident):
+def _iface_lookup(ident: str, by_id: bool = True) -> Any:
+    if by_id and is_id_text(ident):
         iface_id = parse_id(ident)
         return Interface.id == iface_id if iface_id is not None else false()
     try:
         mac = validate_model(InterfaceCreate, {"address": ident}).address
     except InvalidInput as err:
+        if not by_id:
+            raise InvalidInput(f"query parameter address: {ident!r} is not a MAC address", field="address") from err
         raise NotFound(f"interface {ident} not found") from err
     return Interface.address == mac
 
@@ -341,7 +392,9 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/nodes/{node}", show_node)
     r.add_patch("/v1/nodes/{node}", update_node)
     r.add_delete("/v1/nodes/{node}", delete_node)
+    r.add_get("/v1/interfaces", list_all_interfaces)
     r.add_get("/v1/nodes/{node}/events", list_events)
     r.add_get("/v1/nodes/{node}/interfaces", list_interfaces)
     r.add_post("/v1/nodes/{node}/interfaces", add_interface)
+    r.add_patch("/v1/nodes/{node}/interfaces/{iface}", update_interface)
     r.add_delete("/v1/nodes/{node}/interfaces/{iface}", delete_interface)

@@ -51,7 +51,7 @@ PATH_PARAMS = {
     "key": "the capability or extra spec key",
     "name": "the flavor's name",
     "uuid": "the instance's uuid",
-    "id": "the PXE address's id",
+    "id": "the PXE address's id or its IP address",
     "path": "a file's path under deploy.http_root",
 }
 H = TypeVar("H", bound=Callable[..., Any])

@@ -10,7 +10,7 @@ from bmd.api.app import ctx_of, json_response, parse_body
 from bmd.api.body import takes
 from bmd.api.openapi import ID_MARKER, LIMIT, answers, query
 from bmd.api.paging import id_marker, page_limit, split_page, stream_page
-from bmd.api.schemas import PxeIpCreate
+from bmd.api.schemas import PxeIpCreate, check_ip
 from bmd.api.views import PxeIpPage, PxeIpView
 from bmd.db import nodes as q
 from bmd.db.models import PxeIp
@@ -56,12 +56,18 @@ async def create_pxe_ip(request: web.Request) -> web.Response:
 
 @answers(204)
 async def delete_pxe_ip(request: web.Request) -> web.Response:
+    """``DELETE /v1/pxe_ips/{id}``: by id, or by its address (what an operator knows it by)."""
     ident = request.match_info["id"]
     pxe_id = parse_id(ident)
-    if pxe_id is None:
-        raise NotFound(f"pxe_ip {ident} not found")
+    if pxe_id is not None:
+        where = PxeIp.id == pxe_id
+    else:
+        try:
+            where = PxeIp.address == check_ip(ident)
+        except ValueError as err:
+            raise NotFound(f"pxe_ip {ident} not found: neither an id nor an IP address") from err
     async with ctx_of(request).sessionmaker.begin() as session:
-        ip = await session.get(PxeIp, pxe_id, with_for_update=True)
+        ip = await session.scalar(select(PxeIp).where(where).with_for_update())
         if ip is None:
             raise NotFound(f"pxe_ip {ident} not found")
         if ip.bm_node_id is not None:

@@ -147,6 +147,14 @@ class InterfaceCreate(Body):
     port_no: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None  # the column is a 32-bit signed int
 
 
+class InterfaceUpdate(Body):
+    """``PATCH /v1/nodes/{node}/interfaces/{iface}``: where the interface is plugged (the MAC is its identity:
+    a new MAC is a new interface). A field sent as null clears it."""
+
+    datapath_id: Annotated[StrictStr, Field(max_length=255)] | None = None
+    port_no: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None
+
+
 class RootDeviceHints(Body):
     """Ironic's root-device hints: the deploy agent writes the first disk that matches every hint given
     (no hint: the first disk). ``size`` is in GiB (the disk's size rounded down)."""

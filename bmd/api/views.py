@@ -149,8 +149,9 @@ class InstanceView(View):
     updated_at: Timestamp | None
     deleted_at: Timestamp | None
     config_drive: ConfigDriveView | None
-    provision_state: str | None = Field(None, description="the node's, in an instance's own answer")
-    power_state: str | None = Field(None, description="the node's, in an instance's own answer")
+    provision_state: str | None = Field(None, description="the node's that holds it")
+    power_state: str | None = Field(None, description="the node's that holds it")
+    node_name: str | None = Field(None, description="the name of the node that holds it")
 
 
 class Reservation(View):

@@ -9,10 +9,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bmd.config import Settings
 from bmd.errors import BmdError
+
+if TYPE_CHECKING:  # bmd.config (pydantic) is read only when a command needs the settings: start-up time
+    from bmd.config import Settings
 
 NO_TOKEN = "no API token: set api.token_file or BMD_TOKEN"
 
@@ -94,20 +96,25 @@ class Client:
             raise ApiError(err.code, body) from err
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise BmdError(f"cannot reach bmd at {self.url}: {reason}") from err
+            raise BmdError(
+                f"cannot reach bmd at {self.url}: {reason}; is the daemon running there (bmd serve)? --url or api.port"
+            ) from err
         return bytes(raw)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def get_all(self, path: str, items: str) -> list[Any]:
-        """Every row of a paged list: follow ``next`` from the first page until it is null."""
+    def get_all(self, path: str, items: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Every row of a paged list: follow ``next`` from the first page until it is null (``params``:
+        the API's filters, e.g. ``{"provision_state": "active"}``; None values are left out)."""
         rows: list[Any] = []
         marker: Any = None
         seen: set[str] = set()
+        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
         while True:
             sep = "&" if "?" in path else "?"
-            page = self.get(path if marker is None else f"{path}{sep}marker={q(str(marker))}")
+            parts = [p for p in (query, None if marker is None else f"marker={q(str(marker))}") if p]
+            page = self.get(f"{path}{sep}{'&'.join(parts)}" if parts else path)
             rows.extend(page[items])
             marker = page.get("next")
             if marker is None or str(marker) in seen:  # a repeated marker would loop forever

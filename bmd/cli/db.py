@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-from typing import Any
 
+import click
+
+from bmd.cli.base import CliApp, pass_app
 from bmd.errors import BmdError, DatabaseError
 
 
-async def _with_engine(app: Any, action: str) -> int:
+async def _with_engine(app: CliApp, action: str) -> int:
     from bmd.db.engine import make_engine
     from bmd.db.migrate import current_revision, head_revision, upgrade
 
@@ -29,10 +30,20 @@ async def _with_engine(app: Any, action: str) -> int:
         await engine.dispose()
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    db = sub.add_parser("db", help="database schema")
-    dbsub = db.add_subparsers(dest="db_command", required=True)
-    p = dbsub.add_parser("upgrade", help="apply all migrations")
-    p.set_defaults(func=lambda app: asyncio.run(_with_engine(app, "upgrade")))
-    p = dbsub.add_parser("current", help="show the schema revision (exit 1 when not at head)")
-    p.set_defaults(func=lambda app: asyncio.run(_with_engine(app, "current")))
+@click.group("db")
+def group() -> None:
+    """The database schema."""
+
+
+@group.command("upgrade")
+@pass_app
+def upgrade(app: CliApp) -> int:
+    """Apply all migrations."""
+    return asyncio.run(_with_engine(app, "upgrade"))
+
+
+@group.command("current")
+@pass_app
+def current(app: CliApp) -> int:
+    """Show the schema revision (exit 1 when not at head)."""
+    return asyncio.run(_with_engine(app, "current"))

@@ -1,32 +1,37 @@
-"""``bmd instance create|list|show|delete``; create and delete follow the deploy live until it settles."""
+"""``bmd instance create|list|show|delete``; create and delete follow the deploy until it settles.
+
+The deploy's progress (one line whenever an instance's state changes) goes to stderr; stdout carries only
+the result, in the ``-f`` format, so ``bmd instance create ... -f json`` is parseable however it ends.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from typing import Any
 
+import click
+
+from bmd.cli.base import CliApp, Output, list_output, pairs, pass_app, show_output, walk
 from bmd.cli.client import q
-from bmd.errors import InvalidInput
+from bmd.errors import BmdError, InvalidInput
 
-SETTLED = {"active", "error", "deleted"}
-
-
-def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"{what} {item!r}: expected KEY=VALUE", field=what)
-        out[key] = value
-    return out
+COLUMNS = ("uuid", "node_name", "vm_state", "task_state", "provision_state", "flavor_name")
+LONG = (*COLUMNS, "reservation_id", "node", "power_state", "host", "image_ref", "last_error", "created_at")
 
 
-def _networks(values: list[str] | None) -> list[dict[str, Any]]:
+class DeployFailed(BmdError):
+    """An instance ended in error, or did not settle in time: exit 1."""
+
+
+@click.group("instance")
+def group() -> None:
+    """Instances: an image deployed on a node the scheduler chose."""
+
+
+def _networks(values: tuple[str, ...]) -> list[dict[str, Any]]:
     nets = []
-    for item in values or []:
+    for item in values:
         name, _, vlan = item.partition(":")
         if not name or (vlan and not vlan.isdigit()):
             raise InvalidInput(f"--network {item!r}: expected NAME or NAME:VLAN", field="--network")
@@ -35,55 +40,32 @@ def _networks(values: list[str] | None) -> list[dict[str, Any]]:
 
 
 def _line(inst: dict[str, Any]) -> str:
-    state = inst.get("provision_state") or "-"
+    node = inst.get("node_name") or inst.get("node") or "-"
     extra = f"  error: {inst['last_error']}" if inst.get("last_error") else ""
     task = inst.get("task_state") or "-"
-    return f"{inst['uuid']}  node {inst.get('node') or '-':>6}  {inst['vm_state']:<9} {task:<14} {state}{extra}"
+    return f"{inst['uuid']}  node {node}  {inst['vm_state']} {task} {inst.get('provision_state') or '-'}{extra}"
 
 
-def follow(app: Any, uuids: list[str], timeout: float, until: set[str]) -> int:
-    """Print each instance's state whenever it changes, until every one settles (or the timeout)."""
+def follow(app: CliApp, uuids: list[str], timeout: float, poll: float, until: set[str]) -> list[dict[str, Any]]:
+    """Write each instance's state to stderr whenever it changes, until every one settles; their last view."""
     last: dict[str, str] = {}
+    shown: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     pending = set(uuids)
-    while pending and time.monotonic() < deadline:
+    while pending:
         for uuid in sorted(pending):
-            inst = app.client.get(f"/v1/instances/{q(uuid)}")
+            inst = shown[uuid] = app.client.get(f"/v1/instances/{q(uuid)}")
             line = _line(inst)
             if last.get(uuid) != line:
-                print(line, flush=True)
+                click.echo(line, err=True)
                 last[uuid] = line
             if inst["vm_state"] in until and not inst.get("task_state"):
                 pending.discard(uuid)
         if pending:
-            time.sleep(app.args.poll)
-    if pending:
-        print(f"still in progress after {timeout:g} s: {', '.join(sorted(pending))}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def create(app: Any) -> int:
-    a = app.args
-    body: dict[str, Any] = {
-        "flavor": a.flavor, "image_ref": a.image_ref, "num_instances": a.count,
-        "hints": _pairs(a.hint, "--hint"), "image_properties": _pairs(a.image_property, "--image-property"),
-        "networks": _networks(a.network),
-    }  # fmt: skip
-    for field in ("image_checksum", "kernel_ref", "ramdisk_ref", "name", "hostname"):
-        if getattr(a, field):
-            body[field] = getattr(a, field)
-    body.update(_config_drive(a))
-    result = app.client.post("/v1/instances", body)
-    uuids = [i["uuid"] for i in result["instances"]]
-    print(f"reservation {result['reservation_id']}: {len(uuids)} instance(s) scheduled", flush=True)
-    if a.no_wait:
-        app.print(result)
-        return 0
-    # Following stops at wait_callback too: the deploy agent may take long to call back.
-    code = follow(app, uuids, a.timeout, {"active", "error"})
-    states = [app.client.get(f"/v1/instances/{u}")["vm_state"] for u in uuids]
-    return code or (1 if "error" in states else 0)
+            if time.monotonic() >= deadline:
+                raise DeployFailed(f"still in progress after {timeout:g} s: {', '.join(sorted(pending))}")
+            time.sleep(poll)
+    return [shown[u] for u in uuids]
 
 
 def _read_text(path: str, option: str) -> str:
@@ -97,74 +79,105 @@ def _read_text(path: str, option: str) -> str:
         raise InvalidInput(f"{option} {path}: {getattr(err, 'strerror', None) or err}", field=option) from err
 
 
-def _config_drive(a: argparse.Namespace) -> dict[str, Any]:
+def _config_drive(kw: dict[str, Any]) -> dict[str, Any]:
     """The config-drive fields of the request: what cloud-init reads on the deployed OS."""
     out: dict[str, Any] = {}
-    keys = [k for path in a.ssh_key_file or [] for k in _read_text(path, "--ssh-key-file").splitlines() if k.strip()]
+    keys = [k for path in kw["ssh_key_file"] for k in _read_text(path, "--ssh-key-file").splitlines() if k.strip()]
     if keys:
         out["ssh_keys"] = keys
-    if a.user_data:
-        out["user_data"] = _read_text(a.user_data, "--user-data")
-    if a.network_data:
-        text = _read_text(a.network_data, "--network-data")
+    if kw["user_data"]:
+        out["user_data"] = _read_text(kw["user_data"], "--user-data")
+    if kw["network_data"]:
+        import json
+
+        text = _read_text(kw["network_data"], "--network-data")
         try:
             out["network_data"] = json.loads(text)
         except ValueError as err:
-            raise InvalidInput(f"--network-data {a.network_data}: not JSON: {err}", field="--network-data") from err
-    if a.meta:
-        out["meta"] = _pairs(a.meta, "--meta")
+            raise InvalidInput(f"--network-data {kw['network_data']}: not JSON: {err}", field="--network-data") from err
+    if kw["meta"]:
+        out["meta"] = pairs(kw["meta"], "--meta")
     return out
 
 
-def list_(app: Any) -> None:
-    for inst in app.client.get_all("/v1/instances", "instances"):
-        print(_line(inst))
+@group.command("create")
+@click.option("--flavor", required=True)
+@click.option("--image-ref", required=True, help="disk image: path or http(s) URL")
+@click.option("--image-checksum", help="sha256:<hex> (md5:, sha512: too)")
+@click.option("--kernel-ref")
+@click.option("--ramdisk-ref")
+@click.option("--network", multiple=True, metavar="NAME[:VLAN]")
+@click.option("--hint", multiple=True, metavar="KEY=VALUE", help="e.g. same_capability=location")
+@click.option("--image-property", multiple=True, metavar="KEY=VALUE")
+@click.option("--count", type=click.IntRange(min=1), default=1, help="instances in one all-or-nothing request")
+@click.option("--name")
+@click.option("--hostname", help="config drive: the deployed OS's hostname")
+@click.option("--ssh-key-file", multiple=True, metavar="FILE", help="config drive: OpenSSH public keys")
+@click.option("--user-data", metavar="FILE", help="config drive: user data (- for stdin)")
+@click.option("--network-data", metavar="FILE", help="config drive: network_data.json")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="config drive: meta data")
+@click.option("--no-wait", is_flag=True, help="return once scheduled (print the instances as they are)")
+@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.option("--poll", type=float, default=1.0, show_default=True, help="seconds between state reads")
+@list_output(COLUMNS, LONG)
+@pass_app
+def create(app: CliApp, out: Output, **kw: Any) -> None:
+    """Schedule, claim and deploy; follows the deploy until it settles (exit 1 if one ends in error)."""
+    body: dict[str, Any] = {
+        "flavor": kw["flavor"], "image_ref": kw["image_ref"], "num_instances": kw["count"],
+        "hints": pairs(kw["hint"], "--hint"), "image_properties": pairs(kw["image_property"], "--image-property"),
+        "networks": _networks(kw["network"]),
+    }  # fmt: skip
+    for field in ("image_checksum", "kernel_ref", "ramdisk_ref", "name", "hostname"):
+        if kw[field]:
+            body[field] = kw[field]
+    body.update(_config_drive(kw))
+    result = app.client.post("/v1/instances", body)
+    instances = result["instances"]
+    click.echo(f"reservation {result['reservation_id']}: {len(instances)} instance(s) scheduled", err=True)
+    if not kw["no_wait"]:
+        # Following stops at wait_callback too: the deploy agent may take long to call back.
+        instances = follow(app, [i["uuid"] for i in instances], kw["timeout"], kw["poll"], {"active", "error"})
+    out.rows(instances)
+    failed = [i["uuid"] for i in instances if i["vm_state"] == "error"]
+    if failed:
+        raise DeployFailed(f"deploy ended in error: {', '.join(failed)} (bmd instance show UUID for last_error)")
 
 
-def show(app: Any) -> None:
-    app.print(app.client.get(f"/v1/instances/{q(app.args.uuid)}"))
+@group.command("list")
+@click.option("--deleted", is_flag=True, help="deleted instances too")
+@click.option("--vm-state", help="only instances in this state (building, active, error, ...)")
+@click.option("--flavor", help="only instances of this flavor")
+@list_output(COLUMNS, LONG)
+@pass_app
+def list_(app: CliApp, out: Output, deleted: bool, vm_state: str | None, flavor: str | None) -> None:
+    """List instances, every page of them."""
+    rows = walk(app.client, "/v1/instances", "instances", {"deleted": "true" if deleted else None})
+    out.rows(
+        r for r in rows if (vm_state is None or r["vm_state"] == vm_state) and (flavor in (None, r["flavor_name"]))
+    )
 
 
-def delete(app: Any) -> int:
-    uuid = app.args.uuid
-    app.client.delete(f"/v1/instances/{q(uuid)}")
-    if app.args.no_wait:
-        return 0
-    return follow(app, [uuid], app.args.timeout, {"deleted"})
+@group.command("show")
+@click.argument("uuid")
+@show_output
+@pass_app
+def show(app: CliApp, out: Output, uuid: str) -> None:
+    """Show one instance."""
+    out.one(app.client.get(f"/v1/instances/{q(uuid)}"))
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    inst = sub.add_parser("instance", help="create, list, show and delete instances")
-    ins = inst.add_subparsers(dest="instance_command", required=True)
-    p = ins.add_parser("create", help="schedule, claim and deploy; follows the deploy live")
-    p.add_argument("--flavor", required=True)
-    p.add_argument("--image-ref", dest="image_ref", required=True, help="disk image: path or http(s) URL")
-    p.add_argument("--image-checksum", dest="image_checksum", help="sha256:<hex> (md5:, sha512: too)")
-    p.add_argument("--kernel-ref", dest="kernel_ref")
-    p.add_argument("--ramdisk-ref", dest="ramdisk_ref")
-    p.add_argument("--network", action="append", metavar="NAME[:VLAN]")
-    p.add_argument("--hint", action="append", metavar="KEY=VALUE", help="e.g. same_capability=location")
-    p.add_argument("--image-property", dest="image_property", action="append", metavar="KEY=VALUE")
-    p.add_argument("--count", type=int, default=1, help="instances in one all-or-nothing request")
-    p.add_argument("--name")
-    g = p.add_argument_group("config drive (cloud-init's config-2, written to a partition at the disk's end)")
-    g.add_argument("--hostname")
-    g.add_argument("--ssh-key-file", dest="ssh_key_file", action="append", metavar="FILE", help="OpenSSH public keys")
-    g.add_argument("--user-data", dest="user_data", metavar="FILE", help="user data (- for stdin)")
-    g.add_argument("--network-data", dest="network_data", metavar="FILE", help="network_data.json")
-    g.add_argument("--meta", action="append", metavar="KEY=VALUE")
-    p.add_argument("--no-wait", dest="no_wait", action="store_true")
-    p.add_argument("--timeout", type=float, default=3600.0)
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between state reads")
-    p.set_defaults(func=create)
-    p = ins.add_parser("list")
-    p.set_defaults(func=list_)
-    p = ins.add_parser("show")
-    p.add_argument("uuid")
-    p.set_defaults(func=show)
-    p = ins.add_parser("delete", help="tear down; follows until the node is given back")
-    p.add_argument("uuid")
-    p.add_argument("--no-wait", dest="no_wait", action="store_true")
-    p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--poll", type=float, default=1.0)
-    p.set_defaults(func=delete)
+@group.command("delete")
+@click.argument("uuids", nargs=-1, required=True, metavar="UUID...")
+@click.option("--no-wait", is_flag=True, help="return once the teardown started")
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option("--poll", type=float, default=1.0, show_default=True)
+@pass_app
+def delete(app: CliApp, uuids: tuple[str, ...], no_wait: bool, timeout: float, poll: float) -> None:
+    """Tear instances down; follows until their nodes are given back."""
+    for uuid in uuids:
+        app.client.delete(f"/v1/instances/{q(uuid)}")
+    if not no_wait:
+        follow(app, list(uuids), timeout, poll, {"deleted"})
+    for uuid in uuids:
+        click.echo(f"instance {uuid} {'deleting' if no_wait else 'deleted'}")

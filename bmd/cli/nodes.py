@@ -1,50 +1,125 @@
-"""``bmd node ...`` and ``bmd pxe-ip ...``: inventory verbs over the HTTP API."""
+"""``bmd node ...``: enroll, list, show, change and delete nodes; import an inventory; inspect."""
 
 from __future__ import annotations
 
-import argparse
 import getpass
-import json
 import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import click
+
+from bmd.cli.base import (
+    CliApp,
+    F,
+    Output,
+    list_output,
+    node_argument,
+    pairs,
+    parse_value,
+    pass_app,
+    read_json_file,
+    show_output,
+    walk,
+)
 from bmd.cli.client import q
-from bmd.errors import InvalidInput
+from bmd.errors import BmdError, InvalidInput
+
+COLUMNS = ("id", "name", "power_state", "provision_state", "maintenance", "instance_uuid")
+LONG = (
+    *COLUMNS,
+    "uuid",
+    "task_state",
+    "pm_driver",
+    "pm_address",
+    "cpus",
+    "memory_mb",
+    "local_gb",
+    "boot_mode",
+    "service_host",
+    "maintenance_reason",
+    "extra_specs",
+    "last_error",
+)
+STEP_COLUMNS = ("step", "started_at", "seconds", "ok", "detail")
 
 
-def parse_value(raw: str) -> Any:
-    """A capability value: JSON when it parses as JSON (numbers, lists, objects), else the string."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
+class InspectionError(BmdError):
+    """An inspection that ended badly (or did not end in time): exit 1 with its line."""
 
 
-def _password(args: argparse.Namespace) -> str | None:
-    if args.pm_password_file:
-        return Path(args.pm_password_file).read_text().strip()
-    if args.pm_password == "-":
+@click.group("node")
+def group() -> None:
+    """Nodes: the machines bmd manages (their BMC, resources, capabilities, interfaces)."""
+
+
+def node_fields(create: bool) -> Callable[[F], F]:
+    """The options of ``node create`` and ``node set``: one per field of the API's node body."""
+    opts = [
+        click.option("--name"),
+        click.option("--service-host"),
+        click.option("--cpus", type=int, required=create),
+        click.option("--memory-mb", type=int, required=create),
+        click.option("--local-gb", type=int, required=create),
+        click.option("--pm-driver", help="power driver: ipmi, redfish, fake, ..."),
+        click.option("--pm-address", help="the BMC's address"),
+        click.option("--pm-user"),
+        click.option("--pm-password", help="'-' reads it from stdin ($BMD_PM_PASSWORD)"),
+        click.option("--pm-password-file", type=click.Path(dir_okay=False)),
+        click.option("--prov-mac", "prov_mac_address"),
+        click.option("--prov-vlan-id", type=int),
+        click.option("--terminal-port", type=int),
+        click.option("--capability", multiple=True, metavar="KEY=VALUE", help="per-node capability (repeat)"),
+        click.option("--boot-mode", type=click.Choice(("bios", "uefi")), help="how the node's firmware boots"),
+        click.option(
+            "--root-device",
+            multiple=True,
+            metavar="HINT=VALUE",
+            help="root-disk hint: size (GiB), model, vendor, serial, wwn, name (repeat for several)",
+        ),
+    ]
+    if create:
+        opts.append(click.option("--mac", multiple=True, help="an interface MAC (repeat for several)"))
+
+    def decorate(f: F) -> F:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+FIELDS = (
+    "name",
+    "service_host",
+    "cpus",
+    "memory_mb",
+    "local_gb",
+    "pm_driver",
+    "pm_address",
+    "pm_user",
+    "prov_mac_address",
+    "prov_vlan_id",
+    "terminal_port",
+    "boot_mode",
+)
+
+
+def _password(kw: dict[str, Any]) -> str | None:
+    if kw.get("pm_password_file"):
+        with open(kw["pm_password_file"], encoding="utf-8") as f:
+            return f.read().strip()
+    if kw.get("pm_password") == "-":
         return getpass.getpass("BMC password: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
-    return args.pm_password or os.environ.get("BMD_PM_PASSWORD") or None
+    return kw.get("pm_password") or os.environ.get("BMD_PM_PASSWORD") or None
 
 
-def _capabilities(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"--capability {pair!r}: expected KEY=VALUE", field="--capability")
-        out[key] = parse_value(value)
-    return out
-
-
-def _root_device(pairs: list[str]) -> dict[str, Any]:
+def _root_device(hints: tuple[str, ...]) -> dict[str, Any]:
     """``--root-device size=100 --root-device model=X``: Ironic's hints (``size`` in GiB is a number)."""
     out: dict[str, Any] = {}
-    for pair in pairs:
+    for pair in hints:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
             raise InvalidInput(f"--root-device {pair!r}: expected HINT=VALUE", field="--root-device")
@@ -57,383 +132,232 @@ def _root_device(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def node_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    for field in (
-        "name",
-        "service_host",
-        "cpus",
-        "memory_mb",
-        "local_gb",
-        "pm_driver",
-        "pm_address",
-        "pm_user",
-        "prov_mac_address",
-        "prov_vlan_id",
-        "terminal_port",
-        "boot_mode",
-    ):
-        value = getattr(args, field, None)
-        if value is not None:
-            body[field] = value
-    password = _password(args)
+def node_body(kw: dict[str, Any], *, create: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {f: kw[f] for f in FIELDS if kw.get(f) is not None}
+    password = _password(kw)
     if password:
         body["pm_password"] = password
-    if args.capability:
-        body["extra_specs"] = _capabilities(args.capability)
-    if args.root_device:
-        body["root_device"] = _root_device(args.root_device)
+    if kw.get("capability"):
+        body["extra_specs"] = pairs(kw["capability"], "--capability", typed=True)
+    if kw.get("root_device"):
+        body["root_device"] = _root_device(kw["root_device"])
     if create:
-        body["interfaces"] = [{"address": mac} for mac in args.mac or []]
+        body["interfaces"] = [{"address": mac} for mac in kw.get("mac") or ()]
     return body
 
 
-def create(app: Any) -> None:
-    app.print(app.client.post("/v1/nodes", node_body(app.args, create=True)))
+@group.command("create")
+@node_fields(create=True)
+@show_output
+@pass_app
+def create(app: CliApp, out: Output, **kw: Any) -> None:
+    """Enroll a node."""
+    out.one(app.client.post("/v1/nodes", node_body(kw, create=True)))
 
 
-def update(app: Any) -> None:
-    body = node_body(app.args, create=False)
+def _set(app: CliApp, out: Output, node: str, kw: dict[str, Any]) -> None:
+    body = node_body(kw, create=False)
     if not body:
-        raise InvalidInput("node update: give at least one field to change", field="arguments")
-    app.print(app.client.patch(f"/v1/nodes/{q(app.args.node)}", body))
+        raise InvalidInput("give at least one field to change (see --help)", field="arguments")
+    out.one(app.client.patch(f"/v1/nodes/{q(node)}", body))
 
 
-def list_(app: Any) -> None:
-    nodes = app.client.get_all("/v1/nodes", "nodes")
-    if app.args.json:
-        app.print(nodes)
+@group.command("set")
+@node_argument()
+@node_fields(create=False)
+@show_output
+@pass_app
+def set_(app: CliApp, out: Output, node: str, **kw: Any) -> None:
+    """Change a node's fields (NODE: id, uuid or name)."""
+    _set(app, out, node, kw)
+
+
+@group.command("update")
+@node_argument()
+@node_fields(create=False)
+@show_output
+@pass_app
+def update(app: CliApp, out: Output, node: str, **kw: Any) -> None:
+    """Change a node's fields (the same as node set)."""
+    _set(app, out, node, kw)
+
+
+def matches(node: dict[str, Any], capabilities: dict[str, Any], power_state: str | None) -> bool:
+    """The filters the API does not apply itself: capabilities (each KEY=VALUE must match) and power."""
+    if power_state is not None and node.get("power_state") != power_state:
+        return False
+    specs = node.get("extra_specs") or {}
+    return all(k in specs and (specs[k] == v or str(specs[k]) == str(v)) for k, v in capabilities.items())
+
+
+@group.command("list")
+@click.option("--provision-state", help="only nodes in this provision state (e.g. available, active)")
+@click.option("--power-state", help='only nodes in this power state ("power on", "power off", ...)')
+@click.option("--maintenance/--no-maintenance", default=None, help="only nodes in (or out of) maintenance")
+@click.option("--associated/--unassociated", default=None, help="only nodes that hold (or do not hold) an instance")
+@click.option("--service-host", help="only nodes of this service host")
+@click.option("--capability", multiple=True, metavar="KEY=VALUE", help="only nodes with this capability (repeat)")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="every field as JSON (older spelling)")
+@list_output(COLUMNS, LONG)
+@pass_app
+def list_(app: CliApp, out: Output, **kw: Any) -> None:
+    """List nodes, every page of them (filters as the API's; --capability and --power-state here)."""
+    if kw["as_json"]:
+        out.fmt, out.default, out.long_columns = "json", (), ()
+    params = {k: kw[k] for k in ("provision_state", "maintenance", "associated", "service_host")}
+    caps = pairs(kw["capability"], "--capability", typed=True)
+    nodes = walk(app.client, "/v1/nodes", "nodes", params)
+    out.rows(n for n in nodes if matches(n, caps, kw["power_state"]))
+
+
+@group.command("show")
+@node_argument()
+@click.option("--steps", is_flag=True, help="the last deploy's steps, one row each")
+@show_output
+@pass_app
+def show(app: CliApp, out: Output, node: str, steps: bool) -> None:
+    """Show one node (NODE: id, uuid or name)."""
+    shown = app.client.get(f"/v1/nodes/{q(node)}")
+    if steps:
+        Output(out.fmt, out.columns, default=STEP_COLUMNS).rows(step_rows(shown.get("deploy_steps") or []))
         return
-    cols = ("id", "name", "power_state", "provision_state", "maintenance", "instance_uuid", "pm_address")
-    rows = [[str(n.get(c) if n.get(c) is not None else "-") for c in cols] for n in nodes]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    out.one(shown)
 
 
-def show(app: Any) -> None:
-    node = app.client.get(f"/v1/nodes/{q(app.args.node)}")
-    if getattr(app.args, "steps", False):
-        print(steps_table(node.get("deploy_steps") or []), end="")
-        return
-    app.print(node)
-
-
-def steps_table(steps: list[Any]) -> str:
-    """The last deploy's steps for a human: one line each, with its start, duration and outcome."""
-    if not steps:
-        return "no deploy steps recorded\n"
-    cols = ("step", "started_at", "seconds", "ok", "detail")
+def step_rows(steps: list[Any]) -> list[dict[str, Any]]:
+    """The last deploy's steps for a human: the step, its start, duration and outcome."""
     rows = []
     for s in steps:
         if not isinstance(s, dict):
             continue
-        seconds = s.get("seconds")
-        ok = s.get("ok")
+        seconds, ok = s.get("seconds"), s.get("ok")
         rows.append(
-            [
-                str(s.get("step", "?")),
-                str(s.get("started_at", "")),
-                "-" if seconds is None else f"{float(seconds):.3f}",
-                "running" if ok is None else "ok" if ok else "FAILED",
-                " ".join(str(s.get("detail") or "").split())[:120],
-            ]
+            {
+                "step": str(s.get("step", "?")),
+                "started_at": s.get("started_at"),
+                "seconds": None if seconds is None else round(float(seconds), 3),
+                "ok": "running" if ok is None else "ok" if ok else "FAILED",
+                "detail": " ".join(str(s.get("detail") or "").split())[:120],
+            }
         )
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
+    return rows
 
 
-def history_table(events: list[Any]) -> str:
-    """A node's history for a human, newest first: when, what, the state it left and reached, who, why."""
-    if not events:
-        return "no events recorded\n"
-    cols = ("at", "kind", "event", "change", "actor", "message")
-    rows = []
-    for e in events:
-        change = f"{e.get('from_state') or '-'} -> {e.get('to_state') or '-'}" if e.get("to_state") else ""
-        rows.append(
-            [
-                str(e.get("at", ""))[:23],
-                str(e.get("kind", "")),
-                str(e.get("event") or ""),
-                change,
-                str(e.get("actor") or ""),
-                " ".join(str(e.get("message") or "").split())[:120],
-            ]
-        )
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
+@group.command("delete")
+@click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
+@pass_app
+def delete(app: CliApp, nodes: tuple[str, ...]) -> None:
+    """Delete nodes (each must hold no instance and be available, error or inspect failed)."""
+    for node in nodes:
+        app.client.delete(f"/v1/nodes/{q(node)}")
+        click.echo(f"node {node} deleted")
 
 
-def history(app: Any) -> None:
-    """The node's newest ``--limit`` events (pages followed), or all of them with ``--all``."""
-    a = app.args
-    path, marker = f"/v1/nodes/{q(a.node)}/events", None
-    events: list[Any] = []
-    while a.all or len(events) < a.limit:
-        size = 1000 if a.all else min(1000, a.limit - len(events))
-        page = app.client.get(f"{path}?limit={size}" + ("" if marker is None else f"&marker={q(str(marker))}"))
-        events.extend(page["events"])
-        marker = page.get("next")
-        if marker is None:
-            break
-    if a.json:
-        app.print(events)
-    else:
-        sys.stdout.write(history_table(events))
-
-
-def console_log(app: Any) -> None:
-    a = app.args
-    path = f"/v1/nodes/{q(a.node)}/console-log" + ("" if a.tail is None else f"?tail={a.tail}")
-    data = app.client.get_bytes(path)
-    out = sys.stdout.buffer
-    out.write(data)
-    out.flush()
-
-
-def _console(app: Any) -> int:
-    from bmd.cli import console
-
-    return console.run(app)
-
-
-def delete(app: Any) -> None:
-    app.client.delete(f"/v1/nodes/{q(app.args.node)}")
-    print(f"node {app.args.node} deleted")
-
-
-def import_(app: Any) -> None:
-    path = Path(app.args.file)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InvalidInput(f"inventory {path}: {err}", field="file") from err
+@group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_app
+def import_(app: CliApp, file: str) -> None:
+    """Enroll every node of an inventory JSON file (all or nothing)."""
+    data = read_json_file(file, "inventory", "file")
     if isinstance(data, list):
         data = {"nodes": data}
     result = app.client.post("/v1/nodes/import", data)
-    print(f"imported {result['created']} nodes from {path}")
+    click.echo(f"imported {result['created']} nodes from {file}")
 
 
-def inspect(app: Any) -> int:
-    """Inspect a node: boot it into the ramdisk in inspect mode and follow it until it settles (exit 1
-    when the inspection failed), or with ``--report`` apply a report the collector printed elsewhere."""
-    a = app.args
-    if a.report:
-        path = Path(a.report)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise InvalidInput(f"inspection report {path}: {err}", field="report") from err
-        app.print(app.client.post(f"/v1/nodes/{q(a.node)}/inspection", data))
+@group.command("inspect")
+@node_argument()
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="apply this JSON report (what bmd/agent/inspect.sh printed) instead of booting",
+)
+@click.option("--no-wait", is_flag=True, help="return once the inspection started")
+@click.option("--timeout", type=float, default=1800.0, show_default=True, help="seconds to follow the inspection")
+@show_output
+@pass_app
+def inspect(app: CliApp, out: Output, node: str, report: str | None, no_wait: bool, timeout: float) -> int:
+    """Inspect a node: boot it into the ramdisk, which reports its hardware (docs/inspection.md).
+
+    Follows it until it settles (exit 1 when the inspection failed); with --report, applies a report
+    the collector printed elsewhere."""
+    if report:
+        data = read_json_file(report, "inspection report", "report")
+        out.one(app.client.post(f"/v1/nodes/{q(node)}/inspection", data))
         return 0
-    app.client.post(f"/v1/nodes/{q(a.node)}/inspect", None)
-    if a.no_wait:
-        print(f"node {a.node}: inspecting", flush=True)
+    app.client.post(f"/v1/nodes/{q(node)}/inspect", None)
+    if no_wait:
+        click.echo(f"node {node}: inspecting", err=True)
         return 0
-    last, deadline = "", time.monotonic() + a.timeout
+    last, deadline = "", time.monotonic() + timeout
     while True:
-        node = app.client.get(f"/v1/nodes/{q(a.node)}")
-        line = f"node {node['name'] or node['id']}: {node['provision_state']} {node.get('task_state') or ''}".rstrip()
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if node["provision_state"] != "inspecting":
+        shown = app.client.get(f"/v1/nodes/{q(node)}")
+        line = f"node {shown['name'] or shown['id']}: {shown['provision_state']} {shown.get('task_state') or ''}"
+        if line.rstrip() != last:
+            last = line.rstrip()
+            click.echo(last, err=True)
+        if shown["provision_state"] != "inspecting":
             break
         if time.monotonic() > deadline:
-            print(f"still inspecting after {a.timeout:g} s", file=sys.stderr)
-            return 1
+            raise InspectionError(f"node {node} is still inspecting after {timeout:g} s")
         time.sleep(1.0)
-    if node["provision_state"] == "inspect failed":
-        print(f"inspection failed: {node.get('last_error')}", file=sys.stderr)
-        return 1
+    if shown["provision_state"] == "inspect failed":
+        raise InspectionError(f"inspection of node {node} failed: {shown.get('last_error')}")
     fields = ("cpus", "memory_mb", "local_gb", "boot_mode", "maintenance", "maintenance_reason", "extra_specs")
-    app.print({k: node.get(k) for k in fields} | {"interfaces": node.get("interfaces")})
+    out.one({k: shown.get(k) for k in fields} | {"interfaces": shown.get("interfaces")})
     return 0
 
 
-def inspection(app: Any) -> None:
-    app.print(app.client.get(f"/v1/nodes/{q(app.args.node)}/inspection"))
+@group.command("inspection")
+@node_argument()
+@show_output
+@pass_app
+def inspection(app: CliApp, out: Output, node: str) -> None:
+    """The node's last inspection report."""
+    out.one(app.client.get(f"/v1/nodes/{q(node)}/inspection"))
 
 
-def set_capability(app: Any) -> None:
-    a = app.args
-    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/capabilities/{q(a.key)}", {"value": parse_value(a.value)}))
+@group.command("set-capability")
+@node_argument()
+@click.argument("key")
+@click.argument("value")
+@show_output
+@pass_app
+def set_capability(app: CliApp, out: Output, node: str, key: str, value: str) -> None:
+    """Set a per-node capability (VALUE is JSON when it parses as JSON)."""
+    out.one(app.client.put(f"/v1/nodes/{q(node)}/capabilities/{q(key)}", {"value": parse_value(value)}))
 
 
-def unset_capability(app: Any) -> None:
-    a = app.args
-    app.print(app.client.delete(f"/v1/nodes/{q(a.node)}/capabilities/{q(a.key)}"))
+@group.command("unset-capability")
+@node_argument()
+@click.argument("key")
+@show_output
+@pass_app
+def unset_capability(app: CliApp, out: Output, node: str, key: str) -> None:
+    """Remove a per-node capability."""
+    out.one(app.client.delete(f"/v1/nodes/{q(node)}/capabilities/{q(key)}"))
 
 
-def pxe_add(app: Any) -> None:
-    app.print(app.client.post("/v1/pxe_ips", {"address": app.args.address, "server_address": app.args.server}))
+@group.command("console-log")
+@node_argument()
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="only the last N bytes")
+@pass_app
+def console_log(app: CliApp, node: str, tail: int | None) -> None:
+    """What the node printed during its deploys (raw bytes; token needed)."""
+    data = app.client.get_bytes(f"/v1/nodes/{q(node)}/console-log" + ("" if tail is None else f"?tail={tail}"))
+    stdout = sys.stdout.buffer
+    stdout.write(data)
+    stdout.flush()
 
 
-def pxe_list(app: Any) -> None:
-    app.print(app.client.get_all("/v1/pxe_ips", "pxe_ips"))
+@group.command("console")
+@node_argument()
+@click.option("--take-over", is_flag=True, help="become the writer even if another client types")
+@pass_app
+def console(app: CliApp, node: str, take_over: bool) -> int:
+    """Attach the terminal to the node's serial console (~. detaches; token needed)."""
+    import asyncio
 
+    from bmd.cli.console import attach
 
-def pxe_delete(app: Any) -> None:
-    app.client.delete(f"/v1/pxe_ips/{q(app.args.id)}")
-    print(f"pxe_ip {app.args.id} deleted")
-
-
-def _positive(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {raw!r}")
-    return int(raw)
-
-
-def _byte_count(raw: str) -> int:
-    if not raw.isdigit():
-        raise argparse.ArgumentTypeError(f"--tail: expected a number of bytes, got {raw!r}")
-    return int(raw)
-
-
-def _node_fields(p: argparse.ArgumentParser, create: bool) -> None:
-    p.add_argument("--name")
-    p.add_argument("--service-host", dest="service_host")
-    p.add_argument("--cpus", type=int, required=create)
-    p.add_argument("--memory-mb", dest="memory_mb", type=int, required=create)
-    p.add_argument("--local-gb", dest="local_gb", type=int, required=create)
-    p.add_argument("--pm-driver", dest="pm_driver")
-    p.add_argument("--pm-address", dest="pm_address")
-    p.add_argument("--pm-user", dest="pm_user")
-    p.add_argument("--pm-password", dest="pm_password", help="'-' reads it from stdin ($BMD_PM_PASSWORD)")
-    p.add_argument("--pm-password-file", dest="pm_password_file")
-    p.add_argument("--prov-mac", dest="prov_mac_address")
-    p.add_argument("--prov-vlan-id", dest="prov_vlan_id", type=int)
-    p.add_argument("--terminal-port", dest="terminal_port", type=int)
-    p.add_argument("--capability", action="append", metavar="KEY=VALUE", help="per-node capability")
-    p.add_argument("--boot-mode", dest="boot_mode", choices=("bios", "uefi"), help="how the node's firmware boots")
-    p.add_argument(
-        "--root-device",
-        dest="root_device",
-        action="append",
-        metavar="HINT=VALUE",
-        help="root-disk hint: size (GiB), model, vendor, serial, wwn, name (repeat for several)",
-    )
-    if create:
-        p.add_argument("--mac", action="append", help="an interface MAC (repeat for several)")
-
-
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    node = sub.add_parser("node", help="manage nodes")
-    ns = node.add_subparsers(dest="node_command", required=True)
-    p = ns.add_parser("create", help="enroll a node")
-    _node_fields(p, create=True)
-    p.set_defaults(func=create)
-    p = ns.add_parser("update", help="change a node's fields")
-    p.add_argument("node")
-    _node_fields(p, create=False)
-    p.set_defaults(func=update)
-    p = ns.add_parser("list", help="list nodes")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=list_)
-    for verb, func, text in (("show", show, "show one node"), ("delete", delete, "delete a node")):
-        p = ns.add_parser(verb, help=text)
-        p.add_argument("node", help="id, uuid or name")
-        p.set_defaults(func=func)
-        if verb == "show":
-            p.add_argument("--steps", action="store_true", help="the last deploy's steps as a table, not JSON")
-    p = ns.add_parser("history", help="what happened to the node, newest first (state changes, maintenance, ...)")
-    p.add_argument("node", help="id, uuid or name")
-    p.add_argument("--limit", type=_positive, default=50, metavar="N", help="the newest N events (default 50)")
-    p.add_argument("--all", action="store_true", help="every event kept (the newest 200)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=history)
-    p = ns.add_parser("console-log", help="what the node printed during its deploys (raw bytes; token needed)")
-    p.add_argument("node", help="id, uuid or name")
-    p.add_argument("--tail", type=_byte_count, metavar="N", help="only the last N bytes")
-    p.set_defaults(func=console_log)
-    p = ns.add_parser("console", help="attach the terminal to the node's serial console (~. detaches; token needed)")
-    p.add_argument("node", help="id, uuid or name")
-    p.add_argument("--take-over", action="store_true", help="become the writer even if another client types")
-    p.set_defaults(func=_console)
-    p = ns.add_parser("import", help="enroll every node of an inventory JSON file (all or nothing)")
-    p.add_argument("file")
-    p.set_defaults(func=import_)
-    p = ns.add_parser(
-        "inspect", help="inspect a node: boot it into the ramdisk, which reports its hardware (docs/inspection.md)"
-    )
-    p.add_argument("node", help="id, uuid or name")
-    p.add_argument("--report", help="apply this JSON report (what bmd/agent/inspect.sh printed) instead of booting")
-    p.add_argument("--no-wait", dest="no_wait", action="store_true", help="return once the inspection started")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to follow the inspection (1800)")
-    p.set_defaults(func=inspect)
-    p = ns.add_parser("inspection", help="the node's last inspection report")
-    p.add_argument("node", help="id, uuid or name")
-    p.set_defaults(func=inspection)
-    p = ns.add_parser("set-capability", help="set a per-node capability")
-    p.add_argument("node")
-    p.add_argument("key")
-    p.add_argument("value")
-    p.set_defaults(func=set_capability)
-    p = ns.add_parser("unset-capability", help="remove a per-node capability")
-    p.add_argument("node")
-    p.add_argument("key")
-    p.set_defaults(func=unset_capability)
-    register_power(ns)
-
-    pxe = sub.add_parser("pxe-ip", help="manage the PXE address pool")
-    ps = pxe.add_subparsers(dest="pxe_command", required=True)
-    p = ps.add_parser("add")
-    p.add_argument("address")
-    p.add_argument("--server", required=True, help="the PXE server address paired with it")
-    p.set_defaults(func=pxe_add)
-    p = ps.add_parser("list")
-    p.set_defaults(func=pxe_list)
-    p = ps.add_parser("delete")
-    p.add_argument("id")
-    p.set_defaults(func=pxe_delete)
-
-
-def power(app: Any) -> None:
-    a = app.args
-    if a.action == "status":
-        app.print(app.client.get(f"/v1/nodes/{q(a.node)}/states"))
-        return
-    target = {"on": "power on", "off": "power off", "reboot": "reboot"}[a.action]
-    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/states/power", {"target": target}))
-
-
-def boot_device(app: Any) -> None:
-    a = app.args
-    body = {"boot_device": a.device, "persistent": a.persistent}
-    app.print(app.client.put(f"/v1/nodes/{q(a.node)}/management/boot_device", body))
-
-
-def maintenance(app: Any) -> None:
-    a = app.args
-    path = f"/v1/nodes/{q(a.node)}/maintenance"
-    app.print(app.client.put(path, {"reason": a.reason}) if a.action == "set" else app.client.delete(path))
-
-
-def clean(app: Any) -> None:
-    app.print(app.client.post(f"/v1/nodes/{q(app.args.node)}/clean", None))
-
-
-def register_power(ns: Any) -> None:
-    p = ns.add_parser("power", help="power on|off|reboot|status of a node")
-    p.add_argument("action", choices=("on", "off", "reboot", "status"))
-    p.add_argument("node")
-    p.set_defaults(func=power)
-    p = ns.add_parser("boot-device", help="set the boot device")
-    p.add_argument("node")
-    p.add_argument("device", choices=("pxe", "disk", "bios"))
-    p.add_argument("--persistent", action="store_true", help="every boot, not only the next one")
-    p.set_defaults(func=boot_device)
-    p = ns.add_parser("maintenance", help="operator maintenance")
-    p.add_argument("action", choices=("set", "unset"))
-    p.add_argument("node")
-    p.add_argument("--reason")
-    p.set_defaults(func=maintenance)
-    p = ns.add_parser("clean", help="clean a node in 'clean failed' again (it leaves maintenance)")
-    p.add_argument("node")
-    p.set_defaults(func=clean)
+    return asyncio.run(attach(app.client.url, app.client.token, node, take_over))

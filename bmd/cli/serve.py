@@ -1,54 +1,53 @@
-"""``bmd serve``: run the daemon (exit 2 on bad config, 1 when the database or the port is not usable)."""
+"""``bmd serve``: run the daemon (exit 2 on bad config, 1 when the database or the port is not usable);
+``bmd config``: validate the configuration and print the effective settings."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
-from typing import Any
 
+import click
+
+from bmd.cli.base import CliApp, pass_app
 from bmd.errors import BmdError, ConfigError
 
 
-def serve(app: Any) -> int:
+@click.command("serve")
+@click.option("--lab", type=int, default=0, metavar="N", help="also serve N simulated BMCs and enroll them")
+@click.option(
+    "--machines",
+    type=click.Choice(("sim", "qemu", "none")),
+    default="sim",
+    show_default=True,
+    help="with --lab: the machines behind the BMCs (sim: simulated deploy agent; qemu: a VM each)",
+)
+@click.option("--boot-mode", type=click.Choice(("bios", "uefi", "mixed")), default="bios", show_default=True)
+@click.option("--memory", type=int, default=256, metavar="MB", help="with --machines qemu: guest memory")
+@pass_app
+def serve(app: CliApp, lab: int, machines: str, boot_mode: str, memory: int) -> int:
+    """Run the daemon."""
     from bmd.logs import configure_logging
     from bmd.service import main
 
     settings = app.settings  # ConfigError → exit 2 before anything starts
     configure_logging(settings.logging.format, settings.logging.level)
     try:
-        a = app.args
-        asyncio.run(main(settings, lab_count=a.lab, machines=a.machines, boot_mode=a.boot_mode, memory_mb=a.memory))
-    except ConfigError as err:  # e.g. an unknown filter or driver name, found while building the service
-        print(f"bmd: error: {err}", file=sys.stderr)
-        return 2
-    except BmdError as err:
-        print(f"bmd: error: {err}", file=sys.stderr)
-        return 1
+        asyncio.run(main(settings, lab_count=lab, machines=machines, boot_mode=boot_mode, memory_mb=memory))
+    except ConfigError:  # e.g. an unknown filter or driver name, found while building the service: exit 2
+        raise
     except OSError as err:
-        print(f"bmd: error: cannot listen on {settings.api.host}:{settings.api.port}: {err}", file=sys.stderr)
-        return 1
+        raise ServeError(f"cannot listen on {settings.api.host}:{settings.api.port}: {err}") from err
     return 0
 
 
-def check_config(app: Any) -> int:
+class ServeError(BmdError):
+    """The daemon could not start (exit 1)."""
+
+
+@click.command("config")
+@pass_app
+def check_config(app: CliApp) -> int:
+    """Validate the configuration and print the effective settings (secrets redacted)."""
     from bmd.logs import redact
 
     app.print(redact(app.settings.model_dump()))
     return 0
-
-
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("serve", help="run the daemon")
-    p.add_argument("--lab", type=int, default=0, metavar="N", help="also serve N simulated BMCs and enroll them")
-    p.add_argument(
-        "--machines",
-        choices=("sim", "qemu", "none"),
-        default="sim",
-        help="with --lab: the machines behind the BMCs (sim: simulated deploy agent; qemu: a VM each)",
-    )
-    p.add_argument("--boot-mode", dest="boot_mode", choices=("bios", "uefi", "mixed"), default="bios")
-    p.add_argument("--memory", type=int, default=256, metavar="MB", help="with --machines qemu: guest memory")
-    p.set_defaults(func=serve)
-    p = sub.add_parser("config", help="validate the configuration and print the effective settings")
-    p.set_defaults(func=check_config)

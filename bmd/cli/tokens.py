@@ -8,20 +8,24 @@ shell on the service's host). The clear text is printed once, on stdout, and kep
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 
+import click
+
+from bmd.cli.base import CliApp, F, Output, list_output, pass_app, show_output
 from bmd.cli.client import q
 from bmd.errors import BmdError, DatabaseError
 
+ROLES = ("reader", "operator", "service", "admin")
+COLUMNS = ("id", "name", "role", "created_at", "revoked_at", "last_used_at")
 
-async def _on_database(app: Any, action: str) -> Any:
+
+async def _on_database(app: CliApp, action: str, name: str = "", role: str = "", revoked: bool = False) -> Any:
     from bmd.db import tokens
     from bmd.db.engine import make_engine, make_sessionmaker
     from bmd.db.migrate import check_schema
 
-    a = app.args
     engine = make_engine(app.settings.database)
     try:
         try:
@@ -29,11 +33,11 @@ async def _on_database(app: Any, action: str) -> Any:
             sessions = make_sessionmaker(engine)
             async with sessions.begin() as session:
                 if action == "create":
-                    row, clear = await tokens.create_token(session, a.name, a.role)
+                    row, clear = await tokens.create_token(session, name, role)
                     return {**tokens.token_view(row), "token": clear}
                 if action == "revoke":
-                    return tokens.token_view(await tokens.revoke_token(session, a.name))
-                return [tokens.token_view(row) for row in await tokens.list_tokens(session, include_revoked=a.all)]
+                    return tokens.token_view(await tokens.revoke_token(session, name))
+                return [tokens.token_view(row) for row in await tokens.list_tokens(session, include_revoked=revoked)]
         except BmdError:
             raise
         except Exception as err:
@@ -42,34 +46,50 @@ async def _on_database(app: Any, action: str) -> Any:
         await engine.dispose()
 
 
-def _through_api(app: Any, action: str) -> Any:
-    a = app.args
-    if action == "create":
-        return app.client.post("/v1/tokens", {"name": a.name, "role": a.role})
-    if action == "revoke":
-        return app.client.delete(f"/v1/tokens/{q(a.name)}")
-    return app.client.get("/v1/tokens" + ("?revoked=true" if a.all else ""))["tokens"]
+def _api_option(f: F) -> F:
+    decorated: F = click.option("--api", is_flag=True, help="through the API (an admin token) instead of the database")(
+        f
+    )
+    return decorated
 
 
-def run(app: Any) -> int:
-    action = app.args.token_command
-    result = _through_api(app, action) if app.args.api else asyncio.run(_on_database(app, action))
-    app.print(result)
-    return 0
+@click.group("token")
+def group() -> None:
+    """Named API tokens with a role (reader, operator, service, admin)."""
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    token = sub.add_parser("token", help="named API tokens with a role (reader, operator, service, admin)")
-    ts = token.add_subparsers(dest="token_command", required=True)
-    p = ts.add_parser("create", help="create a token and print it (once: only its hash is kept)")
-    p.add_argument("name", help="who or what holds it, e.g. alice or ci-deployer")
-    p.add_argument("--role", required=True, choices=("reader", "operator", "service", "admin"))
-    p = ts.add_parser("list", help="tokens (never their clear text), newest last")
-    p.add_argument("--all", action="store_true", help="include revoked tokens")
-    p = ts.add_parser("revoke", help="revoke a token by name (at once, for every service on this database)")
-    p.add_argument("name")
-    for parser in ts.choices.values():
-        parser.add_argument(
-            "--api", action="store_true", help="through the API (an admin token) instead of the database"
-        )
-        parser.set_defaults(func=run)
+@group.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@_api_option
+@show_output
+@pass_app
+def create(app: CliApp, out: Output, name: str, role: str, api: bool) -> None:
+    """Create a token and print it (once: only its hash is kept). NAME: who or what holds it."""
+    if api:
+        out.one(app.client.post("/v1/tokens", {"name": name, "role": role}))
+    else:
+        out.one(asyncio.run(_on_database(app, "create", name=name, role=role)))
+
+
+@group.command("list")
+@click.option("--all", "revoked", is_flag=True, help="include revoked tokens")
+@_api_option
+@list_output(COLUMNS)
+@pass_app
+def list_(app: CliApp, out: Output, revoked: bool, api: bool) -> None:
+    """Tokens (never their clear text), newest last."""
+    if api:
+        out.rows(app.client.get("/v1/tokens" + ("?revoked=true" if revoked else ""))["tokens"])
+    else:
+        out.rows(asyncio.run(_on_database(app, "list", revoked=revoked)))
+
+
+@group.command("revoke")
+@click.argument("name")
+@_api_option
+@show_output
+@pass_app
+def revoke(app: CliApp, out: Output, name: str, api: bool) -> None:
+    """Revoke a token by name (at once, for every service on this database)."""
+    out.one(app.client.delete(f"/v1/tokens/{q(name)}") if api else asyncio.run(_on_database(app, "revoke", name=name)))

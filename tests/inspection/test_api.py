@@ -166,11 +166,13 @@ async def test_the_cli_applies_a_report_file(client, ctx: AppContext, report, tm
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
     code, out, err = await run_cli(
-        client, ctx.api_token, "node", "inspect", str(node["id"]), "--report", str(path), capsys=capsys
+        client, ctx.api_token, "node", "inspect", str(node["id"]), "--report", str(path), "-f", "json", capsys=capsys
     )
     assert code == 0, err
     assert json.loads(out)["cpus"] == 4
-    code, out, err = await run_cli(client, ctx.api_token, "node", "inspection", str(node["id"]), capsys=capsys)
+    code, out, err = await run_cli(
+        client, ctx.api_token, "node", "inspection", str(node["id"]), "-f", "json", capsys=capsys
+    )
     assert code == 0 and json.loads(out)["report"]["cpu"]["count"] == 4
     path.write_text("{not json")
     code, _, err = await run_cli(

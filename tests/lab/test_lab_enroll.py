@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from bmd.cli import build_parser
 from bmd.errors import Conflict
 from bmd.lab.enroll import enroll_inventory
 from tests.conftest import node_body
@@ -45,5 +44,12 @@ async def test_enroll_refuses_to_move_existing_nodes_unless_replace(client, ctx)
 
 
 def test_lab_has_replace() -> None:
-    assert build_parser().parse_args(["lab", "--enroll", "--replace"]).replace is True
-    assert build_parser().parse_args(["lab", "--enroll"]).replace is False
+    from bmd.cli import cli
+
+    def parsed(*argv: str) -> dict[str, object]:
+        lab = cli.get_command(cli.make_context("bmd", ["lab"]), "lab")
+        assert lab is not None
+        return lab.make_context("lab", list(argv)).params
+
+    assert parsed("--enroll", "--replace")["replace"] is True
+    assert parsed("--enroll")["replace"] is False
