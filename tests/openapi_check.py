@@ -10,7 +10,8 @@ For each answer: its route (the most literal path template that matches and has 
 resolves paths), its status (exact, then ``4XX``/``5XX``), its media type (declared for that status) and, for
 JSON, its body (JSON Schema Draft 2020-12, what OpenAPI 3.1 uses, with the document's components). A route
 or status the document does not declare is a failure: the spec cannot fall behind the code unnoticed. A path
-no route matches may answer 404 and a method no route has 405, both with the Error schema.
+or method no route has may answer any 4xx (404, 405, or the 401 of a missing token), with the Error schema;
+any other answer to it is a failure.
 
 A test that must make answers the document does not describe (none does yet) can opt out with
 ``@pytest.mark.no_openapi_check``.
@@ -64,20 +65,21 @@ class SpecChecker:
             self.routes.append(Route(template, _regex(template, item), literal, item))
         self.routes.sort(key=lambda r: -r.literal)
 
-    def route_of(self, method: str, path: str) -> tuple[Route | None, bool]:
-        """The route answering ``method path``; the flag says whether any route matches the path at all."""
-        matching = [r for r in self.routes if r.regex.fullmatch(path)]
-        for route in matching:
-            if method.lower() in route.operations:
-                return route, True
-        return None, bool(matching)
+    def route_of(self, method: str, path: str) -> Route | None:
+        """The route answering ``method path`` (the most literal template that matches and has the method)."""
+        for route in self.routes:
+            if method.lower() in route.operations and route.regex.fullmatch(path):
+                return route
+        return None
 
     def problem(self, method: str, path: str, status: int, content_type: str, body: bytes) -> str | None:
         """Why this answer does not match the document, or None."""
-        route, path_known = self.route_of(method, path)
+        route = self.route_of(method, path)
         where = f"{method} {path} -> {status}"
         if route is None:
-            if (status == 404 and not path_known) or (status == 405 and path_known):
+            # no route: the router's 404 or 405, or whatever 4xx the middlewares answer first (a 401 for no
+            # token, a 400 for a NUL in the path), always the Error schema
+            if 400 <= status < 500:
                 return self._body_problem(where, {"$ref": "#/components/schemas/Error"}, content_type, body)
             return f"{where}: no route of the OpenAPI document answers {method} {path} (declare it: bmd/api/openapi.py)"
         responses = route.operations[method.lower()]["responses"]

@@ -143,6 +143,7 @@ def test_the_answer_check_refuses_what_is_not_declared(spec: dict[str, Any]) -> 
     assert check.problem("GET", "/v1/nodes/7", 404, json_type, ok) is None
     assert check.problem("POST", "/v1/nodes/import", 400, json_type, ok) is None  # the literal path wins
     assert check.problem("GET", "/v1/nowhere", 404, json_type, ok) is None  # no route: a plain 404
+    assert check.problem("PATCH", "/v1/nowhere", 401, json_type, ok) is None  # or the token check's 401
     assert check.problem("GET", "/images/pxelinux.cfg/01-52-54-00", 200, "text/plain", b"?") is None
     problems = {
         "undeclared status": check.problem("GET", "/v1/nodes/7", 201, json_type, b"{}"),
