@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,10 +218,12 @@ class TerminalServer:
     FIRST_LINE_LIMIT = 1024
     FIRST_LINE_TIMEOUT = 10.0
 
-    def __init__(self, hub: ConsoleHub, sessionmaker: Any, token: str, host: str, port: int) -> None:
+    def __init__(
+        self, hub: ConsoleHub, sessionmaker: Any, authorize: Callable[[str], Awaitable[bool]], host: str, port: int
+    ) -> None:
         self.hub = hub
         self.sessionmaker = sessionmaker
-        self.token = token
+        self.authorize = authorize  # token -> may it attach (an operator's, as the websocket asks)
         self.host, self.port = host, port
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -257,7 +259,6 @@ class TerminalServer:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
-        import hmac
 
         from bmd.db import nodes as q
 
@@ -274,9 +275,9 @@ class TerminalServer:
         if len(words) not in (2, 3) or (len(words) == 3 and words[2] != "take-over"):
             say("expected a first line: <API token> <node> [take-over]")
             return
-        if not hmac.compare_digest(words[0].encode(), self.token.encode()):
+        if not await self.authorize(words[0]):
             log.info("console_terminal_refused", client=label, reason="bad token")
-            say("a valid API token is required")
+            say("a valid API token (role operator or above) is required")
             return
         roles: asyncio.Queue[str] = asyncio.Queue()
         try:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from bmd.api.app import create_app
 from bmd.cli.console import EscapeFilter
 from bmd.context import AppContext
+from bmd.db.tokens import create_token
 from bmd.lab import Lab, LabSpec
 from bmd.service import open_context
 from tests.conftest import make_settings
@@ -239,11 +240,22 @@ async def test_terminal_port(tmp_path: Path, db_file: Path, lab: Lab) -> None:
             assert resp.status == 201, await resp.text()
             name = lab.bmcs[0].name
 
+            async with ctx.sessionmaker.begin() as session:  # named tokens: a reader's may not attach
+                _, reader_token = await create_token(session, "viewer", "reader")
+            for refused in ("wrong-token", reader_token):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(refused.encode() + b" " + name.encode() + b"\n")
+                async with asyncio.timeout(10):
+                    assert b"valid API token (role operator or above)" in await reader.read()  # refused, closed
+                writer.close()
+            async with ctx.sessionmaker.begin() as session:
+                _, operator_token = await create_token(session, "night-shift", "operator")
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"wrong-token " + name.encode() + b"\n")
+            writer.write(f"{operator_token} {name}\n".encode())
             async with asyncio.timeout(10):
-                assert b"valid API token" in await reader.read()  # refused and closed
+                assert b"as writer" in await reader.readline()
             writer.close()
+            await eventually(lambda: lab.state(name), lambda s: not s["sol"]["active"], 10)
 
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(f"{ctx.api_token} {name}\n".encode())

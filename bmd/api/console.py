@@ -23,7 +23,9 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from bmd.api.app import CTX, ctx_of, error_response, is_authenticated, untrusted_response
+from bmd.api.auth import AUTHENTICATOR
 from bmd.api.openapi import answers, query, query_bool, query_int
+from bmd.auth import Role
 from bmd.console_hub import Attachment, ConsoleHub, TerminalServer, describe
 from bmd.context import AppContext
 from bmd.db import nodes as q
@@ -173,7 +175,13 @@ async def _start_terminal(app: web.Application) -> None:
     ctx = app[CTX]
     c = ctx.settings.console
     if c.terminal_port and TERMINAL not in ctx.extras:
-        terminal = TerminalServer(hub_of(ctx), ctx.sessionmaker, ctx.api_token, c.terminal_host, c.terminal_port)
+        authenticator = app[AUTHENTICATOR]
+
+        async def authorize(token: str) -> bool:  # the same tokens and role as the websocket console's
+            caller = await authenticator.caller(f"Bearer {token}")
+            return caller is not None and caller.may(Role.operator)
+
+        terminal = TerminalServer(hub_of(ctx), ctx.sessionmaker, authorize, c.terminal_host, c.terminal_port)
         await terminal.start()
         ctx.extras[TERMINAL] = terminal
 
