@@ -102,7 +102,15 @@ def make_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
 @pytest.fixture(autouse=True, scope="session")
 def logs_to_stderr() -> None:
     """The in-process API logs (an ``audit`` event per mutating call) on stderr, as the CLI's users see them:
-    a CLI test reads the command's stdout, which structlog's unconfigured default would share."""
+    a CLI test reads the command's stdout, which structlog's unconfigured default would share. And loggers
+    are never cached, whoever configures logging (``bmd serve`` in-process calls ``bmd.logs.configure``):
+    ``structlog.testing.capture_logs`` cannot see the events of a logger cached before it."""
+    real = structlog.configure
+
+    def configure(**kwargs: Any) -> None:
+        real(**{**kwargs, "cache_logger_on_first_use": False})
+
+    structlog.configure = configure  # type: ignore[assignment]
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
