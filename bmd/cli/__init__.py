@@ -60,6 +60,9 @@ def _register() -> None:
         tokens,
     )
 
+    # the per-node capability commands, also under the node's group (the same command objects)
+    nodes.group.add_command(capabilities.set_, "set-capability")
+    nodes.group.add_command(capabilities.delete, "unset-capability")
     for command in (
         serve.serve,
         serve.check_config,

@@ -18,7 +18,6 @@ from bmd.cli.base import (
     list_output,
     node_argument,
     pairs,
-    parse_value,
     pass_app,
     read_json_file,
     show_output,
@@ -172,14 +171,7 @@ def set_(app: CliApp, out: Output, node: str, **kw: Any) -> None:
     _set(app, out, node, kw)
 
 
-@group.command("update")
-@node_argument()
-@node_fields(create=False)
-@show_output
-@pass_app
-def update(app: CliApp, out: Output, node: str, **kw: Any) -> None:
-    """Change a node's fields (the same as node set)."""
-    _set(app, out, node, kw)
+group.add_command(set_, "update")  # the older name of node set: the same command
 
 
 def matches(node: dict[str, Any], capabilities: dict[str, Any], power_state: str | None) -> bool:
@@ -315,27 +307,6 @@ def inspect(app: CliApp, out: Output, node: str, report: str | None, no_wait: bo
 def inspection(app: CliApp, out: Output, node: str) -> None:
     """The node's last inspection report."""
     out.one(app.client.get(f"/v1/nodes/{q(node)}/inspection"))
-
-
-@group.command("set-capability")
-@node_argument()
-@click.argument("key")
-@click.argument("value")
-@show_output
-@pass_app
-def set_capability(app: CliApp, out: Output, node: str, key: str, value: str) -> None:
-    """Set a per-node capability (VALUE is JSON when it parses as JSON)."""
-    out.one(app.client.put(f"/v1/nodes/{q(node)}/capabilities/{q(key)}", {"value": parse_value(value)}))
-
-
-@group.command("unset-capability")
-@node_argument()
-@click.argument("key")
-@show_output
-@pass_app
-def unset_capability(app: CliApp, out: Output, node: str, key: str) -> None:
-    """Remove a per-node capability."""
-    out.one(app.client.delete(f"/v1/nodes/{q(node)}/capabilities/{q(key)}"))
 
 
 @group.command("console-log")
