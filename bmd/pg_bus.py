@@ -95,6 +95,7 @@ class NodeListener:
         self.known: dict[int, int] = {}  # node id -> the version last published from a notification
         self.received = 0  # notifications from other services
         self.reconnects = 0
+        self.resyncs = 0  # full reads: after a reconnect, or when more than max_pending nodes waited
         self._pending: dict[int, int] = {}  # node id -> newest announced version, not read yet
         self._resync = False
         self._wake = asyncio.Event()
@@ -192,6 +193,7 @@ class NodeListener:
         resync, self._resync = self._resync, False
         pending, self._pending = self._pending, {}
         if resync:
+            self.resyncs += 1
             async with self.sessionmaker() as session:
                 views = await read_views(session)
             present = {view.node_id for view in views}

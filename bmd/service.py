@@ -131,6 +131,12 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             console_logs=console_logs,
             step_failures=failures,
             dhcp=dhcp,
+            # the other services' node changes, on this service's "nodes" topic
+            node_listener=NodeListener(
+                listen_dsn(settings.database.url), settings.service.host, sessionmaker, node_events
+            )
+            if shared
+            else None,
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
@@ -138,10 +144,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         build_runner(ctx, probe_engine)
         use_node_names(names)
         try:
-            if shared:  # the other services' node changes, on this service's "nodes" topic
-                ctx.node_listener = NodeListener(
-                    listen_dsn(settings.database.url), settings.service.host, sessionmaker, node_events
-                )
+            if ctx.node_listener is not None:
                 await ctx.node_listener.start()
             await dhcp.start()
             yield ctx

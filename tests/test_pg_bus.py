@@ -13,14 +13,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from bmd.bus import Subscription
 from bmd.context import AppContext
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode, bm_nodes_table
-from bmd.node_events import TOPIC, NodeView, note_nodes
+from bmd.node_events import TOPIC, NodeView, note_deleted, note_nodes
 from bmd.pg_bus import PAYLOAD_LIMIT, listen_dsn, payloads
 from bmd.service import open_context
 from tests.conftest import make_settings
@@ -151,3 +151,29 @@ async def test_the_listener_reconnects_and_resyncs(two: Pair, postgres_url: str)
         versions = await set_maintenance(a, [node], False)
         seen = await collect(sub_b, versions)
         assert not seen[node].maintenance and seen[node].version == versions[node]
+
+
+async def test_a_deleted_node_reaches_the_other_service_deleted(two: Pair) -> None:
+    a, b = two
+    [node] = await enroll(a, 1)
+    versions = await set_maintenance(a, [node], True)
+    async with b.bus.subscribe(TOPIC, replay=False, queue_size=1000) as sub_b:
+        await collect(sub_b, versions)
+        async with a.sessionmaker.begin() as session:  # as the API's delete does
+            await note_deleted(session, [node])
+            await session.execute(delete(bm_nodes_table).where(bm_nodes_table.c.id == node))
+        seen = await collect(sub_b, {node: versions[node] + 1})
+    assert seen[node].deleted and seen[node].version == versions[node] + 1
+
+
+async def test_more_waiting_than_max_pending_becomes_a_resync(two: Pair) -> None:
+    a, b = two
+    listener = b.node_listener
+    assert listener is not None
+    listener.max_pending = 100  # bounded: a burst larger than this is caught up by one full read
+    ids = await enroll(a, 1000)
+    async with b.bus.subscribe(TOPIC, replay=False, queue_size=10_000) as sub_b:
+        versions = await set_maintenance(a, ids, True)
+        seen = await collect(sub_b, versions)
+    assert len(seen) == 1000 and all(v.maintenance for v in seen.values())
+    assert listener.resyncs >= 1
