@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bmd.config_pxe import PxeSettings
 from bmd.errors import ConfigError
@@ -64,6 +64,14 @@ class DatabaseSettings(_Section):
         if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
             raise ValueError("SQLite needs a file path (sqlite+aiosqlite:///./var/bmd.sqlite)")
         return value
+
+
+class BusSettings(_Section):
+    """Where node change events travel: ``memory`` within this service only (one service, the default);
+    ``postgresql`` also between the services sharing one PostgreSQL database, by LISTEN/NOTIFY
+    (``bmd/pg_bus.py``)."""
+
+    backend: Literal["memory", "postgresql"] = "memory"
 
 
 class TaskSettings(_Section):
@@ -279,6 +287,16 @@ class Settings(_Section):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     inspection: InspectionSettings = Field(default_factory=InspectionSettings)
     pxe: PxeSettings = Field(default_factory=PxeSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+
+    @model_validator(mode="after")
+    def _bus_needs_postgresql(self) -> Settings:
+        if self.bus.backend == "postgresql" and not self.database.url.startswith("postgresql"):
+            raise ValueError(
+                "bus.backend: postgresql needs database.url to be a PostgreSQL database "
+                "(postgresql+asyncpg://USER@HOST/DB); it is LISTEN/NOTIFY on that database"
+            )
+        return self
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -337,6 +355,8 @@ def _overlay_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
+    if not key:  # a check across sections: its message names the key
+        return str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     got = first.get("input")

@@ -19,6 +19,7 @@ from bmd.tasks.steps import StepFailureCounter
 if TYPE_CHECKING:
     from bmd.drivers.baremetal import BareMetalDriver
     from bmd.drivers.power.registry import PowerRegistry
+    from bmd.pg_bus import NodeListener
     from bmd.provision.conductor import Conductor
     from bmd.scheduler.manager import HostManager
 
@@ -41,3 +42,4 @@ class AppContext:
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
     dhcp: DhcpProvider = field(default_factory=NoDhcp)  # pxe.dhcp_provider; started and stopped by open_context
+    node_listener: NodeListener | None = None  # bus.backend = "postgresql": started and stopped by open_context

@@ -7,6 +7,12 @@ published on the bus topic ``nodes`` (a list of views) once the transaction comm
 if it rolls back. The sessionmaker carries the ``NodeEvents`` that publishes (``make_sessionmaker``); a
 session without one notes nothing.
 
+With the PostgreSQL bus (``bus.backend = "postgresql"``, ``NodeEvents(notify_from=service.host)``) the same
+noted views are also announced to the other services in the transaction itself, just before it commits:
+``SELECT pg_notify('bmd_nodes', ...)`` with the ids and versions (``bmd/pg_bus.py`` chunks them under
+NOTIFY's 8000-byte limit and runs the listener that reads them back); PostgreSQL delivers a NOTIFY only when
+its transaction commits, so a rolled-back write announces nothing, as it publishes nothing.
+
 ``version`` is bumped by every write of the row (``bmd.db.models.BareMetalNode.version``), so a reader keeps
 the newest view of each node whatever order views arrive in (events, the periodic resync).
 """
@@ -19,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -112,22 +118,37 @@ async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = Non
 
 class NodeEvents:
     """Publishes the views noted in a transaction on ``bus`` once it commits, and keeps ``names`` (the
-    log's node directory) current."""
+    log's node directory) current. ``notify_from`` (this service's host): also NOTIFY the other services
+    of the same PostgreSQL database, in the transaction (see the module's docstring)."""
 
-    def __init__(self, bus: Bus, names: NodeNames | None = None) -> None:
+    def __init__(self, bus: Bus, names: NodeNames | None = None, *, notify_from: str | None = None) -> None:
         self.bus = bus
         self.names = names
+        self.notify_from = notify_from
         self._pending: weakref.WeakKeyDictionary[Session, list[NodeView]] = weakref.WeakKeyDictionary()
 
     def note(self, session: AsyncSession, views: Sequence[NodeView]) -> None:
         self._pending.setdefault(session.sync_session, []).extend(views)
 
+    def committing(self, session: Session) -> None:
+        """Just before the commit, in the transaction: the NOTIFYs of the noted views (postgresql bus)."""
+        views = self._pending.get(session)
+        if views and self.notify_from is not None:
+            from bmd.pg_bus import CHANNEL, payloads  # here: bmd.pg_bus reads views with this module
+
+            for payload in payloads(self.notify_from, views):
+                session.execute(select(func.pg_notify(CHANNEL, payload)))
+
     def committed(self, session: Session) -> None:
         views = self._pending.pop(session, None)
         if views:
-            if self.names is not None:
-                remember_names(self.names, views)
-            self.bus.publish(TOPIC, views)
+            self.publish(views)
+
+    def publish(self, views: list[NodeView]) -> None:
+        """Publish views on ``nodes`` as a local commit does (the PostgreSQL listener's views come here)."""
+        if self.names is not None:
+            remember_names(self.names, views)
+        self.bus.publish(TOPIC, views)
 
     def rolled_back(self, session: Session) -> None:
         self._pending.pop(session, None)
@@ -169,6 +190,13 @@ async def note_deleted(session: AsyncSession, node_ids: Iterable[int]) -> None:
     if events is not None:
         views = await read_views(session, node_ids)
         events.note(session, [dataclasses.replace(v, version=v.version + 1, deleted=True) for v in views])
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    events = _events(session)
+    if events is not None:
+        events.committing(session)
 
 
 @event.listens_for(Session, "after_commit")

@@ -36,6 +36,7 @@ from bmd.errors import DatabaseError
 from bmd.health import DB_PROBE, DatabaseProbe
 from bmd.logs import NodeNames, use_node_names
 from bmd.node_events import NodeEvents, read_views, remember_names
+from bmd.pg_bus import NodeListener, listen_dsn
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
 from bmd.provision.steps import Provisioner
@@ -98,7 +99,9 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             raise DatabaseError(f"database {engine.url.render_as_string()} is unreachable: {err}") from err
         bus = Bus()
         names = NodeNames()  # node id -> uuid and name in every log event that names a node
-        sessionmaker = make_sessionmaker(engine, NodeEvents(bus, names))  # bm_nodes writes publish on "nodes"
+        shared = settings.bus.backend == "postgresql"  # and NOTIFY the other services of this database
+        node_events = NodeEvents(bus, names, notify_from=settings.service.host if shared else None)
+        sessionmaker = make_sessionmaker(engine, node_events)  # bm_nodes writes publish on "nodes"
         async with sessionmaker() as session:
             remember_names(names, await read_views(session))
         secret_box = load_secret_box(settings.secrets.key_file)
@@ -128,6 +131,12 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             console_logs=console_logs,
             step_failures=failures,
             dhcp=dhcp,
+            # the other services' node changes, on this service's "nodes" topic
+            node_listener=NodeListener(
+                listen_dsn(settings.database.url), settings.service.host, sessionmaker, node_events
+            )
+            if shared
+            else None,
         )
         async with sessionmaker.begin() as session:
             await register_service(session, settings.service.host)
@@ -135,10 +144,14 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         build_runner(ctx, probe_engine)
         use_node_names(names)
         try:
+            if ctx.node_listener is not None:
+                await ctx.node_listener.start()
             await dhcp.start()
             yield ctx
         finally:
             use_node_names(None)
+            if ctx.node_listener is not None:
+                await ctx.node_listener.close()
             await ctx.conductor.close()
             await recorder.close()
             await dhcp.stop()

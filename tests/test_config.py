@@ -62,6 +62,12 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert s.driver.instance_type_extra_specs == ["cpu_arch:aarch64", "location:rack1"]
     assert s.logging.level == "debug"
     assert s.database.url.startswith("postgresql+asyncpg://")
+    assert s.bus.backend == "memory"  # the default: nothing travels between services
+
+
+def test_postgresql_bus_on_postgresql_is_accepted(tmp_path: Path) -> None:
+    text = '[bus]\nbackend = "postgresql"\n[database]\nurl = "postgresql+asyncpg://bmd@db.example/bmd"\n'
+    assert load_settings(write(tmp_path, text), environ={}).bus.backend == "postgresql"
 
 
 @pytest.mark.parametrize(
@@ -82,6 +88,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("", {"BMD_TASKS_HOST_STATE_INTERVAL": "0"}, "tasks.host_state_interval", "greater than 0"),
         ("", {"BMD_API_NOPE": "1"}, "api.nope", "unknown key"),
         ("[api]\nport = \n", {}, "config file", "not valid TOML"),
+        ('[bus]\nbackend = "redis"\n', {}, "bus.backend", "'memory' or 'postgresql'"),
+        ('[bus]\nbackend = "postgresql"\n', {}, "bus.backend", "needs database.url to be a PostgreSQL database"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str, problem: str) -> None:
