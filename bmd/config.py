@@ -38,6 +38,9 @@ class ServiceSettings(_Section):
     graceful_timeout: PositiveSeconds = 10.0
     heartbeat_interval: PositiveSeconds = 10.0
     service_down_time: PositiveSeconds = 60.0
+    # "static": bm_nodes.service_host stays as enrolled; "ring": derived from a hash ring over the live
+    # services (bmd.tasks.node_ownership), for several services sharing one database.
+    ownership: Literal["static", "ring"] = "static"
     state_dir: str = "./var"
 
 

@@ -44,6 +44,7 @@ from bmd.scheduler.manager import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
+from bmd.tasks.node_ownership import NodeOwnership
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
 from bmd.tasks.runner import Runner
 from bmd.tasks.steps import StepFailureCounter
@@ -74,6 +75,8 @@ def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
     s = ctx.settings
     ctx.runner.add(DatabaseProbe(probe_engine))
     ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
+    if s.service.ownership == "ring":
+        ctx.runner.add(NodeOwnership(ctx.sessionmaker, s.service.service_down_time, s.service.heartbeat_interval))
     failures = ctx.step_failures
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval, failures))
     ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval, failures))

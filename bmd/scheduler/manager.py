@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
 from bmd.bus import Bus
 from bmd.config import Settings
 from bmd.db.engine import Sessionmaker
 from bmd.db.flavors import list_flavors
-from bmd.db.models import Service, utcnow
+from bmd.db.services import service_liveness
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
 from bmd.node_events import TOPIC as NODES
@@ -189,15 +187,13 @@ class HostManager:
 
     async def refresh(self) -> None:
         """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
-        down_after = dt.timedelta(seconds=self.settings.service.service_down_time)
-        now = utcnow()
         async with self.sessionmaker() as session:
             views = await read_views(session)
-            services = (await session.execute(select(Service.host, Service.last_heartbeat))).all()
+            services = await service_liveness(session, self.settings.service.service_down_time)
         self.take_node_events()
         self.take_node_views(views)
-        for host, heartbeat in services:
-            self.selector.set_service_up(host, now - heartbeat <= down_after)
+        for host, up in services.items():
+            self.selector.set_service_up(host, up)
 
     async def prepare_flavors(self) -> None:
         """Build the index groupings every known flavor needs now, not on its first request (at 100,000
