@@ -193,3 +193,24 @@ class Pty:
         for fd in (self.master, self.slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+@asynccontextmanager
+async def console_process(argv: list[str]) -> AsyncIterator[tuple[Pty, asyncio.subprocess.Process]]:
+    """A console program in a pty (both need a terminal), killed by PID if the test did not end it."""
+    term = Pty()
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=term.slave, stdout=term.slave, stderr=term.slave)
+    try:
+        yield term, proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        term.close()
+
+
+async def ended(proc: asyncio.subprocess.Process, term: Pty) -> None:
+    """The console program exits by itself (its escape typed) with status 0; else its terminal says why."""
+    async with asyncio.timeout(10):
+        rc = await proc.wait()
+    assert rc == 0, term.out.decode(errors="replace")

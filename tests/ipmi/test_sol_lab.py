@@ -22,7 +22,8 @@ from tests.ipmi.helpers import (
     IPMICONSOLE,
     IPMITOOL,
     Pool,
-    Pty,
+    console_process,
+    ended,
     eventually,
     ipmi_client,
     low_udp_port,
@@ -133,16 +134,9 @@ async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
     b = solpool.one()
     lab = solpool.lab
     assert IPMITOOL is not None
-    term = Pty()
-    proc = await asyncio.create_subprocess_exec(
-        IPMITOOL,
-        *("-I", "lanplus", "-C", "17", "-H", b.host, "-p", str(b.port), "-U", b.username, "-P", b.password),
-        *("sol", "activate"),
-        stdin=term.slave,
-        stdout=term.slave,
-        stderr=term.slave,
-    )
-    try:
+    argv = [IPMITOOL, "-I", "lanplus", "-C", "17", "-H", b.host, "-p", str(b.port), "-U", b.username,
+            "-P", b.password, "sol", "activate"]  # fmt: skip
+    async with console_process(argv) as (term, proc):
         await term.expect(b"SOL Session operational")
         await lab.sol([b.name], print_text="bmd-lab-marker for ipmitool\n")
         await term.expect(b"bmd-lab-marker for ipmitool")
@@ -150,15 +144,8 @@ async def test_ipmitool_sol_activate_suite_17(solpool: Pool) -> None:
         await term.expect(f"{b.name} login: ".encode())
         await eventually(lambda: _typed(lab, b.name), lambda t: t == "typed-in-ipmitool\r", 5)
         term.type(b"~.")  # ipmitool's escape (right after a newline): terminate the session
-        async with asyncio.timeout(10):
-            rc = await proc.wait()
-        assert rc == 0, term.out.decode(errors="replace")
+        await ended(proc, term)
         await eventually(lambda: lab.state(b.name), lambda s: not s["sol"]["active"], 5)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        term.close()
 
 
 # -- FreeIPMI's ipmiconsole as the console ----------------------------------------------------------
@@ -171,15 +158,8 @@ async def test_ipmiconsole(suite: int) -> None:
     host = "127.1.98.1" if suite == 17 else "127.1.98.2"
     async with running_lab(LabSpec(count=1, first_address=host, port=low_udp_port(host))) as lab:
         b = lab.bmcs[0]
-        term = Pty()
-        proc = await asyncio.create_subprocess_exec(
-            IPMICONSOLE,
-            *("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", str(suite)),
-            stdin=term.slave,
-            stdout=term.slave,
-            stderr=term.slave,
-        )
-        try:
+        argv = [IPMICONSOLE, "-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", str(suite)]
+        async with console_process(argv) as (term, proc):
             await term.expect(b"[SOL established]")
             assert (await lab.state(b.name))["sol"]["active"]
             await lab.sol([b.name], print_text="bmd-lab-marker for ipmiconsole\n")
@@ -188,17 +168,10 @@ async def test_ipmiconsole(suite: int) -> None:
             await term.expect(f"{b.name} login: ".encode())
             await eventually(lambda: _typed(lab, b.name), lambda t: t == "typed-in-ipmiconsole\r", 5)
             term.type(b"&.")  # ipmiconsole's escape: close the connection
-            async with asyncio.timeout(10):
-                rc = await proc.wait()
-            assert rc == 0, term.out.decode(errors="replace")
+            await ended(proc, term)
             assert b"[closing the connection]" in term.out
             state = await lab.state(b.name)
             assert not state["sol"]["active"] and state["stats"]["sol_deactivated"] == 1
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            term.close()
 
 
 @needs_ipmiconsole
@@ -213,31 +186,16 @@ async def test_ipmiconsole_takes_the_payload_from_bmds_console() -> None:
     ):
         b = lab.bmcs[0]
         console = await client.open_sol(target(b), settings=QUICK_SOL)
-        term = Pty()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                IPMICONSOLE,
-                *("-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", "17"),
-                stdin=term.slave,
-                stdout=term.slave,
-                stderr=term.slave,
-            )
-            try:
-                await term.expect(b"[SOL established]")
-                async with asyncio.timeout(5):
-                    assert [c async for c in console.read()] == []
-                assert "deactivated" in (console.end_reason or "")
-                await lab.sol([b.name], print_text="for-ipmiconsole\n")
-                await term.expect(b"for-ipmiconsole")
-                term.type(b"&.")
-                async with asyncio.timeout(10):
-                    assert await proc.wait() == 0
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-        finally:
-            term.close()
+        argv = [IPMICONSOLE, "-h", f"{b.host}:{b.port}", "-u", b.username, "-p", b.password, "-I", "17"]
+        async with console_process(argv) as (term, proc):
+            await term.expect(b"[SOL established]")
+            async with asyncio.timeout(5):
+                assert [c async for c in console.read()] == []
+            assert "deactivated" in (console.end_reason or "")
+            await lab.sol([b.name], print_text="for-ipmiconsole\n")
+            await term.expect(b"for-ipmiconsole")
+            term.type(b"&.")
+            await ended(proc, term)
             await console.close()
         assert (await lab.state(b.name))["stats"]["sol_activated"] == 2
 

@@ -10,8 +10,6 @@ changes a character). Every boot is one QEMU process; powering off through IPMI 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -20,32 +18,22 @@ from bmd.ipmi import BMCTarget, BootTarget, ChassisControl, IPMIClient, SolSetti
 from bmd.lab import Lab, LabBMCInfo, LabSpec
 from bmd.lab.images import bios_echo_image
 from bmd.lab.qemu import qemu_missing
-from tests.ipmi.helpers import FAST, IPMICONSOLE, IPMITOOL, Pty, eventually, ipmi_client, low_udp_port, target
+from tests.ipmi.helpers import (
+    FAST,
+    IPMICONSOLE,
+    IPMITOOL,
+    console_process,
+    ended,
+    eventually,
+    ipmi_client,
+    low_udp_port,
+    target,
+)
 from tests.lab_api import alive, closed_port, put_on_disk
 
 MARKER = "bmd-guest-sol-marker-31"
 BOOT_WITHIN = 30.0  # seconds from power on to the marker: SeaBIOS under TCG on a busy 2-core machine
 QUICK_SOL = SolSettings(ack_timeout=0.2, nack_pause=0.05)
-
-
-@asynccontextmanager
-async def console_process(argv: list[str]) -> AsyncIterator[tuple[Pty, asyncio.subprocess.Process]]:
-    """A console program in a pty (both need a terminal), killed by PID if the test did not end it."""
-    term = Pty()
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=term.slave, stdout=term.slave, stderr=term.slave)
-    try:
-        yield term, proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        term.close()
-
-
-async def ended(proc: asyncio.subprocess.Process, term: Pty) -> None:
-    async with asyncio.timeout(10):
-        rc = await proc.wait()
-    assert rc == 0, term.out.decode(errors="replace")
 
 
 async def vm_pid(lab: Lab, name: str) -> int | None:
