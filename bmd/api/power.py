@@ -99,14 +99,7 @@ async def set_power(request: web.Request) -> web.Response:
         return node, await _bounded(driver.get_power_state(access), ctx.settings.ipmi.timeout * 2)
 
     node, state = await _on_idle_node(request, "set_power", act)
-    async with ctx.sessionmaker.begin() as session:
-        row = await q.get_node(session, str(node.id))
-        before = row.power_state
-        row.power_state, row.last_power_check = state.value, utcnow()
-        # An operator's power action: in the history even when the state is the same (a reboot).
-        entry = history.Entry(row.id, history.Kind.POWER, body.target, before, state.value, actor=actor_of(request))
-        await history.record(session, [entry])
-        await note_nodes(session, [row.id])  # the scheduler and the dashboard's stream see it at once
+    await ctx.conductor.p.record_power(node.id, state, body.target, actor=actor_of(request))
     return json_response({"node": node.id, "power_state": state.value})
 
 

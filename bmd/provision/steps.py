@@ -248,16 +248,17 @@ class Provisioner:
         await driver.set_power_state(access, PowerState.OFF)
         await self.record_power(node.id, PowerState.OFF, "power off")
 
-    async def record_power(self, node_id: int, state: PowerState, action: str) -> None:
-        """What bmd just had the BMC do is the node's power state from now on (the next sync pass checks
-        it): the scheduler, the dashboard and the node's history see it at once, not a sync interval later."""
+    async def record_power(self, node_id: int, state: PowerState, action: str, actor: str = "bmd") -> None:
+        """What the BMC was just made to do (by bmd's provisioning, or by ``actor`` through the API) is the
+        node's power state from now on (the next sync pass checks it): the scheduler, the dashboard and the
+        node's history (even when the state is the same: a reboot) see it at once, not a sync interval later."""
         async with self.sessionmaker.begin() as session:
             node = await session.get(BareMetalNode, node_id, with_for_update=True)
             if node is None:
-                return
+                raise NotFound(f"node {node_id} not found")
             before = node.power_state
             node.power_state, node.last_power_check = state.value, utcnow()
-            entry = history.Entry(node_id, history.Kind.POWER, action, before, state.value, actor="bmd")
+            entry = history.Entry(node_id, history.Kind.POWER, action, before, state.value, actor=actor)
             await history.record(session, [entry])
             await note_nodes(session, [node_id])
 
