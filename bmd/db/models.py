@@ -94,6 +94,11 @@ class BareMetalNode(Timestamps, Base):
     uuid: Mapped[str36] = mapped_column(unique=True)
     name: Mapped[str | None] = mapped_column(String(255), unique=True)
     service_host: Mapped[str255] = mapped_column(index=True)
+    # Ironic's conductor_group: only the services that serve the group own the node ("" by default).
+    conductor_group: Mapped[str255] = mapped_column(index=True, default="", server_default=text("''"))
+    # The hardware lock: the service acting on the node now, and since when (bmd.db.reservations).
+    reservation: Mapped[str | None] = mapped_column(String(255))
+    reserved_at: Mapped[dt.datetime | None]
     instance_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
     cpus: Mapped[int]
     memory_mb: Mapped[int]
@@ -298,6 +303,19 @@ class Service(Base):
     started_at: Mapped[timestamp]
     last_heartbeat: Mapped[timestamp]
     disabled: Mapped[bool] = mapped_column(default=False)
+    # the node groups it serves (service.groups) and where its API answers (forwarded requests)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=lambda: [""], server_default=text("'[\"\"]'"))
+    api_url: Mapped[str | None] = mapped_column(String(255))
+
+
+class SchemaCompat(Base):
+    """One row per migrated revision: the oldest code head that still runs on that schema (a rolling
+    upgrade: bmd.db.migrate.check_schema of an older service reads it)."""
+
+    __tablename__ = "bmd_schema_compat"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+    oldest_code: Mapped[str] = mapped_column(String(32))
 
 
 class ApiToken(Base):
