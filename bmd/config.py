@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 ENV_PREFIX = "BMD_"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+GROUP_PATTERN = r"^[A-Za-z0-9._-]*$"  # a node group's name: letters, digits, ".", "_", "-"; "" the default
 
 
 class _Section(BaseModel):
@@ -41,7 +42,21 @@ class ServiceSettings(_Section):
     # "static": bm_nodes.service_host stays as enrolled; "ring": derived from a hash ring over the live
     # services (bmd.tasks.node_ownership), for several services sharing one database.
     ownership: Literal["static", "ring"] = "static"
+    # The node groups (bm_nodes.conductor_group, Ironic's conductor_group) this service owns nodes of under
+    # the ring: "" is the group of every node not given one. An operator pins nodes to a site or a rack
+    # row by giving them a group that only that site's services serve.
+    groups: tuple[Annotated[str, Field(max_length=255, pattern=GROUP_PATTERN)], ...] = ("",)
     state_dir: str = "./var"
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, groups: tuple[str, ...]) -> tuple[str, ...]:
+        if not groups:
+            raise ValueError('serves no group: list at least one ("" is the nodes given no group)')
+        twice = sorted({g for g in groups if groups.count(g) > 1})
+        if twice:
+            raise ValueError(f"lists {twice} more than once")
+        return groups
 
 
 class DatabaseSettings(_Section):

@@ -69,12 +69,19 @@ class Endpoint:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+def api_url(ctx: AppContext) -> str | None:
+    """Where this service's API answers the others (``services.api_url``): api.public_url, or the bound address."""
+    return ctx.settings.api.public_url or ctx.conductor.p.public_url or None
+
+
 def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
     """Every periodic loop; the database probe gets its own unpooled engine (a pool saturated by requests
     is load, not a dead database), which the caller made and disposes."""
     s = ctx.settings
     ctx.runner.add(DatabaseProbe(probe_engine))
-    ctx.runner.add(ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval))
+    ctx.runner.add(
+        ServiceHeartbeat(ctx.sessionmaker, s.service.host, s.service.heartbeat_interval, s.service.groups, api_url(ctx))
+    )
     if s.service.ownership == "ring":
         ctx.runner.add(NodeOwnership(ctx.sessionmaker, s.service.service_down_time, s.service.heartbeat_interval))
     failures = ctx.step_failures
@@ -142,7 +149,9 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             else None,
         )
         async with sessionmaker.begin() as session:
-            await register_service(session, settings.service.host)
+            await register_service(
+                session, settings.service.host, settings.service.groups, settings.api.public_url or public_url or None
+            )
         probe_engine = make_engine(settings.database, pooled=False)
         build_runner(ctx, probe_engine)
         use_node_names(names)

@@ -91,6 +91,10 @@ async def test_node_lifecycle_through_the_cli(client, ctx, capsys, tmp_path, mon
         client, tok, "node", "update", "n1b", "--name", "n1", "-f", "value", "-c", "name", capsys=capsys
     )
     assert code == 0 and out == "n1\n"  # update: the older name of set
+    code, out, _ = await run_cli(
+        client, tok, "node", "set", "n1", "--group", "row2", "-f", "value", "-c", "conductor_group", capsys=capsys
+    )
+    assert code == 0 and out == "row2\n"
 
     code, _, err = await run_cli(client, tok, "node", "update", "n1", "--cpus", "0", capsys=capsys)
     assert code == 2 and "cpus" in err

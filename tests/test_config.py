@@ -90,6 +90,9 @@ def test_postgresql_bus_on_postgresql_is_accepted(tmp_path: Path) -> None:
         ("[api]\nport = \n", {}, "config file", "not valid TOML"),
         ('[bus]\nbackend = "redis"\n', {}, "bus.backend", "'memory' or 'postgresql'"),
         ('[bus]\nbackend = "postgresql"\n', {}, "bus.backend", "needs database.url to be a PostgreSQL database"),
+        ("[service]\ngroups = []\n", {}, "service.groups", "serves no group"),
+        ('[service]\ngroups = ["a", "a"]\n', {}, "service.groups", "more than once"),
+        ('[service]\ngroups = ["rack 11"]\n', {}, "service.groups.0", "should match pattern"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str, problem: str) -> None:

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
+from bmd.api.app import create_app
 from bmd.bus import Bus
 from bmd.config import DatabaseSettings
 from bmd.db.engine import Sessionmaker, make_engine, make_sessionmaker
@@ -28,7 +31,7 @@ from bmd.node_events import TOPIC, NodeEvents, NodeView
 from bmd.ownership import HashRing, assign_owners
 from bmd.service import open_context
 from bmd.tasks.node_ownership import NodeOwnership
-from tests.conftest import make_settings
+from tests.conftest import make_settings, node_body
 
 DOWN_TIME = 60.0
 
@@ -236,3 +239,108 @@ async def test_the_loop_runs_only_with_ring_ownership(
     settings = make_settings(tmp_path, service={"ownership": ownership})
     async with open_context(settings) as ctx:
         assert ("node_ownership" in ctx.runner.records) is registered
+
+
+# -- node groups -------------------------------------------------------------------------------------------
+
+
+async def test_a_group_is_owned_only_by_the_services_that_serve_it(sqlite_engine: AsyncEngine) -> None:
+    """Nodes of group "rack11" go only to the services serving it, the others' nodes ("" group) to the rest;
+    when every server of rack11 is down its nodes stay where they were (a warning names the group)."""
+    sm = make_sessionmaker(sqlite_engine, NodeEvents(Bus()))
+    now = utcnow()
+    keys = uuids(600, seed=7)
+    async with sm.begin() as session:
+        session.add_all(
+            [
+                Service(host="svc-a", last_heartbeat=now, groups=[""]),
+                Service(host="svc-b", last_heartbeat=now, groups=[""]),
+                Service(host="svc-r", last_heartbeat=now, groups=["rack11"]),
+                Service(host="svc-s", last_heartbeat=now, groups=["rack11", ""]),
+            ]
+        )
+        session.add_all(
+            BareMetalNode(
+                uuid=u,
+                service_host="svc-a",
+                conductor_group="rack11" if i % 3 == 0 else "",
+                cpus=1,
+                memory_mb=1,
+                local_gb=1,
+            )
+            for i, u in enumerate(keys)
+        )
+    loop = NodeOwnership(sm, DOWN_TIME, interval=10.0)
+    await loop.run_once()
+
+    async def by_group() -> dict[str, collections.Counter[str]]:
+        async with sm() as session:
+            rows = await session.execute(select(BareMetalNode.conductor_group, BareMetalNode.service_host))
+            out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+            for group, host in rows:
+                out[group][host] += 1
+            return out
+
+    spread = await by_group()
+    assert set(spread["rack11"]) == {"svc-r", "svc-s"} and sum(spread["rack11"].values()) == 200
+    assert set(spread[""]) == {"svc-a", "svc-b", "svc-s"} and min(spread[""].values()) > 400 * 0.25
+    before = await owner_of(sm)
+    async with sm() as session:
+        rack11_ids = (
+            (await session.execute(select(BareMetalNode.id).where(BareMetalNode.conductor_group == "rack11")))
+            .scalars()
+            .all()
+        )
+
+    await heartbeat(sm, "svc-r", age=DOWN_TIME + 5)
+    await heartbeat(sm, "svc-s", age=DOWN_TIME + 5)
+    with capture_logs() as logs:
+        await loop.run_once()
+    after = await owner_of(sm)
+    assert (await by_group())["rack11"] == spread["rack11"]  # unserved: nobody to give them to
+    moved = {i for i in after if after[i] != before[i]}
+    assert moved == {i for i, h in before.items() if h == "svc-s"} - set(rack11_ids)  # its "" nodes only
+    assert {after[i] for i in moved} <= {"svc-a", "svc-b"}
+    assert [e for e in logs if e["event"] == "ownership_group_unserved"] == [
+        {"event": "ownership_group_unserved", "group": "rack11", "nodes": 200, "log_level": "warning"}
+    ]
+
+
+async def test_under_the_ring_service_host_is_derived_and_a_group_pins_the_node(tmp_path: Path, db_file: Path) -> None:
+    """The API refuses service_host (400 naming it and how to pin instead), takes conductor_group, and the
+    next ownership pass gives the node to a service serving its group."""
+    settings = make_settings(tmp_path, service={"ownership": "ring", "host": "svc-a", "groups": ["", "row2"]})
+    async with open_context(settings) as ctx:
+        auth = {"Authorization": f"Bearer {ctx.api_token}"}
+        async with ctx.sessionmaker.begin() as session:  # another live service, serving only ""
+            session.add(Service(host="svc-b", last_heartbeat=utcnow(), groups=[""]))
+        async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
+            refused = await client.post("/v1/nodes", json=node_body(1, service_host="svc-b"), headers=auth)
+            assert refused.status == 400
+            body = await refused.json()
+            assert body["field"] == "service_host" and "conductor_group" in body["message"]
+            created = []
+            for i, u in enumerate(uuids(6, seed=3), start=1):  # fixed uuids: the same owners every run
+                created.append(await (await client.post("/v1/nodes", json=node_body(i, uuid=u), headers=auth)).json())
+            assert all(n["conductor_group"] == "" for n in created)
+            await ctx.runner.run_pass("node_ownership")
+            async with ctx.sessionmaker() as session:
+                hosts = set((await session.execute(select(BareMetalNode.service_host))).scalars())
+            assert hosts == {"svc-a", "svc-b"}  # 6 nodes over two services: both get some
+            owned = {n["id"]: await _owner(ctx, n["id"]) for n in created}
+            on_b = next(n for n in created if owned[n["id"]] == "svc-b")
+            patched = await client.patch(f"/v1/nodes/{on_b['id']}", json={"service_host": "svc-a"}, headers=auth)
+            assert patched.status == 400
+            pinned = await client.patch(f"/v1/nodes/{on_b['id']}", json={"conductor_group": "row2"}, headers=auth)
+            assert pinned.status == 200 and (await pinned.json())["conductor_group"] == "row2"
+            await ctx.runner.run_pass("node_ownership")
+            assert await _owner(ctx, on_b["id"]) == "svc-a"  # the only service serving row2
+            bad = await client.patch(f"/v1/nodes/{on_b['id']}", json={"conductor_group": "row 2"}, headers=auth)
+            assert bad.status == 400 and (await bad.json())["field"] == "conductor_group"
+
+
+async def _owner(ctx: Any, node_id: int) -> str:
+    async with ctx.sessionmaker() as session:
+        return str(
+            (await session.execute(select(BareMetalNode.service_host).where(BareMetalNode.id == node_id))).scalar_one()
+        )

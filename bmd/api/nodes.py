@@ -15,8 +15,9 @@ from bmd.api.app import actor_of, ctx_of, json_response, parse_body, validate_mo
 from bmd.api.body import takes
 from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool, query_str
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
-from bmd.api.schemas import InterfaceCreate, InterfaceUpdate, NodeCreate, NodeImport, NodeUpdate
+from bmd.api.schemas import InterfaceCreate, InterfaceUpdate, NodeCreate, NodeFields, NodeImport, NodeUpdate
 from bmd.api.views import EventPage, InterfacePage, InterfaceView, NodeImportResult, NodePage, NodeView
+from bmd.config import Settings
 from bmd.context import AppContext
 from bmd.db import nodes as q
 from bmd.db.models import BareMetalNode, Interface, utcnow
@@ -44,8 +45,19 @@ def check_pm_address(ctx: AppContext, pm_driver: str, pm_address: str | None) ->
         validate(pm_address)
 
 
+def check_service_host(settings: Settings, body: NodeFields) -> None:
+    """Under ring ownership a node's service is derived, never set: 400 naming the field and the way to pin."""
+    if settings.service.ownership == "ring" and "service_host" in body.model_fields_set:
+        raise InvalidInput(
+            'service_host: derived from the hash ring (service.ownership = "ring"), not set; '
+            "pin the node to services with conductor_group",
+            field="service_host",
+        )
+
+
 def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
     settings = ctx.settings
+    check_service_host(settings, body)
     pm_driver = body.pm_driver or settings.driver.default_power_driver
     check_power_driver(pm_driver)
     check_pm_address(ctx, pm_driver, body.pm_address)
@@ -53,6 +65,7 @@ def build_node(ctx: AppContext, body: NodeCreate) -> BareMetalNode:
         uuid=body.uuid or str(uuidlib.uuid4()),
         name=body.name,
         service_host=body.service_host or settings.service.host,
+        conductor_group=body.conductor_group or "",
         cpus=body.cpus,
         memory_mb=body.memory_mb,
         local_gb=body.local_gb,
@@ -190,8 +203,10 @@ async def show_node(request: web.Request) -> web.Response:
 
 
 def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None:
+    check_service_host(ctx.settings, body)
     changes: dict[str, Any] = {f: getattr(body, f) for f in body.model_fields_set}
-    for required in ("cpus", "memory_mb", "local_gb", "service_host", "pm_driver", "extra_specs", "boot_mode"):
+    required_fields = ("cpus", "memory_mb", "local_gb", "service_host", "conductor_group", "pm_driver")
+    for required in (*required_fields, "extra_specs", "boot_mode"):
         if required in changes and changes[required] is None:
             raise InvalidInput(f"{required}: cannot be null", field=required)
     if "pm_driver" in changes:
@@ -213,9 +228,10 @@ def apply_update(ctx: AppContext, node: BareMetalNode, body: NodeUpdate) -> None
         changes["root_device"] = body.root_device.model_dump(exclude_none=True) if body.root_device else None
     if "maintenance_reason" in changes:
         node.maintenance_reason = changes.pop("maintenance_reason")
-    if node.instance_uuid and any(k in changes for k in ("cpus", "memory_mb", "local_gb", "service_host")):
+    moving = ("cpus", "memory_mb", "local_gb", "service_host", "conductor_group")
+    if node.instance_uuid and any(k in changes and changes[k] != getattr(node, k) for k in moving):
         raise InvalidState(
-            f"node {node.id} holds instance {node.instance_uuid}; its resources and service cannot change"
+            f"node {node.id} holds instance {node.instance_uuid}; its resources, service and group cannot change"
         )
     for key, value in changes.items():
         setattr(node, key, value)

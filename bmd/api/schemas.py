@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from bmd.config import GROUP_PATTERN
 from bmd.drivers.deploy.configdrive import check_hostname, check_meta, check_network_data, check_ssh_key
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
@@ -171,7 +172,10 @@ class NodeFields(Body):
     """Fields an operator may set at creation and change later."""
 
     name: NodeName | None = None
+    # With service.ownership = "ring" the owner is derived (bmd.tasks.node_ownership): refused here.
     service_host: Text255 | None = None
+    # Only the services serving this group own the node (service.groups); "" is the default group.
+    conductor_group: Annotated[StrictStr, Field(max_length=255, pattern=GROUP_PATTERN)] | None = None
     cpus: Count | None = None
     memory_mb: Count | None = None
     local_gb: Size | None = None

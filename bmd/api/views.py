@@ -54,6 +54,7 @@ class NodeView(View):
     uuid: str
     name: str | None
     service_host: str
+    conductor_group: str
     instance_uuid: str | None
     cpus: int
     memory_mb: int

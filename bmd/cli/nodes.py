@@ -38,6 +38,7 @@ LONG = (
     "local_gb",
     "boot_mode",
     "service_host",
+    "conductor_group",
     "maintenance_reason",
     "extra_specs",
     "last_error",
@@ -58,7 +59,8 @@ def node_fields(create: bool) -> Callable[[F], F]:
     """The options of ``node create`` and ``node set``: one per field of the API's node body."""
     opts = [
         click.option("--name"),
-        click.option("--service-host"),
+        click.option("--service-host", help='the owning service (static ownership; derived with "ring")'),
+        click.option("--group", "conductor_group", help='the node group: only services serving it own the node'),
         click.option("--cpus", type=int, required=create),
         click.option("--memory-mb", type=int, required=create),
         click.option("--local-gb", type=int, required=create),
@@ -93,6 +95,7 @@ def node_fields(create: bool) -> Callable[[F], F]:
 FIELDS = (
     "name",
     "service_host",
+    "conductor_group",
     "cpus",
     "memory_mb",
     "local_gb",

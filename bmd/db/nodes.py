@@ -44,6 +44,7 @@ NODE_FIELDS = (
     "uuid",
     "name",
     "service_host",
+    "conductor_group",
     "instance_uuid",
     "cpus",
     "memory_mb",

@@ -20,6 +20,17 @@ def is_live(last_heartbeat: dt.datetime, now: dt.datetime, down_time: float) -> 
     return now - last_heartbeat <= dt.timedelta(seconds=down_time)
 
 
+async def live_groups(session: AsyncSession, down_time: float, now: dt.datetime | None = None) -> dict[str, list[str]]:
+    """The live services' groups: group -> the live hosts serving it, sorted (one read)."""
+    now = now or utcnow()
+    served: dict[str, list[str]] = {}
+    for host, heartbeat, groups in await session.execute(select(Service.host, Service.last_heartbeat, Service.groups)):
+        if is_live(heartbeat, now, down_time):
+            for group in groups or [""]:
+                served.setdefault(group, []).append(host)
+    return {group: sorted(hosts) for group, hosts in served.items()}
+
+
 async def service_liveness(session: AsyncSession, down_time: float, now: dt.datetime | None = None) -> dict[str, bool]:
     """Every service in ``services``: host -> live (one read)."""
     now = now or utcnow()

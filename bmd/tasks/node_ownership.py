@@ -2,10 +2,12 @@
 
 Registered only with ``service.ownership = "ring"`` (the default, ``"static"``, leaves ``service_host`` as
 enrolled). Each pass reads which services are live (``bmd.db.services``, the scheduler's own definition),
-builds the ring over them (``bmd.ownership``) and rewrites ``service_host`` of the nodes whose owner
-changed, so a service silent for ``service.service_down_time`` loses its nodes to the survivors within one
-pass, and takes about 1/N of them back once it heartbeats again. Every service runs the same loop; they
-compute the same owners from the same rows, and a row already moved is not written twice.
+builds one ring per node group (``bm_nodes.conductor_group``, Ironic's conductor_group) over the live
+services serving it (``service.groups``, recorded in ``services.groups``) and rewrites ``service_host``
+of the nodes whose owner changed, so a service silent for ``service.service_down_time`` loses its nodes
+to the survivors within one pass, and takes about 1/N of them back once it heartbeats again. Every
+service runs the same loop; they compute the same owners from the same rows, and a row already moved is
+not written twice.
 
 Per pass, whatever the number of nodes: one read of ``services``, one of ``bm_nodes`` (id, uuid,
 service_host), one executemany UPDATE of the moved rows (each bumps its ``version``), and the change views
@@ -21,7 +23,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.db.models import bm_nodes_table
-from bmd.db.services import service_liveness
+from bmd.db.services import live_groups
 from bmd.node_events import note_nodes
 from bmd.ownership import HashRing, assign_owners
 
@@ -51,15 +53,23 @@ class NodeOwnership:
 
 
 async def rebalance(session: AsyncSession, down_time: float) -> dict[int, str]:
-    """Move every node to its owner on the ring of live services, in ``session``'s transaction; the moves
-    made (node id -> new owner). No live service (not even this one): nothing moves — a ring over nobody
-    has no owner to give, and the nodes keep the last one they had."""
-    live = sorted(host for host, up in (await service_liveness(session, down_time)).items() if up)
-    if not live:
+    """Move every node to its owner on the ring of the live services serving its group, in ``session``'s
+    transaction; the moves made (node id -> new owner). A group no live service serves (not even this
+    one): its nodes do not move — a ring over nobody has no owner to give, and they keep the last one."""
+    served = await live_groups(session, down_time)
+    if not served:
         log.warning("ownership_no_live_service")
         return {}
-    rows = await session.execute(select(_T.c.id, _T.c.uuid, _T.c.service_host))
-    moves = assign_owners(HashRing(live), {row.id: (row.uuid, row.service_host) for row in rows})
+    by_group: dict[str, dict[int, tuple[str, str]]] = collections.defaultdict(dict)
+    for row in await session.execute(select(_T.c.id, _T.c.uuid, _T.c.service_host, _T.c.conductor_group)):
+        by_group[row.conductor_group][row.id] = (row.uuid, row.service_host)
+    moves: dict[int, str] = {}
+    for group, nodes in by_group.items():
+        hosts = served.get(group)
+        if hosts is None:
+            log.warning("ownership_group_unserved", group=group, nodes=len(nodes))
+            continue
+        moves.update(assign_owners(HashRing(hosts), nodes))
     if moves:
         await session.execute(_MOVE, [{"move_id": i, "move_host": host} for i, host in moves.items()])
         await note_nodes(session, moves)
