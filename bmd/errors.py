@@ -68,6 +68,14 @@ class Forbidden(BmdError):
     code = "forbidden"
 
 
+class OwnerUnavailable(BmdError):
+    """The node's owning service (several services on one database) is down or did not answer; its nodes
+    move to a live service within one ownership pass."""
+
+    http_status = 503
+    code = "owner_unavailable"
+
+
 class DatabaseError(BmdError):
     """The database is unreachable, un-migrated, or newer than this code."""
 

@@ -161,6 +161,7 @@ def create_app(ctx: AppContext) -> web.Application:
         dashboard,
         docs,
         flavors,
+        forward,
         health,
         inspection,
         instances,
@@ -172,10 +173,11 @@ def create_app(ctx: AppContext) -> web.Application:
     )
     from bmd.drivers.deploy.http import create_image_app
 
-    middlewares = [audit.audit, request_context, auth.authenticate]
+    middlewares = [audit.audit, request_context, auth.authenticate, forward.forward_to_owner]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     auth.setup(app)
+    forward.setup(app)
     health.setup(app)
     metrics.setup(app)
     nodes.setup(app)

@@ -6,27 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 from sqlalchemy import select
 
-from bmd.api.app import ctx_of, json_response, parse_body
+from bmd.api.app import REQUEST_ID, ctx_of, json_response, parse_body
 from bmd.api.body import takes
+from bmd.api.forward import FORWARDER, require_service
 from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
-from bmd.api.schemas import InstanceCreate, ScheduleRequest
+from bmd.api.schemas import InstanceCreate, ScheduleRequest, SpawnRequest
 from bmd.api.views import Deleting, InstancePage, InstanceView, Reservation, SelectionView
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
+from bmd.db.nodes import get_node
 from bmd.drivers.deploy.configdrive import decode_user_data
 from bmd.drivers.deploy.refs import display_ref
-from bmd.errors import InvalidInput, NotFound
+from bmd.errors import InvalidInput, InvalidState, NotFound, OwnerUnavailable
 from bmd.flavors import Flavor
 from bmd.provision.instances import InstanceRequest, claim_instances
 from bmd.provision.precheck import check_deploy_request, check_pxe_ips
 from bmd.provision.request import DeployRequest, stored_request
 from bmd.ramdisk import ramdisk_dir
 from bmd.scheduler.host_state import RequestSpec
+from bmd.scheduler.manager import Placement
 from bmd.scheduler.selection import Selection
+from bmd.states import ProvisionState
 
 INSTANCE_FIELDS = (
     "uuid",
@@ -46,6 +51,8 @@ INSTANCE_FIELDS = (
     "updated_at",
     "deleted_at",
 )
+
+log = structlog.get_logger(__name__)
 
 
 def instance_to_dict(inst: Instance, node: BareMetalNode | None = None) -> dict[str, Any]:
@@ -144,8 +151,7 @@ async def create_instances(request: web.Request) -> web.Response:
             networks=[n.model_dump() for n in body.networks],
         ),
     )
-    for p in placements:
-        ctx.conductor.spawn(p.node_id, p.instance_uuid)
+    await start_deploys(request, placements)
     async with ctx.sessionmaker() as session:
         rows = (
             await session.execute(select(Instance).where(Instance.uuid.in_([p.instance_uuid for p in placements])))
@@ -195,8 +201,51 @@ async def delete_instance(request: web.Request) -> web.Response:
     return json_response({"uuid": request.match_info["uuid"], "task_state": "deleting"}, status=202)
 
 
+async def start_deploys(request: web.Request, placements: list[Placement]) -> None:
+    """Each claimed node's deploy starts on its owner: here, or sent to the owning service (ring ownership).
+    A deploy its owner could not be told of stays claimed (deploying, no step run); the owner's recovery
+    resumes it at its next start or when a live service takes the node over."""
+    ctx = ctx_of(request)
+    forwarder = request.app.get(FORWARDER)
+    for p in placements:
+        if forwarder is None:
+            ctx.conductor.spawn(p.node_id, p.instance_uuid)
+            continue
+        async with ctx.sessionmaker() as session:
+            owner = await forwarder.owner(session, p.node_id)
+        if owner.host == forwarder.host:
+            ctx.conductor.spawn(p.node_id, p.instance_uuid)
+            continue
+        try:
+            await forwarder.spawn(p.node_id, p.instance_uuid, request.get(REQUEST_ID))
+        except OwnerUnavailable as err:
+            log.warning(
+                "deploy_not_forwarded", node=p.node_id, instance=p.instance_uuid, owner=owner.host, error=str(err)
+            )
+
+
+@answers(202, Deleting)
+@takes(SpawnRequest)
+async def spawn_on_owner(request: web.Request) -> web.Response:
+    """Internal (role service): the claiming service asks the node's owner to deploy the instance claimed on
+    it. Refused unless the node holds that instance and is deploying."""
+    require_service(request)
+    ctx = ctx_of(request)
+    body = await parse_body(request, SpawnRequest)
+    async with ctx.sessionmaker() as session:
+        node = await get_node(session, request.match_info["node"])
+    if node.instance_uuid != body.instance_uuid or node.provision_state != ProvisionState.DEPLOYING:
+        raise InvalidState(
+            f"node {node.id} is {node.provision_state} holding {node.instance_uuid}: no claimed deploy of "
+            f"{body.instance_uuid} to start"
+        )
+    ctx.conductor.spawn(node.id, body.instance_uuid)  # Conflict (409) when one already runs
+    return json_response({"uuid": body.instance_uuid, "task_state": "spawning"}, status=202)
+
+
 def setup(app: web.Application) -> None:
     r = app.router
+    r.add_post("/v1/nodes/{node}/spawn", spawn_on_owner)
     r.add_post("/v1/schedule", schedule)
     r.add_post("/v1/instances", create_instances)
     r.add_get("/v1/instances", list_instances)

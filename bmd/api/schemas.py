@@ -308,6 +308,12 @@ class ScheduleRequest(Body):
     hints: dict[str, StrictStr] = Field(default_factory=dict)
 
 
+class SpawnRequest(Body):
+    """``POST /v1/nodes/{node}/spawn`` (services only): deploy the instance claimed on the node."""
+
+    instance_uuid: UUIDStr
+
+
 class InstanceCreate(ScheduleRequest):
     image_ref: ImageRefStr
     image_checksum: Checksum | None = None

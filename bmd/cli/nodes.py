@@ -60,7 +60,7 @@ def node_fields(create: bool) -> Callable[[F], F]:
     opts = [
         click.option("--name"),
         click.option("--service-host", help='the owning service (static ownership; derived with "ring")'),
-        click.option("--group", "conductor_group", help='the node group: only services serving it own the node'),
+        click.option("--group", "conductor_group", help="the node group: only services serving it own the node"),
         click.option("--cpus", type=int, required=create),
         click.option("--memory-mb", type=int, required=create),
         click.option("--local-gb", type=int, required=create),
