@@ -18,10 +18,14 @@ from structlog.testing import capture_logs
 
 from bmd.api.app import create_app
 from bmd.api.forward import FORWARDED_BY, FORWARDER
+from bmd.config import DatabaseSettings
 from bmd.context import AppContext
+from bmd.db.engine import make_engine
+from bmd.db.migrate import upgrade
 from bmd.db.models import ApiToken, BareMetalNode, Service, utcnow
 from bmd.db.tokens import create_token
 from bmd.service import open_context
+from tests.cloud import make_cloud
 from tests.conftest import make_settings, node_body
 
 
@@ -128,3 +132,59 @@ async def test_static_ownership_forwards_nothing(tmp_path: Path, db_file: Path, 
     async with open_context(settings) as ctx:
         async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
             assert client.app.get(FORWARDER) is None
+
+
+async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_its_node(tmp_path: Path) -> None:
+    """Every scheduler sees every node (the capability view covers the fleet under ring ownership); the
+    service whose API took the request claims the node, and the node's owner runs the deploy."""
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite'}"
+    engine = make_engine(DatabaseSettings(url=db_url))
+    await upgrade(engine)
+    await engine.dispose()
+    shared = {
+        "database": {"url": db_url},
+        "secrets": {"key_file": str(tmp_path / "secret.key")},
+        "driver": {"default_power_driver": "fake"},
+    }
+    for host in ("svc-a", "svc-b"):
+        (tmp_path / host).mkdir()
+    async with (
+        make_cloud(tmp_path / "svc-a", service={"host": "svc-a", "ownership": "ring"}, **shared) as a,
+        make_cloud(
+            tmp_path / "svc-b",
+            flavor=False,
+            service={"host": "svc-b", "ownership": "ring"},
+            # one image store: A's images (the request's) and B's own boot files
+            deploy={"allowed_image_roots": [str(tmp_path / h / "images-src") for h in ("svc-a", "svc-b")]},
+            **shared,
+        ) as b,
+    ):
+        for cloud in (a, b):
+            async with cloud.ctx.sessionmaker.begin() as session:
+                url = str(cloud.client.make_url("/")).rstrip("/")
+                stmt = update(Service).where(Service.host == cloud.ctx.settings.service.host).values(api_url=url)
+                await session.execute(stmt)
+        await a.enroll(6)
+        await a.add_pxe_ips(6)
+        await a.ctx.runner.run_pass("node_ownership")
+        await a.publish()
+        owners = {i: await owner_of(a.ctx, i) for i in range(1, 7)}
+        assert set(owners.values()) == {"svc-a", "svc-b"}, owners
+        # A's scheduler knows all six, each under its owner
+        assert {s.nodename: s.host for s in a.ctx.scheduler.selector.hosts()} == {str(i): h for i, h in owners.items()}
+
+        placed: dict[int, str] = {}
+        for _ in range(6):
+            status, body = await a.create(networks=[{"id": "n1"}])
+            assert status == 202, body
+            placed[body["instances"][0]["bm_node_id"]] = body["instances"][0]["uuid"]
+        assert sorted(placed) == [1, 2, 3, 4, 5, 6]  # no node twice
+        await a.settle()
+        await b.settle()
+        for node_id in placed:
+            node = await a.node(node_id)
+            assert node.provision_state == "wait_callback", (node_id, node.provision_state, node.last_error)
+            own, other = (a, b) if owners[node_id] == "svc-a" else (b, a)
+            # powered on for its PXE boot by its owner's driver; the other service never touched its BMC
+            assert any(c.startswith("set_power_state") for c in own.fake.bmc(node_id).calls), own.fake.bmc(node_id)
+            assert other.fake.bmc(node_id).calls == []

@@ -16,7 +16,7 @@ from bmd.api.forward import FORWARDER, require_service
 from bmd.api.openapi import ID_MARKER, LIMIT, answers, query, query_bool
 from bmd.api.paging import bool_param, id_marker, page_limit, split_page, stream_page
 from bmd.api.schemas import InstanceCreate, ScheduleRequest, SpawnRequest
-from bmd.api.views import Deleting, InstancePage, InstanceView, Reservation, SelectionView
+from bmd.api.views import Deleting, InstancePage, InstanceView, Reservation, SelectionView, Spawning
 from bmd.db import flavors as fq
 from bmd.db.models import BareMetalNode, Instance
 from bmd.db.nodes import get_node
@@ -224,7 +224,7 @@ async def start_deploys(request: web.Request, placements: list[Placement]) -> No
             )
 
 
-@answers(202, Deleting)
+@answers(202, Spawning)
 @takes(SpawnRequest)
 async def spawn_on_owner(request: web.Request) -> web.Response:
     """Internal (role service): the claiming service asks the node's owner to deploy the instance claimed on

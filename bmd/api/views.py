@@ -165,6 +165,11 @@ class Deleting(View):
     task_state: Literal["deleting"]
 
 
+class Spawning(View):
+    uuid: str
+    task_state: Literal["spawning"]
+
+
 class Candidate(View):
     node: str
     host: str

@@ -137,6 +137,9 @@ class BareMetalDriver:
         self.settings = settings
         self.drivers = drivers
         self.host = settings.service.host
+        # Several services on one database (ring ownership): every scheduler sees every node, so the
+        # capability view covers the whole fleet, each node under its owner's host.
+        self.fleet_view = settings.service.ownership == "ring"
         self.sessionmaker = sessionmaker
         self.extra_specs = parse_extra_specs(
             settings.driver.instance_type_extra_specs, settings.driver.baremetal_driver
@@ -212,7 +215,7 @@ class BareMetalDriver:
             "hypervisor_hostname": nodename,
             "supported_instances": self.supported_instances(str(specs.get("cpu_arch", ""))),
             **specs,
-            "host": self.host,
+            "host": row[1],  # the owning service (this one, but with fleet_view)
             "node": nodename,
             "maintenance": bool(row[7]),
             "boot_mode": row.boot_mode or "bios",  # a capability flavors match (capabilities:boot_mode)
@@ -223,8 +226,13 @@ class BareMetalDriver:
         return stats
 
     async def get_host_stats(self, refresh: bool = False, on_error: OnError | None = None) -> list[dict[str, Any]]:
-        """One capability dict per node of this service (the seed returns a list, not a dict)."""
-        rows = await self._rows(_STATS_COLUMNS)
+        """One capability dict per node of this service (the seed returns a list, not a dict); with
+        ``fleet_view``, per node of every service."""
+        if self.fleet_view:
+            async with self.sessionmaker() as session:
+                rows = (await session.execute(select(*_STATS_COLUMNS).order_by(BareMetalNode.id))).all()
+        else:
+            rows = await self._rows(_STATS_COLUMNS)
         return list(_each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error).values())
 
 
