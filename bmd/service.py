@@ -29,6 +29,7 @@ from bmd.console_recorder import ConsoleRecorder
 from bmd.context import AppContext
 from bmd.db.engine import make_engine, make_sessionmaker
 from bmd.db.migrate import check_schema
+from bmd.db.reservations import drop_own
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.drivers.dhcp import build_provider
 from bmd.drivers.factory import DriverFactory
@@ -39,6 +40,7 @@ from bmd.node_events import NodeEvents, read_views, remember_names
 from bmd.pg_bus import NodeListener, listen_dsn
 from bmd.provision.conductor import Conductor
 from bmd.provision.recovery import DeployTimeouts, recover
+from bmd.provision.reservations import Reservations
 from bmd.provision.steps import Provisioner
 from bmd.scheduler.manager import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
@@ -136,6 +138,10 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
                     settings, sessionmaker, drivers, public_url=public_url, console_logs=console_logs, dhcp=dhcp
                 ),
                 recorder,
+                # several services on one database: each node job holds the node's reservation
+                Reservations(sessionmaker, settings.service.host, settings.service.service_down_time)
+                if settings.service.ownership == "ring"
+                else None,
             ),
             scheduler=HostManager(settings, sessionmaker, bus, failures),
             console_logs=console_logs,
@@ -149,6 +155,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             else None,
         )
         async with sessionmaker.begin() as session:
+            await drop_own(session, settings.service.host)  # left by an earlier run of ours, killed mid-action
             await register_service(
                 session, settings.service.host, settings.service.groups, settings.api.public_url or public_url or None
             )

@@ -40,6 +40,7 @@ from bmd.provision.agent import (
     token_digest,
     waits_for_agent,
 )
+from bmd.provision.reservations import Reservations
 from bmd.provision.steps import Provisioner
 from bmd.states import Event, ProvisionState, deadline_after
 
@@ -89,12 +90,16 @@ def config_drive_path(dep: Deployment) -> Path | None:
 
 
 class Conductor:
-    def __init__(self, provisioner: Provisioner, console: ConsoleRecorder | None = None) -> None:
+    def __init__(
+        self, provisioner: Provisioner, console: ConsoleRecorder | None = None, reservations: Reservations | None = None
+    ) -> None:
         self.p = provisioner
         self.console = console  # records the node's serial console during its deploys
         self.jobs: dict[int, asyncio.Task[Any]] = {}
         self._closing = False
         self.deploys = DeployMeter()  # outcomes and durations, for /metrics
+        # several services on one database: each job also holds the node's reservation (the lock between them)
+        self.reservations = reservations
 
     # -- the per-node lock: every job is created here and cancelled/awaited in close() -------------------
     #
@@ -117,6 +122,8 @@ class Conductor:
             if self._closing:
                 raise Conflict("bmd is stopping")
             raise Conflict(f"node {node_id} is busy: {self.running(node_id)} runs on it")
+        if self.reservations is not None:
+            coro = self.reservations.hold(node_id, coro)
         if busy and current is not None:
             coro = _after(current, coro)
         task = asyncio.create_task(coro, name=f"{name}:{node_id}")
