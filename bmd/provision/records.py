@@ -31,7 +31,16 @@ async def allocate_pxe_ip(session: AsyncSession, node_id: int) -> PxeIp:
     if mine is not None:
         return mine
     for _ in range(ALLOCATE_ATTEMPTS):
-        free = select(PxeIp.id).where(PxeIp.bm_node_id.is_(None)).order_by(PxeIp.id).limit(1).scalar_subquery()
+        # SKIP LOCKED (PostgreSQL; SQLite has one writer and no row locks): concurrent allocations — other
+        # services' among them — each take a different free row instead of all queueing on the first.
+        free = (
+            select(PxeIp.id)
+            .where(PxeIp.bm_node_id.is_(None))
+            .order_by(PxeIp.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         result = await session.execute(
             update(PxeIp).where(PxeIp.id == free, PxeIp.bm_node_id.is_(None)).values(bm_node_id=node_id)
         )

@@ -1,0 +1,238 @@
+"""Three ``bmd serve`` processes on one PostgreSQL database (ring ownership, the PostgreSQL bus): 300
+concurrent instance requests spread over the three APIs against 100 nodes give exactly 100 instances, no
+node twice; SIGKILL one service — the survivors own its nodes within its down time plus a pass, its
+deploys are kept (waiting for their agent under the new owner) or failed with a reason, nothing is lost;
+restart it — about a third of the nodes come back to it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bmd.config import DatabaseSettings
+from bmd.db.engine import make_engine
+from bmd.db.migrate import upgrade
+from bmd.db.models import BareMetalNode, Instance
+from tests.test_service import Daemon
+
+pytestmark = pytest.mark.postgres
+
+NODES = 100
+DOWN = 3.0  # service_down_time: a killed service's nodes move within this plus one ownership pass
+
+
+def write_config(tmp: Path, host: str, db_url: str, images: Path) -> Path:
+    path = tmp / f"{host}.toml"
+    path.write_text(
+        f"""
+[service]
+host = "{host}"
+ownership = "ring"
+heartbeat_interval = 0.5
+service_down_time = {DOWN}
+graceful_timeout = 5.0
+state_dir = "{tmp / host / "state"}"
+[database]
+url = "{db_url}"
+[bus]
+backend = "postgresql"
+[api]
+port = 0
+token_file = "{tmp / host / "token"}"
+[secrets]
+key_file = "{tmp / "secret.key"}"
+[logging]
+format = "json"
+[driver]
+default_power_driver = "fake"
+[tasks]
+host_state_interval = 0.3
+update_resources_interval = 0.3
+[deploy]
+automated_clean = false
+tftp_root = "{tmp / host / "tftp"}"
+http_root = "{tmp / host / "http"}"
+image_cache_dir = "{tmp / host / "cache"}"
+allowed_image_roots = ["{images}"]
+deploy_kernel = "{images / "deploy_kernel"}"
+deploy_ramdisk = "{images / "deploy_ramdisk"}"
+boot_kernel = "{images / "kernel"}"
+boot_ramdisk = "{images / "ramdisk"}"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    """A database of its own: the run's shared one holds other tests' live services."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    name = f"{url.database}_scaleout"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        await upgrade(engine)
+        yield db_url, engine
+    finally:
+        await engine.dispose()
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+class Service:
+    def __init__(self, config: Path, token_file: Path) -> None:
+        self.config = config
+        self.token_file = token_file
+        self.daemon = Daemon(config)
+        started = self.daemon.wait_for("service_started", deadline=60)
+        self.url = str(started["api"])
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+
+
+async def until(what: str, probe: Any, deadline: float) -> Any:
+    end = time.monotonic() + deadline
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < end, f"{what}: not within {deadline} s"
+        await asyncio.sleep(0.1)  # polling a database other processes write: a deadline, not a wait
+
+
+async def owners(engine: AsyncEngine) -> collections.Counter[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(BareMetalNode.service_host, func.count()).group_by(BareMetalNode.service_host))
+        return collections.Counter({host: n for host, n in rows})
+
+
+async def test_three_services_one_database_no_double_booking_and_takeover(
+    tmp_path: Path, database: tuple[str, AsyncEngine]
+) -> None:
+    db_url, engine = database
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "disk.img"):
+        (images / name).write_bytes(name.encode() * 512)
+    hosts = ["svc-1", "svc-2", "svc-3"]
+    for host in hosts:
+        (tmp_path / host).mkdir()
+    configs = {h: write_config(tmp_path, h, db_url, images) for h in hosts}
+    services = {h: Service(configs[h], tmp_path / h / "token") for h in hosts}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            first = services["svc-1"]
+            nodes = [
+                {
+                    "uuid": str(uuid.UUID(int=i + 1)),
+                    "name": f"n{i:03d}",
+                    "cpus": 8,
+                    "memory_mb": 16384,
+                    "local_gb": 200,
+                    "pm_driver": "fake",
+                    "pm_address": f"fake-{i}",
+                    "interfaces": [{"address": f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"}],
+                }
+                for i in range(NODES)
+            ]
+            async with http.post(f"{first.url}/v1/nodes/import", json={"nodes": nodes}, headers=first.auth) as r:
+                assert r.status == 201, await r.text()
+            flavor = {"name": "bm", "ram": 16384, "vcpus": 8, "disk": 200}
+            async with http.post(f"{first.url}/v1/flavors", json=flavor, headers=first.auth) as r:
+                assert r.status == 201, await r.text()
+            for i in range(NODES):
+                body = {"address": f"10.9.0.{i + 10}", "server_address": f"10.8.0.{i + 10}"}
+                async with http.post(f"{first.url}/v1/pxe_ips", json=body, headers=first.auth) as r:
+                    assert r.status == 201, await r.text()
+
+            async def spread() -> bool:
+                counts = await owners(engine)
+                return set(counts) == set(hosts) and min(counts.values()) >= NODES * 0.2
+
+            await until("the ring spreads the nodes over the three services", spread, 30)
+
+            async def sees_all(svc: Service) -> bool:
+                body = {"flavor": "bm", "num_instances": NODES}
+                async with http.post(f"{svc.url}/v1/schedule", json=body, headers=svc.auth) as r:
+                    return r.status == 200
+
+            for svc in services.values():  # every scheduler sees every node
+                await until(f"{svc.url} schedules on all {NODES} nodes", lambda svc=svc: sees_all(svc), 30)
+
+            request = {"flavor": "bm", "image_ref": str(images / "disk.img"), "networks": [{"id": "n1"}]}
+            order = [services[hosts[i % 3]] for i in range(3 * NODES)]
+
+            async def create(svc: Service) -> tuple[int, dict[str, Any]]:
+                async with http.post(f"{svc.url}/v1/instances", json=request, headers=svc.auth) as r:
+                    return r.status, json.loads(await r.text())
+
+            results = await asyncio.gather(*(create(svc) for svc in order))
+            statuses = collections.Counter(s for s, _ in results)
+            assert statuses[202] == NODES and statuses[202] + statuses[409] == 3 * NODES, statuses
+            placed = [b["instances"][0]["bm_node_id"] for s, b in results if s == 202]
+            assert len(set(placed)) == NODES  # no node twice
+            async with engine.connect() as conn:
+                inst = await conn.scalar(
+                    select(func.count()).select_from(Instance).where(Instance.deleted_at.is_(None))
+                )
+                held = await conn.scalar(
+                    select(func.count(func.distinct(BareMetalNode.instance_uuid))).where(
+                        BareMetalNode.instance_uuid.is_not(None)
+                    )
+                )
+            assert inst == held == NODES
+
+            before = await owners(engine)
+            services["svc-3"].daemon.proc.kill()  # SIGKILL: no goodbye
+            killed_at = time.monotonic()
+
+            async def gone() -> bool:
+                return "svc-3" not in await owners(engine)
+
+            await until("the survivors own svc-3's nodes", gone, DOWN + 10)
+            takeover = time.monotonic() - killed_at
+            after = await owners(engine)
+            assert sum(after.values()) == NODES and set(after) == {"svc-1", "svc-2"}
+            assert after["svc-1"] > before["svc-1"] and after["svc-2"] > before["svc-2"]
+            async with engine.connect() as conn:  # nothing lost: every instance still on its node or failed with why
+                rows = (
+                    await conn.execute(
+                        select(BareMetalNode.provision_state, BareMetalNode.last_error, BareMetalNode.instance_uuid)
+                    )
+                ).all()
+            for state, error, instance in rows:
+                assert (state in ("deploying", "wait_callback") and instance) or (state == "error" and error), (
+                    state,
+                    error,
+                )
+
+            services["svc-3"] = Service(configs["svc-3"], tmp_path / "svc-3" / "token")
+
+            async def back() -> bool:
+                counts = await owners(engine)
+                return NODES * 0.2 <= counts.get("svc-3", 0) <= NODES * 0.5
+
+            await until("about a third of the nodes return to svc-3", back, 30)
+            print(f"takeover after SIGKILL: {takeover:.1f} s (down time {DOWN} s)")
+    finally:
+        for svc in services.values():
+            svc.daemon.stop()
