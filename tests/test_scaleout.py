@@ -24,54 +24,12 @@ from bmd.config import DatabaseSettings
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode, Instance
-from tests.test_service import Daemon
+from bmd.lab.cluster import ServiceProcess, cluster_config, placeholder_images
 
 pytestmark = pytest.mark.postgres
 
 NODES = 100
 DOWN = 3.0  # service_down_time: a killed service's nodes move within this plus one ownership pass
-
-
-def write_config(tmp: Path, host: str, db_url: str, images: Path) -> Path:
-    path = tmp / f"{host}.toml"
-    path.write_text(
-        f"""
-[service]
-host = "{host}"
-ownership = "ring"
-heartbeat_interval = 0.5
-service_down_time = {DOWN}
-graceful_timeout = 5.0
-state_dir = "{tmp / host / "state"}"
-[database]
-url = "{db_url}"
-[bus]
-backend = "postgresql"
-[api]
-port = 0
-token_file = "{tmp / host / "token"}"
-[secrets]
-key_file = "{tmp / "secret.key"}"
-[logging]
-format = "json"
-[driver]
-default_power_driver = "fake"
-[tasks]
-host_state_interval = 0.3
-update_resources_interval = 0.3
-[deploy]
-automated_clean = false
-tftp_root = "{tmp / host / "tftp"}"
-http_root = "{tmp / host / "http"}"
-image_cache_dir = "{tmp / host / "cache"}"
-allowed_image_roots = ["{images}"]
-deploy_kernel = "{images / "deploy_kernel"}"
-deploy_ramdisk = "{images / "deploy_ramdisk"}"
-boot_kernel = "{images / "kernel"}"
-boot_ramdisk = "{images / "ramdisk"}"
-"""
-    )
-    return path
 
 
 @pytest.fixture
@@ -97,16 +55,10 @@ async def database(postgres_url: str) -> AsyncIterator[tuple[str, AsyncEngine]]:
 
 
 class Service:
-    def __init__(self, config: Path, token_file: Path) -> None:
-        self.config = config
-        self.token_file = token_file
-        self.daemon = Daemon(config)
-        started = self.daemon.wait_for("service_started", deadline=60)
-        self.url = str(started["api"])
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+    def __init__(self, config: Path) -> None:
+        self.daemon = ServiceProcess(config)
+        self.url = self.daemon.started()
+        self.auth = {"Authorization": f"Bearer {self.daemon.token()}"}
 
 
 async def until(what: str, probe: Any, deadline: float) -> Any:
@@ -129,15 +81,10 @@ async def test_three_services_one_database_no_double_booking_and_takeover(
     tmp_path: Path, database: tuple[str, AsyncEngine]
 ) -> None:
     db_url, engine = database
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "disk.img"):
-        (images / name).write_bytes(name.encode() * 512)
+    images = placeholder_images(tmp_path / "images")
     hosts = ["svc-1", "svc-2", "svc-3"]
-    for host in hosts:
-        (tmp_path / host).mkdir()
-    configs = {h: write_config(tmp_path, h, db_url, images) for h in hosts}
-    services = {h: Service(configs[h], tmp_path / h / "token") for h in hosts}
+    configs = {h: cluster_config(tmp_path, h, db_url, images, down_time=DOWN) for h in hosts}
+    services = {h: Service(configs[h]) for h in hosts}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             first = services["svc-1"]
@@ -225,7 +172,7 @@ async def test_three_services_one_database_no_double_booking_and_takeover(
                     error,
                 )
 
-            services["svc-3"] = Service(configs["svc-3"], tmp_path / "svc-3" / "token")
+            services["svc-3"] = Service(configs["svc-3"])
 
             async def back() -> bool:
                 counts = await owners(engine)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bmd.lab.cluster import ServiceProcess
 from tests.conftest import make_settings
 
 
@@ -52,50 +51,8 @@ def bmd(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.
     )
 
 
-class Daemon:
-    """``bmd serve`` as a child process. A thread drains its stdout (JSON log lines) so the pipe never fills."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bmd", "--config", str(config), "serve"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[dict[str, Any]] = []
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"event": "non_json_output", "text": line.rstrip()}
-            self._queue.put(entry)
-        self._queue.put(None)
-
-    def wait_for(self, event: str, deadline: float = 30.0) -> dict[str, Any]:
-        end = time.monotonic() + deadline
-        while (left := end - time.monotonic()) > 0:
-            try:
-                entry = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if entry is None:
-                break
-            self.lines.append(entry)
-            if entry.get("event") == event:
-                return entry
-        raise AssertionError(f"no {event!r} log line; got {self.lines[-5:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+# ``bmd serve`` as a child process, its log lines read as they come (bmd/lab/cluster.py).
+Daemon = ServiceProcess
 
 
 @pytest.fixture

@@ -1,0 +1,133 @@
+"""Several ``bmd serve`` processes on one database, for the scale-out test and bench (bench/scaleout.py).
+
+Each service is a child process with its own config (``service.host``, state directory, token file) and the
+settings several services share: the database, the secrets key, ring ownership and the PostgreSQL bus. Power
+is the fake driver (its state lives in the owning process), the boot files are placeholders: a deploy runs
+to "waiting for the agent", which is what claims, ownership and takeover need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServiceProcess", "cluster_config", "placeholder_images"]
+
+BOOT_FILES = ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "disk.img")
+
+
+def placeholder_images(directory: Path) -> Path:
+    """The deploy's files (never booted: the fake power driver starts no machine)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in BOOT_FILES:
+        (directory / name).write_bytes(name.encode() * 512)
+    return directory
+
+
+def cluster_config(tmp: Path, host: str, db_url: str, images: Path, *, down_time: float = 3.0) -> Path:
+    """One service's config file under ``tmp``; its own files under ``tmp/<host>``."""
+    own = tmp / host
+    own.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{host}.toml"
+    path.write_text(
+        f"""
+[service]
+host = "{host}"
+ownership = "ring"
+heartbeat_interval = {min(1.0, down_time / 6)}
+service_down_time = {down_time}
+graceful_timeout = 5.0
+state_dir = "{own / "state"}"
+[database]
+url = "{db_url}"
+[bus]
+backend = "{"postgresql" if db_url.startswith("postgresql") else "memory"}"
+[api]
+port = 0
+token_file = "{own / "token"}"
+[secrets]
+key_file = "{tmp / "secret.key"}"
+[logging]
+format = "json"
+[driver]
+default_power_driver = "fake"
+[tasks]
+host_state_interval = 0.3
+update_resources_interval = 0.3
+[deploy]
+automated_clean = false
+tftp_root = "{own / "tftp"}"
+http_root = "{own / "http"}"
+image_cache_dir = "{own / "cache"}"
+allowed_image_roots = ["{images}"]
+deploy_kernel = "{images / "deploy_kernel"}"
+deploy_ramdisk = "{images / "deploy_ramdisk"}"
+boot_kernel = "{images / "kernel"}"
+boot_ramdisk = "{images / "ramdisk"}"
+"""
+    )
+    return path
+
+
+class ServiceProcess:
+    """``bmd serve`` as a child process. A thread drains its stdout (JSON log lines) so the pipe never fills;
+    ``wait_for(event)`` reads them until that event. ``stop()`` kills it by its PID."""
+
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bmd", "--config", str(config), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"event": "non_json_output", "text": line.rstrip()}
+            self._queue.put(entry)
+        self._queue.put(None)
+
+    def wait_for(self, event: str, deadline: float = 30.0) -> dict[str, Any]:
+        end = time.monotonic() + deadline
+        while (left := end - time.monotonic()) > 0:
+            try:
+                entry = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if entry is None:
+                break
+            self.lines.append(entry)
+            if entry.get("event") == event:
+                return entry
+        raise AssertionError(f"no {event!r} log line; got {self.lines[-5:]}")
+
+    def started(self, deadline: float = 60.0) -> str:
+        """Wait for ``service_started``; the API's URL."""
+        return str(self.wait_for("service_started", deadline)["api"])
+
+    def token(self) -> str:
+        """The service's admin token (``api.token_file``, written at its first start)."""
+        return (self.config.parent / self.config.stem / "token").read_text().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
