@@ -1,0 +1,115 @@
+"""A rolling upgrade (README "Rolling upgrade"): a temporary migrations directory with a test-only 0011 past
+our head 0010, one additive (compatible_down_to 0010) and one breaking (compatible_down_to 0011); the real
+check_schema of code at 0010 runs on the first with a warning and refuses the second."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from bmd.config import DatabaseSettings
+from bmd.db.engine import make_engine
+from bmd.db.migrate import MIGRATIONS, check_schema, upgrade
+from bmd.errors import DatabaseError
+
+ADDITIVE = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+compatible_down_to = "0010"
+
+
+def upgrade() -> None:
+    op.add_column("bm_nodes", sa.Column("test_extra", sa.String(length=32), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("bm_nodes", "test_extra")
+"""
+
+BREAKING = """
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+compatible_down_to = "0011"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("services") as batch:
+        batch.drop_column("api_url")
+
+
+def downgrade() -> None:
+    raise NotImplementedError
+"""
+
+
+def scripts(tmp_path: Path, migration: str) -> Path:
+    """Our migrations copied to tmp_path with one more revision, 0011."""
+    target = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, target, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "versions" / "0011_test_only.py").write_text(migration)
+    return target
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bmd.sqlite'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def _reset(engine: AsyncEngine) -> None:
+    if engine.dialect.name == "postgresql":  # one database per run: start each test from an empty schema
+        from sqlalchemy import text
+
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+
+
+async def test_additive_newer_schema_runs_with_a_warning(tmp_path: Path, db_url: str) -> None:
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        await _reset(engine)
+        await upgrade(engine, script_location=scripts(tmp_path, ADDITIVE))
+        with capture_logs() as logs:
+            await check_schema(engine)
+        events = [e for e in logs if e["event"] == "schema_newer_compatible"]
+        assert events and events[0]["db_revision"] == "0011" and events[0]["code_head"] == "0010"
+    finally:
+        await engine.dispose()
+
+
+async def test_breaking_newer_schema_is_refused(tmp_path: Path, db_url: str) -> None:
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        await _reset(engine)
+        await upgrade(engine, script_location=scripts(tmp_path, BREAKING))
+        with pytest.raises(DatabaseError, match=r"needs code at least at revision 0011.*upgrade this service"):
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_older_schema_is_refused(tmp_path: Path, db_url: str) -> None:
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        await _reset(engine)
+        await upgrade(engine, "0009")
+        with pytest.raises(DatabaseError, match="run `bmd db upgrade`"):
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
