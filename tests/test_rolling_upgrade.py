@@ -4,17 +4,22 @@ check_schema of code at 0010 runs on the first with a warning and refuses the se
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from bmd.config import DatabaseSettings
+from bmd.context import AppContext
 from bmd.db.engine import make_engine
-from bmd.db.migrate import MIGRATIONS, check_schema, upgrade
+from bmd.db.migrate import MIGRATIONS, check_schema, current_revision, upgrade
 from bmd.errors import DatabaseError
+from bmd.service import Endpoint, serve
+from tests.conftest import make_settings
 
 ADDITIVE = """
 import sqlalchemy as sa
@@ -111,5 +116,38 @@ async def test_older_schema_is_refused(tmp_path: Path, db_url: str) -> None:
         await upgrade(engine, "0009")
         with pytest.raises(DatabaseError, match="run `bmd db upgrade`"):
             await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_service_keeps_serving_while_another_migrates(tmp_path: Path) -> None:
+    """A service at head 0010 answers /healthz before, during and after `upgrade()` to the additive 0011
+    on its database (what `bmd db upgrade` does from another host)."""
+    settings = make_settings(tmp_path)
+    engine = make_engine(settings.database)
+    try:
+        await upgrade(engine)
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def during(_ctx: AppContext, endpoint: Endpoint) -> None:
+            try:
+                async with aiohttp.ClientSession() as session:
+                    migrating = asyncio.create_task(upgrade(engine, script_location=scripts(tmp_path, ADDITIVE)))
+                    while True:
+                        async with session.get(endpoint.url + "/healthz") as resp:
+                            statuses.append(resp.status)
+                        if migrating.done():
+                            break
+                    await migrating
+                    async with session.get(endpoint.url + "/healthz") as resp:
+                        statuses.append(resp.status)
+            finally:
+                stop.set()
+
+        async with asyncio.timeout(60):
+            await serve(settings, stop, on_ready=during)
+        assert await current_revision(engine) == "0011"
+        assert statuses and set(statuses) == {200}
     finally:
         await engine.dispose()
