@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
@@ -78,8 +79,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 async def _reset(engine: AsyncEngine) -> None:
     if engine.dialect.name == "postgresql":  # one database per run: start each test from an empty schema
-        from sqlalchemy import text
-
         async with engine.begin() as conn:
             await conn.execute(text("DROP SCHEMA public CASCADE"))
             await conn.execute(text("CREATE SCHEMA public"))
@@ -89,7 +88,11 @@ async def test_additive_newer_schema_runs_with_a_warning(tmp_path: Path, db_url:
     engine = make_engine(DatabaseSettings(url=db_url))
     try:
         await _reset(engine)
+        await upgrade(engine, "0010")
         await upgrade(engine, script_location=scripts(tmp_path, ADDITIVE))
+        async with engine.connect() as conn:
+            rows = dict((await conn.execute(text("SELECT revision, oldest_code FROM bmd_schema_compat"))).all())
+        assert rows == {"0010": "0009", "0011": "0010"}  # one row per revision from 0010 on, two runs
         with capture_logs() as logs:
             await check_schema(engine)
         events = [e for e in logs if e["event"] == "schema_newer_compatible"]
