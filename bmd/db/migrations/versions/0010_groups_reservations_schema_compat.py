@@ -16,6 +16,8 @@ revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
+# Additive: code at 0009 still runs on this schema (bmd.db.migrate.check_schema, README "Rolling upgrade").
+compatible_down_to = "0009"
 
 
 def upgrade() -> None:
