@@ -7,9 +7,10 @@ set is what counts, not this service's own moves. The first pass only records th
 (``recover`` in ``bmd.service.serve``, run before the loops start) covered those nodes already.
 
 Nodes that left this service: a job of ours still running on one is let finish (cancelling it mid-step
-would leave the node half-done for the new owner, who skips nothing the row says); ``node_lost_ownership``
-is logged, and the new owner's recovery skips nothing in flight only in its own process, so the window is
-the length of that one job.
+would leave the node half-done) and ``node_lost_ownership`` is logged with the busy ids. The new owner's
+recovery skips only the jobs running in its own process: it cannot see ours, so while that one job runs both
+services may act on the node. A service loses its nodes only after ``service.service_down_time`` without a
+heartbeat, so in practice that job belongs to a process that is gone or stalled.
 """
 
 from __future__ import annotations
