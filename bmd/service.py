@@ -45,6 +45,7 @@ from bmd.provision.steps import Provisioner
 from bmd.scheduler.manager import HostManager, SchedulerRefresh
 from bmd.secrets import load_api_token, load_secret_box
 from bmd.systemd import Notifier
+from bmd.tasks.adoption import NodeAdoption
 from bmd.tasks.heartbeat import ServiceHeartbeat, register_service
 from bmd.tasks.node_ownership import NodeOwnership
 from bmd.tasks.report_driver_status import TOPIC, ReportDriverStatus
@@ -86,6 +87,7 @@ def build_runner(ctx: AppContext, probe_engine: AsyncEngine) -> None:
     )
     if s.service.ownership == "ring":
         ctx.runner.add(NodeOwnership(ctx.sessionmaker, s.service.service_down_time, s.service.heartbeat_interval))
+        ctx.runner.add(NodeAdoption(ctx.conductor, s.service.heartbeat_interval))
     failures = ctx.step_failures
     ctx.runner.add(ReportDriverStatus(ctx.driver, ctx.bus, s.service.my_ip, s.tasks.host_state_interval, failures))
     ctx.runner.add(UpdateAvailableResource(ctx.driver, ctx.sessionmaker, s.tasks.update_resources_interval, failures))

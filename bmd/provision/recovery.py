@@ -4,9 +4,10 @@ instance, or holding an instance that does not exist."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, true, update
 
 from bmd import states
 from bmd.db.models import BareMetalNode, Deployment, Instance, utcnow
@@ -109,7 +110,7 @@ async def _release_orphan(conductor: Conductor, node: BareMetalNode) -> None:
         await states.release(session, node.id, node.instance_uuid or "", failure=failure)
 
 
-async def _resume_boots(conductor: Conductor, state: ProvisionState) -> int:
+async def _resume_boots(conductor: Conductor, state: ProvisionState, node_ids: Collection[int] | None = None) -> int:
     """Nodes found ``cleaning`` or ``inspecting`` (they hold no instance): reported already, the finish runs
     again; not yet booted (bmd stopped mid-way through the boot), the boot runs again; booted and waiting,
     the agent may still report (the timeout check fails it otherwise)."""
@@ -120,10 +121,13 @@ async def _resume_boots(conductor: Conductor, state: ProvisionState) -> int:
                 select(BareMetalNode.id, BareMetalNode.deploy_deadline, Deployment.booted_at, Deployment.instance_uuid)
                 .outerjoin(Deployment, Deployment.bm_node_id == BareMetalNode.id)
                 .where(BareMetalNode.service_host == p.settings.service.host, BareMetalNode.provision_state == state)
+                .where(_among(node_ids))
             )
         ).all()
     resumed = 0
     for row in rows:
+        if conductor.running(row.id) is not None:
+            continue
         if row.deploy_deadline is not None and row.booted_at is not None:
             continue
         booted = row.deploy_deadline is None
@@ -135,8 +139,14 @@ async def _resume_boots(conductor: Conductor, state: ProvisionState) -> int:
     return resumed
 
 
-async def recover(conductor: Conductor) -> dict[str, int]:
-    """Run once at start-up, before the API and the loops: resume or fail what a crash interrupted."""
+def _among(node_ids: Collection[int] | None) -> ColumnElement[bool]:
+    return true() if node_ids is None else BareMetalNode.id.in_(list(node_ids))
+
+
+async def recover(conductor: Conductor, node_ids: Collection[int] | None = None) -> dict[str, int]:
+    """Resume or fail what a crash interrupted: at start-up (``node_ids`` None: every node of this service,
+    before the API and the loops), or for the nodes this service just took over from a dead one
+    (``bmd.tasks.adoption``). A node with a job running in this process is left to it."""
     p = conductor.p
     host = p.settings.service.host
     counts = {
@@ -153,7 +163,9 @@ async def recover(conductor: Conductor) -> dict[str, int]:
             (
                 await session.execute(
                     select(BareMetalNode).where(
-                        BareMetalNode.service_host == host, BareMetalNode.instance_uuid.is_not(None)
+                        BareMetalNode.service_host == host,
+                        BareMetalNode.instance_uuid.is_not(None),
+                        _among(node_ids),
                     )
                 )
             )
@@ -166,6 +178,8 @@ async def recover(conductor: Conductor) -> dict[str, int]:
             for i in (await session.execute(select(Instance).where(Instance.uuid.in_(list(holders))))).scalars()
         }
     for node in nodes:
+        if conductor.running(node.id) is not None:
+            continue
         inst = instances.get(node.instance_uuid or "")
         try:
             if inst is None or inst.vm_state == "deleted":
@@ -185,9 +199,9 @@ async def recover(conductor: Conductor) -> dict[str, int]:
         except (InvalidState, OSError) as err:
             log.error("recovery_failed", node=node.id, error=describe(err))
     await fail_timed_out_deploys(conductor)
-    counts["cleans_resumed"] = await _resume_boots(conductor, ProvisionState.CLEANING)
+    counts["cleans_resumed"] = await _resume_boots(conductor, ProvisionState.CLEANING, node_ids)
     await fail_timed_out_cleans(conductor)
-    counts["inspections_resumed"] = await _resume_boots(conductor, ProvisionState.INSPECTING)
+    counts["inspections_resumed"] = await _resume_boots(conductor, ProvisionState.INSPECTING, node_ids)
     await fail_timed_out_inspections(conductor)
     # Instances that believe they are placed but whose node does not hold them.
     async with p.sessionmaker.begin() as session:
