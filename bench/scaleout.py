@@ -38,7 +38,7 @@ from bmd.config import DatabaseSettings
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode
-from bmd.lab.cluster import ServiceProcess, cluster_config, placeholder_images
+from bmd.lab.cluster import ServiceProcess, cluster_config, fake_nodes, placeholder_images
 
 DOWN = 3.0
 
@@ -74,20 +74,7 @@ async def run(count: int, nodes: int, base_url: str, tmp: Path) -> dict[str, flo
         apis = [(p.started(), {"Authorization": f"Bearer {p.token()}"}) for p in procs]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
             first, auth = apis[0]
-            body = {
-                "nodes": [
-                    {
-                        "uuid": str(uuid.UUID(int=i + 1)),
-                        "cpus": 8,
-                        "memory_mb": 16384,
-                        "local_gb": 200,
-                        "pm_driver": "fake",
-                        "pm_address": f"fake-{i}",
-                        "interfaces": [{"address": f"52:54:00:01:{i // 256:02x}:{i % 256:02x}"}],
-                    }
-                    for i in range(nodes)
-                ]
-            }
+            body = {"nodes": fake_nodes(nodes)}
             async with http.post(f"{first}/v1/nodes/import", json=body, headers=auth) as r:
                 assert r.status == 201, await r.text()
             flavor = {"name": "bm", "ram": 16384, "vcpus": 8, "disk": 200}

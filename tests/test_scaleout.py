@@ -10,7 +10,6 @@ import asyncio
 import collections
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from bmd.config import DatabaseSettings
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode, Instance
-from bmd.lab.cluster import ServiceProcess, cluster_config, placeholder_images
+from bmd.lab.cluster import ServiceProcess, cluster_config, fake_nodes, placeholder_images
 
 pytestmark = pytest.mark.postgres
 
@@ -88,19 +87,7 @@ async def test_three_services_one_database_no_double_booking_and_takeover(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             first = services["svc-1"]
-            nodes = [
-                {
-                    "uuid": str(uuid.UUID(int=i + 1)),
-                    "name": f"n{i:03d}",
-                    "cpus": 8,
-                    "memory_mb": 16384,
-                    "local_gb": 200,
-                    "pm_driver": "fake",
-                    "pm_address": f"fake-{i}",
-                    "interfaces": [{"address": f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"}],
-                }
-                for i in range(NODES)
-            ]
+            nodes = fake_nodes(NODES)
             async with http.post(f"{first.url}/v1/nodes/import", json={"nodes": nodes}, headers=first.auth) as r:
                 assert r.status == 201, await r.text()
             flavor = {"name": "bm", "ram": 16384, "vcpus": 8, "disk": 200}

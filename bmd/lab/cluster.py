@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceProcess", "cluster_config", "placeholder_images"]
+__all__ = ["ServiceProcess", "cluster_config", "fake_nodes", "placeholder_images"]
 
 BOOT_FILES = ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "disk.img")
 
@@ -30,6 +31,24 @@ def placeholder_images(directory: Path) -> Path:
     for name in BOOT_FILES:
         (directory / name).write_bytes(name.encode() * 512)
     return directory
+
+
+def fake_nodes(count: int) -> list[dict[str, Any]]:
+    """``count`` node bodies for ``POST /v1/nodes/import``: the fake power driver, one NIC each, fixed uuids
+    (the same owners on the ring every run)."""
+    return [
+        {
+            "uuid": str(uuid.UUID(int=i + 1)),
+            "name": f"n{i:05d}",
+            "cpus": 8,
+            "memory_mb": 16384,
+            "local_gb": 200,
+            "pm_driver": "fake",
+            "pm_address": f"fake-{i}",
+            "interfaces": [{"address": f"52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"}],
+        }
+        for i in range(count)
+    ]
 
 
 def cluster_config(tmp: Path, host: str, db_url: str, images: Path, *, down_time: float = 3.0) -> Path:
