@@ -41,7 +41,9 @@ def test_aes_round_trip(payload: bytes) -> None:
 def test_decrypt_rejects_a_bad_pad() -> None:
     key = os.urandom(16)
     sealed = bytearray(encrypt_payload(key, b"abc"))
-    sealed[-1] ^= 0xFF  # last block garbled: the pad bytes no longer read 01 02 .. N
+    # CBC: flipping the IV's byte 14 flips plaintext byte 14, a pad byte ("abc" + 01..0C + 0C), so the pad no
+    # longer reads 01 02 .. N — every time (garbling the last ciphertext block left a 1-in-256 valid pad)
+    sealed[14] ^= 0xFF
     with pytest.raises(ProtocolError):
         decrypt_payload(key, bytes(sealed))
 
