@@ -20,6 +20,7 @@ The owner's answer (status, body, content type) is the caller's answer. Static o
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +37,7 @@ from bmd.api.auth import route_of
 from bmd.auth import Role
 from bmd.context import AppContext
 from bmd.db import nodes as q
-from bmd.db.models import ApiToken, Instance, Service, utcnow
+from bmd.db.models import ApiToken, BareMetalNode, Instance, Service, utcnow
 from bmd.db.services import is_live
 from bmd.db.tokens import create_token
 from bmd.errors import Conflict, Forbidden, NotFound, OwnerUnavailable
@@ -111,12 +112,19 @@ class Forwarder:
         self.http = session
 
     async def owner(self, session: AsyncSession, node_id: int) -> Owner:
-        node = await q.get_node(session, node_id)
-        row = (await session.execute(select(Service).where(Service.host == node.service_host))).scalar_one_or_none()
+        """The node's owner and whether it is live: one read of the node's row joined to its service's."""
+        stmt = (
+            select(BareMetalNode.service_host, Service.last_heartbeat, Service.api_url)
+            .outerjoin(Service, Service.host == BareMetalNode.service_host)
+            .where(BareMetalNode.id == node_id)
+        )
+        row = (await session.execute(stmt)).one_or_none()
         if row is None:
-            return Owner(node.service_host, None, False)
+            raise NotFound(f"node {node_id} not found")
+        if row.last_heartbeat is None:
+            return Owner(row.service_host, None, False)
         live = is_live(row.last_heartbeat, utcnow(), self.ctx.settings.service.service_down_time)
-        return Owner(row.host, row.api_url, live)
+        return Owner(row.service_host, row.api_url, live)
 
     async def send(
         self, owner: Owner, method: str, path_qs: str, body: bytes | None, headers: dict[str, str]
@@ -153,7 +161,7 @@ class Forwarder:
         headers = {"Content-Type": "application/json"}
         if request_id:
             headers["X-Request-Id"] = request_id
-        body = f'{{"instance_uuid": "{instance_uuid}"}}'.encode()
+        body = json.dumps({"instance_uuid": instance_uuid}).encode()
         answer = await self.send(owner, "POST", f"/v1/nodes/{node_id}/spawn", body, headers)
         if answer.status != 202:
             raise OwnerUnavailable(
