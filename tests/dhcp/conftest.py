@@ -269,7 +269,13 @@ async def dhcpv6_info_request(ns: PxeNetns, port: str, mac: str, wait: float = 3
         out = must(ns.argv("ip", "-6", "addr", "show", "dev", port, "scope", "link"))
         return "inet6" in out and "tentative" not in out
 
+    def neighbour() -> bool:
+        # dnsmasq learns a DHCPv6 client's MAC from the kernel's neighbour table, filled by the router
+        # solicitation the port sends once its address is usable: before that the request is "ignored".
+        return mac.lower() in must(ns.argv("ip", "-6", "neigh", "show", "dev", ns.bridge)).lower()
+
     await asyncio.to_thread(wait_for, ready, 10, f"{port}'s IPv6 link-local address")
+    await asyncio.to_thread(wait_for, neighbour, 10, f"{port}'s MAC in {ns.bridge}'s IPv6 neighbour table")
     done = await asyncio.to_thread(run, ns.argv(sys.executable, "-c", DHCPV6_INFO, port, mac, str(wait)), wait + 10)
     assert done.returncode == 0 and done.stdout.strip() in ("reply", "none"), done.stderr
     return done.stdout.strip() == "reply"
