@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Cloud:
             ]
             nodes.append(
                 {
+                    "uuid": str(uuid.UUID(int=i)),  # fixed: where the ring puts the nodes is the same every run
                     "name": f"node-{i}",
                     "cpus": 8,
                     "memory_mb": 16384,

@@ -5,35 +5,47 @@ by the owner, with the forwarding service's own service token; never twice, neve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
 from bmd.api.app import create_app
-from bmd.api.forward import FORWARDED_BY, FORWARDER
+from bmd.api.forward import FORWARDED_BY, FORWARDED_FOR, FORWARDER
 from bmd.config import DatabaseSettings
 from bmd.context import AppContext
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
-from bmd.db.models import ApiToken, BareMetalNode, Service, utcnow
+from bmd.db.models import ApiToken, BareMetalNode, Deployment, Service, utcnow
 from bmd.db.tokens import create_token
+from bmd.drivers.deploy.agent_sim import Lookup, download_image, lookup, read_boot_args
+from bmd.drivers.deploy.checksum import DigestSink, parse_checksum
+from bmd.lab import Lab, LabSpec
+from bmd.provision.agent import TOKEN_HEADER
 from bmd.service import open_context
-from tests.cloud import make_cloud
+from tests.cloud import Cloud, make_cloud
 from tests.conftest import make_settings, node_body
+from tests.ipmi.helpers import eventually
+from tests.test_console_ws import Peer
 
 
 @contextlib.asynccontextmanager
-async def service(tmp: Path, host: str, db_url: str) -> AsyncIterator[tuple[AppContext, TestClient[Any, Any]]]:
+async def service(
+    tmp: Path, host: str, db_url: str, **sections: dict[str, Any]
+) -> AsyncIterator[tuple[AppContext, TestClient[Any, Any]]]:
     # every service of one database shares its secrets' key: any of them decrypts a node's BMC password
     secrets = {"key_file": str(tmp / "secret.key")}
-    settings = make_settings(tmp / host, db_url, service={"host": host, "ownership": "ring"}, secrets=secrets)
+    settings = make_settings(
+        tmp / host, db_url, service={"host": host, "ownership": "ring"}, secrets=secrets, **sections
+    )
     async with open_context(settings) as ctx:
         async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
             async with ctx.sessionmaker.begin() as session:  # where the others reach its API
@@ -134,9 +146,9 @@ async def test_static_ownership_forwards_nothing(tmp_path: Path, db_file: Path, 
             assert client.app.get(FORWARDER) is None
 
 
-async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_its_node(tmp_path: Path) -> None:
-    """Every scheduler sees every node (the capability view covers the fleet under ring ownership); the
-    service whose API took the request claims the node, and the node's owner runs the deploy."""
+@contextlib.asynccontextmanager
+async def two_clouds(tmp_path: Path) -> AsyncIterator[tuple[Cloud, Cloud]]:
+    """Services svc-a and svc-b on one database (ring ownership, fake BMCs), each with its lab cloud."""
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite'}"
     engine = make_engine(DatabaseSettings(url=db_url))
     await upgrade(engine)
@@ -164,6 +176,13 @@ async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_it
                 url = str(cloud.client.make_url("/")).rstrip("/")
                 stmt = update(Service).where(Service.host == cloud.ctx.settings.service.host).values(api_url=url)
                 await session.execute(stmt)
+        yield a, b
+
+
+async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_its_node(tmp_path: Path) -> None:
+    """Every scheduler sees every node (the capability view covers the fleet under ring ownership); the
+    service whose API took the request claims the node, and the node's owner runs the deploy."""
+    async with two_clouds(tmp_path) as (a, b):
         await a.enroll(6)
         await a.add_pxe_ips(6)
         await a.ctx.runner.run_pass("node_ownership")
@@ -188,3 +207,159 @@ async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_it
             # powered on for its PXE boot by its owner's driver; the other service never touched its BMC
             assert any(c.startswith("set_power_state") for c in own.fake.bmc(node_id).calls), own.fake.bmc(node_id)
             assert other.fake.bmc(node_id).calls == []
+
+
+def mac_of(node_id: int) -> str:
+    """The MAC Cloud.enroll gives a node's first interface."""
+    return f"52:54:00:{node_id // 256:02x}:{node_id % 256:02x}:00"
+
+
+async def deployment_of(cloud: Cloud, node_id: int) -> Deployment:
+    async with cloud.ctx.sessionmaker() as session:
+        dep = await session.scalar(select(Deployment).where(Deployment.bm_node_id == node_id))
+    assert dep is not None
+    return dep
+
+
+async def fetch_image(agent: aiohttp.ClientSession, answer: Lookup, url: str) -> None:
+    """The agent's download of its image from ``url``, cut half-way and resumed with a Range request."""
+    sink = DigestSink(parse_checksum(answer.image_checksum, field="image_checksum"))
+    assert await download_image(agent, url, sink, None, 0.5, {TOKEN_HEADER: answer.token})  # resumed: a 206
+    sink.verify(url)
+
+
+def answer_urls(answer: Lookup) -> tuple[str, str]:
+    return answer.heartbeat_url, answer.callback_url
+
+
+async def report(agent: aiohttp.ClientSession, answer: Lookup, heartbeat_url: str, callback_url: str) -> None:
+    """The agent's heartbeat and its callback: the image is written."""
+    auth = {TOKEN_HEADER: answer.token}
+    async with agent.post(heartbeat_url, json={"message": "image written"}, headers=auth) as resp:
+        assert resp.status == 202, await resp.text()
+    body = {"deployment_id": answer.deployment_id, "address": "127.0.0.77", "error": None}
+    async with agent.post(callback_url, json=body, headers=auth) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def test_the_agent_may_reach_any_service_and_a_taken_over_deploy_completes(tmp_path: Path) -> None:
+    """The agent's calls reach the node's owner whichever service they arrive at (an image streamed through,
+    resumed with Range; the agent's own address, not the forwarder's, is what the owner records); a deploy
+    whose owner dies while its agent writes the disk completes on the survivor when the agent calls back
+    there; one whose agent had not looked up yet (its boot files on the dead service) fails with the reason."""
+    async with two_clouds(tmp_path) as (a, b):
+        await a.enroll(6)
+        await a.add_pxe_ips(6)
+        await a.ctx.runner.run_pass("node_ownership")
+        await a.publish()
+        owners = {i: await owner_of(a.ctx, i) for i in range(1, 7)}
+        on_a = [i for i, h in owners.items() if h == "svc-a"]
+        on_b = [i for i, h in owners.items() if h == "svc-b"]
+        assert len(on_a) >= 2 and on_b, owners
+        for _ in range(6):
+            status, body = await a.create()
+            assert status == 202, body
+        await a.settle()
+        await b.settle()
+        url_a, url_b = (str(c.client.make_url("")).rstrip("/") for c in (a, b))
+        timeout = aiohttp.ClientTimeout(total=30)
+
+        # B's node, its agent talking to A only: every call is carried out by B
+        node = on_b[0]
+        boot = dataclasses.replace(read_boot_args(b.tftp_root, mac_of(node)), bmd_url=url_a)
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.77", 0))
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as agent:
+            with capture_logs() as logs:
+                status, text, answer = await lookup(agent, boot, mac_of(node))
+                assert status == 200 and answer is not None, text
+                await fetch_image(agent, answer, answer.image_url.replace(url_b, url_a))
+                await report(
+                    agent, answer, *(u.replace(url_b, url_a) for u in (answer.heartbeat_url, answer.callback_url))
+                )
+        paths = [e["path"] for e in logs if e["event"] == "request_forwarded" and e["owner"] == "svc-b"]
+        assert paths[0] == "/v1/agent/lookup" and len(paths) == 5, paths  # lookup, image twice, heartbeat, callback
+        assert (await deployment_of(b, node)).agent_address == "127.0.0.77"  # the agent's, not svc-a's
+        await b.settle()
+        assert (await b.node(node)).provision_state == "active"
+        assert any("boot_device" in c or "disk" in c for c in b.fake.bmc(node).calls), b.fake.bmc(node).calls
+        assert a.fake.bmc(node).calls == []
+
+        # only a bmd service may say whose address a request came from (the owner refuses anyone else)
+        forged = {"node_uuid": str((await a.node(on_a[0])).uuid), "mac": mac_of(on_a[0])}
+        resp = await a.client.post("/v1/agent/lookup", json=forged, headers={FORWARDED_FOR: "10.9.0.10", **a.auth})
+        assert resp.status == 403 and FORWARDED_FOR in (await resp.json())["message"]
+
+        # A's node x: its agent looked up and fetched its image from A; y's agent never looked up
+        x, y = on_a[0], on_a[1]
+        await b.ctx.runner.run_pass("adopt_nodes")  # B's first adoption pass: what it owns before A dies
+        async with aiohttp.ClientSession(timeout=timeout) as agent:
+            status, text, answer = await lookup(agent, read_boot_args(a.tftp_root, mac_of(x)), mac_of(x))
+            assert status == 200 and answer is not None, text
+            await fetch_image(agent, answer, answer.image_url)
+            # A dies; one ownership pass later B owns its nodes, and adopts them
+            async with b.ctx.sessionmaker.begin() as session:
+                stale = utcnow() - dt.timedelta(seconds=b.ctx.settings.service.service_down_time + 5)
+                await session.execute(update(Service).where(Service.host == "svc-a").values(last_heartbeat=stale))
+            await b.ctx.runner.run_pass("node_ownership")
+            assert {await owner_of(b.ctx, i) for i in range(1, 7)} == {"svc-b"}
+            await b.ctx.runner.run_pass("adopt_nodes")
+            await b.settle()
+            # y would boot files only A had: failed at once with the reason, as a deploy its agent failed
+            lost = await b.node(y)
+            assert lost.provision_state == "error", lost.provision_state
+            assert "before its agent looked up" in (lost.last_error or ""), lost.last_error
+            assert (await b.instance(lost.instance_uuid or "")).vm_state == "error"
+            # x's agent goes on: it reaches B, which finishes the deploy with none of A's files
+            assert (await b.node(x)).provision_state == "wait_callback"
+            with capture_logs() as logs:
+                await report(
+                    agent, answer, *(u.replace(url_a, url_b) for u in (answer.heartbeat_url, answer.callback_url))
+                )
+                await b.settle()
+        done = await b.node(x)
+        assert done.provision_state == "active", (done.provision_state, done.last_error)
+        assert any(e["event"] == "pxe_switch_skipped" for e in logs), [e["event"] for e in logs]
+        assert any("boot_device" in c or "disk" in c for c in b.fake.bmc(x).calls), b.fake.bmc(x).calls
+
+
+async def test_the_console_of_a_node_is_relayed_from_its_owner(tmp_path: Path) -> None:
+    """The serial console (IPMI SOL of a lab BMC) lives on the node's owner: attached at the other service,
+    the websocket is relayed frame by frame both ways, and the console log is read from the owner; the
+    operator's token is checked first, where the request arrived."""
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite'}"
+    engine = make_engine(DatabaseSettings(url=db_url))
+    await upgrade(engine)
+    await engine.dispose()
+    fast = {"ipmi": {"timeout": 2.0, "retries": 2, "min_command_interval": 0.0}}
+    async with (
+        Lab(LabSpec(count=4)) as lab,
+        service(tmp_path, "svc-a", db_url, **fast) as (a, client_a),
+        service(tmp_path, "svc-b", db_url, **fast),  # the owner of some of them
+    ):
+        inventory = [{**n, "pm_driver": "ipmi"} for n in lab.inventory()]
+        resp = await client_a.post("/v1/nodes/import", json={"nodes": inventory}, headers=auth(a))
+        assert resp.status == 201, await resp.text()
+        await a.runner.run_pass("node_ownership")
+        async with a.sessionmaker() as session:
+            rows = (await session.execute(select(BareMetalNode.name, BareMetalNode.service_host))).all()
+        name = next(n for n, host in rows if host == "svc-b")
+        url = f"/v1/nodes/{name}/console"
+
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # no token: refused at A, not relayed
+            await client_a.ws_connect(url)
+        assert refused.value.status == 401
+        with capture_logs() as logs:
+            async with client_a.ws_connect(url, headers=auth(a)) as ws:
+                peer = Peer(ws)
+                assert (await peer.event(event="attached"))["role"] == "writer"
+                await lab.sol([name], print_text="bmd-relay-marker: through svc-a\n")
+                await peer.text(b"bmd-relay-marker: through svc-a")
+                await ws.send_bytes(b"whoami\r")
+                await peer.text(f"{name} login: ".encode())
+        assert any(e["event"] == "console_forwarded" and e["owner"] == "svc-b" for e in logs)
+        await eventually(lambda: lab.state(name), lambda s: not s["sol"]["active"], 10)
+        assert (await lab.state(name))["sol"]["typed"] == "whoami\r"  # typed at A, reached the BMC through B
+
+        assert (await client_a.get(f"/v1/nodes/{name}/console-log")).status == 401
+        log = await client_a.get(f"/v1/nodes/{name}/console-log", headers=auth(a))
+        assert log.status == 200 and b"bmd-relay-marker: through svc-a" in await log.read()

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bmd.api.app import ctx_of, json_response, parse_body, public
 from bmd.api.body import read_json, takes
+from bmd.api.forward import peer_of
 from bmd.api.openapi import answers
 from bmd.api.schemas import AgentHeartbeat, AgentLookup, DeployInfo
 from bmd.api.shell_text import shell_lines, wants_shell_text
@@ -37,7 +38,8 @@ def _token(request: web.Request) -> str | None:
 @takes(AgentLookup)
 async def lookup(request: web.Request) -> web.Response:
     body = await parse_body(request, AgentLookup)
-    answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, request.remote)
+    peer = await peer_of(request)  # forwarded by another service: the agent's own address, as it said
+    answer = await ctx_of(request).conductor.agent_lookup(body.node_uuid, body.mac, peer)
     if wants_shell_text(",".join(request.headers.getall("Accept", []))):
         return web.Response(text=shell_lines(answer), content_type="text/plain", headers={"Cache-Control": "no-store"})
     return json_response(answer)

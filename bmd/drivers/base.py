@@ -106,7 +106,9 @@ class DeployInterface(BaseInterface):
 
     @abc.abstractmethod
     async def switch_to_boot(self, node_uuid: str) -> None:
-        """Make the node boot its instance next time. Idempotent."""
+        """Make the node boot its instance next time. Idempotent; nothing to do when this service wrote no
+        boot files for the node (another service prepared the deploy, then died: the new owner finishes it,
+        and the node boots its disk through the BMC's persistent boot device, with no PXE answer)."""
 
     @abc.abstractmethod
     async def clean(self, node_uuid: str) -> None:

@@ -143,6 +143,12 @@ def _among(node_ids: Collection[int] | None) -> ColumnElement[bool]:
     return true() if node_ids is None else BareMetalNode.id.in_(list(node_ids))
 
 
+UNBOOTABLE = (
+    "deploy interrupted: the service that prepared the node's boot stopped before its agent looked up "
+    "(the boot files and image were on that service)"
+)
+
+
 async def recover(conductor: Conductor, node_ids: Collection[int] | None = None) -> dict[str, int]:
     """Resume or fail what a crash interrupted: at start-up (``node_ids`` None: every node of this service,
     before the API and the loops), or for the nodes this service just took over from a dead one
@@ -151,6 +157,7 @@ async def recover(conductor: Conductor, node_ids: Collection[int] | None = None)
     host = p.settings.service.host
     counts = {
         "spawns_failed": 0,
+        "deploys_failed": 0,
         "deletes_resumed": 0,
         "deploys_finished": 0,
         "orphans_released": 0,
@@ -177,6 +184,16 @@ async def recover(conductor: Conductor, node_ids: Collection[int] | None = None)
             i.uuid: i
             for i in (await session.execute(select(Instance).where(Instance.uuid.in_(list(holders))))).scalars()
         }
+        looked_up = set(
+            (
+                await session.execute(
+                    select(Deployment.bm_node_id)
+                    .join(BareMetalNode, BareMetalNode.id == Deployment.bm_node_id)
+                    .where(BareMetalNode.service_host == host, _among(node_ids))
+                    .where(Deployment.agent_token_issued_at.is_not(None))
+                )
+            ).scalars()
+        )
     for node in nodes:
         if conductor.running(node.id) is not None:
             continue
@@ -192,6 +209,14 @@ async def recover(conductor: Conductor, node_ids: Collection[int] | None = None)
                 conductor.resume_destroy(node.id, inst.uuid)
                 counts["deletes_resumed"] += 1
             elif node.provision_state == ProvisionState.WAIT_CALLBACK:
+                if node_ids is not None and node.deploy_deadline is not None and node.id not in looked_up:
+                    # Taken over before its agent looked up: the boot files and image it would fetch are on
+                    # the service that stopped. Its agent that did look up goes on: it calls back here.
+                    async with p.sessionmaker.begin() as session:  # to error, as a deploy its agent failed
+                        await conductor.record_deploy_failure(session, node.id, inst.uuid, UNBOOTABLE)
+                    await conductor.discard_boot_files(node)
+                    counts["deploys_failed"] += 1
+                    continue
                 conductor.record_console(node, 0, inst.uuid)  # its deploy goes on: so does its console log
                 if node.deploy_deadline is None:
                     conductor.resume_finish(node.id, inst.uuid)

@@ -192,8 +192,10 @@ class PXEDeploy:
     async def switch_to_boot(self, node_uuid: str) -> None:
         """Make the node boot its instance next time (``default boot``). Atomic and idempotent."""
         check_node_uuid(node_uuid)
-        await in_thread(self._switch, node_uuid)
-        log.info("pxe_switched_to_boot", node_uuid=node_uuid)
+        if await in_thread(self._switch, node_uuid):
+            log.info("pxe_switched_to_boot", node_uuid=node_uuid)
+        else:
+            log.info("pxe_switch_skipped", node_uuid=node_uuid, reason="no boot files of the node here")
 
     async def clean(self, node_uuid: str) -> None:
         """Remove the node's MAC links and directories. Idempotent; copes with any half-deleted state."""
@@ -287,8 +289,12 @@ class PXEDeploy:
             self._clean(node_uuid)
             raise
 
-    def _switch(self, node_uuid: str) -> None:
+    def _switch(self, node_uuid: str) -> bool:
+        """True when switched; False when this service holds no boot files for the node at all (a deploy
+        another service prepared: see DeployInterface.switch_to_boot)."""
         tftp_dir, http_dir = self._dirs(node_uuid)
+        if not tftp_dir.exists() and not http_dir.exists():
+            return False
         for d, name, marker in (
             (tftp_dir, t.PXE_CONFIG, "default boot"),
             (http_dir, t.IPXE_SCRIPT, "goto boot"),
@@ -308,6 +314,7 @@ class PXEDeploy:
                 raise NotFound(f"node {node_uuid} has no {name} to switch to boot") from None
             if marker not in text.splitlines():
                 raise DriverError(f"{live} is neither in deploy mode with a staged boot file nor in boot mode")
+        return True
 
     def _clean(self, node_uuid: str) -> int:
         removed = 0

@@ -171,8 +171,17 @@ async def test_switch_to_boot_is_atomic_and_idempotent(env: Env) -> None:
 
 
 async def test_switch_to_boot_errors(env: Env) -> None:
-    with pytest.raises(NotFound):
+    # nothing of the node here (another service prepared its deploy): nothing to switch, no error
+    with capture_logs() as logs:
         await env.pxe.switch_to_boot(NODE_B)
+    assert [e["event"] for e in logs] == ["pxe_switch_skipped"]
+    assert not (env.tftp / NODE_B).exists() and not (env.http / NODE_B).exists()
+    await env.pxe.prepare(env.spec())
+    (env.tftp / NODE_A / "config").unlink()  # half of its files gone: that is an error
+    (env.tftp / NODE_A / ".config.boot").unlink()
+    with pytest.raises(NotFound, match="no config"):
+        await env.pxe.switch_to_boot(NODE_A)
+    await env.pxe.clean(NODE_A)
     await env.pxe.prepare(env.spec())
     (env.tftp / NODE_A / ".config.boot").unlink()
     with pytest.raises(DriverError, match="neither"):
