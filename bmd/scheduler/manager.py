@@ -1,14 +1,18 @@
 """The host manager: host states, ``select_destinations`` through the filter chain, and atomic claims in SQL
 (the instance rows come from provisioning, ``bmd.provision.instances``).
 
-Where a host state comes from: its capabilities (sizes, cpu_arch, extra specs) from the ``capabilities``
-topic, what every service publishes (``report_driver_status``); whether it is free, in maintenance or has
-a power fault from ``bm_nodes`` only, as ``NodeView``s (``bmd.node_events``) — the change events its
-writers publish after each commit (the topic ``nodes``, taken in before every selection) and the periodic
-resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's ``version``;
-a view not newer than the one held is ignored, so a resync that read a row before a claim cannot make the
-claimed node free again. Service heartbeats mark a service's nodes up or down. ``compute_nodes`` is the
-resource tracker's output, not read here.
+Where a host state comes from: whether it is free, in maintenance or has a power fault from ``bm_nodes``
+only, as ``NodeView``s (``bmd.node_events``) — the change events its writers publish after each commit
+(the topic ``nodes``, taken in as they come by ``follow_nodes`` and before every selection) and the
+periodic resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's
+``version``; a view not newer than the one held is ignored, so a resync that read a row before a claim
+cannot make the claimed node free again. Its capabilities (sizes, cpu_arch, extra specs, owner) from the
+same events: a newer view whose capability ``fingerprint`` differs from the held one's, or a node new to
+the scheduler, marks the node stale, and ``follow_nodes`` reads the stale nodes' capability dicts in one
+batched read (``BareMetalDriver.host_stats_for``) — a change committed in any service is selectable here
+one read after its event. The ``capabilities`` topic (``report_driver_status``, every
+``host_state_interval``) stays the full resync of them. Service heartbeats mark a service's nodes up or
+down. ``compute_nodes`` is the resource tracker's output, not read here.
 
 A selection consumes its picks in memory at once, under a lock, so concurrent requests in this process
 never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND <free>``

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -206,8 +207,11 @@ async def test_capability_changes_at_one_service_reach_the_other_services_schedu
         await until(lambda: b.scheduler.select_destinations(plain).ok)
         assert not b.scheduler.select_destinations(gpu).ok
 
+        started = time.perf_counter()
         await a.call("PATCH", f"/v1/nodes/{node}", {"extra_specs": {"gpu": "a100"}})
         await until(lambda: b.caps(node).get("gpu") == "a100")
+        took = time.perf_counter() - started
+        print(f"capabilities: PATCH at svc-a to svc-b's selector in {took * 1000:.0f} ms")
         assert [c.nodename for c in b.scheduler.select_destinations(gpu).chosen] == [str(node)]
         # the ring's owner of the node, as bm_nodes says it, is what B's scheduler holds (ownership moves
         # arrive as events too)
