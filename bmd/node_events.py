@@ -111,8 +111,9 @@ CAPABILITY_COLUMNS = (
 
 
 def _joined(columns: Iterable[Any]) -> Any:
-    """The columns as one text, in SQL: the database joins them (one narrow column to fetch, not ten).
-    NULL reads as empty; the separator is a control character no field holds."""
+    """The columns as one text, joined by the database (one column to fetch, not ten). NULL reads as
+    empty; the separator is a control character, so two different rows join alike only if a field holds
+    it — then a change is missed until the periodic ``capabilities`` publication, nothing worse."""
     parts: list[ColumnElement[str]] = [func.coalesce(cast(column, Text), "") for column in columns]
     joined = parts[0]
     for part in parts[1:]:

@@ -256,3 +256,31 @@ async def test_a_node_whose_capabilities_cannot_be_built_leaves_the_scheduler_un
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+
+
+async def test_without_the_fleet_view_a_node_moved_to_another_service_leaves_the_scheduler(ctx: AppContext) -> None:
+    """Static ownership: a scheduler offers only its own service's nodes (get_host_stats's scope), so a node
+    whose service_host moves away leaves it — as the next publication would drop it — and comes back with
+    its owner."""
+    scheduler = ctx.scheduler
+    assert not ctx.driver.fleet_view
+    follower = asyncio.create_task(scheduler.follow_nodes())
+    try:
+        async with ctx.sessionmaker.begin() as session:
+            node = BareMetalNode(uuid=str(uuid.uuid4()), service_host="test-host", cpus=8, memory_mb=4096, local_gb=100)
+            session.add(node)
+            await session.flush()
+            await note_nodes(session, [node.id])
+        nodename = str(node.id)
+        await until(lambda: nodename in scheduler.selector)
+        for owner, known in (("elsewhere", False), ("test-host", True)):
+            async with ctx.sessionmaker.begin() as session:
+                stmt = update(BareMetalNode).where(BareMetalNode.id == node.id).values(service_host=owner)
+                await session.execute(stmt)
+                await note_nodes(session, [node.id])
+            await until(lambda k=known: (nodename in scheduler.selector) == k)
+        assert scheduler.selector.get(nodename).host == "test-host"
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
