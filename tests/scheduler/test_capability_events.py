@@ -139,27 +139,27 @@ async def test_a_node_enrolled_and_patched_through_the_api_is_scheduled_on_befor
 
 
 async def test_writes_that_leave_the_capabilities_alone_read_nothing(tmp_path: Path, db_file: Path) -> None:
-    """Power, maintenance and claims change a node's view, not its capability fingerprint: no read. A
-    capability change of another node afterwards is the one read (reads are taken in order)."""
+    """Power, maintenance and a storm of claims change nodes' views, not their capability fingerprints: no
+    read. A capability change afterwards is the one read (the follower reads in order)."""
     async with running(tmp_path) as svc:
         await svc.call("POST", "/v1/flavors", PLAIN_FLAVOR, status=201)
         plain = await svc.spec("plain")
-        first = (await svc.call("POST", "/v1/nodes", node_body(1), status=201))["id"]
-        second = (await svc.call("POST", "/v1/nodes", node_body(2), status=201))["id"]
-        await until(lambda: str(first) in svc.scheduler.selector and str(second) in svc.scheduler.selector)
+        inventory = {"nodes": [node_body(i) for i in range(1, 21)]}
+        ids = [n["id"] for n in (await svc.call("POST", "/v1/nodes/import", inventory, status=201))["nodes"]]
+        await until(lambda: all(str(i) in svc.scheduler.selector for i in ids))
         reads, read = svc.scheduler.capability_reads, svc.scheduler.capabilities_read
         events = svc.ctx.bus.published["nodes"]
 
-        await svc.call("PUT", f"/v1/nodes/{first}/states/power", {"target": "power on"})
-        await svc.call("PUT", f"/v1/nodes/{first}/maintenance", {"reason": "disk"})
-        await svc.call("DELETE", f"/v1/nodes/{first}/maintenance")
-        (placed,) = await svc.scheduler.claim(plain, lambda placements: [])
-        await svc.call("PATCH", f"/v1/nodes/{second}", {"extra_specs": {"rack": "r7"}})
-        await until(lambda: svc.caps(second).get("rack") == "r7")
+        await svc.call("PUT", f"/v1/nodes/{ids[0]}/states/power", {"target": "power on"})
+        await svc.call("PUT", f"/v1/nodes/{ids[0]}/maintenance", {"reason": "disk"})
+        await svc.call("DELETE", f"/v1/nodes/{ids[0]}/maintenance")
+        placed = await asyncio.gather(*(svc.scheduler.claim(plain, lambda _: []) for _ in range(len(ids))))
+        assert sorted(p.node_id for batch in placed for p in batch) == ids
+        await svc.call("PATCH", f"/v1/nodes/{ids[-1]}", {"extra_specs": {"rack": "r7"}})
+        await until(lambda: svc.caps(ids[-1]).get("rack") == "r7")
 
         assert svc.ctx.bus.published["nodes"] - events >= 5  # each write was an event
         assert (svc.scheduler.capability_reads, svc.scheduler.capabilities_read) == (reads + 1, read + 1)
-        assert placed.node_id in (first, second)
         assert svc.reports == START_PASSES
 
 
