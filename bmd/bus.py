@@ -27,6 +27,9 @@ class Subscription:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     closed: bool = False
+    # Also set when an item is queued: a subscriber that drains on its own terms waits on it (with its other
+    # reasons to wake) rather than in ``get``.
+    wake: asyncio.Event | None = None
 
     def put(self, item: Any) -> None:
         """Queue an item (the bus delivers through this); the oldest is dropped and counted when full."""
@@ -36,6 +39,8 @@ class Subscription:
             self._bus.dropped[self.topic] += 1
         self._items.append(item)
         self._ready.set()
+        if self.wake is not None:
+            self.wake.set()
 
     async def get(self) -> Any:
         """The next item; raises StopAsyncIteration once the subscription is closed and drained."""
@@ -69,6 +74,8 @@ class Subscription:
             self._bus.unsubscribe(self)
             self._items.append(_CLOSED)
             self._ready.set()
+            if self.wake is not None:
+                self.wake.set()
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -96,8 +103,11 @@ class Bus:
     def latest(self, topic: str) -> Any:
         return self._latest.get(topic)
 
-    def subscribe(self, topic: str, *, replay: bool = True, queue_size: int | None = None) -> Subscription:
-        sub = Subscription(topic=topic, maxlen=queue_size or self.queue_size, _bus=self)
+    def subscribe(
+        self, topic: str, *, replay: bool = True, queue_size: int | None = None, wake: asyncio.Event | None = None
+    ) -> Subscription:
+        """``wake``: an event set whenever an item is queued (see ``Subscription.wake``)."""
+        sub = Subscription(topic=topic, maxlen=queue_size or self.queue_size, _bus=self, wake=wake)
         if replay and topic in self._latest:
             sub.put(self._latest[topic])
         self._subs[topic].append(sub)

@@ -125,6 +125,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
         dhcp = build_provider(settings, public_url)
         console_logs = ConsoleLogs(Path(settings.service.state_dir) / "console")
         recorder = ConsoleRecorder(console_logs, drivers.console, bus, settings)
+        driver = BareMetalDriver(settings, sessionmaker, drivers)
         ctx = AppContext(
             settings=settings,
             engine=engine,
@@ -133,7 +134,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
             runner=Runner(timeout_factor=settings.tasks.pass_timeout_factor, jitter=settings.tasks.jitter),
             secret_box=secret_box,
             api_token=load_api_token(settings.api.token_file),
-            driver=BareMetalDriver(settings, sessionmaker, drivers),
+            driver=driver,
             power=power,
             conductor=Conductor(
                 Provisioner(
@@ -145,7 +146,7 @@ async def open_context(settings: Settings, *, public_url: str = "") -> AsyncIter
                 if settings.service.ownership == "ring"
                 else None,
             ),
-            scheduler=HostManager(settings, sessionmaker, bus, failures),
+            scheduler=HostManager(settings, sessionmaker, bus, driver, failures),
             console_logs=console_logs,
             step_failures=failures,
             dhcp=dhcp,
@@ -212,12 +213,14 @@ async def _run_until(ctx: AppContext, stop: asyncio.Event, notifier: Notifier) -
         loops = group.create_task(ctx.runner.run(loops_stop), name="periodic-runner")
         group.create_task(_watchdog(notifier, loops_stop), name="watchdog")
         bus = group.create_task(ctx.scheduler.consume_bus(), name="scheduler-bus")
+        nodes = group.create_task(ctx.scheduler.follow_nodes(), name="scheduler-nodes")
         await stop.wait()
         log.info("service_stopping")
         notifier.stopping()
         loops_stop.set()
         loops.cancel()
         bus.cancel()
+        nodes.cancel()
 
 
 async def serve(

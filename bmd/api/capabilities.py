@@ -15,6 +15,7 @@ from bmd.api.schemas import RESERVED_SPEC_KEYS, CapabilityValue, check_spec_key
 from bmd.api.views import CapabilitiesView, NodeCapabilities
 from bmd.db import nodes as q
 from bmd.errors import InvalidInput, NotFound
+from bmd.node_events import note_nodes
 from bmd.tasks.report_driver_status import TOPIC
 
 
@@ -56,6 +57,8 @@ async def set_capability(request: web.Request) -> web.Response:
     async with ctx.sessionmaker.begin() as session:
         node = await q.get_node(session, request.match_info["node"], for_update=True)
         node.extra_specs = {**node.extra_specs, key: body.value}
+        await session.flush()
+        await note_nodes(session, [node.id])  # the schedulers read the node's capabilities again
     return json_response({"node": node.id, "extra_specs": node.extra_specs})
 
 
@@ -68,6 +71,8 @@ async def unset_capability(request: web.Request) -> web.Response:
         if key not in node.extra_specs:
             raise NotFound(f"node {node.id} has no capability {key!r}")
         node.extra_specs = {k: v for k, v in node.extra_specs.items() if k != key}
+        await session.flush()
+        await note_nodes(session, [node.id])
     return json_response({"node": node.id, "extra_specs": node.extra_specs})
 
 

@@ -89,6 +89,7 @@ STREAMS: web.AppKey[NodeStreams] = web.AppKey("node_streams", NodeStreams)
 def view_to_dict(view: NodeView) -> dict[str, Any]:
     out = dataclasses.asdict(view)
     out["id"] = out.pop("node_id")
+    del out["fingerprint"]  # the scheduler's, salted per process: meaningless to a client
     return out
 
 

@@ -19,7 +19,7 @@ is that node's failure alone: passed to ``on_error`` and left out of the result;
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Text, cast, func, select
@@ -65,6 +65,8 @@ _STATS_COLUMNS = (
     BareMetalNode.pm_password,
     BareMetalNode.boot_mode,
 )
+
+_CHUNK = 500  # ids per IN list
 
 RESOURCE_KEYS = (
     "vcpus",
@@ -234,6 +236,21 @@ class BareMetalDriver:
         else:
             rows = await self._rows(_STATS_COLUMNS)
         return list(_each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error).values())
+
+    async def host_stats_for(
+        self, session: AsyncSession, node_ids: Iterable[int], on_error: OnError | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """The capability dicts of ``node_ids`` by node id, in ``get_host_stats``'s scope (every node with
+        ``fleet_view``, else this service's), one statement per 500 ids: what the scheduler reads of the
+        nodes whose capabilities changed. An id out of scope or gone is absent."""
+        ids = sorted(set(node_ids))
+        rows: list[Any] = []
+        for start in range(0, len(ids), _CHUNK):
+            stmt = select(*_STATS_COLUMNS).where(BareMetalNode.id.in_(ids[start : start + _CHUNK]))
+            if not self.fleet_view:
+                stmt = stmt.where(BareMetalNode.service_host == self.host)
+            rows.extend((await session.execute(stmt)).all())
+        return _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
 
 
 def _each(rows: Sequence[Any], step: Callable[[Any], tuple[Any, Any]], on_error: OnError | None) -> dict[Any, Any]:

@@ -1,14 +1,18 @@
 """The host manager: host states, ``select_destinations`` through the filter chain, and atomic claims in SQL
 (the instance rows come from provisioning, ``bmd.provision.instances``).
 
-Where a host state comes from: its capabilities (sizes, cpu_arch, extra specs) from the ``capabilities``
-topic, what every service publishes (``report_driver_status``); whether it is free, in maintenance or has
-a power fault from ``bm_nodes`` only, as ``NodeView``s (``bmd.node_events``) — the change events its
-writers publish after each commit (the topic ``nodes``, taken in before every selection) and the periodic
-resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's ``version``;
-a view not newer than the one held is ignored, so a resync that read a row before a claim cannot make the
-claimed node free again. Service heartbeats mark a service's nodes up or down. ``compute_nodes`` is the
-resource tracker's output, not read here.
+Where a host state comes from: whether it is free, in maintenance or has a power fault from ``bm_nodes``
+only, as ``NodeView``s (``bmd.node_events``) — the change events its writers publish after each commit
+(the topic ``nodes``, taken in as they come by ``follow_nodes`` and before every selection) and the
+periodic resync (``SchedulerRefresh``: one batched read of every row). Each view carries the row's
+``version``; a view not newer than the one held is ignored, so a resync that read a row before a claim
+cannot make the claimed node free again. Its capabilities (sizes, cpu_arch, extra specs, owner) from the
+same events: a newer view whose capability ``fingerprint`` differs from the held one's, or a node new to
+the scheduler, marks the node stale, and ``follow_nodes`` reads the stale nodes' capability dicts in one
+batched read (``BareMetalDriver.host_stats_for``) — a change committed in any service is selectable here
+one read after its event. The ``capabilities`` topic (``report_driver_status``, every
+``host_state_interval``) stays the full resync of them. Service heartbeats mark a service's nodes up or
+down. ``compute_nodes`` is the resource tracker's output, not read here.
 
 A selection consumes its picks in memory at once, under a lock, so concurrent requests in this process
 never chase the same node; the claim itself is one ``UPDATE bm_nodes ... WHERE id = :id AND <free>``
@@ -33,6 +37,7 @@ from bmd.config import Settings
 from bmd.db.engine import Sessionmaker
 from bmd.db.flavors import list_flavors
 from bmd.db.services import service_liveness
+from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
 from bmd.node_events import TOPIC as NODES
@@ -83,11 +88,17 @@ InstanceRows = Callable[[list[Placement]], list[dict[str, Any]]]
 
 class HostManager:
     def __init__(
-        self, settings: Settings, sessionmaker: Sessionmaker, bus: Bus, failures: StepFailureCounter | None = None
+        self,
+        settings: Settings,
+        sessionmaker: Sessionmaker,
+        bus: Bus,
+        driver: BareMetalDriver,
+        failures: StepFailureCounter | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
+        self.driver = driver  # reads the capability dicts of the nodes whose capabilities changed
         self.selector = build_selector(settings)
         self._lock = asyncio.Lock()
         self.writer = ClaimWriter(sessionmaker)
@@ -99,7 +110,14 @@ class HostManager:
         self.no_valid_host: collections.Counter[str] = collections.Counter()
         self.failures = failures if failures is not None else StepFailureCounter()
         self._rejected: dict[str, str] = {}  # nodename -> why its last capability dict was not taken in
-        self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE)
+        # Set when views are queued on "nodes" and when a view marks a node stale: follow_nodes wakes on it.
+        self._wake = asyncio.Event()
+        self._events = bus.subscribe(NODES, replay=False, queue_size=NODE_EVENTS_QUEUE, wake=self._wake)
+        # Nodes whose capability dict must be read again (a view's fingerprint changed, or a node new to the
+        # scheduler): one batched read by follow_nodes. Bounded by the number of nodes.
+        self._stale: set[int] = set()
+        self.capability_reads = 0  # batched reads of stale nodes' capabilities
+        self.capabilities_read = 0  # nodes in them
         self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
         # the views counted by (power_state, provision_state, maintenance), kept as views come and go so a
         # /metrics scrape reads a handful of numbers, not 100,000 views (deleted ones are not counted)
@@ -117,9 +135,7 @@ class HostManager:
 
         def reject(nodename: str, err: Exception) -> None:
             rejected[nodename] = str(err)
-            self.failures.add("scheduler_capabilities")
-            if self._rejected.get(nodename) != str(err):  # logged when it starts, not on every report
-                log.error("node_capabilities_rejected", node=nodename, error=str(err))
+            self._log_rejection(nodename, err)
 
         for host, entries in by_host.items():
             self.selector.sync_service(host, entries, reject)
@@ -131,15 +147,31 @@ class HostManager:
                 self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
         self._rejected.update(rejected)
 
+    def _log_rejection(self, nodename: str, err: Exception) -> None:
+        self.failures.add("scheduler_capabilities")
+        if self._rejected.get(nodename) != str(err):  # logged when it starts, not on every report
+            log.error("node_capabilities_rejected", node=nodename, error=str(err))
+
+    def _reject(self, nodename: str, err: Exception) -> None:
+        self._log_rejection(nodename, err)
+        self._rejected[nodename] = str(err)
+
     def take_node_views(self, views: Iterable[NodeView]) -> int:
         """Keep each view newer than the one held (older or equal ones are ignored) and apply it to the
-        node's state, unless a claim on the node is in flight. Returns how many were newer."""
+        node's state, unless a claim on the node is in flight; a node whose capabilities changed (another
+        fingerprint than the held view's) or that is new to the scheduler is marked stale, for
+        ``follow_nodes`` to read. Returns how many were newer."""
         newer = 0
         for view in views:
             held = self._views.get(view.node_id)
             if not view.newer_than(held):
                 continue
             newer += 1
+            if not view.deleted and (
+                view.fingerprint != held.fingerprint if held is not None else str(view.node_id) not in self.selector
+            ):
+                self._stale.add(view.node_id)
+                self._wake.set()
             if held is not None and not held.deleted:
                 self._fleet[_fleet_key(held)] -= 1
             if not view.deleted:
@@ -184,6 +216,64 @@ class HostManager:
         async with self.bus.subscribe(TOPIC) as sub:
             async for capabilities in sub:
                 self.take_capabilities(capabilities)
+
+    async def follow_nodes(self) -> None:
+        """Until cancelled: take in the ``nodes`` topic's views as they are published (woken by the bus, not
+        by a timer), and read the capability dicts of the nodes they mark stale, in one batched read per
+        wake-up — so a capability change committed anywhere reaches the selector one read after its event,
+        not at the next ``capabilities`` publication. A failed read is logged and its nodes stay stale (the
+        next wake-up, or the periodic publication, brings them)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.take_node_events()
+            if not self._stale:
+                continue
+            try:
+                await self.read_capabilities()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the database may be away; the follower goes on
+                log.warning("node_capabilities_read_failed", error=str(err), nodes=len(self._stale))
+
+    async def read_capabilities(self) -> None:
+        """Read the stale nodes' capability dicts (``BareMetalDriver.host_stats_for``: get_host_stats's
+        scope) and take them in, then each node's view as ``take_node_views`` applies it. A node whose dict
+        cannot be built leaves the selector (as it is left out of the periodic publication), one that is
+        out of scope or gone too; a dict the selector refuses is rejected and the node keeps its state."""
+        stale, self._stale = self._stale, set()
+        failed: dict[int, Exception] = {}
+        try:
+            async with self.sessionmaker() as session:
+                found = await self.driver.host_stats_for(session, stale, on_error=failed.__setitem__)
+        except BaseException:
+            self._stale |= stale
+            raise
+        self.capability_reads += 1
+        self.capabilities_read += len(stale)
+        self.take_node_events()  # what came during the read: a node deleted meanwhile is not brought back
+        for node_id in stale:
+            view, nodename = self._views.get(node_id), str(node_id)
+            if view is None or view.deleted:
+                continue
+            caps = found.get(node_id)
+            if node_id in failed or caps is None:
+                # cannot be built, or out of this scheduler's scope (another service's, without fleet_view)
+                if nodename in self.selector:
+                    self.selector.remove(nodename)
+                if node_id in failed:
+                    self._reject(nodename, failed[node_id])
+                continue
+            caps["host_ip"] = self.settings.service.my_ip  # as report_driver_status publishes it
+            try:
+                self.selector.update_capabilities(caps)
+            except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
+                self._reject(nodename, err)
+                continue
+            if self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+            if node_id not in self._claiming:
+                self._apply(node_id)
 
     async def refresh(self) -> None:
         """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
