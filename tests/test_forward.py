@@ -336,7 +336,10 @@ async def test_the_console_of_a_node_is_relayed_from_its_owner(tmp_path: Path) -
         service(tmp_path, "svc-a", db_url, **fast) as (a, client_a),
         service(tmp_path, "svc-b", db_url, **fast),  # the owner of some of them
     ):
-        inventory = [{**n, "pm_driver": "ipmi"} for n in lab.inventory()]
+        # fixed uuids: where the ring puts the nodes is the same every run
+        inventory = [
+            {**n, "pm_driver": "ipmi", "uuid": str(uuid.UUID(int=i))} for i, n in enumerate(lab.inventory(), 1)
+        ]
         resp = await client_a.post("/v1/nodes/import", json={"nodes": inventory}, headers=auth(a))
         assert resp.status == 201, await resp.text()
         await a.runner.run_pass("node_ownership")
