@@ -179,15 +179,20 @@ async def two_clouds(tmp_path: Path) -> AsyncIterator[tuple[Cloud, Cloud]]:
         yield a, b
 
 
+async def spread(a: Cloud, count: int) -> dict[int, str]:
+    """``count`` nodes enrolled at A with PXE IPs, spread by A's ring: node id -> owner."""
+    await a.enroll(count)
+    await a.add_pxe_ips(count)
+    await a.ctx.runner.run_pass("node_ownership")
+    await a.publish()
+    return {i: await owner_of(a.ctx, i) for i in range(1, count + 1)}
+
+
 async def test_an_instance_claimed_at_one_service_is_deployed_by_the_owner_of_its_node(tmp_path: Path) -> None:
     """Every scheduler sees every node (the capability view covers the fleet under ring ownership); the
     service whose API took the request claims the node, and the node's owner runs the deploy."""
     async with two_clouds(tmp_path) as (a, b):
-        await a.enroll(6)
-        await a.add_pxe_ips(6)
-        await a.ctx.runner.run_pass("node_ownership")
-        await a.publish()
-        owners = {i: await owner_of(a.ctx, i) for i in range(1, 7)}
+        owners = await spread(a, 6)
         assert set(owners.values()) == {"svc-a", "svc-b"}, owners
         # A's scheduler knows all six, each under its owner
         assert {s.nodename: s.host for s in a.ctx.scheduler.selector.hosts()} == {str(i): h for i, h in owners.items()}
@@ -248,11 +253,7 @@ async def test_the_agent_may_reach_any_service_and_a_taken_over_deploy_completes
     whose owner dies while its agent writes the disk completes on the survivor when the agent calls back
     there; one whose agent had not looked up yet (its boot files on the dead service) fails with the reason."""
     async with two_clouds(tmp_path) as (a, b):
-        await a.enroll(6)
-        await a.add_pxe_ips(6)
-        await a.ctx.runner.run_pass("node_ownership")
-        await a.publish()
-        owners = {i: await owner_of(a.ctx, i) for i in range(1, 7)}
+        owners = await spread(a, 6)
         on_a = [i for i, h in owners.items() if h == "svc-a"]
         on_b = [i for i, h in owners.items() if h == "svc-b"]
         assert len(on_a) >= 2 and on_b, owners

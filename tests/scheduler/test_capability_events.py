@@ -220,20 +220,31 @@ async def test_capability_changes_at_one_service_reach_the_other_services_schedu
         assert (a.reports, b.reports) == (START_PASSES, START_PASSES)
 
 
-async def test_a_node_whose_capabilities_cannot_be_built_leaves_the_scheduler_until_fixed(ctx: AppContext) -> None:
-    """A row no API would write (per-node extra specs that are not an object): the follower rejects the
-    node as the capability loop does — counted each time, logged when it starts, not offered — and takes it
-    back once fixed."""
-    scheduler = ctx.scheduler
-    follower = asyncio.create_task(scheduler.follow_nodes())
+@asynccontextmanager
+async def following(ctx: AppContext) -> AsyncIterator[BareMetalNode]:
+    """The scheduler's follower running, and a node written with its event, taken in by the follower."""
+    follower = asyncio.create_task(ctx.scheduler.follow_nodes())
     try:
         async with ctx.sessionmaker.begin() as session:
             node = BareMetalNode(uuid=str(uuid.uuid4()), service_host="test-host", cpus=8, memory_mb=4096, local_gb=100)
             session.add(node)
             await session.flush()
             await note_nodes(session, [node.id])
+        await until(lambda: str(node.id) in ctx.scheduler.selector)
+        yield node
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+async def test_a_node_whose_capabilities_cannot_be_built_leaves_the_scheduler_until_fixed(ctx: AppContext) -> None:
+    """A row no API would write (per-node extra specs that are not an object): the follower rejects the
+    node as the capability loop does — counted each time, logged when it starts, not offered — and takes it
+    back once fixed."""
+    scheduler = ctx.scheduler
+    async with following(ctx) as node:
         nodename = str(node.id)
-        await until(lambda: nodename in scheduler.selector)
 
         with capture_logs() as logs:
             for rejections, specs in enumerate(([1], ["still", "a", "list"]), start=1):
@@ -252,10 +263,6 @@ async def test_a_node_whose_capabilities_cannot_be_built_leaves_the_scheduler_un
         assert scheduler.selector.get(nodename).capabilities["rack"] == "r1"
         events = [e["event"] for e in logs if e.get("node") == nodename]
         assert events == ["node_capabilities_rejected", "node_capabilities_recovered"]  # logged when it starts
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
 
 
 async def test_without_the_fleet_view_a_node_moved_to_another_service_leaves_the_scheduler(ctx: AppContext) -> None:
@@ -264,15 +271,8 @@ async def test_without_the_fleet_view_a_node_moved_to_another_service_leaves_the
     its owner."""
     scheduler = ctx.scheduler
     assert not ctx.driver.fleet_view
-    follower = asyncio.create_task(scheduler.follow_nodes())
-    try:
-        async with ctx.sessionmaker.begin() as session:
-            node = BareMetalNode(uuid=str(uuid.uuid4()), service_host="test-host", cpus=8, memory_mb=4096, local_gb=100)
-            session.add(node)
-            await session.flush()
-            await note_nodes(session, [node.id])
+    async with following(ctx) as node:
         nodename = str(node.id)
-        await until(lambda: nodename in scheduler.selector)
         for owner, known in (("elsewhere", False), ("test-host", True)):
             async with ctx.sessionmaker.begin() as session:
                 stmt = update(BareMetalNode).where(BareMetalNode.id == node.id).values(service_host=owner)
@@ -280,7 +280,3 @@ async def test_without_the_fleet_view_a_node_moved_to_another_service_leaves_the
                 await note_nodes(session, [node.id])
             await until(lambda k=known: (nodename in scheduler.selector) == k)
         assert scheduler.selector.get(nodename).host == "test-host"
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
