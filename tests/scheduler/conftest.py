@@ -27,13 +27,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def two(db_url: str, tmp_path: Path) -> AsyncIterator[Schedulers]:
-    """Schedulers A and B: two open_contexts on one database."""
+    """Schedulers A and B: two open_contexts on one database, services ``svc-a`` and ``svc-b``."""
     engine = make_engine(make_settings(tmp_path, db_url=db_url).database)
     try:
         await upgrade(engine)  # a no-op on the migrated SQLite copy
     finally:
         await engine.dispose()
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(open_context(make_settings(tmp_path / "a", db_url=db_url)))
-        b = await stack.enter_async_context(open_context(make_settings(tmp_path / "b", db_url=db_url)))
+        a, b = [
+            await stack.enter_async_context(
+                open_context(make_settings(tmp_path / name, db_url=db_url, service={"host": f"svc-{name}"}))
+            )
+            for name in ("a", "b")
+        ]
         yield a, b

@@ -15,11 +15,14 @@ from .factories import make_caps
 Schedulers = tuple[AppContext, AppContext]
 
 
-async def enroll(ctx: AppContext, count: int) -> list[int]:
+async def enroll(ctx: AppContext, count: int, owners: tuple[str, ...] = ("svc1",)) -> list[int]:
+    """``count`` free nodes, owned by ``owners`` in turn."""
     async with ctx.sessionmaker.begin() as session:
         nodes = [
-            BareMetalNode(uuid=str(uuid.uuid4()), service_host="svc1", cpus=8, memory_mb=4096, local_gb=100)
-            for _ in range(count)
+            BareMetalNode(
+                uuid=str(uuid.uuid4()), service_host=owners[i % len(owners)], cpus=8, memory_mb=4096, local_gb=100
+            )
+            for i in range(count)
         ]
         session.add_all(nodes)
     return [n.id for n in nodes]
@@ -33,10 +36,10 @@ async def add_flavor(ctx: AppContext) -> Flavor:
         return await get_flavor(session, name)
 
 
-async def feed(managers: list[HostManager], ids: list[int]) -> None:
-    """Every node's capabilities (as report_driver_status publishes them), then a resync."""
+async def feed(managers: list[HostManager], ids: list[int], owners: tuple[str, ...] = ("svc1",)) -> None:
+    """Every node's capabilities under its owner (as report_driver_status publishes them), then a resync."""
     for manager in managers:
-        manager.take_capabilities([make_caps(i) for i in ids])
+        manager.take_capabilities([make_caps(n, host=owners[i % len(owners)]) for i, n in enumerate(ids)])
         await manager.refresh()
 
 

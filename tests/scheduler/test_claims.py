@@ -113,3 +113,23 @@ async def test_two_schedulers_racing_for_every_node_place_each_once_and_refuse_t
     nodes, instances = await holders(a.scheduler, ids)
     assert nodes == {p.node_id: p.instance_uuid for p in placed}
     assert instances == {p.instance_uuid: p.node_id for p in placed}
+
+
+async def test_two_services_each_claim_their_own_nodes_first_and_lose_no_race(two: Schedulers) -> None:
+    """Among equal nodes each scheduler picks those its service owns (the ring shares a fleet out), so
+    two services placing at once do not chase the same node."""
+    a, b = two
+    owners = ("svc-a", "svc-b")
+    ids = await enroll(a, 40, owners)
+    flavor = await add_flavor(a)
+    await feed([a.scheduler, b.scheduler], ids, owners)
+    request = one_instance(flavor)
+    managers = (a.scheduler, b.scheduler)
+    results = await asyncio.gather(*(claim_instances(m, request) for _ in range(10) for m in managers))
+
+    by_manager = {m: [p for r in results[i::2] for p in r] for i, m in enumerate(managers)}
+    assert all(p.host == "svc-a" for p in by_manager[a.scheduler])
+    assert all(p.host == "svc-b" for p in by_manager[b.scheduler])
+    assert a.scheduler.lost_races == b.scheduler.lost_races == 0
+    nodes, _ = await holders(a.scheduler, ids)
+    assert {n: u for n, u in nodes.items() if u is not None} == {p.node_id: p.instance_uuid for r in results for p in r}
