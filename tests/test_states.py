@@ -18,7 +18,7 @@ from bmd.states import (
     Event,
     ProvisionState,
     advance,
-    claim_statement,
+    claim,
     claimed_instance,
     fail,
     fail_many,
@@ -195,8 +195,7 @@ async def test_claim_takes_only_a_free_node_and_writes_its_instance_state(ctx: A
     free, taken = await add_nodes(ctx, 2)
     await set_state(ctx, taken, S.ACTIVE, "someone")
     async with ctx.sessionmaker.begin() as session:
-        done = await session.execute(claim_statement([(free, INST), (taken, "inst-2")], utcnow()))
-        assert done.rowcount == 1  # type: ignore[attr-defined]
+        assert await claim(session, [(free, INST), (taken, "inst-2")], utcnow()) == 1
     async with ctx.sessionmaker() as session:
         row = await session.get(BareMetalNode, free)
         assert row is not None and (row.provision_state, row.task_state, row.instance_uuid) == (

@@ -12,7 +12,7 @@ never deadlock). On PostgreSQL the lock waits for another writer of a row and th
 the row it committed; on SQLite the write transaction already holds the database's write lock (BEGIN
 IMMEDIATE), so the read is exact. A request whose nodes are all free and not taken by an earlier request of
 the group wins; one that is not has lost its race on the first such node and writes nothing. The winners'
-claims are one statement (``claim_statement``), their instance rows another; the lost requests get their
+claims are one statement (``bmd.states.claim``), their instance rows another; the lost requests get their
 node's row as it is now, and the other requests of the group commit together (no rollback, no rewrite one
 by one).
 """
@@ -31,10 +31,10 @@ from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
 from bmd.db.nodes import FREE
 from bmd.node_events import NodeView, note_views, read_views
-from bmd.states import claim_statement, record_claims
+from bmd.states import claim, record_claims
 
 _T = bm_nodes_table
-_CHUNK = 500  # nodes per locking or claiming statement (asyncpg takes at most 32,767 parameters)
+_CHUNK = 500  # ids per locking statement (asyncpg takes at most 32,767 parameters)
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,7 @@ async def write_group(session: AsyncSession, requests: Sequence[ClaimRequest]) -
     winners = [r for i, r in enumerate(requests) if i not in lost]
     claims = [(n, u) for r in winners for n, u in zip(r.node_ids, r.instance_uuids, strict=True)]
     if claims:
-        now = utcnow()
-        for start in range(0, len(claims), _CHUNK):
-            await session.execute(claim_statement(claims[start : start + _CHUNK], now))
+        await claim(session, claims, utcnow())
         rows = [row for r in winners for row in r.instances]
         if rows:
             await session.execute(insert(Instance), rows)

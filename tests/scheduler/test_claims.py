@@ -90,7 +90,7 @@ async def test_a_request_that_lost_its_node_in_a_group_is_retried_and_the_group_
 
 async def test_two_schedulers_racing_for_every_node_place_each_once_and_refuse_the_rest(two: Schedulers) -> None:
     a, b = two
-    ids = await enroll(a, 100)
+    ids = await enroll(a, 100)  # owned by neither scheduler's service: both rank them alike and race for each
     flavor = await add_flavor(a)
     await feed([a.scheduler, b.scheduler], ids)
     request = one_instance(flavor)
