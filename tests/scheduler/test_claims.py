@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from bmd.db.models import BareMetalNode, Instance
+from bmd.db.models import BareMetalNode, Instance, utcnow
 from bmd.errors import NoValidHost
 from bmd.flavors import Flavor
 from bmd.provision.instances import InstanceRequest, build_instance_rows, claim_instances
@@ -18,6 +18,7 @@ from bmd.provision.request import DeployRequest
 from bmd.scheduler.claims import ClaimRequest, lock_free, write_group
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.manager import HostManager, Placement
+from bmd.states import claim
 
 from .fleet import Schedulers, add_flavor, enroll, feed, free
 
@@ -46,6 +47,19 @@ async def holders(manager: HostManager, ids: list[int]) -> tuple[dict[int, str |
         )
         rows = await session.execute(select(Instance.uuid, Instance.bm_node_id).where(Instance.bm_node_id.in_(ids)))
         return {n: u for n, u in nodes}, {u: n for u, n in rows}
+
+
+async def test_the_claim_statement_takes_only_free_nodes(two: Schedulers) -> None:
+    """The UPDATE's own guard (one statement over arrays on PostgreSQL, an executemany on SQLite), whatever
+    the locked read before it said."""
+    a, _ = two
+    free_node, taken = await enroll(a, 2)
+    async with a.sessionmaker.begin() as session:
+        assert await claim(session, [(taken, "theirs")], utcnow()) == 1
+    async with a.sessionmaker.begin() as session:
+        assert await claim(session, [(free_node, "mine"), (taken, "mine-too")], utcnow()) == 1
+    nodes, _ = await holders(a.scheduler, [free_node, taken])
+    assert nodes == {free_node: "mine", taken: "theirs"}
 
 
 async def test_a_request_that_lost_its_node_in_a_group_is_retried_and_the_group_commits(two: Schedulers) -> None:
