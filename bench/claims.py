@@ -2,12 +2,18 @@
 HostManagers on one database — selection through the configured chain, then the atomic SQL claim and the
 instance row (``bmd.scheduler.claims``) — until every matching node is taken.
 
-    .venv/bin/python bench/claims.py [--nodes 2000] [--clients 100] [--schedulers 2]
+    .venv/bin/python bench/claims.py [--nodes 2000] [--clients 100] [--schedulers 2 [--ring] [--bus postgresql]]
         [--db-url postgresql://root@127.0.0.1:5432/postgres]
 
 ``--db-url``: a PostgreSQL server; the bench makes its own database there and drops it afterwards.
-``--schedulers 2``: two HostManagers (two service contexts, each its own bus) share the database and the
-clients, so they race for the same nodes and lose some claims (retried by the manager, counted).
+``--schedulers 2``: two HostManagers (two service contexts) share the database and the clients. Each hears
+only its own claims: it learns that the other took a node by losing the race for it (retried by the manager,
+counted), and its clients go on until it has seen every node taken — the worst case, where every node is
+raced for once. All nodes belong to the first service unless ``--ring``.
+``--ring``: the nodes belong to the services in turn, as ring ownership shares a fleet out; each scheduler
+picks its own service's nodes first among equal ones.
+``--bus postgresql`` (with ``--db-url``): node changes reach the other schedulers over LISTEN/NOTIFY, as
+several services sharing a PostgreSQL database are deployed.
 
 Prints claims/s and checks afterwards that no node holds two instances and every claim has its row.
 """
@@ -23,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
@@ -65,11 +72,12 @@ async def database(server_url: str | None, tmp: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-def bench_settings(db_url: str, tmp: str, host: str) -> Settings:
+def bench_settings(db_url: str, tmp: str, host: str, bus: str = "memory") -> Settings:
     return Settings.model_validate(
         {
             "service": {"host": host, "state_dir": f"{tmp}/{host}/state"},
             "database": {"url": db_url},
+            "bus": {"backend": bus},
             "api": {"token_file": f"{tmp}/{host}/token"},
             "secrets": {"key_file": f"{tmp}/key"},
             "deploy": {"image_cache_dir": f"{tmp}/{host}/cache"},
@@ -77,14 +85,14 @@ def bench_settings(db_url: str, tmp: str, host: str) -> Settings:
     )
 
 
-async def enroll(settings: Settings, n: int) -> None:
+async def enroll(settings: Settings, n: int, owners: list[str]) -> None:
     engine = make_engine(settings.database)
     await upgrade(engine)
     now = utcnow()
     rows = [
         {
             "uuid": str(uuid.uuid4()),
-            "service_host": "bench",
+            "service_host": owners[i % len(owners)],
             "cpus": 8,
             "memory_mb": 16384,
             "local_gb": 200,
@@ -150,22 +158,20 @@ async def place_until_full(ctx: AppContext, request: InstanceRequest) -> int:
             return placed
 
 
-async def measure(n: int, clients: int, schedulers: int, server_url: str | None) -> None:
+async def measure(n: int, clients: int, schedulers: int, server_url: str | None, bus: str, ring: bool) -> None:
+    hosts = ["bench" if i == 0 else f"bench{i}" for i in range(schedulers)]
     with tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as stack:
             db_url = await stack.enter_async_context(database(server_url, tmp))
-            await enroll(bench_settings(db_url, tmp, "enroll"), n)
+            await enroll(bench_settings(db_url, tmp, "enroll"), n, hosts if ring else hosts[:1])
             contexts = [
-                await stack.enter_async_context(
-                    open_context(bench_settings(db_url, tmp, "bench" if i == 0 else f"bench{i}"))
-                )
-                for i in range(schedulers)
+                await stack.enter_async_context(open_context(bench_settings(db_url, tmp, host, bus))) for host in hosts
             ]
-            capabilities = None
+            capabilities: list[dict[str, Any]] = []  # every service's nodes under their owner: the ring's fleet view
             for ctx in contexts:
-                if capabilities is None:
-                    await ReportDriverStatus(ctx.driver, ctx.bus, "127.0.0.1", 60).run_once()
-                    capabilities = ctx.bus.latest(TOPIC)
+                await ReportDriverStatus(ctx.driver, ctx.bus, "127.0.0.1", 60).run_once()
+                capabilities += ctx.bus.latest(TOPIC)
+            for ctx in contexts:
                 ctx.scheduler.take_capabilities(capabilities)
                 await ctx.scheduler.refresh()
             request = InstanceRequest(FLAVOR, RequestSpec(FLAVOR), deploy=DeployRequest("http://images/disk.img"))
@@ -197,8 +203,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--schedulers", type=int, default=1, help="HostManagers sharing the database")
     parser.add_argument("--db-url", help="a PostgreSQL server (the bench makes and drops its own database there)")
+    parser.add_argument("--ring", action="store_true", help="the nodes belong to the schedulers' services in turn")
+    parser.add_argument("--bus", choices=["memory", "postgresql"], default="memory", help="how node changes travel")
     args = parser.parse_args()
-    asyncio.run(measure(args.nodes, args.clients, args.schedulers, args.db_url))
+    if args.bus == "postgresql" and not args.db_url:
+        parser.error("--bus postgresql needs --db-url")
+    asyncio.run(measure(args.nodes, args.clients, args.schedulers, args.db_url, args.bus, args.ring))
 
 
 if __name__ == "__main__":

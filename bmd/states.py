@@ -2,7 +2,7 @@
 
 One table of allowed transitions (``TRANSITIONS``), applied atomically in SQL, and one table of what each
 event writes besides the state (``OUTCOMES``: the node's ``task_state`` and the instance's
-``vm_state``/``task_state`` in lockstep). Callers use the verbs below (``claim_statement``, ``advance``,
+``vm_state``/``task_state`` in lockstep). Callers use the verbs below (``claim``, ``advance``,
 ``fail``, ``fail_many``, ``release``, ``forget``, ``lose_instances``) and pass events and reasons, never
 column values; no other module writes ``provision_state``, ``vm_state`` or ``task_state``
 (tests/test_states.py checks it). Every node write is published to the scheduler (``note_nodes``), and every
@@ -38,7 +38,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy import ColumnElement, Integer, String, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd import node_history as history
@@ -291,22 +292,33 @@ async def _write_instances(session: AsyncSession, uuids: Sequence[str], values: 
 # -- the verbs ----------------------------------------------------------------------------------------
 
 
-def claim_statement() -> Any:
-    """The scheduler's claim, one node per parameter set (``b_id``, ``b_uuid``, ``b_now``; executemany):
-    a free node (``bmd.db.nodes.FREE``) takes the instance and is deploying. Its instance rows are
-    inserted with ``claimed_instance()`` in the same transaction."""
+async def claim(session: AsyncSession, claims: Sequence[tuple[int, str]], now: dt.datetime) -> int:
+    """The scheduler's claim of nodes, (node id, instance uuid) each: a free node (``bmd.db.nodes.FREE``)
+    takes its instance and is deploying; a node that is not free is left as it is. Returns how many were
+    claimed. Its instance rows are inserted with ``claimed_instance()`` in the same transaction.
+
+    On PostgreSQL one statement over two arrays: an executemany runs its updates one at a time there, about
+    0.4 ms each, where this takes about 3 ms for a hundred nodes, and its text is the same whatever their
+    number (one cached, prepared statement). On SQLite an executemany, a loop in C that is as fast."""
     t = bm_nodes_table
-    return (
-        update(t)
-        .where(t.c.id == bindparam("b_id"), FREE)
-        .values(
-            instance_uuid=bindparam("b_uuid"),
-            provision_state=target(E.DEPLOY, S.AVAILABLE).value,
-            provision_updated_at=bindparam("b_now"),
-            updated_at=bindparam("b_now"),
-            **node_values(E.DEPLOY),
+    values = {
+        "provision_state": target(E.DEPLOY, S.AVAILABLE).value,
+        "provision_updated_at": now,
+        "updated_at": now,
+        **node_values(E.DEPLOY),
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        pairs = (
+            func.unnest(bindparam("b_ids", type_=ARRAY(Integer)), bindparam("b_uuids", type_=ARRAY(String)))
+            .table_valued("id", "uuid")
+            .render_derived(name="claim")
         )
-    )
+        stmt = update(t).where(t.c.id == pairs.c.id, FREE).values(instance_uuid=pairs.c.uuid, **values)
+        result = await session.execute(stmt, {"b_ids": [n for n, _ in claims], "b_uuids": [u for _, u in claims]})
+    else:
+        stmt = update(t).where(t.c.id == bindparam("b_id"), FREE).values(instance_uuid=bindparam("b_uuid"), **values)
+        result = await session.execute(stmt, [{"b_id": n, "b_uuid": u} for n, u in claims])
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def claimed_instance() -> dict[str, Any]:
@@ -315,7 +327,7 @@ def claimed_instance() -> dict[str, Any]:
 
 
 async def record_claims(session: AsyncSession, claims: Sequence[tuple[int, str]]) -> None:
-    """The history of claims written with ``claim_statement`` in this transaction: (node id, instance)."""
+    """The history of claims written with ``claim`` in this transaction: (node id, instance)."""
     to = target(E.DEPLOY, S.AVAILABLE).value
     entries = [
         history.Entry(n, history.Kind.PROVISION, E.DEPLOY.value, S.AVAILABLE.value, to, instance_uuid=u)

@@ -18,7 +18,7 @@ from bmd.states import (
     Event,
     ProvisionState,
     advance,
-    claim_statement,
+    claim,
     claimed_instance,
     fail,
     fail_many,
@@ -194,11 +194,8 @@ async def test_a_node_that_no_longer_holds_the_instance_is_refused(ctx: AppConte
 async def test_claim_takes_only_a_free_node_and_writes_its_instance_state(ctx: AppContext) -> None:
     free, taken = await add_nodes(ctx, 2)
     await set_state(ctx, taken, S.ACTIVE, "someone")
-    stmt = claim_statement()
     async with ctx.sessionmaker.begin() as session:
-        now = utcnow()
-        done = await session.execute(stmt, [{"b_id": n, "b_uuid": INST, "b_now": now} for n in (free, taken)])
-        assert done.rowcount == 1  # type: ignore[attr-defined]
+        assert await claim(session, [(free, INST), (taken, "inst-2")], utcnow()) == 1
     async with ctx.sessionmaker() as session:
         row = await session.get(BareMetalNode, free)
         assert row is not None and (row.provision_state, row.task_state, row.instance_uuid) == (

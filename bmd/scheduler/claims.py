@@ -1,10 +1,10 @@
 """Atomic claims in SQL, written in groups (group commit), on SQLite and PostgreSQL alike.
 
-A claim is ``UPDATE bm_nodes SET instance_uuid = :uuid ... WHERE id = :id AND <free>`` (``bmd.db.nodes.FREE``:
-no instance, available, not in maintenance) for every node of a request, plus its instance rows: all or
-nothing per request. A transaction commit is what costs (SQLite's single write lock and fsync, a PostgreSQL
-round trip and WAL flush), so concurrent requests are written as a group: whoever finds the writer free
-takes every request waiting so far and writes them in one transaction.
+A claim is ``UPDATE bm_nodes SET instance_uuid = <its instance> ... WHERE id = <its node> AND <free>``
+(``bmd.db.nodes.FREE``: no instance, available, not in maintenance) for every node of a request, plus its
+instance rows: all or nothing per request. A transaction commit is what costs (SQLite's single write lock
+and fsync, a PostgreSQL round trip and WAL flush), so concurrent requests are written as a group: whoever
+finds the writer free takes every request waiting so far and writes them in one transaction.
 
 In that transaction the group's nodes are first locked and read: ``SELECT id ... WHERE id IN (...) AND
 <free> FOR NO KEY UPDATE``, in id order (two processes lock overlapping groups in the same order, so they
@@ -12,8 +12,9 @@ never deadlock). On PostgreSQL the lock waits for another writer of a row and th
 the row it committed; on SQLite the write transaction already holds the database's write lock (BEGIN
 IMMEDIATE), so the read is exact. A request whose nodes are all free and not taken by an earlier request of
 the group wins; one that is not has lost its race on the first such node and writes nothing. The winners'
-claims are one executemany, their instance rows another; the lost requests get their node's row as it is
-now, and the other requests of the group commit together (no rollback, no rewrite one by one).
+claims are one statement (``bmd.states.claim``), their instance rows another; the lost requests get their
+node's row as it is now, and the other requests of the group commit together (no rollback, no rewrite one
+by one).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bmd.db.engine import Sessionmaker
 from bmd.db.models import Instance, bm_nodes_table, utcnow
 from bmd.db.nodes import FREE
 from bmd.node_events import NodeView, note_views, read_views
-from bmd.states import claim_statement, record_claims
+from bmd.states import claim, record_claims
 
 _T = bm_nodes_table
 _CHUNK = 500  # ids per locking statement (asyncpg takes at most 32,767 parameters)
@@ -93,15 +94,13 @@ async def write_group(session: AsyncSession, requests: Sequence[ClaimRequest]) -
     winners = [r for i, r in enumerate(requests) if i not in lost]
     claims = [(n, u) for r in winners for n, u in zip(r.node_ids, r.instance_uuids, strict=True)]
     if claims:
-        now = utcnow()
-        await session.execute(claim_statement(), [{"b_id": n, "b_uuid": u, "b_now": now} for n, u in claims])
+        await claim(session, claims, utcnow())
         rows = [row for r in winners for row in r.instances]
         if rows:
             await session.execute(insert(Instance), rows)
         await record_claims(session, claims)
     views = {v.node_id: v for v in await read_views(session, [n for n, _ in claims] + list(lost.values()))}
-    # The rows were locked and free, so every claim wrote its row; checked, not assumed (PostgreSQL's
-    # executemany reports no row count).
+    # The rows were locked and free, so every claim wrote its row; checked, not assumed.
     unwritten = [n for n, u in claims if n not in views or views[n].instance_uuid != u]
     if unwritten:
         raise RuntimeError(f"claims of locked free nodes wrote nothing: {unwritten}")

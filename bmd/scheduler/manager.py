@@ -66,6 +66,7 @@ def build_selector(settings: Settings) -> HostSelector:
     return HostSelector(
         build_filters(s.filters, {k: v for k, v in filter_options.items() if k in s.filters}),
         build_weighers(s.weighers, {k: v for k, v in weigher_options.items() if k in s.weighers}),
+        local_host=settings.service.host,
     )
 
 

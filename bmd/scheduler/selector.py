@@ -15,6 +15,12 @@ How a selection runs, per instance of the request (Nova's loop):
 * Weighers with ``facets`` are evaluated once per distinct key of the weighers' combined facet, on a
   representative host; hosts of equal total weight are ordered by slot, as the brute force orders ties by
   its host list (``hosts()`` gives that list).
+* With ``local_host`` (the service this selector schedules for), the nodes that service owns come first
+  among hosts of equal total weight, each part still in slot order. Several services sharing one database
+  (ring ownership) then each pick from their own share of a homogeneous fleet, instead of all picking the
+  same lowest-slot node at the same moment and losing every other claim to each other in SQL; and the
+  deploy of a local pick needs no forwarding to the owner. Weights still decide first: a better node of
+  another service is picked before a local one. Without ``local_host`` the order is the brute force's.
 * The pick is consumed on a copy (an overlay local to the call): the selector's states are not changed by
   ``select``.
 
@@ -67,12 +73,14 @@ class HostSelector:
         weighers: Sequence[BaseWeigher],
         *,
         candidates_per_instance: int = 8,
+        local_host: str | None = None,
     ) -> None:
         if candidates_per_instance < 1:
             raise ConfigError("candidates_per_instance must be at least 1")
         self.filters = tuple(filters)
         self.weighers = tuple(weighers)
         self.candidates_per_instance = candidates_per_instance
+        self.local_host = local_host
         self._index = HostIndex()
         # Nodes whose state is exactly what their last capability dict made it (no consume or compute
         # node row since): the same dict again changes nothing, so it is not re-applied and re-indexed.
@@ -255,10 +263,12 @@ class HostSelector:
     def _rank(self, request: RequestSpec, survivors: int, count: int, overlay: Overlay) -> list[tuple[int, float]]:
         """The best ``candidates_per_instance`` survivors as (slot, total weight), best first."""
         limit = self.candidates_per_instance
+        local = self._local()
         if self._weigh_facet is None:
             slots = bit_positions(survivors)
             totals = weigh_hosts(self.weighers, [self._state(slot, overlay) for slot in slots], request)
-            order = sorted(range(len(slots)), key=totals.__getitem__, reverse=True)
+            # stable: equal keys keep slot order
+            order = sorted(range(len(slots)), key=lambda i: (totals[i], local >> slots[i] & 1), reverse=True)
             return [(slots[i], totals[i]) for i in order[:limit]]
         groups: list[tuple[int, BaremetalNodeState]] = []
         plain = survivors
@@ -281,8 +291,15 @@ class HostSelector:
             while position < len(order) and totals[order[position]] == weight:
                 tied |= groups[order[position]][0]
                 position += 1
-            ranked.extend((slot, weight) for slot in lowest_bits(tied, limit - len(ranked)))
+            for part in (tied & local, tied & ~local):
+                ranked.extend((slot, weight) for slot in lowest_bits(part, limit - len(ranked)))
         return ranked
+
+    def _local(self) -> int:
+        """The slots of ``local_host``'s nodes."""
+        if self.local_host is None:
+            return 0
+        return self._index.facet(_SERVICE_HOST).groups.get((self.local_host,), 0)
 
 
 def _satisfies(constraints: Sequence[Constraint], host: BaremetalNodeState) -> bool:

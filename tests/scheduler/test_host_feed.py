@@ -1,13 +1,11 @@
 """The scheduler's view of a node has one source, bm_nodes: change events from its writers and a resync, both
-ordered by the row's version. Two schedulers (two full contexts, each with its own bus and selector)
-share one database and race for the same node."""
+ordered by the row's version. Two schedulers (``conftest.two``) share one database and race for the same node."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -15,75 +13,18 @@ from sqlalchemy import func, select, update
 from structlog.testing import capture_logs
 
 from bmd.context import AppContext
-from bmd.db.engine import make_engine
 from bmd.db.flavors import get_flavor
-from bmd.db.migrate import upgrade
-from bmd.db.models import BareMetalNode, Instance, InstanceType
+from bmd.db.models import BareMetalNode, Instance
 from bmd.errors import NoValidHost
 from bmd.flavors import Flavor
 from bmd.node_events import NodeView, read_views
 from bmd.provision.instances import InstanceRequest, build_instance_rows, claim_instances
 from bmd.provision.request import DeployRequest
 from bmd.scheduler.host_state import RequestSpec
-from bmd.scheduler.manager import HostManager, Placement
-from bmd.service import open_context
+from bmd.scheduler.manager import Placement
 from tests.cloud import Cloud, make_cloud
-from tests.conftest import make_settings
 
-from .factories import make_caps
-
-Schedulers = tuple[AppContext, AppContext]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One database for both schedulers: a migrated SQLite file, or the PostgreSQL test database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{request.getfixturevalue('db_file')}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-async def two(db_url: str, tmp_path: Path) -> AsyncIterator[Schedulers]:
-    """Schedulers A and B: two open_contexts on one database."""
-    engine = make_engine(make_settings(tmp_path, db_url=db_url).database)
-    try:
-        await upgrade(engine)  # a no-op on the migrated SQLite copy
-    finally:
-        await engine.dispose()
-    async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(open_context(make_settings(tmp_path / "a", db_url=db_url)))
-        b = await stack.enter_async_context(open_context(make_settings(tmp_path / "b", db_url=db_url)))
-        yield a, b
-
-
-async def enroll(ctx: AppContext, count: int) -> list[int]:
-    async with ctx.sessionmaker.begin() as session:
-        nodes = [
-            BareMetalNode(uuid=str(uuid.uuid4()), service_host="svc1", cpus=8, memory_mb=4096, local_gb=100)
-            for _ in range(count)
-        ]
-        session.add_all(nodes)
-    return [n.id for n in nodes]
-
-
-async def add_flavor(ctx: AppContext) -> Flavor:
-    name = f"f-{uuid.uuid4().hex[:8]}"
-    async with ctx.sessionmaker.begin() as session:
-        session.add(InstanceType(name=name, flavorid=name, memory_mb=4096, vcpus=8, root_gb=100))
-    async with ctx.sessionmaker() as session:
-        return await get_flavor(session, name)
-
-
-async def feed(managers: list[HostManager], ids: list[int]) -> None:
-    """Every node's capabilities (as report_driver_status publishes them), then a resync."""
-    for manager in managers:
-        manager.take_capabilities([make_caps(i) for i in ids])
-        await manager.refresh()
-
-
-def free(manager: HostManager, node_id: int) -> bool:
-    return manager.selector.get(str(node_id)).free_ram_mb > 0
+from .fleet import Schedulers, add_flavor, enroll, feed, free
 
 
 async def views(ctx: AppContext, node_id: int) -> list[NodeView]:

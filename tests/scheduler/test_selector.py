@@ -14,6 +14,7 @@ from bmd.filters.registry import DEFAULT_FILTERS, DEFAULT_WEIGHERS, build_filter
 from bmd.scheduler.host_state import BaremetalNodeState, RequestSpec
 from bmd.scheduler.reference import reference_select
 from bmd.scheduler.selector import HostSelector
+from bmd.scheduler.weighers import RAMWeigher
 
 from .factories import make_caps, make_spec
 
@@ -188,3 +189,30 @@ def test_a_malformed_update_changes_nothing() -> None:
     assert selector.get("2").capabilities["gpu"] == "a100"
     assert (selector.get("1").free_ram_mb, selector.get("2").free_ram_mb) == (4096, 4096)
     assert chosen(selector, GPU) == ["1", "2"]
+
+
+class UnindexedRAMWeigher(RAMWeigher):
+    """RAMWeigher without facets: every host is weighed (the selector's other ranking path)."""
+
+    facets = None
+
+
+@pytest.mark.parametrize("weigher", [RAMWeigher, UnindexedRAMWeigher])
+def test_the_local_services_nodes_come_first_among_equal_weights(weigher: type[RAMWeigher]) -> None:
+    def selector(local_host: str | None) -> HostSelector:
+        s = HostSelector(build_filters(["ComputeFilter", "RamFilter"]), [weigher()], local_host=local_host)
+        for node_id, host in ((1, "svc1"), (2, "svc2"), (3, "svc1"), (4, "svc2")):
+            s.update_capabilities(make_caps(node_id, host=host))
+        s.update_capabilities(make_caps(5, host="svc1", memory_mb=8192))  # more free RAM: weighs more
+        return s
+
+    def order(s: HostSelector) -> list[str]:
+        return [c.nodename for c in s.select(make_spec()).candidates[0]]
+
+    plain = selector(None)
+    assert plain.select(make_spec()) == reference_select(plain, make_spec())
+    assert order(plain) == ["5", "1", "2", "3", "4"]
+    # Weight first, then the service's own nodes, each part in slot order.
+    assert order(selector("svc2")) == ["5", "2", "4", "1", "3"]
+    assert order(selector("svc1")) == ["5", "1", "3", "2", "4"]
+    assert order(selector("svc3")) == ["5", "1", "2", "3", "4"]
