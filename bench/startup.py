@@ -1,10 +1,11 @@
 """Start-up, health and stop of a real ``bmd serve`` over N enrolled nodes (fake power driver).
 
-Enrolls N nodes (default 100,000) in a fresh SQLite file as bench/cycle.py does, starts ``bmd serve`` as a
-child process and prints, each with its target: the time to the first ``/livez`` 200, the time to ready
-(``/readyz`` 200 and the ``service_started`` log line), the resident memory per node once ready, what
-``/healthz`` said while the first passes ran (never ``failing``), and how long SIGTERM takes to stop it
-while a ``sync_power_states`` pass over every node is running.
+Enrolls N nodes (default 100,000) in a fresh SQLite file in one statement (bmd.lab.cluster.insert_nodes),
+starts ``bmd serve`` as a child process and prints, each with its target: the time to the first ``/livez``
+200, the time to ready (``/readyz`` 200 and the ``service_started`` log line, with how long its parts
+took), the resident memory per node once ready, what ``/healthz`` said while it started and while the
+first passes ran (never ``failing``), and how long SIGTERM takes to stop it while a ``sync_power_states``
+pass over every node is running.
 
     .venv/bin/python bench/startup.py [--nodes 100000] [--watch 20]
 """
@@ -25,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cycle import enroll  # type: ignore[import-not-found]  # bench/cycle.py, beside this file
-
-from bmd.config import Settings
-from bmd.lab.cluster import ServiceProcess
+from bmd.config import DatabaseSettings
+from bmd.db.engine import make_engine
+from bmd.db.migrate import upgrade
+from bmd.lab.cluster import ServiceProcess, insert_nodes
 
 GRACEFUL_TIMEOUT = 10.0
 
@@ -73,6 +74,15 @@ def status(url: str) -> tuple[int, dict[str, object]]:
         SLOWEST[path] = max(SLOWEST[path], time.monotonic() - t0)
 
 
+async def upgrade_and_insert(db_url: str, n: int) -> None:
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    await insert_nodes(db_url, "bench", n)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -89,11 +99,9 @@ def measure(n: int, watch: float) -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         path = config(tmp)
-        settings = Settings.model_validate(
-            {"service": {"host": "bench"}, "database": {"url": f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"}}
-        )
+        db_url = f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"
         t0 = time.perf_counter()
-        asyncio.run(enroll(settings, n))
+        asyncio.run(upgrade_and_insert(db_url, n))
         print(f"enrolled {n} nodes in {time.perf_counter() - t0:.1f} s")
 
         start = time.monotonic()
