@@ -2,7 +2,8 @@
 
 ``serve(settings, stop)`` runs until ``stop`` is set (signals set it in production, tests set it
 directly), then stops everything within ``service.graceful_timeout`` seconds: the API stops accepting,
-loops are cancelled and awaited, drivers closed, the database disposed.
+loops are cancelled and awaited, drivers closed, the database disposed. Under ``bmd serve`` a signal also
+arms a hard deadline (:func:`exit_after`): whatever still runs then, the process exits.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -294,10 +297,32 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=128)
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers(stop: asyncio.Event, deadline: float) -> None:
+    """SIGTERM and SIGINT set ``stop`` and arm the stop's hard deadline (:func:`exit_after`)."""
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            exit_after(deadline)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+
+
+def exit_after(seconds: float) -> threading.Timer:
+    """End the process ``seconds`` from now unless it has ended by then (``stop_timed_out``, exit 1). The
+    orderly stop cancels every pass, but a step that never yields the event loop or a close that hangs would
+    hold the process past ``service.graceful_timeout``; this thread keeps that promise."""
+
+    def expire() -> None:
+        log.error("stop_timed_out", timeout=seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True  # a process that stopped in time exits without waiting for it
+    timer.start()
+    return timer
 
 
 async def main(
@@ -305,7 +330,7 @@ async def main(
 ) -> None:
     """``bmd serve``; with ``lab_count`` a lab of that many BMCs runs beside it (see :func:`serve_lab`)."""
     stop = asyncio.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, settings.service.graceful_timeout)
     if not lab_count:
         await serve(settings, stop)
         return

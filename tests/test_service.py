@@ -165,6 +165,17 @@ def test_at_scale_readyz_then_sigterm_mid_sync_pass(tmp_path: Path, daemon_facto
     d.wait_for("service_stopped")
 
 
+def test_stop_deadline_ends_a_process_that_does_not_stop() -> None:
+    """The signal's hard deadline: a process still running ``graceful_timeout`` after SIGTERM (a step that
+    never yields, a close that hangs) exits 1 saying so; one that ended in time is not held by it."""
+    hung = "import time; from bmd.service import exit_after; exit_after(0.2); time.sleep(60)"
+    result = subprocess.run([sys.executable, "-c", hung], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "stop_timed_out" in result.stdout + result.stderr
+    done = "from bmd.service import exit_after; exit_after(30); print('stopped')"
+    result = subprocess.run([sys.executable, "-c", done], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == "stopped"
+
+
 def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     assert bmd("--config", str(config), "db", "upgrade").returncode == 0
