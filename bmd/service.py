@@ -193,15 +193,15 @@ WARM_PASSES = ("report_driver_status", "scheduler_refresh")
 
 
 async def warm_scheduler(ctx: AppContext) -> None:
-    """One database probe and the passes the scheduler needs before the service says it is ready, so a
-    ready bmd schedules at once and its /healthz is not ``failing`` for want of a probe. Not
+    """The passes the scheduler needs before the service says it is ready, then one database probe, so a
+    ready bmd schedules at once and its /healthz starts from a fresh probe. Not
     ``update_available_resource``: the scheduler never reads its ``compute_nodes`` rows, and its first pass
     (about 4 s at 100,000 nodes) runs as soon as the loops start."""
-    await ctx.runner.run_pass(DB_PROBE)
     await ctx.runner.run_pass("report_driver_status")
     ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
     await ctx.runner.run_pass("scheduler_refresh")
     await ctx.scheduler.prepare_flavors()
+    await ctx.runner.run_pass(DB_PROBE)
 
 
 async def _start(ctx: AppContext) -> dict[str, float | None]:
