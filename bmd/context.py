@@ -40,6 +40,8 @@ class AppContext:
     console_logs: ConsoleLogs  # <service.state_dir>/console: the serial console and the agent's tail
     step_failures: StepFailureCounter = field(default_factory=StepFailureCounter)
     started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None  # set once recovery and the first capability passes are done (/readyz)
+    stopping: bool = False  # set when the stop begins: /readyz turns 503 while the service drains
     extras: dict[str, Any] = field(default_factory=dict)
     dhcp: DhcpProvider = field(default_factory=NoDhcp)  # pxe.dhcp_provider; started and stopped by open_context
     node_listener: NodeListener | None = None  # bus.backend = "postgresql": started and stopped by open_context

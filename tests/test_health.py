@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -76,7 +77,8 @@ async def test_failing_task_degrades_and_loop_recovers(client, ctx: AppContext) 
 
 
 async def test_never_run_task_becomes_late(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
-    ctx.started_at -= 10_000
+    assert ctx.ready_at is not None
+    ctx.ready_at -= 10_000  # the loops started long ago
     assert await ctx.runner.run_pass(DB_PROBE)  # the database is fine; only the other loops never ran
     body = await (await client.get("/healthz")).json()
     assert body["status"] == "degraded"
@@ -116,13 +118,59 @@ async def test_metrics_in_prometheus_text(client, ctx: AppContext) -> None:  # t
     assert ctx.api_token not in text
 
 
-async def test_stale_probe_is_failing(ctx: AppContext) -> None:
-    """/healthz never probes itself: when the probe loop stops, the last success ages into failing."""
+async def test_stale_probe_is_late_and_a_stuck_one_failing(ctx: AppContext) -> None:
+    """/healthz never probes itself. A last success that ages while no probe waits means the event loop did
+    not start the next one (a long pass holding it): late, not a database failure. A probe that has waited
+    longer than its timeout for the database is failing."""
     probe = ctx.runner.tasks[DB_PROBE]
     assert isinstance(probe, DatabaseProbe)
     assert await ctx.runner.run_pass(DB_PROBE)
-    assert probe.last_ok is not None
+    assert probe.last_ok is not None and probe.probing_since is None
     fresh = probe_check(probe, probe.last_ok.at + probe.interval)
     assert fresh["status"] == "ok" and fresh["latency_ms"] is not None
-    stale = probe_check(probe, probe.last_ok.at + STALE_FACTOR * probe.interval + probe.timeout + 1)
-    assert stale["status"] == "failing" and "old" in stale["error"]
+    later = probe.last_ok.at + STALE_FACTOR * probe.interval + probe.timeout + 1
+    stale = probe_check(probe, later)
+    assert stale["status"] == "late" and "event loop" in stale["error"]
+    probe.probing_since = later - probe.timeout - 2  # a probe sent then has had no answer
+    stuck = probe_check(probe, later)
+    assert stuck["status"] == "failing" and "waiting" in stuck["error"]
+
+
+async def test_starting_until_ready(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    """Before the service is ready: /livez 200, /readyz 503 and /healthz ``starting`` (a database not yet
+    probed is no failure then); once ready and every check ok, 200 everywhere; stopping, /readyz 503."""
+    ctx.ready_at = None
+    resp = await client.get("/healthz")
+    assert resp.status == 503 and (await resp.json())["status"] == "starting"
+    resp = await client.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 503 and body == {"status": "starting", "ready": False, "not_ok": ["checks.database"]}
+    assert (await client.get("/livez")).status == 200
+    for name in ctx.runner.records:
+        assert await ctx.runner.run_pass(name)
+    assert (await client.get("/readyz")).status == 503  # passes done, but not yet declared ready
+    ctx.ready_at = time.time()
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and await resp.json() == {"status": "ok", "ready": True, "not_ok": []}
+    ctx.stopping = True
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["status"] == "stopping"
+    resp = await client.get("/livez")
+    assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+async def test_readyz_503_while_degraded_naming_the_loop(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    for name in ctx.runner.records:
+        assert await ctx.runner.run_pass(name)
+    ctx.runner.add(Flaky())
+    assert not await ctx.runner.run_pass("flaky")
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and await resp.json() == {"status": "degraded", "ready": False, "not_ok": ["tasks.flaky"]}
+    assert (await client.get("/healthz")).status == 200  # degraded is still 200 on the summary
+
+
+async def test_ready_database_never_probed_is_failing(client, ctx: AppContext) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 503 and body["status"] == "failing"
+    assert body["checks"]["database"]["status"] == "pending"

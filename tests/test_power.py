@@ -3,6 +3,7 @@ maintenance on repeated failure and automatic recovery, and Debian's ipmitool as
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from bmd.api.app import create_app
 from bmd.context import AppContext
 from bmd.db.models import BareMetalNode
 from bmd.drivers.power.base import BMCAccess, PowerInterface, PowerState
+from bmd.drivers.power.fake import FakePower
 from bmd.lab import Lab, LabSpec
+from bmd.lab.cluster import insert_nodes
 from bmd.lab.faults import Fault
 from bmd.service import open_context
 from bmd.tasks.sync_power_states import SyncPowerStates
@@ -283,3 +286,33 @@ async def test_power_cli(env, lab: Lab, capsys) -> None:  # type: ignore[no-unty
         client, ctx.api_token, "node", "maintenance", "set", name, "--reason", "x", capsys=capsys
     )
     assert code == 0 and (await node_row(ctx, name)).maintenance
+
+
+async def test_pass_over_thousands_runs_on_a_few_tasks_and_cancels_every_read(ctx: AppContext) -> None:
+    """A pass over 3,000 nodes holds its workers and its slow reads, not a task per node (100,000 waiting
+    tasks took seconds to create and minutes to cancel); cancelled (the service stopping), it leaves no
+    read running, not even the ones parked past ``release_after``."""
+    fake = FakePower()
+    ctx.power.register("fake", fake)
+    await insert_nodes(ctx.settings.database.url, ctx.settings.service.host, 3000)
+    async with ctx.sessionmaker() as session:
+        ids = list((await session.scalars(select(BareMetalNode.id).order_by(BareMetalNode.id))).all())
+    gate = asyncio.Event()  # never set: these BMCs never answer
+    slow = ids[100:105]
+    for node_id in slow:
+        fake.bmc(node_id).gate = gate
+    sync = sync_task(ctx, release_after=0.01, power_sync_workers=8, power_sync_timeout=60.0)
+    before = len(asyncio.all_tasks())
+    running = asyncio.create_task(sync.run_once())
+    most = 0
+    async with asyncio.timeout(60):
+        while not all(fake.bmc(i).calls for i in ids):  # every node read once, the slow ones parked
+            most = max(most, len(asyncio.all_tasks()) - before)
+            await asyncio.sleep(0)
+    assert [fake.bmc(i).in_flight for i in slow] == [1] * 5
+    assert most <= 1 + 8 + 8 + len(slow)  # the pass, its workers, their reads, the parked reads
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert [fake.bmc(i).in_flight for i in slow] == [0] * 5  # the parked reads were cancelled with the pass
+    assert len(asyncio.all_tasks()) == before

@@ -4,9 +4,10 @@ A caller is who its ``Authorization: Bearer <token>`` names: the token in ``api.
 compared in constant time, no database read) or a live row of ``api_tokens`` (found by the token's
 SHA-256). What a route needs:
 
-- open: ``/healthz``; the dashboard's static page (``/``, ``/dashboard/*``: its data calls carry the token the
-  user pastes); ``/metrics`` unless ``metrics.token_required``; the PXE files under ``/images/``; the
-  deploy agent's calls (handlers marked :func:`bmd.api.app.public`: they check their own ``X-Agent-Token``);
+- open: ``/healthz``, ``/livez``, ``/readyz``; the dashboard's static page (``/``, ``/dashboard/*``: its
+  data calls carry the token the user pastes); ``/metrics`` unless ``metrics.token_required``; the PXE files
+  under ``/images/``; the deploy agent's calls (handlers marked :func:`bmd.api.app.public`: they check their
+  own ``X-Agent-Token``);
 - reads (GET/HEAD/OPTIONS): nothing when ``api.anonymous_read`` is true, else ``reader``;
 - ``/v1/tokens``: ``admin``; every other mutating call: ``operator``.
 
@@ -94,7 +95,7 @@ def is_open(request: web.Request) -> bool:
     if getattr(info.handler, "_bmd_public", False) or any(app.get(OPEN_APP, False) for app in info.apps):
         return True
     route = route_of(request)
-    if route in ("/healthz", "/", "/dashboard/{file}"):  # the dashboard's page: it asks for a token itself
+    if route in ("/healthz", "/livez", "/readyz", "/", "/dashboard/{file}"):  # the dashboard asks for a token
         return True
     return route == "/metrics" and not request.app[CTX].settings.metrics.token_required
 

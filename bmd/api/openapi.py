@@ -55,7 +55,7 @@ PATH_PARAMS = {
     "path": "a file's path under deploy.http_root",
 }
 H = TypeVar("H", bound=Callable[..., Any])
-OPEN_ROUTES = ("/healthz", "/metrics", "/", "/dashboard/{file}")  # bmd/api/auth.py's is_open
+OPEN_ROUTES = ("/healthz", "/livez", "/readyz", "/metrics", "/", "/dashboard/{file}")  # bmd/api/auth.py's is_open
 
 
 class UndeclaredRoutes(Exception):

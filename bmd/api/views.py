@@ -295,7 +295,7 @@ class HealthChecks(View):
 
 
 class HealthReport(View):
-    status: Literal["ok", "degraded", "failing"]
+    status: Literal["starting", "ok", "degraded", "stopping", "failing"]
     service: str
     uptime_s: float
     checks: HealthChecks

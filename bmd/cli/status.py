@@ -20,7 +20,8 @@ from bmd.cli.output import FORMATS, Output, text_of
 
 
 def gather(app: CliApp) -> dict[str, Any]:
-    """The summary as one object: /healthz (503 when failing still carries the report) and every node."""
+    """The summary as one object: /healthz (a 503, starting, stopping or failing, still carries the report)
+    and every node."""
     try:
         health = app.client.get("/healthz")
     except ApiError as err:

@@ -13,8 +13,9 @@ operator set. The database sees three bulk statements per pass whatever the numb
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import bindparam, select, update
@@ -31,6 +32,8 @@ from bmd.node_events import note_nodes
 from bmd.tasks.steps import NodeSteps, StepFailureCounter, describe
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 POWER_SYNC = "power_sync"
 _COLUMNS = (
@@ -109,33 +112,49 @@ class SyncPowerStates:
         except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
             return Reading(node, error=self.steps.fail(node.id, err))
 
-    async def _poll(self, node: Any, slots: asyncio.Semaphore) -> Reading:
-        async with slots:
-            call = asyncio.ensure_future(self._read(node))
-            await asyncio.wait({call}, timeout=self.release_after)
-        return await call  # a slow or dead BMC waits out its timeout without holding a worker slot
+    async def _poll(self, nodes: list[Any]) -> list[Reading]:
+        """Every node's reading, ``power_sync_workers`` reads at a time. A read that has not answered after
+        ``release_after`` seconds is parked: its worker takes the next node and the read waits out its
+        timeout on its own (one task per slow BMC, cancelled with the pass)."""
+        readings: list[Reading] = []
+        parked: set[asyncio.Task[Reading]] = set()
 
-    async def _force(self, reading: Reading, target: PowerState, slots: asyncio.Semaphore) -> None:
-        async with slots:
-            try:
-                driver, access = self.power.for_node(reading.node)
-                async with asyncio.timeout(self.settings.power_sync_timeout * 4):
-                    await driver.set_power_state(access, target)
-                reading.state = target
-                log.info("power_state_forced", node=reading.node.id, state=target.value)
-            except (TimeoutError, BmdError) as err:
-                log.warning("power_state_force_failed", node=reading.node.id, error=str(err) or type(err).__name__)
-            except Exception as err:  # noqa: BLE001 - contained like a read
-                self.steps.fail(reading.node.id, err)  # the read succeeded: its state stands
-                log.warning("power_state_force_failed", node=reading.node.id, error=describe(err))
+        async def read(node: Any) -> None:
+            call = asyncio.ensure_future(self._read(node))
+            parked.add(call)  # until it answers in time: a cancelled pass cancels it too
+            await asyncio.wait({call}, timeout=self.release_after)
+            if call.done():
+                parked.discard(call)
+                readings.append(call.result())
+
+        try:
+            await _each(nodes, self.settings.power_sync_workers, read)
+            for call in list(parked):
+                readings.append(await call)
+        finally:
+            for call in parked:
+                call.cancel()
+            if parked:
+                await asyncio.wait(parked)
+        return readings
+
+    async def _force(self, forced: tuple[Reading, PowerState]) -> None:
+        reading, target = forced
+        try:
+            driver, access = self.power.for_node(reading.node)
+            async with asyncio.timeout(self.settings.power_sync_timeout * 4):
+                await driver.set_power_state(access, target)
+            reading.state = target
+            log.info("power_state_forced", node=reading.node.id, state=target.value)
+        except (TimeoutError, BmdError) as err:
+            log.warning("power_state_force_failed", node=reading.node.id, error=str(err) or type(err).__name__)
+        except Exception as err:  # noqa: BLE001 - contained like a read
+            self.steps.fail(reading.node.id, err)  # the read succeeded: its state stands
+            log.warning("power_state_force_failed", node=reading.node.id, error=describe(err))
 
     async def run_once(self) -> None:
         self.steps.start()
-        nodes = await self._nodes()
-        slots = asyncio.Semaphore(self.settings.power_sync_workers)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._poll(node, slots)) for node in nodes]
-        readings = [t.result() for t in tasks]
+        readings = await self._poll(await self._nodes())
         forced = []
         for r in readings:
             want = expected_power(r.node)
@@ -149,10 +168,7 @@ class SyncPowerStates:
                 )
                 if self.settings.force_power_state_during_sync:
                     forced.append((r, want))
-        if forced:
-            async with asyncio.TaskGroup() as group:
-                for r, want in forced:
-                    group.create_task(self._force(r, want, slots))
+        await _each(forced, self.settings.power_sync_workers, self._force)
         await self._record(readings)
         self.steps.finish()  # the errors themselves are in last_power_error, written by _record
 
@@ -226,6 +242,21 @@ class SyncPowerStates:
             "to_maintenance": len(to_maint),
             "recovered": len(to_lift),
         }
+
+
+async def _each(items: list[T], workers: int, call: Callable[[T], Awaitable[None]]) -> None:
+    """``call(item)`` for every item, by at most ``workers`` tasks that each take the next item in turn: a
+    fixed number of tasks however many items (one task per node waiting on a semaphore costs seconds to
+    create at 100,000 nodes and minutes to cancel, each cancelled waiter leaving the semaphore's queue)."""
+    queue = iter(items)
+
+    async def work() -> None:
+        for item in queue:
+            await call(item)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(workers, len(items))):
+            group.create_task(work())
 
 
 def _power_entries(node: Any, state: str | None, failures: int, error: str | None) -> list[history.Entry]:
