@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import multiprocessing
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -153,37 +157,55 @@ async def settled(http: aiohttp.ClientSession, url: str, deadline: float) -> flo
     raise AssertionError(f"not settled within {deadline} s: published={published}, tasks={tasks}")
 
 
+async def probe_loop(url: str, stop: Any, report: Any) -> None:
+    """The prober's loop: ``/livez`` (``/healthz`` while /livez is not served) every ~10 ms until ``stop``."""
+    path, samples = "/livez", []
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + path) as resp:
+            if resp.status in (401, 404):  # not served yet (an unknown path without a token is a 401)
+                path = "/healthz"
+        gc.collect()
+        gc.freeze()  # the prober's own collections must not show as the service's latency
+        report.send(path)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            async with http.get(url + path) as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            took = time.monotonic() - t0
+            samples.append((t0, took))
+            await asyncio.sleep(max(0.0, PROBE_EVERY_S - took))
+    report.send(samples)
+
+
+def run_probe(url: str, stop: Any, report: Any) -> None:
+    asyncio.run(probe_loop(url, stop, report))
+
+
 class Probe:
-    """``GET /livez`` every ~10 ms from its own thread and event loop (a monitor is another process)."""
+    """The liveness probe in a process of its own, as a monitor is (in the walker's process, the walker's
+    parsing and collections would show as the service's latency). Times are CLOCK_MONOTONIC, shared."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.path = "/livez"
+        spawn = multiprocessing.get_context("spawn")
+        self._stop = spawn.Event()
+        self._conn, child = spawn.Pipe(duplex=False)
+        self._proc = spawn.Process(target=run_probe, args=(url, self._stop, child), daemon=True)
+        self.path = ""
         self.samples: list[tuple[float, float]] = []  # (monotonic start, seconds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(self.url + self.path) as resp:
-                if resp.status in (401, 404):  # not served yet: an unknown path without a token is a 401
-                    self.path = "/healthz"
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                async with http.get(self.url + self.path) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-                took = time.monotonic() - t0
-                self.samples.append((t0, took))
-                await asyncio.sleep(max(0.0, PROBE_EVERY_S - took))
 
     def __enter__(self) -> Probe:
-        self._thread.start()
+        self._proc.start()
+        if not self._conn.poll(60):
+            raise AssertionError("the probe did not start")
+        self.path = self._conn.recv()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._conn.poll(30):
+            self.samples = self._conn.recv()
+        self._proc.join(10)
 
     def between(self, start: float, end: float) -> list[float]:
         return [took for t0, took in self.samples if start <= t0 < end]
@@ -228,7 +250,15 @@ def report(name: str, nodes: int, result: dict[str, Any], probe: Probe) -> None:
     )
 
 
-async def measure(nodes: int, page: int, server_url: str | None) -> None:
+def profiler(pid: int, out: str | None) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of the service during the walks (``--profile``; py-spy is pip-installable)."""
+    if out is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--output", out, "--format", "raw"])
+
+
+async def measure(nodes: int, page: int, server_url: str | None, profile: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         async with database(server_url, tmp_name) as db_url:
@@ -245,11 +275,17 @@ async def measure(nodes: int, page: int, server_url: str | None) -> None:
                 async with aiohttp.ClientSession(headers=headers) as http:
                     waited = await settled(http, url, deadline=600)
                     print(f"capabilities published and first passes done {waited:.1f} s later")
+                    gc.collect()
+                    gc.freeze()  # the filling's leftovers are not the walker's to collect
                     with Probe(url) as probe:
                         await asyncio.sleep(0.5)  # the probe's idle baseline
                         idle_end = time.monotonic()
+                        spy = profiler(service.proc.pid, profile)
                         walked = await walk(http, url, "/v1/nodes", "nodes", page)
                         caps = await walk(http, url, "/v1/capabilities", "capabilities", page)
+                        if spy is not None:
+                            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                            spy.wait(30)
                     idle = probe.between(0, idle_end)
                     print(f"{probe.path} idle p50 / p99 {pct(idle, 0.5) * 1000:.1f} / {pct(idle, 0.99) * 1000:.1f} ms")
                     assert walked["keys"] == list(range(1, nodes + 1)), "the node walk missed or repeated rows"
@@ -265,9 +301,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--page", type=int, default=1000)
     parser.add_argument("--db-url", default=None, help="a PostgreSQL server: the bench makes a database on it")
+    parser.add_argument("--profile", default=None, help="py-spy's flame-graph input (raw) of the service's walks")
     args = parser.parse_args()
     for n in args.nodes:
-        asyncio.run(measure(n, args.page, args.db_url))
+        asyncio.run(measure(n, args.page, args.db_url, args.profile))
 
 
 if __name__ == "__main__":
