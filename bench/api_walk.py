@@ -21,6 +21,7 @@ import asyncio
 import gc
 import json
 import multiprocessing
+import os
 import shutil
 import signal
 import subprocess
@@ -215,6 +216,8 @@ async def walk(http: aiohttp.ClientSession, url: str, items: str, key: str, page
     """Follow ``next`` from the first page to the last; the rows' keys, the page times, the wall span."""
     keys: list[Any] = []
     pages: list[float] = []
+    parsing: list[float] = []
+    size = 0
     marker: Any = None
     start = time.monotonic()
     while True:
@@ -222,13 +225,26 @@ async def walk(http: aiohttp.ClientSession, url: str, items: str, key: str, page
         t0 = time.perf_counter()
         async with http.get(f"{url}{items}", params=params) as resp:
             assert resp.status == 200, await resp.text()
-            body = json.loads(await resp.read())
-        pages.append(time.perf_counter() - t0)
+            raw = await resp.read()
+        t1 = time.perf_counter()
+        body = json.loads(raw)
+        t2 = time.perf_counter()
+        pages.append(t2 - t0)
+        parsing.append(t2 - t1)
+        size = max(size, len(raw))
         rows = body[key]
         keys.extend(r["id" if key == "nodes" else "node"] for r in rows)
         marker = body["next"]
         if marker is None:
-            return {"keys": keys, "pages": pages, "start": start, "end": time.monotonic()}
+            end = time.monotonic()
+            return {"keys": keys, "pages": pages, "parsing": parsing, "size": size, "start": start, "end": end}
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time (user + system, every thread) from /proc: the service's cost, whatever else the
+    machine runs beside it (wall times on a shared machine are not)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -243,7 +259,14 @@ def report(name: str, nodes: int, result: dict[str, Any], probe: Probe) -> None:
     target = f"≤ {WALK_TARGET_S:.0f} s at 100,000" if nodes >= 100_000 else f"(≤ {WALK_TARGET_S:.0f} s at 100,000)"
     print(f"{name}: walked {len(result['keys'])} rows in {len(pages)} pages")
     print(f"  total walk                 {total:8.3f} s     target {target}")
+    parsing = result["parsing"]
+    per_page = result["cpu"] / len(pages) * 1000
+    print(f"  the service's CPU          {result['cpu']:8.3f} s     ({per_page:.1f} ms a page, probes included)")
     print(f"  page p50 / p99             {pct(pages, 0.5) * 1000:8.1f} / {pct(pages, 0.99) * 1000:.1f} ms")
+    print(
+        f"    of which the client's json.loads {pct(parsing, 0.5) * 1000:.1f} / {pct(parsing, 0.99) * 1000:.1f} ms "
+        f"(the largest page {result['size'] / 1e6:.2f} MB)"
+    )
     print(
         f"  {probe.path} p50 / p99 ({len(probes)} probes) {pct(probes, 0.5) * 1000:6.1f} / "
         f"{pct(probes, 0.99) * 1000:.1f} ms   target p99 < {PROBE_TARGET_MS:.0f} ms (worst {max(probes) * 1000:.1f} ms)"
@@ -255,7 +278,8 @@ def profiler(pid: int, out: str | None) -> subprocess.Popen[bytes] | None:
     if out is None:
         return None
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--output", out, "--format", "raw"])
+    args = ["record", "--pid", str(pid), "--rate", "250", "--threads", "--output", out, "--format", "raw"]
+    return subprocess.Popen([spy, *args])
 
 
 async def measure(nodes: int, page: int, server_url: str | None, profile: str | None) -> None:
@@ -281,8 +305,12 @@ async def measure(nodes: int, page: int, server_url: str | None, profile: str | 
                         await asyncio.sleep(0.5)  # the probe's idle baseline
                         idle_end = time.monotonic()
                         spy = profiler(service.proc.pid, profile)
+                        cpu0 = cpu_seconds(service.proc.pid)
                         walked = await walk(http, url, "/v1/nodes", "nodes", page)
+                        cpu1 = cpu_seconds(service.proc.pid)
                         caps = await walk(http, url, "/v1/capabilities", "capabilities", page)
+                        cpu2 = cpu_seconds(service.proc.pid)
+                        walked["cpu"], caps["cpu"] = cpu1 - cpu0, cpu2 - cpu1
                         if spy is not None:
                             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                             spy.wait(30)
