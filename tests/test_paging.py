@@ -225,3 +225,21 @@ async def test_capabilities_pages_follow_a_new_publication(
     while index._of is not None and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - a timer
         await asyncio.sleep(0.01)
     assert index._of is None
+
+
+async def test_a_capabilities_page_is_the_json_of_its_entries(
+    client: TestClient[Any, Any], auth: dict[str, str], ctx: AppContext
+) -> None:
+    """The page is encoded a few entries at a time (the loop stays free): the bytes are json.dumps's of it."""
+    unpublished = await (await client.get("/v1/capabilities")).read()
+    assert unpublished == json.dumps({"capabilities": [], "published": False, "next": None}).encode()
+    await enroll(client, auth)
+    assert await ctx.runner.run_pass("report_driver_status")
+    ordered = sorted(ctx.bus.latest(TOPIC), key=lambda s: s["node"])
+    for start in range(0, ROWS, PAGE):
+        params = {"marker": ordered[start - 1]["node"]} if start else {}
+        body = await (await client.get("/v1/capabilities", params=params)).read()
+        page = ordered[start : start + PAGE]
+        last = start + PAGE >= ROWS
+        expected = {"capabilities": page, "published": True, "next": None if last else page[-1]["node"]}
+        assert body == json.dumps(expected).encode()
