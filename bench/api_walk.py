@@ -6,12 +6,14 @@ fake power driver, two interfaces each, then starts a real ``bmd serve`` (bmd/la
 ServiceProcess) and waits until report_driver_status has published every node and each periodic loop has
 finished its first pass (their intervals are 10 min here, so no pass runs beside the walk: the figures are
 the API's). Then, with a real aiohttp client, it walks each list from the first page to the last (``next``
-until null; each page parsed as JSON, as a client must) while a second client, in its own thread and event
-loop, probes ``/livez`` every ~10 ms (``/healthz`` when ``/livez`` answers 404: the bench says which).
-Prints the total walk time, per-page p50/p99 and the probe's p50/p99 during each walk, targets beside them.
+until null; each page parsed as JSON, as a client must) while a second client, in a process of its own,
+probes ``/livez`` every ~10 ms (``/healthz`` while ``/livez`` is not served: the bench says which).
+Prints the total walk time, the service's CPU time over it (from /proc: wall times on a shared machine
+swing with what else runs), per-page p50/p99 and the client's own parse of a page, and the probe's p50/p99
+during each walk, targets beside them. ``--profile FILE`` records the service with py-spy meanwhile.
 
     .venv/bin/python bench/api_walk.py [--nodes 10000 100000] [--page 1000]
-        [--db-url postgresql://root@127.0.0.1:5432/postgres]
+        [--db-url postgresql://root@127.0.0.1:5432/postgres] [--profile /tmp/walk.raw]
 """
 
 from __future__ import annotations
