@@ -190,7 +190,7 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
             marker=id_marker(request),
         )
     page, next_marker = split_page(nodes, limit, lambda n: n["id"])
-    return await stream_page(request, "nodes", page, dict, next_marker)
+    return await stream_page(request, "nodes", page, lambda n: n, next_marker)  # rows are the view already
 
 
 @answers(200, NodeView)
