@@ -189,8 +189,8 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
             limit=limit + 1,
             marker=id_marker(request),
         )
-    page, next_marker = split_page(nodes, limit, lambda n: n.id)
-    return await stream_page(request, "nodes", page, q.node_to_dict, next_marker)
+    page, next_marker = split_page(nodes, limit, lambda n: n["id"])
+    return await stream_page(request, "nodes", page, lambda n: n, next_marker)  # rows are the view already
 
 
 @answers(200, NodeView)

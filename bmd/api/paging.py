@@ -7,6 +7,7 @@ so a page is never serialized into one string; at most one page is held in memor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -66,8 +67,8 @@ def split_page(rows: Sequence[T], limit: int, key: Callable[[T], Any]) -> tuple[
     return rows, None
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, allow_nan=False)
+# One encoder for every row (``json.dumps`` with options builds a new one per call); the same output.
+_dumps = json.JSONEncoder(default=str, allow_nan=False).encode
 
 
 async def stream_page(
@@ -91,6 +92,7 @@ async def stream_page(
         if size >= CHUNK_BYTES:
             await response.write("".join(buf).encode())
             buf, size = [], 0
+            await asyncio.sleep(0)  # a write that does not wait to drain never yields: let other requests in
     buf.append(f'], "next": {_dumps(next_marker)}}}')
     await response.write("".join(buf).encode())
     await response.write_eof()

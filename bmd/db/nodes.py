@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, select
+from sqlalchemy import ColumnElement, and_, case, false, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bmd.db.models import BareMetalNode, Interface, PxeIp, bm_nodes_table
+from bmd.db.models import BareMetalNode, Interface, PxeIp, UTCDateTime, UTCText, bm_nodes_table
 from bmd.errors import Conflict, NotFound
 from bmd.ids import is_id_text, parse_id
 
@@ -89,6 +89,18 @@ def node_to_dict(node: BareMetalNode, interfaces: Iterable[Interface] | None = N
     return out
 
 
+_VIEW_KEYS = (*NODE_FIELDS, "pm_password")
+_VIEW_COLUMNS = (
+    *(
+        type_coerce(bm_nodes_table.c[f], UTCText()).label(f)
+        if isinstance(bm_nodes_table.c[f].type, UTCDateTime)
+        else bm_nodes_table.c[f]
+        for f in NODE_FIELDS
+    ),
+    case((bm_nodes_table.c.pm_password != "", SECRET_MASK)).label("pm_password"),  # NULL: no password
+)
+
+
 def interface_to_dict(iface: Interface) -> dict[str, Any]:
     return {f: getattr(iface, f) for f in INTERFACE_FIELDS}
 
@@ -126,20 +138,25 @@ async def list_nodes(
     associated: bool | None = None,
     limit: int = 1000,
     marker: int | None = None,
-) -> Sequence[BareMetalNode]:
+) -> list[dict[str, Any]]:
+    """A keyset page of nodes (``id > marker`` in id order) as their public view, ``node_to_dict``'s.
+
+    Read as plain rows of the view's columns: no ORM object per node, and neither the password's cipher text
+    (SQL says whether there is one) nor the inspection report is read — most of a big page's cost."""
     conds = []
     if service_host is not None:
-        conds.append(BareMetalNode.service_host == service_host)
+        conds.append(bm_nodes_table.c.service_host == service_host)
     if provision_state is not None:
-        conds.append(BareMetalNode.provision_state == provision_state)
+        conds.append(bm_nodes_table.c.provision_state == provision_state)
     if maintenance is not None:
-        conds.append(BareMetalNode.maintenance == maintenance)
+        conds.append(bm_nodes_table.c.maintenance == maintenance)
     if associated is not None:
-        conds.append(BareMetalNode.instance_uuid.is_not(None) if associated else BareMetalNode.instance_uuid.is_(None))
+        uuid = bm_nodes_table.c.instance_uuid
+        conds.append(uuid.is_not(None) if associated else uuid.is_(None))
     if marker is not None:
-        conds.append(BareMetalNode.id > marker)
-    stmt = select(BareMetalNode).where(and_(True, *conds)).order_by(BareMetalNode.id).limit(limit)
-    return (await session.execute(stmt)).scalars().all()
+        conds.append(bm_nodes_table.c.id > marker)
+    stmt = select(*_VIEW_COLUMNS).where(and_(True, *conds)).order_by(bm_nodes_table.c.id).limit(limit)
+    return [dict(zip(_VIEW_KEYS, row, strict=True)) for row in (await session.execute(stmt)).all()]
 
 
 async def node_interfaces(session: AsyncSession, node_ids: Sequence[int]) -> dict[int, list[Interface]]:
