@@ -16,8 +16,8 @@ receiving lab socket inside bmd's ``sendto``, system time a sender on a real net
 - the ``ipmi-pyghmi`` driver (pyghmi's client on one thread) over ``--pyghmi-count`` live BMCs, warm
   (these last two are skipped with ``--concurrent-only``).
 
-From the live-only warm pass it prints bmd's CPU per live BMC and the share of one core a sync every 60 s
-over 100,000 BMCs would take at that rate.
+From the cheapest of ``--repeat`` live-only warm passes it prints bmd's CPU per live BMC and the share of
+one core a sync every 60 s over 100,000 BMCs would take at that rate.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ async def main(args: argparse.Namespace) -> None:
                         update(BareMetalNode).where(BareMetalNode.name.in_(dead)).values(service_host="elsewhere")
                     )
                 live_n = n - len(dead)
-                _, user, system = await timed("concurrent pass, warm, live BMCs only", task.run_once, live_n)
+                runs = [await timed("concurrent pass, warm, live BMCs only", task.run_once, live_n)]
+                runs += [await timed("    again", task.run_once, live_n) for _ in range(args.repeat - 1)]
+                _, user, system = min(runs, key=lambda r: r[1] + r[2])  # the machine is shared: the least
                 per_user, per_all = user / live_n, (user + system) / live_n
                 print(
                     f"    bmd cpu per live BMC per warm pass: user {per_user * 1e6:.0f} us + sys "
@@ -160,6 +162,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--pyghmi-count", dest="pyghmi_count", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="live-only warm passes; the cheapest is reported")
     parser.add_argument("--concurrent-only", dest="concurrent_only", action="store_true")
     return parser.parse_args()
 
