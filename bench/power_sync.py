@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import resource
 import sys
 import tempfile
 import time
@@ -50,10 +50,10 @@ FLEET, INTERVAL = 100_000, 60.0  # the projection: this many BMCs synced every I
 
 async def timed(label: str, run, nodes: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
     """Wall, user and system CPU seconds of ``run()``."""
-    before, wall = os.times(), time.perf_counter()
+    before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     await run()
-    wall, after = time.perf_counter() - wall, os.times()
-    user, system = after.user - before.user, after.system - before.system
+    wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     print(
         f"{label:<52} {nodes:>6} BMCs  wall {wall:6.2f} s  bmd cpu {user + system:5.2f} s "
         f"(user {user:5.2f}, sys {system:5.2f})",
