@@ -70,7 +70,9 @@ async def enroll(settings: Settings, lab: Lab) -> None:
     done = asyncio.Event()
 
     async def on_ready(ctx, endpoint: Endpoint) -> None:  # type: ignore[no-untyped-def]
-        await enroll_inventory(endpoint.url, ctx.api_token, lab.inventory())
+        nodes = lab.inventory()
+        for i in range(0, len(nodes), 2000):  # an import body is at most 1 MiB
+            await enroll_inventory(endpoint.url, ctx.api_token, nodes[i : i + 2000])
         done.set()
         stop.set()
 
