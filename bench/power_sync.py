@@ -1,7 +1,7 @@
 """One ``sync_power_states`` pass over a lab fleet: the real task, reading every BMC and writing SQLite.
 
     .venv/bin/python bench/power_sync.py [--count 1000] [--dead 10%] [--workers 64] [--timeout 2]
-                                         [--concurrent-only]
+                                         [--max-in-flight 256] [--repeat 3] [--concurrent-only] [--uvloop]
 
 Starts ``--count`` lab BMCs (``--dead`` never answer) in worker processes on this machine, enrolls them in
 a fresh SQLite file, then prints wall time and bmd's own CPU time (this process; the lab's CPU is on the
@@ -92,7 +92,7 @@ async def main(args: argparse.Namespace) -> None:
                 "secrets": {"key_file": f"{tmp}/key"},
                 "deploy": {"image_cache_dir": f"{tmp}/cache"},
                 "logging": {"level": "warning"},
-                "ipmi": {"timeout": args.timeout, "max_in_flight": 256, "min_command_interval": 0},
+                "ipmi": {"timeout": args.timeout, "max_in_flight": args.max_in_flight, "min_command_interval": 0},
                 "tasks": {"power_sync_workers": args.workers, "power_sync_timeout": args.timeout,
                           "power_sync_max_retries": 1000},
             }
@@ -163,11 +163,19 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--dead", default="10%")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--max-in-flight", dest="max_in_flight", type=int, default=256, help="ipmi.max_in_flight")
     parser.add_argument("--pyghmi-count", dest="pyghmi_count", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="live-only warm passes; the cheapest is reported")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (not a bmd dependency: pip install it)")
     parser.add_argument("--concurrent-only", dest="concurrent_only", action="store_true")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    args = parse()
+    if args.uvloop:  # an experiment: how much of bmd's CPU per BMC is the event loop's own
+        import uvloop
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))
