@@ -177,6 +177,8 @@ class SyncPowerStates:
             state = r.state.value if r.state is not None else (error_state if failures >= limit else node.power_state)
             if state == node.power_state and failures == node.power_failures and r.error == node.last_power_error:
                 checked.append(node.id)  # a per-row update cost ~20 us a node on SQLite; this is one statement
+                if node.maintenance_set_by != POWER_SYNC:
+                    continue  # answered as before, no failure: no history, no change to tell (most nodes)
             else:
                 rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
             entries.extend(_power_entries(node, state, failures, r.error))
