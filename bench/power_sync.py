@@ -109,6 +109,9 @@ async def main(args: argparse.Namespace) -> None:
                 n = len(lab.bmcs)
                 _, cold_user, cold_sys = await timed("concurrent pass, cold (sessions opened)", task.run_once, n)
                 wall, _, _ = await timed("concurrent pass, warm, failed BMCs first", task.run_once, n)
+                # Sessions idle over 25 s are opened again: after a cold pass that long, some of the first
+                # "warm" pass is cold. The next one is warm throughout.
+                wall, _, _ = await timed("    again (every session opened < 25 s ago)", task.run_once, n)
                 print(f"    last pass: {task.last_pass}")
                 target = "target <= 10 s at 10,000 BMCs, 10 % dead" if n >= 10_000 else "target is for 10,000 BMCs"
                 print(f"    warm pass with the dead: {wall:.2f} s ({target})")
