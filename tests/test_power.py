@@ -117,6 +117,25 @@ async def test_sync_records_states_and_sees_ipmitool_changes(env, lab: Lab) -> N
         assert node.power_state == "power off" and node.last_power_check is not None and node.power_failures == 0
 
 
+async def test_an_unchanged_sync_moves_the_check_time_and_clears_a_kept_error(env, lab: Lab) -> None:  # type: ignore[no-untyped-def]
+    """Nodes whose reading changed nothing are written in one statement: their check time still moves, and
+    an error left behind with no failure counted (lifting maintenance resets only the count) is cleared."""
+    ctx, _ = env
+    task = sync_task(ctx)
+    await task.run_once()
+    before = {b.name: (await node_row(ctx, b.name)).last_power_check for b in lab.bmcs}
+    stale = lab.bmcs[0].name
+    async with ctx.sessionmaker.begin() as session:
+        await session.execute(
+            update(BareMetalNode).where(BareMetalNode.name == stale).values(last_power_error="BMCTimeout: old")
+        )
+    await task.run_once()
+    for b in lab.bmcs:
+        node = await node_row(ctx, b.name)
+        assert node.power_state == "power off" and node.power_failures == 0 and node.last_power_error is None
+        assert node.last_power_check is not None and node.last_power_check > before[b.name]
+
+
 @needs_ipmitool
 async def test_ipmitool_changes_are_seen_at_the_next_sync(env, lab: Lab) -> None:  # type: ignore[no-untyped-def]
     ctx, _ = env

@@ -86,6 +86,9 @@ class BMCTarget:
     username: str = ""
     password: str = field(default="", repr=False)
     kg: bytes | None = field(default=None, repr=False)
+    # What the client files this BMC's session under: the secrets only as a digest. Computed here, once
+    # per target, rather than on every call (a driver keeps one target per BMC).
+    cache_key: tuple[str, int, str, bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -96,6 +99,8 @@ class BMCTarget:
             raise InvalidInput("IPMI user names are at most 16 bytes", field="pm_user")
         if len(self.password.encode()) > 20:
             raise InvalidInput("IPMI 2.0 passwords are at most 20 bytes", field="pm_password")
+        secret = hashlib.sha256(self.password.encode() + b"\0" + (self.kg or b"")).digest()
+        object.__setattr__(self, "cache_key", (self.host, self.port, self.username, secret))
 
     @property
     def label(self) -> str:
@@ -216,8 +221,7 @@ class IPMIClient:
         """Send one command and return the BMC's response (any completion code) within the timeout."""
         if self._closed:
             raise BMCError("the IPMI client is closed")
-        secret = hashlib.sha256(target.password.encode() + b"\0" + (target.kg or b"")).digest()
-        key = (target.host, target.port, target.username, secret)
+        key = target.cache_key
         async with self._slots:
             try:
                 async with asyncio.timeout(self.settings.timeout):

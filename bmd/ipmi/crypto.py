@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac as std_hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -31,9 +31,12 @@ class CipherSuite:
     def algorithms(self) -> tuple[int, int, int]:
         return (self.auth_algorithm, self.integrity_algorithm, self.confidentiality_algorithm)
 
+    def hash_algorithm(self) -> hashes.HashAlgorithm:
+        return hashes.SHA1() if self.hash_name == "sha1" else hashes.SHA256()
+
     def mac(self, key: bytes, data: bytes) -> bytes:
         """The suite's full HMAC of ``data`` under ``key``."""
-        h = crypto_hmac.HMAC(key, hashes.SHA1() if self.hash_name == "sha1" else hashes.SHA256())
+        h = crypto_hmac.HMAC(key, self.hash_algorithm())
         h.update(data)
         return h.finalize()
 
@@ -50,6 +53,37 @@ def suite_for(algorithms: tuple[int, int, int]) -> CipherSuite | None:
     return None
 
 
+class AesCbc:
+    """AES-CBC-128 under one key, from one ECB context per direction made once per session.
+
+    Building a CBC context per packet cost ~4 us (twice per call); the chaining is done here instead:
+    encryption XORs each block with the previous ciphertext before the block cipher, decryption runs the
+    block cipher over every block in one go and XORs each result with the previous ciphertext.
+    """
+
+    __slots__ = ("_decrypt", "_encrypt")
+
+    def __init__(self, key: bytes) -> None:
+        cipher = Cipher(algorithms.AES(key), modes.ECB())  # the CBC chaining is done below
+        self._encrypt = cipher.encryptor()
+        self._decrypt = cipher.decryptor()
+
+    def encrypt(self, iv: bytes, plain: bytes) -> bytes:
+        """``plain`` is whole blocks."""
+        out = bytearray()
+        prev = int.from_bytes(iv)
+        for i in range(0, len(plain), AES_BLOCK):
+            block = self._encrypt.update((prev ^ int.from_bytes(plain[i : i + AES_BLOCK])).to_bytes(AES_BLOCK))
+            out += block
+            prev = int.from_bytes(block)
+        return bytes(out)
+
+    def decrypt(self, iv: bytes, data: bytes) -> bytes:
+        """``data`` is whole blocks."""
+        blocks = self._decrypt.update(data)
+        return (int.from_bytes(blocks) ^ int.from_bytes(iv + data[:-AES_BLOCK])).to_bytes(len(data))
+
+
 @dataclass(frozen=True, slots=True)
 class SessionKeys:
     """Keys of an established session: K1 signs packets, the first 16 bytes of K2 encrypt them."""
@@ -57,9 +91,18 @@ class SessionKeys:
     suite: CipherSuite
     k1: bytes
     aes_key: bytes
+    # Made once per session: a keyed HMAC to copy (keying one per packet cost ~2.5 us more) and the cipher.
+    _signer: crypto_hmac.HMAC = field(init=False, repr=False, compare=False)
+    cbc: AesCbc = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_signer", crypto_hmac.HMAC(self.k1, self.suite.hash_algorithm()))
+        object.__setattr__(self, "cbc", AesCbc(self.aes_key))
 
     def sign(self, data: bytes) -> bytes:
-        return self.suite.mac(self.k1, data)[: self.suite.integrity_length]
+        h = self._signer.copy()
+        h.update(data)
+        return h.finalize()[: self.suite.integrity_length]
 
     def verify(self, data: bytes, auth_code: bytes) -> bool:
         return std_hmac.compare_digest(self.sign(data), auth_code)
@@ -100,20 +143,18 @@ def rakp4_check_value(suite: CipherSuite, sik: bytes, rm: bytes, bmc_id: bytes, 
     return suite.mac(sik, rm + bmc_id + guid)[: suite.integrity_length]
 
 
-def encrypt_payload(aes_key: bytes, payload: bytes) -> bytes:
-    """IV + AES-CBC-128(payload | pad 01 02 .. N | N) (13.29, table 13-20)."""
+def encrypt_payload(aes: bytes | AesCbc, payload: bytes) -> bytes:
+    """IV + AES-CBC-128(payload | pad 01 02 .. N | N) (13.29, table 13-20); ``aes`` a key or a session's cipher."""
     pad = (AES_BLOCK - (len(payload) + 1) % AES_BLOCK) % AES_BLOCK
     plain = payload + bytes(range(1, pad + 1)) + bytes((pad,))
     iv = os.urandom(AES_BLOCK)
-    encryptor = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).encryptor()
-    return iv + encryptor.update(plain) + encryptor.finalize()
+    return iv + (aes if isinstance(aes, AesCbc) else AesCbc(aes)).encrypt(iv, plain)
 
 
-def decrypt_payload(aes_key: bytes, data: bytes) -> bytes:
+def decrypt_payload(aes: bytes | AesCbc, data: bytes) -> bytes:
     if len(data) < 2 * AES_BLOCK or len(data) % AES_BLOCK:
         raise ProtocolError(f"encrypted payload of {len(data)} bytes is not IV + whole AES blocks")
-    decryptor = Cipher(algorithms.AES(aes_key), modes.CBC(data[:AES_BLOCK])).decryptor()
-    plain = decryptor.update(data[AES_BLOCK:]) + decryptor.finalize()
+    plain = (aes if isinstance(aes, AesCbc) else AesCbc(aes)).decrypt(data[:AES_BLOCK], data[AES_BLOCK:])
     pad = plain[-1]
     if pad >= AES_BLOCK or plain[-1 - pad : -1] != bytes(range(1, pad + 1)):
         raise ProtocolError("bad confidentiality pad")

@@ -59,7 +59,7 @@ def build_packet(
         return (
             RMCP_HEADER + _HEADER.pack(AUTH_TYPE_RMCP_PLUS, payload_type, session_id, sequence, len(payload)) + payload
         )
-    body = encrypt_payload(keys.aes_key, payload)
+    body = encrypt_payload(keys.cbc, payload)
     message = bytearray(RMCP_HEADER)
     message += _HEADER.pack(
         AUTH_TYPE_RMCP_PLUS, payload_type | ENCRYPTED | AUTHENTICATED, session_id, sequence, len(body)
@@ -85,7 +85,7 @@ def open_packet(data: bytes, header: Header, keys: SessionKeys) -> bytes:
         raise ProtocolError("integrity check failed")
     payload = data[SESSION_HEADER_LEN : SESSION_HEADER_LEN + header.payload_length]
     if header.encrypted:
-        return decrypt_payload(keys.aes_key, payload)
+        return decrypt_payload(keys.cbc, payload)
     return payload
 
 

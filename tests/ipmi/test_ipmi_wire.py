@@ -38,6 +38,24 @@ def test_aes_round_trip(payload: bytes) -> None:
     assert decrypt_payload(key, sealed) == payload
 
 
+@given(st.binary(max_size=100), st.binary(min_size=1, max_size=100))
+def test_aes_is_standard_cbc(first: bytes, second: bytes) -> None:
+    """The session cipher chains blocks itself over one ECB context: it must be AES-CBC exactly, both ways,
+    and keep no chaining state from one packet to the next."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = os.urandom(16)
+    keys = derive_keys(SUITE_17, key + b"\0" * 16)
+    for payload in (first, second):
+        sealed = encrypt_payload(keys.cbc, payload)
+        decryptor = Cipher(algorithms.AES(keys.aes_key), modes.CBC(sealed[:16])).decryptor()
+        plain = decryptor.update(sealed[16:]) + decryptor.finalize()
+        assert plain[: len(payload)] == payload and plain[-1] == len(plain) - len(payload) - 1
+        iv = os.urandom(16)
+        encryptor = Cipher(algorithms.AES(keys.aes_key), modes.CBC(iv)).encryptor()
+        assert decrypt_payload(keys.cbc, iv + encryptor.update(plain) + encryptor.finalize()) == payload
+
+
 def test_decrypt_rejects_a_bad_pad() -> None:
     key = os.urandom(16)
     sealed = bytearray(encrypt_payload(key, b"abc"))

@@ -42,6 +42,9 @@ class PowerCallMeter:
             ["driver", "call", "kind"],
             registry=None,
         )
+        # The labelled histogram per (driver, verb): ``labels()`` builds a key and takes a lock on every
+        # call (~3 µs of the ~5 µs a metered call costs here).
+        self._durations: dict[tuple[str, str], Histogram] = {}
 
     async def timed(self, driver: str, call: str, aw: Awaitable[T]) -> T:
         began = time.perf_counter()
@@ -51,7 +54,10 @@ class PowerCallMeter:
             self.errors.labels(driver=driver, call=call, kind=error_kind(err)).inc()
             raise
         finally:
-            self.duration.labels(driver=driver, call=call).observe(time.perf_counter() - began)
+            duration = self._durations.get((driver, call))
+            if duration is None:
+                duration = self._durations[driver, call] = self.duration.labels(driver=driver, call=call)
+            duration.observe(time.perf_counter() - began)
 
 
 class MeteredPower(PowerInterface):
