@@ -49,6 +49,7 @@ __all__ = [
     "note_deleted",
     "note_nodes",
     "note_views",
+    "read_versions",
     "read_views",
     "remember_names",
 ]
@@ -164,6 +165,12 @@ async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = Non
         chunk = ids[start : start + _CHUNK]
         views.extend(_view(row) for row in await session.execute(select(*_COLUMNS).where(_T.c.id.in_(chunk))))
     return views
+
+
+async def read_versions(session: AsyncSession) -> list[tuple[int, int]]:
+    """Every node's (id, ``version``): what a resync compares with the views it holds before it reads the
+    views of the nodes that changed."""
+    return [(node_id, version) for node_id, version in await session.execute(select(_T.c.id, _T.c.version))]
 
 
 class NodeEvents:

@@ -67,6 +67,16 @@ _STATS_COLUMNS = (
 )
 
 _CHUNK = 500  # ids per IN list
+# A node's change key: its row ``version`` (bumped by every write of the row) and, for the capability dict,
+# its interface count (another table's: adding a NIC does not write the node's row), packed in one int — a
+# loop holds one per node, and an int costs less than a tuple.
+_IFACE_BITS = 16
+
+
+def change_key(version: int, interfaces: int = 0) -> int:
+    """What a loop compares with the key it holds to know a node's row (or NIC count) changed."""
+    return version << _IFACE_BITS | min(interfaces, (1 << _IFACE_BITS) - 1)
+
 
 RESOURCE_KEYS = (
     "vcpus",
@@ -194,6 +204,21 @@ class BareMetalDriver:
         """``get_available_resource`` for every node of this service, in one statement."""
         return _each(await self._rows(), lambda row: (str(row[0]), resources_of(row)), on_error)
 
+    async def resource_keys(self, session: AsyncSession) -> dict[int, int]:
+        """The change key (``change_key``) of every node of this service: all an incremental
+        ``update_available_resource`` pass reads when nothing changed."""
+        stmt = select(BareMetalNode.id, BareMetalNode.version).where(BareMetalNode.service_host == self.host)
+        return {node_id: version << _IFACE_BITS for node_id, version in await session.execute(stmt)}
+
+    async def resources_for(
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
+    ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
+        """The change keys and ``get_available_resource`` of ``node_ids`` of this service (every one when
+        None: one statement; else one per 500 ids). A node gone or another service's is absent."""
+        rows = await self._select(session, (*_COLUMNS, BareMetalNode.version), node_ids, fleet=False)
+        keys = {row[0]: row[-1] << _IFACE_BITS for row in rows}
+        return keys, _each(rows, lambda row: (row[0], resources_of(row)), on_error)
+
     def deploy_blocker(self, row: Any) -> str:
         """Why this node cannot take a deploy whatever the request ('' when it can): its composed driver's
         ``validate`` (one definition, shared with the spawn path). Cheap, no I/O."""
@@ -238,19 +263,47 @@ class BareMetalDriver:
         return list(_each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error).values())
 
     async def host_stats_for(
-        self, session: AsyncSession, node_ids: Iterable[int], on_error: OnError | None = None
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
     ) -> dict[int, dict[str, Any]]:
         """The capability dicts of ``node_ids`` by node id, in ``get_host_stats``'s scope (every node with
-        ``fleet_view``, else this service's), one statement per 500 ids: what the scheduler reads of the
-        nodes whose capabilities changed. An id out of scope or gone is absent."""
+        ``fleet_view``, else this service's), one statement per 500 ids (every node in scope, in one, when
+        None): what the scheduler reads of the nodes whose capabilities changed. An id out of scope or gone
+        is absent."""
+        rows = await self._select(session, _STATS_COLUMNS, node_ids, fleet=self.fleet_view)
+        return _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+
+    async def host_stats_keys(self, session: AsyncSession) -> dict[int, int]:
+        """The change key (``change_key``: version and NIC count) of every node in ``get_host_stats``'s
+        scope: all an incremental ``report_driver_status`` pass reads when nothing changed."""
+        stmt = select(BareMetalNode.id, BareMetalNode.version, _INTERFACES)
+        if not self.fleet_view:
+            stmt = stmt.where(BareMetalNode.service_host == self.host)
+        return {node_id: change_key(version, nics) for node_id, version, nics in await session.execute(stmt)}
+
+    async def host_stats_keyed(
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
+    ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
+        """``host_stats_for`` with each node's change key (every node in scope when ``node_ids`` is None,
+        in one statement): the key read with the row it describes."""
+        rows = await self._select(session, (*_STATS_COLUMNS, BareMetalNode.version), node_ids, fleet=self.fleet_view)
+        keys = {row[0]: change_key(row[-1], row.interface_count) for row in rows}
+        return keys, _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+
+    async def _select(
+        self, session: AsyncSession, columns: Sequence[Any], node_ids: Iterable[int] | None, *, fleet: bool
+    ) -> list[Any]:
+        """``columns`` of the nodes in scope (this service's, or every one with ``fleet``): all of them in
+        one statement when ``node_ids`` is None, else those ids, one statement per 500."""
+        base = select(*columns).order_by(BareMetalNode.id)
+        if not fleet:
+            base = base.where(BareMetalNode.service_host == self.host)
+        if node_ids is None:
+            return list((await session.execute(base)).all())
         ids = sorted(set(node_ids))
         rows: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            stmt = select(*_STATS_COLUMNS).where(BareMetalNode.id.in_(ids[start : start + _CHUNK]))
-            if not self.fleet_view:
-                stmt = stmt.where(BareMetalNode.service_host == self.host)
-            rows.extend((await session.execute(stmt)).all())
-        return _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+            rows.extend((await session.execute(base.where(BareMetalNode.id.in_(ids[start : start + _CHUNK])))).all())
+        return rows
 
 
 def _each(rows: Sequence[Any], step: Callable[[Any], tuple[Any, Any]], on_error: OnError | None) -> dict[Any, Any]:

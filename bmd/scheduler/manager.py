@@ -41,18 +41,21 @@ from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
 from bmd.node_events import TOPIC as NODES
-from bmd.node_events import NodeView, read_views
+from bmd.node_events import NodeView, read_versions, read_views
 from bmd.scheduler.claims import ClaimWriter
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
 from bmd.scheduler.selector import HostSelector
-from bmd.tasks.report_driver_status import TOPIC
+from bmd.tasks.report_driver_status import TOPIC, CapabilityReport
 from bmd.tasks.steps import StepFailureCounter
 
 log = structlog.get_logger(__name__)
 
 CLAIM_ATTEMPTS = 3
 NODE_EVENTS_QUEUE = 10_000  # batches of views; when it overflows, the resync catches up
+# A resync that finds more views out of date than this share of those held reads every row in one statement
+# rather than in 500-id batches.
+REFRESH_FULL_READ_SHARE = 0.25
 
 
 def build_selector(settings: Settings) -> HostSelector:
@@ -123,10 +126,41 @@ class HostManager:
         # /metrics scrape reads a handful of numbers, not 100,000 views (deleted ones are not counted)
         self._fleet: collections.Counter[FleetKey] = collections.Counter()
         self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
+        self._report: CapabilityReport | None = None  # the capabilities publication last taken in
 
     # -- feeding host states ---------------------------------------------------------------------------
 
+    def take_report(self, report: list[dict[str, Any]]) -> None:
+        """One ``capabilities`` publication: its delta when it follows the report last taken (a
+        ``CapabilityReport`` of the same publisher, the next one), else its whole list."""
+        if isinstance(report, CapabilityReport) and report.follows(self._report):
+            self.take_capability_changes(report.changed, report.removed)
+            self._report = report
+        elif report is not self._report:  # (the report taken at start-up is replayed to the subscriber)
+            self.take_capabilities(report)
+
+    def take_capability_changes(self, changed: list[dict[str, Any]], removed: Iterable[str]) -> None:
+        """A delta of the published list: the dicts of nodes new or changed, and the nodenames gone."""
+        self.take_node_events()
+        for nodename in removed:
+            if nodename in self.selector:
+                self.selector.remove(nodename)
+            self._rejected.pop(nodename, None)
+        for caps in changed:
+            nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+            try:
+                self.selector.update_capabilities(caps)
+            except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
+                self._reject(nodename, err)
+                continue
+            if self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+            if nodename.isdigit() and self.selector.get(nodename).node_free is None:
+                self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
+
     def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
+        """A whole published list: every service's nodes in it updated, those of its services gone dropped."""
+        self._report = capabilities if isinstance(capabilities, CapabilityReport) else None
         self.take_node_events()
         by_host: dict[str, list[dict[str, Any]]] = {}
         for caps in capabilities:
@@ -211,11 +245,12 @@ class HostManager:
         return {key: n for key, n in self._fleet.items() if n > 0}
 
     async def consume_bus(self) -> None:
-        """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
-        bus closes."""
+        """Follow the ``capabilities`` topic (the latest list is replayed at once: taken whole, then each
+        report's delta) until cancelled or the bus closes. A report dropped from the queue (the subscriber
+        fell behind) breaks the sequence: the next one is taken whole."""
         async with self.bus.subscribe(TOPIC) as sub:
-            async for capabilities in sub:
-                self.take_capabilities(capabilities)
+            async for report in sub:
+                self.take_report(report)
 
     async def follow_nodes(self) -> None:
         """Until cancelled: take in the ``nodes`` topic's views as they are published (woken by the bus, not
@@ -276,9 +311,20 @@ class HostManager:
                 self._apply(node_id)
 
     async def refresh(self) -> None:
-        """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
+        """The resync: every node's row version from bm_nodes, then the views of the nodes whose version
+        is newer than the view held (or unknown here: events missed, or written by a service whose events
+        do not reach this one), and service liveness. An unchanged fleet costs the read of the versions."""
         async with self.sessionmaker() as session:
-            views = await read_views(session)
+            held = self._views
+            newer = [
+                node_id
+                for node_id, version in await read_versions(session)
+                if (view := held.get(node_id)) is None or version > view.version
+            ]
+            if len(newer) > REFRESH_FULL_READ_SHARE * len(held):
+                views = await read_views(session)
+            else:
+                views = await read_views(session, newer) if newer else []
             services = await service_liveness(session, self.settings.service.service_down_time)
         self.take_node_events()
         self.take_node_views(views)
