@@ -167,10 +167,10 @@ async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = Non
     return views
 
 
-async def read_versions(session: AsyncSession) -> list[tuple[int, int]]:
-    """Every node's (id, ``version``): what a resync compares with the views it holds before it reads the
+async def read_versions(session: AsyncSession) -> dict[int, int]:
+    """Every node's ``version`` by id: what a resync compares with the views it holds before it reads the
     views of the nodes that changed."""
-    return [(node_id, version) for node_id, version in await session.execute(select(_T.c.id, _T.c.version))]
+    return dict((await session.execute(select(_T.c.id, _T.c.version))).all())
 
 
 class NodeEvents:

@@ -2,8 +2,7 @@
 ``compute_nodes`` row (the resource tracker's output, as in the seed; the scheduler does not read it: its
 used/free comes from ``bm_nodes``, see ``bmd.scheduler.manager``). Trackers remember what they last wrote,
 so a pass only writes the rows that changed; the writes of all trackers go to the database in one bulk
-statement. A tracker also holds the change key (``bmd.drivers.baremetal.change_key``: the row's version)
-its node was last read at, so a pass reads again only the nodes whose key moved.
+statement.
 """
 
 from __future__ import annotations
@@ -17,13 +16,12 @@ _values = itemgetter(*ROW_KEYS)
 
 
 class ResourceTracker:
-    __slots__ = ("_written", "key", "node_id", "nodename")
+    __slots__ = ("_written", "node_id", "nodename")
 
     def __init__(self, nodename: str) -> None:
         self.nodename = nodename
         self.node_id = int(nodename)
         self._written: tuple[Any, ...] | None = None
-        self.key: int | None = None  # the change key of the node's row as last taken in; None: read it again
 
     def update_available_resource(self, resources: dict[str, Any]) -> dict[str, Any] | None:
         """Compute this node's compute_nodes row; None when it is what was last written."""
@@ -41,6 +39,5 @@ class ResourceTracker:
         self._written = _values(row)
 
     def forget(self) -> None:
-        """The database may not hold what we think (a failed write): read and write again next pass."""
+        """The database may not hold what we think (a failed write): write again next pass."""
         self._written = None
-        self.key = None

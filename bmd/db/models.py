@@ -337,5 +337,6 @@ class ApiToken(Base):
 
 # Core handles for bulk statements (executemany) that bypass the ORM.
 bm_nodes_table = cast(Table, BareMetalNode.__table__)
+bm_interfaces_table = cast(Table, Interface.__table__)
 compute_nodes_table = cast(Table, ComputeNode.__table__)
 node_events_table = cast(Table, NodeEvent.__table__)

@@ -22,11 +22,11 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import BigInteger, Text, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
-from bmd.db.models import BareMetalNode, Interface
+from bmd.db.models import BareMetalNode, Interface, bm_interfaces_table, bm_nodes_table
 from bmd.db.nodes import is_free
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.factory import DriverFactory
@@ -68,14 +68,21 @@ _STATS_COLUMNS = (
 
 _CHUNK = 500  # ids per IN list
 # A node's change key: its row ``version`` (bumped by every write of the row) and, for the capability dict,
-# its interface count (another table's: adding a NIC does not write the node's row), packed in one int — a
-# loop holds one per node, and an int costs less than a tuple.
-_IFACE_BITS = 16
+# its NIC count (another table's: adding a NIC does not write the node's row), as one int computed by the
+# database — a loop holds one per node and compares it with a scan's. Two keys of one node can only be
+# alike for different rows if the node has 65,536 NICs or more.
+_NIC_SPAN = 65536
 
 
 def change_key(version: int, interfaces: int = 0) -> int:
     """What a loop compares with the key it holds to know a node's row (or NIC count) changed."""
-    return version << _IFACE_BITS | min(interfaces, (1 << _IFACE_BITS) - 1)
+    return version * _NIC_SPAN + interfaces
+
+
+_N = bm_nodes_table
+_NIC_COUNT = select(func.count()).where(bm_interfaces_table.c.bm_node_id == _N.c.id).scalar_subquery()
+_RESOURCE_KEY = cast(_N.c.version, BigInteger) * _NIC_SPAN
+_STATS_KEY = _RESOURCE_KEY + _NIC_COUNT
 
 
 RESOURCE_KEYS = (
@@ -207,8 +214,8 @@ class BareMetalDriver:
     async def resource_keys(self, session: AsyncSession) -> dict[int, int]:
         """The change key (``change_key``) of every node of this service: all an incremental
         ``update_available_resource`` pass reads when nothing changed."""
-        stmt = select(BareMetalNode.id, BareMetalNode.version).where(BareMetalNode.service_host == self.host)
-        return {node_id: version << _IFACE_BITS for node_id, version in await session.execute(stmt)}
+        stmt = select(_N.c.id, _RESOURCE_KEY).where(_N.c.service_host == self.host)
+        return dict((await session.execute(stmt)).all())
 
     async def resources_for(
         self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
@@ -216,7 +223,7 @@ class BareMetalDriver:
         """The change keys and ``get_available_resource`` of ``node_ids`` of this service (every one when
         None: one statement; else one per 500 ids). A node gone or another service's is absent."""
         rows = await self._select(session, (*_COLUMNS, BareMetalNode.version), node_ids, fleet=False)
-        keys = {row[0]: row[-1] << _IFACE_BITS for row in rows}
+        keys = {row[0]: change_key(row[-1]) for row in rows}
         return keys, _each(rows, lambda row: (row[0], resources_of(row)), on_error)
 
     def deploy_blocker(self, row: Any) -> str:
@@ -275,10 +282,10 @@ class BareMetalDriver:
     async def host_stats_keys(self, session: AsyncSession) -> dict[int, int]:
         """The change key (``change_key``: version and NIC count) of every node in ``get_host_stats``'s
         scope: all an incremental ``report_driver_status`` pass reads when nothing changed."""
-        stmt = select(BareMetalNode.id, BareMetalNode.version, _INTERFACES)
+        stmt = select(_N.c.id, _STATS_KEY)
         if not self.fleet_view:
-            stmt = stmt.where(BareMetalNode.service_host == self.host)
-        return {node_id: change_key(version, nics) for node_id, version, nics in await session.execute(stmt)}
+            stmt = stmt.where(_N.c.service_host == self.host)
+        return dict((await session.execute(stmt)).all())
 
     async def host_stats_keyed(
         self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None

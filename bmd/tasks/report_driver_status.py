@@ -88,9 +88,8 @@ class ReportDriverStatus:
                 wanted: Iterable[int] = keys
             else:
                 keys = await self.driver.host_stats_keys(session)
-                held = self._keys
-                wanted = [node_id for node_id, key in keys.items() if held.get(node_id) != key]
-                if len(wanted) > _FULL_READ_SHARE * len(held):
+                wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
+                if len(wanted) > _FULL_READ_SHARE * len(self._keys):
                     found = await self.driver.host_stats_for(session, None, self.steps.fail)
                 else:
                     found = await self.driver.host_stats_for(session, wanted, self.steps.fail)

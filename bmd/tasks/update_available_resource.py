@@ -43,6 +43,9 @@ class UpdateAvailableResource:
         self.interval = interval
         self.trackers: dict[str, ResourceTracker] = {}
         self._passed = False  # a pass has completed: the next one reads only what changed
+        # node id -> the change key (bmd.drivers.baremetal.change_key) its tracker last took in; a node
+        # absent is read again next pass
+        self._keys: dict[int, int] = {}
         self.steps = NodeSteps(self.name, failures)
 
     async def run_once(self) -> None:
@@ -61,12 +64,8 @@ class UpdateAvailableResource:
                 wanted: list[int] = list(keys)
             else:
                 keys = await self.driver.resource_keys(session)
-                wanted = []
-                for node_id, key in keys.items():
-                    tracker = trackers.get(str(node_id))
-                    if tracker is None or tracker.key != key:
-                        wanted.append(node_id)
-                full = len(wanted) > _FULL_READ_SHARE * len(trackers)
+                wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
+                full = len(wanted) > _FULL_READ_SHARE * len(self._keys)
                 _, resources = await self.driver.resources_for(session, None if full else wanted, on_error)
         added: dict[str, ResourceTracker] = {}
         gone: set[str] = set()
@@ -76,26 +75,24 @@ class UpdateAvailableResource:
             tracker = trackers.get(nodename) or added.get(nodename)
             res = resources.get(node_id)
             if res is None:
-                if node_id in failed:  # keeps its tracker and compute_nodes row: it is not gone
-                    if tracker is not None:
-                        tracker.key = None
-                else:  # deleted or moved away since the keys were read
+                self._keys.pop(node_id, None)  # read again next pass
+                if node_id not in failed:  # deleted or moved away since the keys were read
                     gone.add(nodename)
-                continue
+                continue  # a failing node keeps its tracker and compute_nodes row: it is not gone
             if tracker is None:
                 tracker = added[nodename] = ResourceTracker(nodename)
             try:
                 row = tracker.update_available_resource(res)
             except Exception as err:  # noqa: BLE001 - one node's fault never ends the pass for the others
                 on_error(node_id, err)
-                tracker.key = None
+                self._keys.pop(node_id, None)
                 continue
             if row is None:
-                tracker.key = keys[node_id]
+                self._keys[node_id] = keys[node_id]
             else:
                 changed.append((tracker, row, keys[node_id]))
         if not first:
-            gone |= trackers.keys() - set(map(str, keys))
+            gone |= {str(node_id) for node_id in self._keys.keys() - keys.keys()}
         changes = self.steps.finish()
         try:
             try:
@@ -113,6 +110,7 @@ class UpdateAvailableResource:
         trackers.update(added)
         for nodename in gone:
             trackers.pop(nodename, None)
+            self._keys.pop(int(nodename), None)
         self._passed = True
 
     async def _write(
@@ -130,7 +128,8 @@ class UpdateAvailableResource:
         except BaseException:
             for tracker, _, _ in changed:
                 tracker.forget()
+                self._keys.pop(tracker.node_id, None)
             raise
         for tracker, row, key in changed:
             tracker.written(row)
-            tracker.key = key
+            self._keys[tracker.node_id] = key
