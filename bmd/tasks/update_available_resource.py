@@ -46,6 +46,7 @@ class UpdateAvailableResource:
         # node id -> the change key (bmd.drivers.baremetal.change_key) its tracker last took in; a node
         # absent is read again next pass
         self._keys: dict[int, int] = {}
+        self.nodes_read = 0  # nodes whose resources the last pass read (beyond the keys)
         self.steps = NodeSteps(self.name, failures)
 
     async def run_once(self) -> None:
@@ -67,6 +68,7 @@ class UpdateAvailableResource:
                 wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
                 full = len(wanted) > _FULL_READ_SHARE * len(self._keys)
                 _, resources = await self.driver.resources_for(session, None if full else wanted, on_error)
+        self.nodes_read = len(resources)
         added: dict[str, ResourceTracker] = {}
         gone: set[str] = set()
         changed: list[tuple[ResourceTracker, dict[str, object], int]] = []
