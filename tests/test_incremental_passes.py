@@ -47,6 +47,13 @@ async def ictx(db_url: str | None, tmp_path, db_file) -> AsyncIterator[AppContex
         await migrating.dispose()
     async with open_context(settings) as context:
         yield context
+        # The PostgreSQL database is the session's: leave nothing another test's reads would find.
+        async with context.sessionmaker.begin() as session:
+            hosts = [host, f"{host}-away"]
+            await session.execute(delete(ComputeNode).where(ComputeNode.service_host.in_(hosts)))
+            mine = select(BareMetalNode.id).where(BareMetalNode.service_host.in_(hosts))
+            await session.execute(delete(Interface).where(Interface.bm_node_id.in_(mine)))
+            await session.execute(delete(BareMetalNode).where(BareMetalNode.service_host.in_(hosts)))
 
 
 def host_of(ctx: AppContext) -> str:
@@ -78,7 +85,9 @@ async def change_everything_once(ctx: AppContext, ids: list[int]) -> dict[str, i
         await session.execute(update(BareMetalNode).where(BareMetalNode.id == ids[0]).values(memory_mb=4096))
         await session.execute(update(BareMetalNode).where(BareMetalNode.id == ids[1]).values(maintenance=True))
         await session.execute(delete(BareMetalNode).where(BareMetalNode.id == ids[2]))
-        await session.execute(update(BareMetalNode).where(BareMetalNode.id == ids[3]).values(service_host="away"))
+        await session.execute(
+            update(BareMetalNode).where(BareMetalNode.id == ids[3]).values(service_host=f"{host_of(ctx)}-away")
+        )
         await session.execute(
             update(BareMetalNode).where(BareMetalNode.id == ids[4]).values(instance_uuid=str(uuid.uuid4()))
         )

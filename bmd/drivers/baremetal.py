@@ -67,6 +67,7 @@ _STATS_COLUMNS = (
 )
 
 _CHUNK = 500  # ids per IN list
+_PAGE = 5000  # rows per statement of a read of every node
 # A node's change key: its row ``version`` (bumped by every write of the row) and, for the capability dict,
 # its NIC count (another table's: adding a NIC does not write the node's row), as one int computed by the
 # database — a loop holds one per node and compares it with a scan's. Two keys of one node can only be
@@ -222,9 +223,15 @@ class BareMetalDriver:
     ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
         """The change keys and ``get_available_resource`` of ``node_ids`` of this service (every one when
         None: one statement; else one per 500 ids). A node gone or another service's is absent."""
-        rows = await self._select(session, (*_COLUMNS, BareMetalNode.version), node_ids, fleet=False)
-        keys = {row[0]: change_key(row[-1]) for row in rows}
-        return keys, _each(rows, lambda row: (row[0], resources_of(row)), on_error)
+        keys: dict[int, int] = {}
+
+        def step(row: Any) -> tuple[int, dict[str, Any]]:
+            keys[row[0]] = change_key(row[-1])
+            return row[0], resources_of(row)
+
+        found = await self._select(session, (*_COLUMNS, BareMetalNode.version), node_ids, fleet=False, step=step,
+                                   on_error=on_error)  # fmt: skip
+        return keys, found
 
     def deploy_blocker(self, row: Any) -> str:
         """Why this node cannot take a deploy whatever the request ('' when it can): its composed driver's
@@ -276,8 +283,8 @@ class BareMetalDriver:
         ``fleet_view``, else this service's), one statement per 500 ids (every node in scope, in one, when
         None): what the scheduler reads of the nodes whose capabilities changed. An id out of scope or gone
         is absent."""
-        rows = await self._select(session, _STATS_COLUMNS, node_ids, fleet=self.fleet_view)
-        return _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+        return await self._select(session, _STATS_COLUMNS, node_ids, fleet=self.fleet_view,
+                                  step=lambda row: (row[0], self.host_stats_of(row)), on_error=on_error)  # fmt: skip
 
     async def host_stats_keys(self, session: AsyncSession) -> dict[int, int]:
         """The change key (``change_key``: version and NIC count) of every node in ``get_host_stats``'s
@@ -292,25 +299,47 @@ class BareMetalDriver:
     ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
         """``host_stats_for`` with each node's change key (every node in scope when ``node_ids`` is None,
         in one statement): the key read with the row it describes."""
-        rows = await self._select(session, (*_STATS_COLUMNS, BareMetalNode.version), node_ids, fleet=self.fleet_view)
-        keys = {row[0]: change_key(row[-1], row.interface_count) for row in rows}
-        return keys, _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+        keys: dict[int, int] = {}
+
+        def step(row: Any) -> tuple[int, dict[str, Any]]:
+            keys[row[0]] = change_key(row[-1], row.interface_count)
+            return row[0], self.host_stats_of(row)
+
+        found = await self._select(session, (*_STATS_COLUMNS, BareMetalNode.version), node_ids,
+                                   fleet=self.fleet_view, step=step, on_error=on_error)  # fmt: skip
+        return keys, found
 
     async def _select(
-        self, session: AsyncSession, columns: Sequence[Any], node_ids: Iterable[int] | None, *, fleet: bool
-    ) -> list[Any]:
-        """``columns`` of the nodes in scope (this service's, or every one with ``fleet``): all of them in
-        one statement when ``node_ids`` is None, else those ids, one statement per 500."""
+        self,
+        session: AsyncSession,
+        columns: Sequence[Any],
+        node_ids: Iterable[int] | None,
+        *,
+        fleet: bool,
+        step: Callable[[Any], tuple[Any, Any]],
+        on_error: OnError | None,
+    ) -> dict[Any, Any]:
+        """``step`` (see ``_each``) on the rows of ``columns`` of the nodes in scope (this service's, or
+        every one with ``fleet``): every node when ``node_ids`` is None, in pages of 5,000 by id, else those
+        ids, 500 per statement. Each page's rows are dropped once stepped: a first pass over 100,000 nodes
+        never holds all its rows at once (the memory they took stays with the process)."""
         base = select(*columns).order_by(BareMetalNode.id)
         if not fleet:
             base = base.where(BareMetalNode.service_host == self.host)
+        out: dict[Any, Any] = {}
         if node_ids is None:
-            return list((await session.execute(base)).all())
+            last = 0
+            while True:
+                page = (await session.execute(base.where(BareMetalNode.id > last).limit(_PAGE))).all()
+                out.update(_each(page, step, on_error))
+                if len(page) < _PAGE:
+                    return out
+                last = page[-1][0]
         ids = sorted(set(node_ids))
-        rows: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            rows.extend((await session.execute(base.where(BareMetalNode.id.in_(ids[start : start + _CHUNK])))).all())
-        return rows
+            stmt = base.where(BareMetalNode.id.in_(ids[start : start + _CHUNK]))
+            out.update(_each((await session.execute(stmt)).all(), step, on_error))
+        return out
 
 
 def _each(rows: Sequence[Any], step: Callable[[Any], tuple[Any, Any]], on_error: OnError | None) -> dict[Any, Any]:

@@ -160,6 +160,7 @@ class SyncPowerStates:
         now = utcnow()
         limit = self.settings.power_sync_max_retries
         rows, to_maint, to_lift = [], [], []
+        stamps: list[dict[str, object]] = []
         changed: list[int] = []
         entries: list[history.Entry] = []
         for r in readings:
@@ -170,7 +171,10 @@ class SyncPowerStates:
                 if r.state is not None
                 else (PowerState.ERROR.value if failures >= limit else node.power_state)
             )
-            rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
+            if r.error is None and not node.power_failures and state == node.power_state:
+                stamps.append({"b_id": node.id, "at": now})  # read as it was: only when it was checked
+            else:
+                rows.append({"b_id": node.id, "ps": state, "at": now, "f": failures, "err": r.error})
             entries.extend(_power_entries(node, state, failures, r.error))
             if state != node.power_state or (state == PowerState.ERROR.value or bool(failures)) != (
                 node.power_state == PowerState.ERROR.value or bool(node.power_failures)
@@ -197,6 +201,17 @@ class SyncPowerStates:
                         last_power_error=bindparam("err"),
                     ),
                     rows,
+                )
+            if stamps:
+                # The row keeps its version: nothing a reader of versions looks at moved, so the passes
+                # that read only the nodes whose version moved (report_driver_status,
+                # update_available_resource, the scheduler's resync) are not made to read every node
+                # after each power sync.
+                await session.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"))
+                    .values(last_power_check=bindparam("at"), last_power_error=None, version=t.c.version),
+                    stamps,
                 )
             if to_maint:  # only where nobody put it in maintenance meanwhile
                 to_maint = await _still(session, to_maint, t.c.maintenance.is_(False))
