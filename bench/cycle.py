@@ -130,6 +130,7 @@ async def measure(n: int, passes: int) -> None:
                 if result is not None:
                     await result
                 first[name] = time.perf_counter() - t0
+            gc.freeze()  # as bmd serve does once its first passes are done (bmd.service.warm_scheduler)
             times: dict[str, list[float]] = {"report": [], "update": [], "take": [], "refresh": []}
             for step in range(passes):
                 await churn(ctx, n, step)

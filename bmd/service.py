@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import signal
 import socket
@@ -193,6 +194,7 @@ async def warm_scheduler(ctx: AppContext) -> None:
     ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
     await ctx.runner.run_pass("scheduler_refresh")
     await ctx.scheduler.prepare_flavors()
+    gc.freeze()  # the fleet's long-lived state, built now, is not rescanned by every full collection (issue 15)
 
 
 async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
