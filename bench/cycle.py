@@ -132,8 +132,6 @@ async def measure(n: int, passes: int) -> None:
 
             steps = {"report": report.run_once, "take": take, "update": resources.run_once, "refresh": refresh.run_once}
             first = {name: await timed(steps[name]) for name in ("update", "report", "take", "refresh")}
-            gc.collect()
-            gc.freeze()  # as bmd serve does once its first passes are done (bmd.service.warm_scheduler)
             times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
             for step in range(passes):
                 await churn(ctx, n, step)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import inspect
 import signal
 import socket
@@ -194,11 +193,6 @@ async def warm_scheduler(ctx: AppContext) -> None:
     ctx.scheduler.take_capabilities(ctx.bus.latest(TOPIC) or [])
     await ctx.runner.run_pass("scheduler_refresh")
     await ctx.scheduler.prepare_flavors()
-    # The fleet's long-lived state, built now, out of the cyclic collector's reach: at 100,000 nodes every
-    # full collection rescanned it, up to a second of a pass (issue 15). Collected first: nothing frozen
-    # is garbage.
-    gc.collect()
-    gc.freeze()
 
 
 async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
