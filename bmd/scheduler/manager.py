@@ -40,6 +40,7 @@ from bmd.db.services import service_liveness
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
+from bmd.gcpause import collector_paused
 from bmd.node_events import TOPIC as NODES
 from bmd.node_events import NodeView, read_versions, read_views
 from bmd.scheduler.claims import ClaimWriter
@@ -321,7 +322,10 @@ class HostManager:
         async with self.sessionmaker() as session:
             # (node id, version) pairs not held: newer rows, or older than a view an event brought (those
             # are read and ignored by take_node_views; rare)
-            newer = sorted(node_id for node_id, _ in (await read_versions(session)).items() - self._versions.items())
+            with collector_paused():
+                newer = sorted(
+                    node_id for node_id, _ in (await read_versions(session)).items() - self._versions.items()
+                )
             if len(newer) > REFRESH_FULL_READ_SHARE * len(self._versions):
                 views = await read_views(session)
             else:

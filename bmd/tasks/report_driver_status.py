@@ -25,6 +25,7 @@ from typing import Any
 
 from bmd.bus import Bus
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.gcpause import collector_paused
 from bmd.tasks.steps import NodeSteps, StepFailureCounter, record_step_errors
 
 TOPIC = "capabilities"
@@ -87,8 +88,9 @@ class ReportDriverStatus:
                 keys, found = await self.driver.host_stats_keyed(session, None, self.steps.fail)
                 wanted: Iterable[int] = keys
             else:
-                keys = await self.driver.host_stats_keys(session)
-                wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
+                with collector_paused():
+                    keys = await self.driver.host_stats_keys(session)
+                    wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
                 if len(wanted) > _FULL_READ_SHARE * len(self._keys):
                     found = await self.driver.host_stats_for(session, None, self.steps.fail)
                 else:

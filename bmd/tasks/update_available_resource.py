@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.db.compute_nodes import existing_node_ids, write_compute_nodes
 from bmd.drivers.baremetal import BareMetalDriver
+from bmd.gcpause import collector_paused
 from bmd.resource_tracker import ResourceTracker
 from bmd.tasks.steps import NodeSteps, StepChanges, StepFailureCounter, record_step_errors
 
@@ -64,8 +65,9 @@ class UpdateAvailableResource:
                 keys, resources = await self.driver.resources_for(session, None, on_error)
                 wanted: list[int] = list(keys)
             else:
-                keys = await self.driver.resource_keys(session)
-                wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
+                with collector_paused():
+                    keys = await self.driver.resource_keys(session)
+                    wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
                 full = len(wanted) > _FULL_READ_SHARE * len(self._keys)
                 _, resources = await self.driver.resources_for(session, None if full else wanted, on_error)
         self.nodes_read = len(resources)
