@@ -1,11 +1,13 @@
-"""``collector_paused()``: the cyclic garbage collector held off while a fleet-wide scan runs.
+"""``collector_paused()``: the cyclic garbage collector held off while a fleet-wide scan turns its rows
+into a dict, or compares two such dicts.
 
-A scan of 100,000 nodes' change keys allocates 100,000 rows that live a few milliseconds; each 700 of them
+A scan of 100,000 nodes' change keys makes 100,000 rows that live a few milliseconds; each 700 of them
 triggers a young collection, and every few of those a full one, which walks every object the service holds
 (the fleet's dicts, host states, views: millions) — half a second of a pass spent finding no garbage.
 Paused, the rows come and go without a collection (CPython counts a freed object off the allocations that
-trigger one); the collector runs again as usual afterwards. Nested and concurrent pauses (two loops'
-scans overlapping across an ``await``) share one: the collector comes back when the last ends.
+trigger one); the collector runs again as usual afterwards. Pause only synchronous code: across an
+``await`` the other tasks' garbage would wait too (measured on ``bmd serve``: 1 KiB per node more). Nested
+pauses share one: the collector comes back when the outermost ends.
 """
 
 from __future__ import annotations

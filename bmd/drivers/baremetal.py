@@ -31,6 +31,7 @@ from bmd.db.nodes import is_free
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import NotFound
+from bmd.gcpause import collector_paused
 
 OnError = Callable[[int, Exception], object]
 """Called with a node id and the unexpected exception its step raised (see ``bmd.tasks.steps``)."""
@@ -216,7 +217,9 @@ class BareMetalDriver:
         """The change key (``change_key``) of every node of this service: all an incremental
         ``update_available_resource`` pass reads when nothing changed."""
         stmt = select(_N.c.id, _RESOURCE_KEY).where(_N.c.service_host == self.host)
-        return dict((await session.execute(stmt)).all())
+        result = await session.execute(stmt)
+        with collector_paused():
+            return dict(result.all())
 
     async def resources_for(
         self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
@@ -292,7 +295,9 @@ class BareMetalDriver:
         stmt = select(_N.c.id, _STATS_KEY)
         if not self.fleet_view:
             stmt = stmt.where(_N.c.service_host == self.host)
-        return dict((await session.execute(stmt)).all())
+        result = await session.execute(stmt)
+        with collector_paused():
+            return dict(result.all())
 
     async def host_stats_keyed(
         self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None

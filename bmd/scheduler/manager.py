@@ -322,10 +322,9 @@ class HostManager:
         async with self.sessionmaker() as session:
             # (node id, version) pairs not held: newer rows, or older than a view an event brought (those
             # are read and ignored by take_node_views; rare)
+            versions = await read_versions(session)
             with collector_paused():
-                newer = sorted(
-                    node_id for node_id, _ in (await read_versions(session)).items() - self._versions.items()
-                )
+                newer = sorted(node_id for node_id, _ in versions.items() - self._versions.items())
             if len(newer) > REFRESH_FULL_READ_SHARE * len(self._versions):
                 views = await read_views(session)
             else:

@@ -88,8 +88,8 @@ class ReportDriverStatus:
                 keys, found = await self.driver.host_stats_keyed(session, None, self.steps.fail)
                 wanted: Iterable[int] = keys
             else:
+                keys = await self.driver.host_stats_keys(session)
                 with collector_paused():
-                    keys = await self.driver.host_stats_keys(session)
                     wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
                 if len(wanted) > _FULL_READ_SHARE * len(self._keys):
                     found = await self.driver.host_stats_for(session, None, self.steps.fail)

@@ -65,8 +65,8 @@ class UpdateAvailableResource:
                 keys, resources = await self.driver.resources_for(session, None, on_error)
                 wanted: list[int] = list(keys)
             else:
+                keys = await self.driver.resource_keys(session)
                 with collector_paused():
-                    keys = await self.driver.resource_keys(session)
                     wanted = sorted(node_id for node_id, _ in keys.items() - self._keys.items())  # new or moved
                 full = len(wanted) > _FULL_READ_SHARE * len(self._keys)
                 _, resources = await self.driver.resources_for(session, None if full else wanted, on_error)
