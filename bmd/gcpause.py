@@ -6,8 +6,8 @@ triggers a young collection, and every few of those a full one, which walks ever
 (the fleet's dicts, host states, views: millions) — half a second of a pass spent finding no garbage.
 Paused, the rows come and go without a collection (CPython counts a freed object off the allocations that
 trigger one); the collector runs again as usual afterwards. Pause only synchronous code: across an
-``await`` the other tasks' garbage would wait too (measured on ``bmd serve``: 1 KiB per node more). Nested
-pauses share one: the collector comes back when the outermost ends.
+``await`` the other tasks' garbage would wait too. Nested pauses share one: the collector comes back when
+the outermost ends.
 """
 
 from __future__ import annotations
