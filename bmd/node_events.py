@@ -39,6 +39,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from bmd.bus import Bus
 from bmd.db.models import bm_nodes_table
 from bmd.db.nodes import is_free
+from bmd.gcpause import collector_paused
 from bmd.logs import NodeNames
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "note_deleted",
     "note_nodes",
     "note_views",
+    "read_versions",
     "read_views",
     "remember_names",
 ]
@@ -164,6 +166,14 @@ async def read_views(session: AsyncSession, node_ids: Iterable[int] | None = Non
         chunk = ids[start : start + _CHUNK]
         views.extend(_view(row) for row in await session.execute(select(*_COLUMNS).where(_T.c.id.in_(chunk))))
     return views
+
+
+async def read_versions(session: AsyncSession) -> dict[int, int]:
+    """Every node's ``version`` by id: what a resync compares with the views it holds before it reads the
+    views of the nodes that changed."""
+    result = await session.execute(select(_T.c.id, _T.c.version))
+    with collector_paused():
+        return dict(result.all())
 
 
 class NodeEvents:

@@ -291,3 +291,21 @@ async def test_real_lab_bmcs_are_read_beside_poisoned_rows(tmp_path: Path, db_fi
         assert all(n.power_state in ("power on", "power off") and n.last_power_error is None for n in good)
         assert all(rows[i].last_power_error for i in poisoned)
         assert ctx.step_failures.totals == {"sync_power_states": 1}  # the driver bug; "::::" is a BMC-field error
+
+
+async def test_a_power_check_that_reads_nothing_new_keeps_the_node_version(cloud: Cloud) -> None:
+    """The version-keyed passes (report_driver_status, update_available_resource, the scheduler's resync)
+    read only the nodes whose version moved: a power sync over an unchanged fleet must not move them all,
+    while a power state read anew does."""
+    ids = await cloud.enroll(3)
+    loop = power_loop(cloud)
+    await loop.run_once()  # the first reading of each node (its power state was not known)
+    before = await nodes(cloud)
+    cloud.fake.bmc(ids[0]).power = PowerState.ON
+    await loop.run_once()
+    after = await nodes(cloud)
+    assert after[ids[0]].power_state == "power on" and after[ids[0]].version > before[ids[0]].version
+    for node_id in ids[1:]:
+        assert after[node_id].version == before[node_id].version
+        assert after[node_id].last_power_check is not None
+        assert after[node_id].last_power_check > before[node_id].last_power_check  # checked, stamped

@@ -1,18 +1,24 @@
-"""Bulk writes of ``compute_nodes``: one upsert statement for all changed rows, one delete for gone nodes."""
+"""Bulk writes of ``compute_nodes``: one upsert statement for all changed rows, one delete for gone nodes.
+
+A row's ``updated_at`` is when it was last written (its resources changed), as nova's resource tracker
+saves a compute node only when it changed: a pass over an unchanged fleet writes nothing. The service's
+heartbeat (``services``) is what says its loops are alive.
+"""
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bmd.db.models import BareMetalNode, ComputeNode, compute_nodes_table, utcnow
 
 _TABLE = compute_nodes_table
+_CHUNK = 500  # ids per IN list
 
 
 _COLUMNS = [c.name for c in _TABLE.columns if c.name != "id"]
@@ -33,8 +39,12 @@ def _upsert_sql(dialect: str) -> str:
     )
 
 
-async def write_compute_nodes(session: AsyncSession, host: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Upsert ``rows`` (executemany: one statement), refresh this host's ``updated_at``, drop gone nodes."""
+async def write_compute_nodes(
+    session: AsyncSession, host: str, rows: Sequence[dict[str, Any]], gone: Collection[int] | None = None
+) -> None:
+    """Upsert ``rows`` (executemany: one statement), then drop the rows of gone nodes: the ``gone`` ids
+    (one statement per 500), or when None every row of this host whose node is no longer this host's (one
+    statement over the table: what a first pass cleans up after a restart)."""
     now = utcnow()
     if rows:
         dialect = session.get_bind().dialect.name
@@ -42,11 +52,19 @@ async def write_compute_nodes(session: AsyncSession, host: str, rows: Sequence[d
         stamp: Any = now.replace(tzinfo=None).isoformat(" ", "microseconds") if dialect == "sqlite" else now
         conn = await session.connection()
         await conn.exec_driver_sql(_upsert_sql(dialect), [(*_ROW(r), stamp) for r in rows])
-    await session.execute(update(ComputeNode).where(ComputeNode.service_host == host).values(updated_at=now))
-    mine = select(BareMetalNode.id).where(BareMetalNode.service_host == host).scalar_subquery()
-    await session.execute(
-        delete(ComputeNode).where(ComputeNode.service_host == host, ComputeNode.bm_node_id.not_in(mine))
-    )
+    if gone is None:
+        mine = select(BareMetalNode.id).where(BareMetalNode.service_host == host).scalar_subquery()
+        await session.execute(
+            delete(ComputeNode).where(ComputeNode.service_host == host, ComputeNode.bm_node_id.not_in(mine))
+        )
+        return
+    ids = sorted(gone)
+    for start in range(0, len(ids), _CHUNK):
+        # this host's rows only: a node moved to another service may have its row there already
+        chunk = ids[start : start + _CHUNK]
+        await session.execute(
+            delete(ComputeNode).where(ComputeNode.service_host == host, ComputeNode.bm_node_id.in_(chunk))
+        )
 
 
 async def existing_node_ids(session: AsyncSession, host: str) -> set[int]:

@@ -179,7 +179,9 @@ class BareMetalNode(Timestamps, Base):
     inspection: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     inspected_at: Mapped[dt.datetime | None]
     # Bumped by every UPDATE of the row (ORM flush or Core statement), so a reader can tell which of two
-    # views of a node is newer (the scheduler's host feed, bmd.node_events); timestamps can tie.
+    # views of a node is newer (the scheduler's host feed, bmd.node_events); timestamps can tie. One write
+    # keeps it: sync_power_states stamping last_power_check on a node read as it was (nothing else moved),
+    # so the passes that read only the nodes whose version moved stay proportional to change.
     version: Mapped[int] = mapped_column(
         Integer, default=1, server_default=text("1"), onupdate=literal_column("version") + 1
     )
@@ -377,5 +379,6 @@ class ApiToken(Base):
 
 # Core handles for bulk statements (executemany) that bypass the ORM.
 bm_nodes_table = cast(Table, BareMetalNode.__table__)
+bm_interfaces_table = cast(Table, Interface.__table__)
 compute_nodes_table = cast(Table, ComputeNode.__table__)
 node_events_table = cast(Table, NodeEvent.__table__)

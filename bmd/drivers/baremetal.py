@@ -22,15 +22,16 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import BigInteger, Text, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bmd.config import Settings, parse_extra_specs
-from bmd.db.models import BareMetalNode, Interface
+from bmd.db.models import BareMetalNode, Interface, bm_interfaces_table, bm_nodes_table
 from bmd.db.nodes import is_free
 from bmd.drivers.base import NodeFacts
 from bmd.drivers.factory import DriverFactory
 from bmd.errors import NotFound
+from bmd.gcpause import collector_paused
 
 OnError = Callable[[int, Exception], object]
 """Called with a node id and the unexpected exception its step raised (see ``bmd.tasks.steps``)."""
@@ -67,6 +68,24 @@ _STATS_COLUMNS = (
 )
 
 _CHUNK = 500  # ids per IN list
+_PAGE = 5000  # rows per statement of a read of every node
+# A node's change key: its row ``version`` (bumped by every write of the row) and, for the capability dict,
+# its NIC count (another table's: adding a NIC does not write the node's row), as one int computed by the
+# database — a loop holds one per node and compares it with a scan's. Two keys of one node can only be
+# alike for different rows if the node has 65,536 NICs or more.
+_NIC_SPAN = 65536
+
+
+def change_key(version: int, interfaces: int = 0) -> int:
+    """What a loop compares with the key it holds to know a node's row (or NIC count) changed."""
+    return version * _NIC_SPAN + interfaces
+
+
+_N = bm_nodes_table
+_NIC_COUNT = select(func.count()).where(bm_interfaces_table.c.bm_node_id == _N.c.id).scalar_subquery()
+_RESOURCE_KEY = cast(_N.c.version, BigInteger) * _NIC_SPAN
+_STATS_KEY = _RESOURCE_KEY + _NIC_COUNT
+
 
 RESOURCE_KEYS = (
     "vcpus",
@@ -194,6 +213,29 @@ class BareMetalDriver:
         """``get_available_resource`` for every node of this service, in one statement."""
         return _each(await self._rows(), lambda row: (str(row[0]), resources_of(row)), on_error)
 
+    async def resource_keys(self, session: AsyncSession) -> dict[int, int]:
+        """The change key (``change_key``) of every node of this service: all an incremental
+        ``update_available_resource`` pass reads when nothing changed."""
+        stmt = select(_N.c.id, _RESOURCE_KEY).where(_N.c.service_host == self.host)
+        result = await session.execute(stmt)
+        with collector_paused():
+            return dict(result.all())
+
+    async def resources_for(
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
+    ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
+        """The change keys and ``get_available_resource`` of ``node_ids`` of this service (every one when
+        None: one statement; else one per 500 ids). A node gone or another service's is absent."""
+        keys: dict[int, int] = {}
+
+        def step(row: Any) -> tuple[int, dict[str, Any]]:
+            keys[row[0]] = change_key(row[-1])
+            return row[0], resources_of(row)
+
+        found = await self._select(session, (*_COLUMNS, BareMetalNode.version), node_ids, fleet=False, step=step,
+                                   on_error=on_error)  # fmt: skip
+        return keys, found
+
     def deploy_blocker(self, row: Any) -> str:
         """Why this node cannot take a deploy whatever the request ('' when it can): its composed driver's
         ``validate`` (one definition, shared with the spawn path). Cheap, no I/O."""
@@ -238,19 +280,71 @@ class BareMetalDriver:
         return list(_each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error).values())
 
     async def host_stats_for(
-        self, session: AsyncSession, node_ids: Iterable[int], on_error: OnError | None = None
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
     ) -> dict[int, dict[str, Any]]:
         """The capability dicts of ``node_ids`` by node id, in ``get_host_stats``'s scope (every node with
-        ``fleet_view``, else this service's), one statement per 500 ids: what the scheduler reads of the
-        nodes whose capabilities changed. An id out of scope or gone is absent."""
+        ``fleet_view``, else this service's), one statement per 500 ids (every node in scope, in one, when
+        None): what the scheduler reads of the nodes whose capabilities changed. An id out of scope or gone
+        is absent."""
+        return await self._select(session, _STATS_COLUMNS, node_ids, fleet=self.fleet_view,
+                                  step=lambda row: (row[0], self.host_stats_of(row)), on_error=on_error)  # fmt: skip
+
+    async def host_stats_keys(self, session: AsyncSession) -> dict[int, int]:
+        """The change key (``change_key``: version and NIC count) of every node in ``get_host_stats``'s
+        scope: all an incremental ``report_driver_status`` pass reads when nothing changed."""
+        stmt = select(_N.c.id, _STATS_KEY)
+        if not self.fleet_view:
+            stmt = stmt.where(_N.c.service_host == self.host)
+        result = await session.execute(stmt)
+        with collector_paused():
+            return dict(result.all())
+
+    async def host_stats_keyed(
+        self, session: AsyncSession, node_ids: Iterable[int] | None, on_error: OnError | None = None
+    ) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
+        """``host_stats_for`` with each node's change key (every node in scope when ``node_ids`` is None,
+        in one statement): the key read with the row it describes."""
+        keys: dict[int, int] = {}
+
+        def step(row: Any) -> tuple[int, dict[str, Any]]:
+            keys[row[0]] = change_key(row[-1], row.interface_count)
+            return row[0], self.host_stats_of(row)
+
+        found = await self._select(session, (*_STATS_COLUMNS, BareMetalNode.version), node_ids,
+                                   fleet=self.fleet_view, step=step, on_error=on_error)  # fmt: skip
+        return keys, found
+
+    async def _select(
+        self,
+        session: AsyncSession,
+        columns: Sequence[Any],
+        node_ids: Iterable[int] | None,
+        *,
+        fleet: bool,
+        step: Callable[[Any], tuple[Any, Any]],
+        on_error: OnError | None,
+    ) -> dict[Any, Any]:
+        """``step`` (see ``_each``) on the rows of ``columns`` of the nodes in scope (this service's, or
+        every one with ``fleet``): every node when ``node_ids`` is None, in pages of 5,000 by id, else those
+        ids, 500 per statement. Each page's rows are dropped once stepped: a first pass over 100,000 nodes
+        never holds all its rows at once (the memory they took stays with the process)."""
+        base = select(*columns).order_by(BareMetalNode.id)
+        if not fleet:
+            base = base.where(BareMetalNode.service_host == self.host)
+        out: dict[Any, Any] = {}
+        if node_ids is None:
+            last = 0
+            while True:
+                page = (await session.execute(base.where(BareMetalNode.id > last).limit(_PAGE))).all()
+                out.update(_each(page, step, on_error))
+                if len(page) < _PAGE:
+                    return out
+                last = page[-1][0]
         ids = sorted(set(node_ids))
-        rows: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            stmt = select(*_STATS_COLUMNS).where(BareMetalNode.id.in_(ids[start : start + _CHUNK]))
-            if not self.fleet_view:
-                stmt = stmt.where(BareMetalNode.service_host == self.host)
-            rows.extend((await session.execute(stmt)).all())
-        return _each(rows, lambda row: (row[0], self.host_stats_of(row)), on_error)
+            stmt = base.where(BareMetalNode.id.in_(ids[start : start + _CHUNK]))
+            out.update(_each((await session.execute(stmt)).all(), step, on_error))
+        return out
 
 
 def _each(rows: Sequence[Any], step: Callable[[Any], tuple[Any, Any]], on_error: OnError | None) -> dict[Any, Any]:

@@ -40,19 +40,23 @@ from bmd.db.services import service_liveness
 from bmd.drivers.baremetal import BareMetalDriver
 from bmd.errors import NoValidHost
 from bmd.filters.registry import build_filters, build_weighers
+from bmd.gcpause import collector_paused
 from bmd.node_events import TOPIC as NODES
-from bmd.node_events import NodeView, read_views
+from bmd.node_events import NodeView, read_versions, read_views
 from bmd.scheduler.claims import ClaimWriter
 from bmd.scheduler.host_state import RequestSpec
 from bmd.scheduler.selection import Selection
 from bmd.scheduler.selector import HostSelector
-from bmd.tasks.report_driver_status import TOPIC
+from bmd.tasks.report_driver_status import TOPIC, CapabilityReport
 from bmd.tasks.steps import StepFailureCounter
 
 log = structlog.get_logger(__name__)
 
 CLAIM_ATTEMPTS = 3
 NODE_EVENTS_QUEUE = 10_000  # batches of views; when it overflows, the resync catches up
+# A resync that finds more views out of date than this share of those held reads every row in one statement
+# rather than in 500-id batches.
+REFRESH_FULL_READ_SHARE = 0.25
 
 
 def build_selector(settings: Settings) -> HostSelector:
@@ -120,14 +124,47 @@ class HostManager:
         self.capability_reads = 0  # batched reads of stale nodes' capabilities
         self.capabilities_read = 0  # nodes in them
         self._views: dict[int, NodeView] = {}  # the newest bm_nodes view of each node
+        # their versions, by node id: what the resync compares with the rows' (a set operation, not a loop)
+        self._versions: dict[int, int] = {}
         # the views counted by (power_state, provision_state, maintenance), kept as views come and go so a
         # /metrics scrape reads a handful of numbers, not 100,000 views (deleted ones are not counted)
         self._fleet: collections.Counter[FleetKey] = collections.Counter()
         self._claiming: dict[int, int] = {}  # node id -> claims in flight on it: the views wait for the outcome
+        self._report: CapabilityReport | None = None  # the capabilities publication last taken in
 
     # -- feeding host states ---------------------------------------------------------------------------
 
+    def take_report(self, report: list[dict[str, Any]]) -> None:
+        """One ``capabilities`` publication: its delta when it follows the report last taken (a
+        ``CapabilityReport`` of the same publisher, the next one), else its whole list."""
+        if isinstance(report, CapabilityReport) and report.follows(self._report):
+            self.take_capability_changes(report.changed, report.removed)
+            self._report = report
+        elif report is not self._report:  # (the report taken at start-up is replayed to the subscriber)
+            self.take_capabilities(report)
+
+    def take_capability_changes(self, changed: list[dict[str, Any]], removed: Iterable[str]) -> None:
+        """A delta of the published list: the dicts of nodes new or changed, and the nodenames gone."""
+        self.take_node_events()
+        for nodename in removed:
+            if nodename in self.selector:
+                self.selector.remove(nodename)
+            self._rejected.pop(nodename, None)
+        for caps in changed:
+            nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
+            try:
+                self.selector.update_capabilities(caps)
+            except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
+                self._reject(nodename, err)
+                continue
+            if self._rejected.pop(nodename, None) is not None:
+                log.info("node_capabilities_recovered", node=nodename)
+            if nodename.isdigit() and self.selector.get(nodename).node_free is None:
+                self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
+
     def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
+        """A whole published list: every service's nodes in it updated, those of its services gone dropped."""
+        self._report = capabilities if isinstance(capabilities, CapabilityReport) else None
         self.take_node_events()
         by_host: dict[str, list[dict[str, Any]]] = {}
         for caps in capabilities:
@@ -178,6 +215,7 @@ class HostManager:
             if not view.deleted:
                 self._fleet[_fleet_key(view)] += 1
             self._views[view.node_id] = view
+            self._versions[view.node_id] = view.version
             if view.node_id not in self._claiming:
                 self._apply(view.node_id)
         return newer
@@ -193,6 +231,7 @@ class HostManager:
             # Forgotten, not kept as a tombstone: SQLite may give the id to the next node enrolled, whose
             # row starts again at version 1.
             del self._views[node_id]
+            del self._versions[node_id]
             if nodename in self.selector:
                 self.selector.remove(nodename)
             return
@@ -212,11 +251,12 @@ class HostManager:
         return {key: n for key, n in self._fleet.items() if n > 0}
 
     async def consume_bus(self) -> None:
-        """Follow the ``capabilities`` topic (the latest list is replayed at once) until cancelled or the
-        bus closes."""
+        """Follow the ``capabilities`` topic (the latest list is replayed at once: taken whole, then each
+        report's delta) until cancelled or the bus closes. A report dropped from the queue (the subscriber
+        fell behind) breaks the sequence: the next one is taken whole."""
         async with self.bus.subscribe(TOPIC) as sub:
-            async for capabilities in sub:
-                self.take_capabilities(capabilities)
+            async for report in sub:
+                self.take_report(report)
 
     async def follow_nodes(self) -> None:
         """Until cancelled: take in the ``nodes`` topic's views as they are published (woken by the bus, not
@@ -277,9 +317,19 @@ class HostManager:
                 self._apply(node_id)
 
     async def refresh(self) -> None:
-        """The resync: every node's view from bm_nodes and service liveness (one batched read each)."""
+        """The resync: every node's row version from bm_nodes, then the views of the nodes whose version
+        is newer than the view held (or unknown here: events missed, or written by a service whose events
+        do not reach this one), and service liveness. An unchanged fleet costs the read of the versions."""
         async with self.sessionmaker() as session:
-            views = await read_views(session)
+            # (node id, version) pairs not held: newer rows, or older than a view an event brought (those
+            # are read and ignored by take_node_views; rare)
+            versions = await read_versions(session)
+            with collector_paused():
+                newer = sorted(node_id for node_id, _ in versions.items() - self._versions.items())
+            if len(newer) > REFRESH_FULL_READ_SHARE * len(self._versions):
+                views = await read_views(session)
+            else:
+                views = await read_views(session, newer) if newer else []
             services = await service_liveness(session, self.settings.service.service_down_time)
         self.take_node_events()
         self.take_node_views(views)

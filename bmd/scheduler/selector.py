@@ -85,6 +85,7 @@ class HostSelector:
         # Nodes whose state is exactly what their last capability dict made it (no consume or compute
         # node row since): the same dict again changes nothing, so it is not re-applied and re-indexed.
         self._as_published: set[str] = set()
+        self._service_up: dict[str, bool] = {}  # by service host, as its heartbeat last said
         facets = [facet for weigher in self.weighers for facet in weigher.facets or ()]
         indexable = all(weigher.facets is not None for weigher in self.weighers)
         self._weigh_facet = CombinedFacet(facets) if indexable else None
@@ -112,11 +113,18 @@ class HostSelector:
         if state is None:
             state = BaremetalNodeState(host=host, nodename=nodename)
             change(state)
+            self._service_liveness(state)
             self._index.add(state)
         else:
             change(state)
+            self._service_liveness(state)  # (its service may be another now)
             self._index.reindex(nodename)
         return state
+
+    def _service_liveness(self, state: BaremetalNodeState) -> None:
+        up = self._service_up.get(state.host)
+        if up is not None:
+            state.service_up = up
 
     def update_capabilities(self, caps: Mapping[str, Any], *, at: datetime | None = None) -> BaremetalNodeState:
         """One node's capability dict from the bus; adds the node when new. A dict equal to the one that
@@ -174,7 +182,11 @@ class HostSelector:
         self._index.reindex(nodename)
 
     def set_service_up(self, host: str, up: bool) -> None:
-        """Mark every node of service ``host`` up or down (its heartbeat)."""
+        """Mark every node of service ``host`` up or down (its heartbeat). The nodes are visited only when
+        the service's liveness changes: a node taken in later gets its service's (``_upsert``)."""
+        if self._service_up.get(host) == up:
+            return
+        self._service_up[host] = up
         for state in self._nodes_of(host):
             if state.service_up != up:
                 self.set_health(state.nodename, service_up=up)
