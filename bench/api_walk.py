@@ -44,7 +44,7 @@ from bmd.config import DatabaseSettings
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
 from bmd.db.models import BareMetalNode, Interface, utcnow
-from bmd.lab.cluster import ServiceProcess, placeholder_images
+from bmd.lab.cluster import ServiceProcess, placeholder_deploy, placeholder_images, service_config
 
 HOST = "walk"
 WALK_TARGET_S = 2.0  # the whole walk at 100,000 nodes (issue 15)
@@ -107,42 +107,17 @@ async def fill(db_url: str, nodes: int) -> None:
 
 
 def write_config(tmp: Path, db_url: str) -> Path:
-    images = placeholder_images(tmp / "images")
-    path = tmp / f"{HOST}.toml"
-    path.write_text(
-        f"""
-[service]
-host = "{HOST}"
-state_dir = "{tmp / "state"}"
-[database]
-url = "{db_url}"
-[api]
-port = 0
-token_file = "{tmp / HOST / "token"}"
-[secrets]
-key_file = "{tmp / "secret.key"}"
-[logging]
-format = "json"
-[driver]
-default_power_driver = "fake"
-instance_type_extra_specs = ["cpu_arch:x86_64", "location:dc1"]
-[tasks]
-host_state_interval = 600
-update_resources_interval = 600
-power_sync_interval = 600
-[deploy]
-automated_clean = false
-tftp_root = "{tmp / "tftp"}"
-http_root = "{tmp / "http"}"
-image_cache_dir = "{tmp / "cache"}"
-allowed_image_roots = ["{images}"]
-deploy_kernel = "{images / "deploy_kernel"}"
-deploy_ramdisk = "{images / "deploy_ramdisk"}"
-boot_kernel = "{images / "kernel"}"
-boot_ramdisk = "{images / "ramdisk"}"
-"""
+    own = tmp / HOST
+    return service_config(
+        tmp / f"{HOST}.toml",
+        own,
+        HOST,
+        db_url,
+        tmp / "secret.key",
+        driver={"instance_type_extra_specs": ["cpu_arch:x86_64", "location:dc1"]},
+        tasks={"host_state_interval": 600, "update_resources_interval": 600, "power_sync_interval": 600},
+        deploy=placeholder_deploy(own, placeholder_images(tmp / "images")),
     )
-    return path
 
 
 async def settled(http: aiohttp.ClientSession, url: str, deadline: float) -> float:

@@ -29,33 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bmd.config import DatabaseSettings
 from bmd.db.engine import make_engine
 from bmd.db.migrate import upgrade
-from bmd.lab.cluster import ServiceProcess, insert_nodes
+from bmd.lab.cluster import ServiceProcess, insert_nodes, service_config
 
 GRACEFUL_TIMEOUT = 10.0
 
 
 def config(tmp: Path) -> Path:
-    path = tmp / "bmd.toml"
-    path.write_text(
-        f"""
-[service]
-host = "bench"
-graceful_timeout = {GRACEFUL_TIMEOUT}
-state_dir = "{tmp / "state"}"
-[database]
-url = "sqlite+aiosqlite:///{tmp / "bmd.sqlite"}"
-[api]
-port = 0
-token_file = "{tmp / "token"}"
-[secrets]
-key_file = "{tmp / "secret.key"}"
-[logging]
-format = "json"
-[driver]
-default_power_driver = "fake"
-"""
+    db_url = f"sqlite+aiosqlite:///{tmp / 'bmd.sqlite'}"
+    return service_config(
+        tmp / "bmd.toml", tmp, "bench", db_url, tmp / "secret.key", service={"graceful_timeout": GRACEFUL_TIMEOUT}
     )
-    return path
 
 
 SLOWEST: dict[str, float] = collections.defaultdict(float)  # path -> the slowest answer seen, seconds

@@ -20,7 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceProcess", "cluster_config", "fake_nodes", "insert_nodes", "placeholder_images"]
+__all__ = [
+    "ServiceProcess",
+    "cluster_config",
+    "fake_nodes",
+    "insert_nodes",
+    "placeholder_deploy",
+    "placeholder_images",
+    "service_config",
+    "toml_text",
+]
 
 BOOT_FILES = ("deploy_kernel", "deploy_ramdisk", "kernel", "ramdisk", "disk.img")
 
@@ -92,49 +101,79 @@ async def insert_nodes(db_url: str, host: str, count: int, **columns: Any) -> No
         await engine.dispose()
 
 
+def toml_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """Config sections of plain values (strings, numbers, booleans, lists of them) as TOML."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        return json.dumps(str(v))  # a TOML basic string: JSON's escapes are TOML's
+
+    lines: list[str] = []
+    for name, keys in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {value(v)}" for key, v in keys.items())
+    return "\n".join(lines) + "\n"
+
+
+def service_config(
+    path: Path, own: Path, host: str, db_url: str, key_file: Path, **sections: Mapping[str, Any]
+) -> Path:
+    """A lab service's config file at ``path``: its state and token under ``own``, JSON logs, the fake power
+    driver, the API on a free port; ``sections`` add keys (a section's keys merge into the defaults')."""
+    own.mkdir(parents=True, exist_ok=True)
+    config: dict[str, dict[str, Any]] = {
+        "service": {"host": host, "state_dir": str(own / "state")},
+        "database": {"url": db_url},
+        "api": {"port": 0, "token_file": str(own / "token")},
+        "secrets": {"key_file": str(key_file)},
+        "logging": {"format": "json"},
+        "driver": {"default_power_driver": "fake"},
+    }
+    for name, keys in sections.items():
+        config.setdefault(name, {}).update(keys)
+    path.write_text(toml_text(config))
+    return path
+
+
+def placeholder_deploy(own: Path, images: Path) -> dict[str, Any]:
+    """The ``deploy`` section of a lab service whose boot files are placeholders (never booted)."""
+    return {
+        "automated_clean": False,
+        "tftp_root": str(own / "tftp"),
+        "http_root": str(own / "http"),
+        "image_cache_dir": str(own / "cache"),
+        "allowed_image_roots": [str(images)],
+        "deploy_kernel": str(images / "deploy_kernel"),
+        "deploy_ramdisk": str(images / "deploy_ramdisk"),
+        "boot_kernel": str(images / "kernel"),
+        "boot_ramdisk": str(images / "ramdisk"),
+    }
+
+
 def cluster_config(tmp: Path, host: str, db_url: str, images: Path, *, down_time: float = 3.0) -> Path:
     """One service's config file under ``tmp``; its own files under ``tmp/<host>``."""
     own = tmp / host
-    own.mkdir(parents=True, exist_ok=True)
-    path = tmp / f"{host}.toml"
-    path.write_text(
-        f"""
-[service]
-host = "{host}"
-ownership = "ring"
-heartbeat_interval = {min(1.0, down_time / 6)}
-service_down_time = {down_time}
-graceful_timeout = 5.0
-state_dir = "{own / "state"}"
-[database]
-url = "{db_url}"
-[bus]
-backend = "{"postgresql" if db_url.startswith("postgresql") else "memory"}"
-[api]
-port = 0
-token_file = "{own / "token"}"
-[secrets]
-key_file = "{tmp / "secret.key"}"
-[logging]
-format = "json"
-[driver]
-default_power_driver = "fake"
-[tasks]
-host_state_interval = 0.3
-update_resources_interval = 0.3
-[deploy]
-automated_clean = false
-tftp_root = "{own / "tftp"}"
-http_root = "{own / "http"}"
-image_cache_dir = "{own / "cache"}"
-allowed_image_roots = ["{images}"]
-deploy_kernel = "{images / "deploy_kernel"}"
-deploy_ramdisk = "{images / "deploy_ramdisk"}"
-boot_kernel = "{images / "kernel"}"
-boot_ramdisk = "{images / "ramdisk"}"
-"""
+    return service_config(
+        tmp / f"{host}.toml",
+        own,
+        host,
+        db_url,
+        tmp / "secret.key",
+        service={
+            "ownership": "ring",
+            "heartbeat_interval": min(1.0, down_time / 6),
+            "service_down_time": down_time,
+            "graceful_timeout": 5.0,
+        },
+        bus={"backend": "postgresql" if db_url.startswith("postgresql") else "memory"},
+        tasks={"host_state_interval": 0.3, "update_resources_interval": 0.3},
+        deploy=placeholder_deploy(own, images),
     )
-    return path
 
 
 class ServiceProcess:
