@@ -152,15 +152,21 @@ class HostManager:
             self._rejected.pop(nodename, None)
         for caps in changed:
             nodename = str(caps.get("hypervisor_hostname") or caps.get("node") or "")
-            try:
-                self.selector.update_capabilities(caps)
-            except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
-                self._reject(nodename, err)
+            if not self._take(nodename, caps):
                 continue
-            if self._rejected.pop(nodename, None) is not None:
-                log.info("node_capabilities_recovered", node=nodename)
             if nodename.isdigit() and self.selector.get(nodename).node_free is None:
                 self._apply(int(nodename))  # new to the selector: what bm_nodes says, when known
+
+    def _take(self, nodename: str, caps: dict[str, Any]) -> bool:
+        """One node's capability dict into the selector; False (rejected, counted) when it cannot be taken."""
+        try:
+            self.selector.update_capabilities(caps)
+        except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
+            self._reject(nodename, err)
+            return False
+        if self._rejected.pop(nodename, None) is not None:
+            log.info("node_capabilities_recovered", node=nodename)
+        return True
 
     def take_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
         """A whole published list: every service's nodes in it updated, those of its services gone dropped."""
@@ -306,13 +312,8 @@ class HostManager:
                     self._reject(nodename, failed[node_id])
                 continue
             caps["host_ip"] = self.settings.service.my_ip  # as report_driver_status publishes it
-            try:
-                self.selector.update_capabilities(caps)
-            except Exception as err:  # noqa: BLE001 - one node's dict; the others go on
-                self._reject(nodename, err)
+            if not self._take(nodename, caps):
                 continue
-            if self._rejected.pop(nodename, None) is not None:
-                log.info("node_capabilities_recovered", node=nodename)
             if node_id not in self._claiming:
                 self._apply(node_id)
 
