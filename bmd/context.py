@@ -45,3 +45,11 @@ class AppContext:
     extras: dict[str, Any] = field(default_factory=dict)
     dhcp: DhcpProvider = field(default_factory=NoDhcp)  # pxe.dhcp_provider; started and stopped by open_context
     node_listener: NodeListener | None = None  # bus.backend = "postgresql": started and stopped by open_context
+
+    def mark_ready(self) -> None:
+        """Recovery and the first capability passes are done: /readyz may say 200."""
+        self.ready_at = time.time()
+
+    def mark_stopping(self) -> None:
+        """The stop began: /readyz says 503 while the service drains."""
+        self.stopping = True

@@ -236,7 +236,7 @@ async def _run_until(ctx: AppContext, stop: asyncio.Event, notifier: Notifier) -
         nodes = group.create_task(ctx.scheduler.follow_nodes(), name="scheduler-nodes")
         await stop.wait()
         log.info("service_stopping")
-        ctx.stopping = True  # /readyz 503 while the API drains
+        ctx.mark_stopping()  # /readyz 503 while the API drains
         notifier.stopping()
         loops_stop.set()
         loops.cancel()
@@ -272,7 +272,7 @@ async def serve(
                 # /livez answers from here; /readyz and /healthz say "starting" until the service is ready
                 log.info("api_listening", host=settings.service.host, api=endpoint.url)
                 took = await _start(ctx)
-                ctx.ready_at = time.time()
+                ctx.mark_ready()
                 log.info("service_started", host=settings.service.host, api=endpoint.url, **took)
                 notifier.ready()
                 if on_ready is not None:
@@ -310,17 +310,18 @@ def install_signal_handlers(stop: asyncio.Event, deadline: float) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
-def exit_after(seconds: float) -> threading.Timer:
+def exit_after(seconds: float) -> threading.Thread:
     """End the process ``seconds`` from now unless it has ended by then (``stop_timed_out``, exit 1). The
     orderly stop cancels every pass, but a step that never yields the event loop or a close that hangs would
     hold the process past ``service.graceful_timeout``; this thread keeps that promise."""
 
     def expire() -> None:
+        time.sleep(seconds)
         log.error("stop_timed_out", timeout=seconds)
-        os._exit(1)
+        os._exit(1)  # not sys.exit: that only ends this thread
 
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True  # a process that stopped in time exits without waiting for it
+    # a daemon thread: a process that stopped in time exits without waiting for it
+    timer = threading.Thread(target=expire, name="stop-deadline", daemon=True)
     timer.start()
     return timer
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -141,7 +140,7 @@ async def make_cloud(tmp: Path, *, flavor: bool = True, **sections: dict[str, An
     sock = bind_api_socket("127.0.0.1", 0)
     public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     async with open_context(settings, public_url=public_url) as ctx:
-        ctx.ready_at = time.time()  # no start-up phase here: the service is ready once built
+        ctx.mark_ready()  # no start-up phase here: the service is ready once built
         fake = FakePower()
         ctx.power.register("fake", fake)
         server = TestServer(create_app(ctx), host="127.0.0.1", port=0, socket_factory=lambda *_: sock)

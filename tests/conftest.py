@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -146,7 +145,7 @@ def settings(tmp_path: Path, db_file: Path) -> Settings:
 @pytest.fixture
 async def ctx(settings: Settings) -> AsyncIterator[AppContext]:
     async with open_context(settings) as context:
-        context.ready_at = time.time()  # no start-up phase here: the service is ready once built
+        context.mark_ready()  # no start-up phase here: the service is ready once built
         yield context
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -149,10 +148,10 @@ async def test_starting_until_ready(client, ctx: AppContext) -> None:  # type: i
     for name in ctx.runner.records:
         assert await ctx.runner.run_pass(name)
     assert (await client.get("/readyz")).status == 503  # passes done, but not yet declared ready
-    ctx.ready_at = time.time()
+    ctx.mark_ready()
     resp = await client.get("/readyz")
     assert resp.status == 200 and await resp.json() == {"status": "ok", "ready": True, "not_ok": []}
-    ctx.stopping = True
+    ctx.mark_stopping()
     resp = await client.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "stopping"
     resp = await client.get("/livez")

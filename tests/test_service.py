@@ -23,7 +23,7 @@ from bmd.secrets import load_secret_box
 from tests.conftest import make_settings
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
+def write_config(tmp_path: Path, extra: str = "", interval: float = 0.2) -> Path:
     path = tmp_path / "bmd.toml"
     path.write_text(
         f"""
@@ -41,8 +41,8 @@ key_file = "{tmp_path / "secret.key"}"
 [logging]
 format = "json"
 [tasks]
-host_state_interval = 0.2
-update_resources_interval = 0.2
+host_state_interval = {interval}
+update_resources_interval = {interval}
 {extra}
 """
     )
@@ -130,7 +130,8 @@ def test_at_scale_readyz_then_sigterm_mid_sync_pass(tmp_path: Path, daemon_facto
         "power_sync_interval = 3600\npower_sync_timeout = 60\n"
         '[driver]\ndefault_power_driver = "fake"\n[ipmi]\ntimeout = 30\nretries = 0\n'
     )
-    config = write_config(tmp_path, extra)
+    # a pass may take twice its interval: a first pass over 10,000 nodes takes longer than 0.4 s
+    config = write_config(tmp_path, extra, interval=5.0)
     assert bmd("--config", str(config), "db", "upgrade").returncode == 0
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'bmd.sqlite'}"
     password = load_secret_box(tmp_path / "secret.key").encrypt("pw")
@@ -143,16 +144,20 @@ def test_at_scale_readyz_then_sigterm_mid_sync_pass(tmp_path: Path, daemon_facto
         url = d.wait_for("api_listening", 60)["api"]
         assert get(url + "/livez")[0] == 200
         readiness = [get(url + "/readyz")]
+        end = time.monotonic() + 120
         while readiness[-1][0] != 200:
+            assert time.monotonic() < end, (readiness[-1], get(url + "/healthz")[1])
             readiness.append(get(url + "/readyz"))
         assert readiness[0] == (503, {"status": "starting", "ready": False, "not_ok": readiness[0][1]["not_ok"]})
         assert {code for code, _ in readiness[:-1]} == {503}
         d.wait_for("service_started")
+        end = time.monotonic() + 60
         while True:  # the first pass starts with the loops, right after ready
             code, health = get(url + "/healthz")
             assert health["status"] != "failing" and health["checks"]["database"]["status"] == "ok", health
             if health["tasks"]["sync_power_states"]["running"]:
                 break
+            assert time.monotonic() < end, health["tasks"]["sync_power_states"]
         for _ in range(10):  # health while the pass runs
             code, health = get(url + "/healthz")
             assert code == 200 and health["status"] != "failing", health

@@ -84,7 +84,6 @@ async def insert_nodes(db_url: str, host: str, count: int, **columns: Any) -> No
             "pm_driver": "fake",
             "pm_address": f"fake-{i}",
             "registration_status": "done",
-            "provision_state": "available",
             "maintenance": False,
             "extra_specs": {},
             "power_failures": 0,

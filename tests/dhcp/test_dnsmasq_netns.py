@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +159,7 @@ async def test_dead_dnsmasq_degrades_health(
         dhcp = provider(ctx)
         for name in ctx.runner.records:
             assert await ctx.runner.run_pass(name)
-        ctx.ready_at = time.time()  # as serve marks it after its first passes
+        ctx.mark_ready()  # as serve marks it after its first passes
         async with TestClient(TestServer(create_app(ctx), host="127.0.0.1", port=0)) as client:
             assert (await (await client.get("/healthz")).json())["status"] == "ok"
             # The binary goes bad (a broken upgrade): every restart fails.
