@@ -161,6 +161,15 @@ def auth(ctx: AppContext) -> dict[str, str]:
     return {"Authorization": f"Bearer {ctx.api_token}"}
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database on each engine: this test's SQLite file, or the run's PostgreSQL database (a
+    test module with another need defines its own ``db_url``)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{request.getfixturevalue('db_file')}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, dropped at the end."""

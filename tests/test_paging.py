@@ -134,13 +134,6 @@ async def test_head_of_a_list_sends_no_body(client: TestClient[Any, Any], auth: 
         assert follow.status == 200 and "next" in await follow.json()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, db_file: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{db_file}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 async def any_db(tmp_path: Path, db_url: str) -> AsyncIterator[AppContext]:
     """A context on SQLite or on PostgreSQL (whose database the run shares: a test reads only the nodes of

@@ -37,13 +37,6 @@ async def _holder(ctx, node_id: int) -> str | None:  # type: ignore[no-untyped-d
         return await session.scalar(select(BareMetalNode.reservation).where(BareMetalNode.id == node_id))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, db_file: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{db_file}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 async def test_one_live_holder_and_a_dead_ones_lock_breaks_only_after_its_down_time(
     tmp_path: Path, db_url: str
 ) -> None:

@@ -17,14 +17,6 @@ from tests.conftest import make_settings
 from .fleet import Schedulers
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One database for both schedulers: a migrated SQLite file, or the PostgreSQL test database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{request.getfixturevalue('db_file')}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 async def two(db_url: str, tmp_path: Path) -> AsyncIterator[Schedulers]:
     """Schedulers A and B: two open_contexts on one database, services ``svc-a`` and ``svc-b``."""
